@@ -1,0 +1,163 @@
+"""Every variable of a training step with its format, bytes and lifetime; the peak.
+
+The bytes of a variable are a + b x B, or, for chunked workspace,
+min(c, d x B): the scratch grows with the batch until it reaches its budget
+(METHOD 4.1). The live bytes at each event are therefore a sum of those, the
+peak is the maximum over events, and the largest batch that fits a budget is
+solved on these coefficients without rebuilding any variable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from costmodel.formats import batched_bytes, tensor_bytes
+from costmodel.strategy import Strategy
+from layers.graph import Graph
+from layers.scratch import scratch_needs
+from layers.storage import stored_variables
+from layers.timeline import step_events
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    layer: str
+    role: str
+    format: str
+    shape: tuple  # per-sample dims after a leading "B" when batched
+    fixed: int  # a: bytes that do not scale with the batch
+    per_sample: int  # b: bytes per sample
+    alloc: int  # event index, inclusive
+    free: int  # event index, inclusive
+    cap: float = math.inf  # chunked workspace: bytes = min(cap, slope * B)
+    slope: int = 0
+    row_shape: tuple = ()  # workspace: elements of one row
+    rows_per_sample: int = 0
+
+    def bytes_at(self, batch: int) -> int:
+        ws = 0 if self.slope == 0 else int(min(self.cap, self.slope * batch))
+        return self.fixed + self.per_sample * batch + ws
+
+    def shape_at(self, batch: int) -> list:
+        """Concrete shape at a batch size (workspace: rows held x row)."""
+        if self.role == "workspace":
+            if self.rows_per_sample == 0:
+                return list(self.row_shape)
+            row_bytes = self.slope // self.rows_per_sample
+            return [self.bytes_at(batch) // row_bytes, *self.row_shape]
+        return [batch if d == "B" else d for d in self.shape]
+
+
+@dataclass
+class MemoryPlan:
+    """The variables of one step for one model, strategy and implementation; batch-free."""
+
+    events: list[str]
+    variables: list[Variable]
+
+    def __post_init__(self) -> None:
+        n = len(self.events)
+        a, b = np.zeros(n + 1), np.zeros(n + 1)
+        ws_event, ws_cap, ws_slope = [], [], []
+        for v in self.variables:
+            a[v.alloc] += v.fixed
+            a[v.free + 1] -= v.fixed
+            b[v.alloc] += v.per_sample
+            b[v.free + 1] -= v.per_sample
+            if v.slope:
+                ws_event.append(v.alloc)  # workspace lives at one event
+                ws_cap.append(v.cap)
+                ws_slope.append(v.slope)
+        self.fixed_by_event = np.cumsum(a)[:n]
+        self.per_sample_by_event = np.cumsum(b)[:n]
+        self._ws_event = np.array(ws_event, dtype=np.int64)
+        self._ws_cap = np.array(ws_cap, dtype=np.float64)
+        self._ws_slope = np.array(ws_slope, dtype=np.float64)
+
+    def _workspace(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per event and batch: workspace bytes, and the part of it still growing with B."""
+        n = len(self.events)
+        total = np.zeros((n, batch.size))
+        growing = np.zeros((n, batch.size))
+        if self._ws_event.size:
+            grow = self._ws_slope[:, None] * batch[None, :]
+            held = np.minimum(self._ws_cap[:, None], grow)
+            np.add.at(total, self._ws_event, held)
+            np.add.at(growing, self._ws_event, np.where(grow < self._ws_cap[:, None], self._ws_slope[:, None], 0.0))
+        return total, growing
+
+    def live_bytes(self, batch) -> np.ndarray:
+        """Live bytes at every event (rows) for each batch size (columns)."""
+        bs = np.atleast_1d(np.asarray(batch, dtype=np.float64))
+        ws, _ = self._workspace(bs)
+        return self.fixed_by_event[:, None] + self.per_sample_by_event[:, None] * bs[None, :] + ws
+
+    def peak_bytes(self, batch) -> np.ndarray:
+        return self.live_bytes(batch).max(axis=0)
+
+    def peak(self, batch: int) -> tuple[int, int, int, float]:
+        """(peak bytes, peak event index, fixed bytes, per-sample bytes) at this batch size.
+
+        fixed + per_sample x B equals the peak, and holds for every batch size
+        whose peak falls on the same event with its workspace in the same regime.
+        """
+        bs = np.array([float(batch)])
+        ws, growing = self._workspace(bs)
+        live = self.fixed_by_event + self.per_sample_by_event * batch + ws[:, 0]
+        e = int(np.argmax(live))
+        slope = self.per_sample_by_event[e] + growing[e, 0]
+        fixed = live[e] - slope * batch
+        return int(round(live[e])), e, int(round(fixed)), float(slope)
+
+    def max_batch(self, budget_bytes: int, limit: int = 1 << 40) -> int:
+        """Largest B whose peak fits the budget (0 if even B = 1 does not)."""
+        if self.peak_bytes(1)[0] > budget_bytes:
+            return 0
+        lo, hi = 1, 2
+        while hi < limit and self.peak_bytes(hi)[0] <= budget_bytes:
+            lo, hi = hi, hi * 2
+        if hi >= limit and self.peak_bytes(limit)[0] <= budget_bytes:
+            return limit
+        while hi - lo > 1:  # peak(lo) fits, peak(hi) does not
+            mid = (lo + hi) // 2
+            if self.peak_bytes(mid)[0] <= budget_bytes:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+
+def memory_plan(graph: Graph, strategy: Strategy, *, retention: str = "step", workspace_budget: int = 0) -> MemoryPlan:
+    """Give every stored variable and scratch of the step its format, bytes and lifetime."""
+    if workspace_budget < 0:
+        raise ValueError("workspace budget must be >= 0 bytes")
+    events = step_events(graph)
+    index = {e: i for i, e in enumerate(events)}
+    variables: list[Variable] = []
+    for s in stored_variables(graph, batchnorm=strategy.batchnorm, optimizer=strategy.optimizer, retention=retention):
+        fmt = s.fixed_format or strategy.format_of(s.role)
+        if s.batched:
+            fixed, per, shape = 0, batched_bytes(fmt, s.shape), ("B", *s.shape)
+        else:
+            fixed, per, shape = tensor_bytes(fmt, s.shape), 0, s.shape
+        variables.append(Variable(s.name, s.layer, s.role, fmt, shape, fixed, per, index[s.alloc], index[s.free]))
+    if workspace_budget > 0:
+        for w in scratch_needs(graph):
+            if w.only_if_packed and strategy.format_of(w.only_if_packed) != "bool":
+                continue
+            fmt = w.fixed_format or strategy.format_of(w.operand_role)
+            row_bytes = tensor_bytes(fmt, w.row_shape)
+            at = index[w.event]
+            if w.rows_per_sample == 0:  # one chunk, whatever the budget
+                variables.append(Variable(w.name, w.layer, "workspace", fmt, w.row_shape, row_bytes, 0, at, at,
+                                          row_shape=w.row_shape))
+            else:
+                cap = max(1, workspace_budget // row_bytes) * row_bytes
+                variables.append(Variable(w.name, w.layer, "workspace", fmt, ("rows", *w.row_shape), 0, 0, at, at,
+                                          cap=cap, slope=w.rows_per_sample * row_bytes, row_shape=w.row_shape,
+                                          rows_per_sample=w.rows_per_sample))
+    return MemoryPlan(events, variables)

@@ -1,0 +1,129 @@
+"""Training strategies: a number format per role plus a few choices (METHOD 3).
+
+A strategy is a YAML table; `extends:` inherits another strategy's rows and
+overrides some. Shipped strategies live in `costmodel/strategies/`; a user
+passes a path to their own.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from costmodel.formats import FORMAT_BITS, REAL_FORMATS
+from layers.model import looks_like_path
+from layers.roles import FORMATTED_ROLES
+
+
+class StrategyError(ValueError):
+    """A strategy file or name that cannot be used; the message is one line."""
+
+
+class Strategy(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    description: str = ""
+    batchnorm: Literal["l1", "l2"]
+    weight_grad: Literal["sign", "full"]
+    optimizer: Literal["adam", "sgd", "bop"]
+    formats: dict[str, str]
+    source: str = "<memory>"
+
+    def format_of(self, role: str) -> str:
+        return self.formats[role]
+
+
+_CHOICES = {"batchnorm": ("l1", "l2"), "weight_grad": ("sign", "full"), "optimizer": ("adam", "sgd", "bop")}
+_KEYS = {"name", "description", "extends", "formats", *_CHOICES}
+
+
+def strategy_names() -> list[str]:
+    folder = resources.files("costmodel.strategies")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_strategy(ref: str) -> Strategy:
+    """Load a shipped strategy by name or a user's strategy from a YAML path."""
+    return _finish(_load_rows(ref, ()))
+
+
+def _read(ref: str, base: Path | None) -> tuple[Any, str]:
+    if looks_like_path(ref):
+        path = Path(ref) if base is None or Path(ref).is_absolute() else base / ref
+        if not path.is_file():
+            raise StrategyError(f"{ref}: strategy file not found")
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    else:
+        if ref not in strategy_names():
+            raise StrategyError(
+                f"unknown strategy '{ref}'; shipped: {', '.join(strategy_names())} (or pass a YAML path)"
+            )
+        text = resources.files("costmodel.strategies").joinpath(f"{ref}.yaml").read_text(encoding="utf-8")
+        source = f"strategy:{ref}"
+    try:
+        return yaml.safe_load(text), source
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise StrategyError(f"{source}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
+
+
+def _load_rows(ref: str, chain: tuple[str, ...], base: Path | None = None) -> dict:
+    doc, source = _read(ref, base)
+    if source in chain:
+        raise StrategyError(f"{source}: 'extends' forms a cycle: {' -> '.join(chain + (source,))}")
+    if not isinstance(doc, dict):
+        raise StrategyError(f"{source}: a strategy file must be a mapping")
+    unknown = set(doc) - _KEYS
+    if unknown:
+        raise StrategyError(f"{source}: unknown field(s): {', '.join(sorted(unknown))}")
+    formats = doc.get("formats") or {}
+    if not isinstance(formats, dict):
+        raise StrategyError(f"{source}: formats must be a mapping of role: format")
+    for role, fmt in formats.items():
+        if role == "workspace":
+            raise StrategyError(f"{source}: formats.workspace: workspace takes its operands' format, do not set it")
+        if role not in FORMATTED_ROLES:
+            raise StrategyError(f"{source}: formats: unknown role '{role}'; roles: {', '.join(FORMATTED_ROLES)}")
+        if fmt not in FORMAT_BITS:
+            raise StrategyError(f"{source}: formats.{role}: unknown format '{fmt}'; formats: {', '.join(FORMAT_BITS)}")
+    for key, allowed in _CHOICES.items():
+        if key in doc and doc[key] not in allowed:
+            raise StrategyError(f"{source}: {key}: '{doc[key]}' is not one of {', '.join(allowed)}")
+    rows: dict = {}
+    if doc.get("extends"):
+        parent_base = Path(source).parent if looks_like_path(source) else None
+        rows = _load_rows(str(doc["extends"]), chain + (source,), parent_base)
+    rows = {**rows, **{k: v for k, v in doc.items() if k not in ("formats", "extends")}}
+    rows["formats"] = {**rows.get("formats", {}), **formats}
+    rows["source"] = source
+    if "name" not in doc:
+        rows["name"] = Path(source).stem if looks_like_path(source) else ref
+    return rows
+
+
+def _finish(rows: dict) -> Strategy:
+    source = rows["source"]
+    missing = [r for r in FORMATTED_ROLES if r not in rows["formats"]]
+    if missing:
+        raise StrategyError(f"{source}: formats: no format for role(s) {', '.join(missing)}")
+    for key in _CHOICES:
+        if key not in rows:
+            raise StrategyError(f"{source}: missing '{key}' ({' | '.join(_CHOICES[key])})")
+    if rows["weight_grad"] == "full" and rows["formats"]["weight_grad"] not in REAL_FORMATS:
+        raise StrategyError(
+            f"{source}: weight_grad: full needs a real format for the weight_grad role, "
+            f"not {rows['formats']['weight_grad']}"
+        )
+    if rows["formats"]["latent_weight"] in ("bool", "po2") and rows["optimizer"] != "bop":
+        raise StrategyError(f"{source}: formats.latent_weight: {rows['optimizer']} needs real latent weights")
+    formats = {r: rows["formats"][r] for r in FORMATTED_ROLES}
+    return Strategy(
+        name=str(rows["name"]), description=str(rows.get("description", "")),
+        batchnorm=rows["batchnorm"], weight_grad=rows["weight_grad"],
+        optimizer=rows["optimizer"], formats=formats, source=source,
+    )

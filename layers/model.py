@@ -1,0 +1,130 @@
+"""A model: its input shape and its layers, loaded from a zoo name or a YAML path.
+
+Loading validates every layer and gives each an explicit name (`dense_1`,
+`batchnorm_3`, ...), numbered per kind in forward order, nested layers
+included, so that every later error and every variable can name its layer.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from layers.spec import LAYER_CLASSES, LayerSpec, Residual
+
+
+class ModelError(ValueError):
+    """A model file or zoo name that cannot be used; the message is one line."""
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    input: tuple[int, ...]
+    layers: tuple[LayerSpec, ...]
+    source: str = "<memory>"  # file the model came from, for error messages
+
+
+def zoo_names() -> list[str]:
+    folder = resources.files("layers.zoo")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def looks_like_path(ref: str) -> bool:
+    return "/" in ref or "\\" in ref or ref.endswith((".yaml", ".yml"))
+
+
+def load_model(ref: str) -> Model:
+    """Load a zoo model by name, or a user's model from a YAML path."""
+    if looks_like_path(ref):
+        path = Path(ref)
+        if not path.is_file():
+            raise ModelError(f"{ref}: model file not found")
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    else:
+        if ref not in zoo_names():
+            raise ModelError(
+                f"unknown model '{ref}'; zoo models: {', '.join(zoo_names())} (or pass a YAML path)"
+            )
+        text = resources.files("layers.zoo").joinpath(f"{ref}.yaml").read_text(encoding="utf-8")
+        source = f"zoo:{ref}"
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ModelError(f"{source}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_model(doc, source)
+
+
+def parse_model(doc: Any, source: str = "<memory>") -> Model:
+    """Validate a model document (the parsed YAML) and name its layers."""
+    if not isinstance(doc, dict):
+        raise ModelError(f"{source}: a model file must be a mapping with name, input and layers")
+    unknown = set(doc) - {"name", "input", "layers", "description"}
+    if unknown:
+        raise ModelError(f"{source}: unknown top-level field(s): {', '.join(sorted(unknown))}")
+    for key in ("input", "layers"):
+        if key not in doc:
+            raise ModelError(f"{source}: missing '{key}'")
+    shape = doc["input"]
+    if (
+        not isinstance(shape, list)
+        or len(shape) not in (1, 3)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise ModelError(f"{source}: input must be [features] or [height, width, channels] of positive integers")
+    if not isinstance(doc["layers"], list) or not doc["layers"]:
+        raise ModelError(f"{source}: layers must be a non-empty list")
+    counters: dict[str, int] = {}
+    seen: set[str] = set()
+    layers = tuple(_parse_layers(doc["layers"], source, "", counters, seen))
+    name = doc.get("name") or Path(source).stem
+    return Model(name=str(name), input=tuple(shape), layers=layers, source=source)
+
+
+def _parse_layers(items: list, source: str, prefix: str, counters: dict, seen: set) -> list:
+    out = []
+    for i, item in enumerate(items):
+        where = f"{source}: layer {prefix}{i}"
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ModelError(f"{where}: each layer is a one-key mapping such as '- dense: {{units: 256}}'")
+        (kind, fields), = item.items()
+        if kind not in LAYER_CLASSES:
+            raise ModelError(f"{where}: unknown layer kind '{kind}'; known: {', '.join(LAYER_CLASSES)}")
+        fields = dict(fields or {})
+        if not isinstance(fields, dict):
+            raise ModelError(f"{where} ({kind}): fields must be a mapping")
+        counters[kind] = counters.get(kind, 0) + 1
+        name = fields.pop("name", None) or f"{kind}_{counters[kind]}"
+        where = f"{source}: layer {prefix}{i} ({name})"
+        if name in seen:
+            raise ModelError(f"{where}: duplicate layer name '{name}'")
+        seen.add(name)
+        if kind == "residual":
+            for part in ("body", "shortcut"):
+                if part in fields and not isinstance(fields[part], list):
+                    raise ModelError(f"{where}: '{part}' must be a list of layers")
+            unknown = set(fields) - {"body", "shortcut"}
+            if unknown:
+                raise ModelError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+            if not fields.get("body"):
+                raise ModelError(f"{where}: a residual needs a non-empty body")
+            body = _parse_layers(fields["body"], source, f"{prefix}{i}.body.", counters, seen)
+            short = _parse_layers(fields.get("shortcut") or [], source, f"{prefix}{i}.shortcut.", counters, seen)
+            out.append(Residual(name=name, body=body, shortcut=short))
+            continue
+        try:
+            out.append(LAYER_CLASSES[kind](name=name, **fields))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or kind
+            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].lower()
+            raise ModelError(f"{where}: {field}: {msg}") from None
+        except TypeError as exc:
+            raise ModelError(f"{where}: {exc}") from None
+    return out

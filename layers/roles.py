@@ -1,0 +1,25 @@
+"""The roles a stored variable can play (METHOD 3.2).
+
+A layer names the role of everything it keeps; a strategy gives each role a
+number format. Keeping the vocabulary here lets `layers/` describe storage
+without knowing formats.
+"""
+
+ROLES: dict[str, str] = {
+    "input": "the data batch, kept for the first layer's dW",
+    "binary_input": "saved input of a binary dense/conv (not the first layer)",
+    "real_input": "saved input of a full-precision dense/conv (not the first layer)",
+    "norm_output": "what batchnorm saves per element",
+    "activation_mask": "what sign / relu saves per element",
+    "pool_mask": "max-pool mask, one per pool-input element",
+    "softmax_output": "probabilities",
+    "latent_weight": "W",
+    "weight_grad": "dW",
+    "optimizer_state": "optimizer moments (Adam m and v, SGD or Bop momentum)",
+    "bn_param": "per-channel batchnorm parameters, statistics and their gradients",
+    "activation_grad": "dY / dX buffers",
+    "workspace": "scratch an operator needs while it runs",
+}
+
+# Roles a strategy assigns a format to; workspace takes its operands' format.
+FORMATTED_ROLES: tuple[str, ...] = tuple(r for r in ROLES if r != "workspace")

@@ -1,0 +1,95 @@
+"""Scratch (workspace) each operator needs while it runs, in chunks (METHOD 4.1).
+
+An operator that needs scratch processes its work in rows; the scratch holds
+a whole number of rows. With a budget, it holds the largest number of rows
+that fits (at least one, never more than all of them); with budget 0 there is
+no scratch at all (an in-place implementation). The sizing rule is in
+`rows_held`; this module says which operators need what:
+
+dense / conv2d, with K inputs per output, N outputs, P output positions:
+- forward, binary input: `xnor`, one row per output position holding the
+  XNOR of its packed input patch with every packed filter (N x K bits), plus
+  `packed_weight`, the filters' signs packed (one chunk: N x K bits);
+- forward, real input (the first layer, or a full-precision layer): a conv
+  lowers its input, `lowered_input` (one row = K values in the input's
+  format); a binary layer also expands its weights' signs to the input's
+  format, `sign_weight` (one chunk: K x N);
+- backward, dW: `dw_operand`, the layer's saved input expanded to real values
+  in the gradient format, one row per output position (K values); when dW is
+  stored as its sign, the real dW is accumulated in `dw_accum` (one chunk);
+- backward, dX (when the input needs a gradient): a binary layer expands its
+  weights' signs to the gradient format, `weight_signs` (one chunk: K x N);
+  a conv computes the column gradient, `col_grad` (one row = K values),
+  before folding it back onto the input;
+- batchnorm, sign, relu, maxpool backward, when what they saved is packed
+  bits: `unpacked`, one row of the saved tensor (C values) in the gradient
+  format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layers.graph import Graph, Node, Shape
+
+
+@dataclass(frozen=True)
+class Scratch:
+    name: str
+    layer: str
+    event: str
+    rows_per_sample: int  # rows = rows_per_sample x B; 0 means one chunk, B-independent
+    row_shape: Shape  # elements of one row (one chunk when rows_per_sample is 0)
+    operand_role: str | None  # its format is this role's format ...
+    fixed_format: str | None = None  # ... or this one
+    only_if_packed: str | None = None  # exists only when this role's format is bool
+
+
+def rows_held(total_rows: int, row_bytes: int, budget: int) -> int:
+    """Rows of scratch an operator holds under a budget: as many as fit, at least 1, at most all."""
+    if budget <= 0 or total_rows <= 0:
+        return 0
+    return min(total_rows, max(1, budget // row_bytes)) if row_bytes > 0 else total_rows
+
+
+def scratch_needs(graph: Graph) -> list[Scratch]:
+    out: list[Scratch] = []
+    for node in graph.nodes:
+        out.extend(_node_scratch(graph, node))
+    return out
+
+
+def _node_scratch(graph: Graph, node: Node) -> list[Scratch]:
+    fwd, bwd = f"forward:{node.name}", f"backward:{node.name}"
+    n = node.name
+    if node.kind in ("dense", "conv2d"):
+        conv = node.kind == "conv2d"
+        K, N, P = node.fan_in, node.units, node.positions
+        patch = (node.weight_shape[0], node.weight_shape[1], node.channels) if conv else (K,)
+        in_role = "input" if node.first else ("binary_input" if node.binary else "real_input")
+        s: list[Scratch] = []
+        if node.binary and not node.first:
+            s.append(Scratch(f"{n}.xnor", n, fwd, P, (N, *patch), None, "bool"))
+            s.append(Scratch(f"{n}.packed_weight", n, fwd, 0, (N, *patch), None, "bool"))
+        else:
+            if conv:
+                s.append(Scratch(f"{n}.lowered_input", n, fwd, P, (K,), in_role))
+            if node.binary:
+                s.append(Scratch(f"{n}.sign_weight", n, fwd, 0, (K, N), in_role))
+        s.append(Scratch(f"{n}.dw_operand", n, bwd, P, (K,), "activation_grad"))
+        s.append(Scratch(f"{n}.dw_accum", n, bwd, 0, (K, N), "activation_grad", only_if_packed="weight_grad"))
+        if graph.tensors[node.inputs[0]].requires_grad:
+            if node.binary:
+                s.append(Scratch(f"{n}.weight_signs", n, bwd, 0, (K, N), "activation_grad"))
+            if conv:
+                s.append(Scratch(f"{n}.col_grad", n, bwd, P, (K,), "activation_grad"))
+        return s
+    saved_role = {"batchnorm": "norm_output", "sign": "activation_mask", "relu": "activation_mask",
+                  "maxpool": "pool_mask"}.get(node.kind)
+    if saved_role is None:
+        return []
+    shape = node.in_shape
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    return [Scratch(f"{n}.unpacked", n, bwd, rows, (shape[-1],), "activation_grad", only_if_packed=saved_role)]

@@ -1,0 +1,99 @@
+"""Layer descriptors: what a user writes in a model YAML, validated.
+
+One pydantic class per layer kind of METHOD 2.1. A descriptor holds only the
+hyper-parameters; shapes are inferred in `layers.graph`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+
+class _Layer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str | None = None
+
+
+class Dense(_Layer):
+    kind: Literal["dense"] = "dense"
+    units: PositiveInt
+    binary: bool = True
+
+
+class Conv2D(_Layer):
+    kind: Literal["conv2d"] = "conv2d"
+    filters: PositiveInt
+    kernel: PositiveInt
+    stride: PositiveInt = 1
+    padding: Literal["same", "valid"] = "valid"
+    binary: bool = True
+
+
+class BatchNorm(_Layer):
+    kind: Literal["batchnorm"] = "batchnorm"
+
+
+class Sign(_Layer):
+    kind: Literal["sign"] = "sign"
+
+
+class ReLU(_Layer):
+    kind: Literal["relu"] = "relu"
+
+
+class MaxPool(_Layer):
+    kind: Literal["maxpool"] = "maxpool"
+    size: PositiveInt = 2
+    stride: PositiveInt | None = None  # defaults to size
+    padding: Literal["same", "valid"] = "valid"
+
+
+class AvgPool(_Layer):
+    kind: Literal["avgpool"] = "avgpool"
+    size: PositiveInt = 2
+    stride: PositiveInt | None = None
+    padding: Literal["same", "valid"] = "valid"
+
+
+class GlobalAvgPool(_Layer):
+    kind: Literal["global_avgpool"] = "global_avgpool"
+
+
+class Flatten(_Layer):
+    kind: Literal["flatten"] = "flatten"
+
+
+class SoftmaxCE(_Layer):
+    kind: Literal["softmax_ce"] = "softmax_ce"
+
+
+class Residual(_Layer):
+    kind: Literal["residual"] = "residual"
+    body: list["LayerSpec"] = Field(min_length=1)
+    shortcut: list["LayerSpec"] = Field(default_factory=list)  # empty: identity
+
+
+LayerSpec = Union[
+    Dense, Conv2D, BatchNorm, Sign, ReLU, MaxPool, AvgPool, GlobalAvgPool,
+    Flatten, SoftmaxCE, Residual,
+]
+
+LAYER_CLASSES: dict[str, type[_Layer]] = {
+    "dense": Dense,
+    "conv2d": Conv2D,
+    "batchnorm": BatchNorm,
+    "sign": Sign,
+    "relu": ReLU,
+    "maxpool": MaxPool,
+    "avgpool": AvgPool,
+    "global_avgpool": GlobalAvgPool,
+    "flatten": Flatten,
+    "softmax_ce": SoftmaxCE,
+    "residual": Residual,
+}
+
+WEIGHTED_KINDS = ("dense", "conv2d")
+
+Residual.model_rebuild()

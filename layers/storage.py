@@ -1,0 +1,161 @@
+"""What every layer stores during a training step, in which role and shape, and when.
+
+This is METHOD 4's list of variables without number formats (a strategy gives
+those, in `costmodel`). Shapes are per sample when `batched` (the batch axis B
+goes in front); otherwise they are whole. Lifetimes are event names of
+`layers.timeline`; alloc and free are both inclusive.
+
+Choices the docstrings of METHOD leave open, made here:
+- binary layers have no bias (batchnorm follows them);
+- batchnorm keeps `params` (gamma and beta for l2, beta for l1) and
+  `running_stats` (mean, spread) for good, `batch_stats` (mean, spread) and
+  its saved output until its backward or the step's end, `param_grad` from its
+  backward to the update; l1 also saves `norm_scale`, the per-channel mean of
+  abs(normalised output) that its backward multiplies the saved sign by;
+- Adam keeps m and v, SGD one momentum, Bop one momentum per binary weight
+  (Bop trains binary weights with no latent copy, so a binary layer's weight is
+  held as its sign, 1 bit; batchnorm and full-precision layers use Adam, as
+  Helwegen et al. 2019 do);
+- activation gradients: one buffer per tensor that needs a gradient, written
+  by the backward of the layer that consumes the tensor and read by the
+  backward of the layer that produced it. A flatten reuses its input's buffer;
+  a residual join passes its gradient by reference to both branches and an
+  identity shortcut accumulates into it in place, so a chain of identity blocks
+  shares one residual-stream gradient buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layers.graph import Graph, Node, Shape
+from layers.timeline import step_events
+
+
+@dataclass(frozen=True)
+class Stored:
+    name: str
+    layer: str
+    role: str
+    shape: Shape  # per sample if batched, else whole
+    batched: bool
+    alloc: str
+    free: str
+    fixed_format: str | None = None  # overrides the strategy's format for this role
+
+
+def stored_variables(graph: Graph, *, batchnorm: str, optimizer: str, retention: str) -> list[Stored]:
+    """Every variable of one training step except workspace (see layers.scratch)."""
+    if retention not in ("step", "backward"):
+        raise ValueError(f"retention must be 'step' or 'backward', not {retention!r}")
+    out: list[Stored] = []
+
+    def saved_free(node: Node) -> str:
+        return "step_end" if retention == "step" else f"backward:{node.name}"
+
+    def persistent(name, layer, role, shape, fixed=None):
+        out.append(Stored(name, layer, role, tuple(shape), False, "step_start", "step_end", fixed))
+
+    def saved(node, suffix, role, shape, batched=True):
+        out.append(Stored(f"{node.name}.{suffix}", node.name, role, tuple(shape), batched,
+                          f"forward:{node.name}", saved_free(node)))
+
+    def grad(node, suffix, role, shape):
+        out.append(Stored(f"{node.name}.{suffix}", node.name, role, tuple(shape), False,
+                          f"backward:{node.name}", "update"))
+
+    def optimizer_state(node, shape, binary):
+        if optimizer == "sgd" or (optimizer == "bop" and binary):
+            persistent(f"{node.name}.momentum", node.name, "optimizer_state", shape)
+        else:  # adam, and bop's real-valued parameters
+            persistent(f"{node.name}.adam_m", node.name, "optimizer_state", shape)
+            persistent(f"{node.name}.adam_v", node.name, "optimizer_state", shape)
+
+    data_free = "step_end"
+    first_users = [n for n in graph.nodes if n.first]
+    if retention == "backward":
+        if first_users:  # freed right after the last backward that reads it
+            events = step_events(graph)
+            data_free = max((f"backward:{n.name}" for n in first_users), key=events.index)
+        else:  # nobody keeps the data for backward: gone after its first consumer
+            consumer = next(n for n in graph.nodes if 0 in n.inputs)
+            data_free = f"forward:{consumer.name}"
+    data_layer = first_users[0].name if first_users else graph.nodes[0].name
+    out.append(Stored("data", data_layer, "input", graph.model.input, True, "step_start", data_free))
+
+    for node in graph.nodes:
+        k = node.kind
+        if k in ("dense", "conv2d"):
+            bop_binary = optimizer == "bop" and node.binary
+            persistent(f"{node.name}.weight", node.name, "latent_weight", node.weight_shape,
+                       "bool" if bop_binary else None)
+            optimizer_state(node, node.weight_shape, node.binary)
+            if not node.first:
+                saved(node, "input", "binary_input" if node.binary else "real_input", node.in_shape)
+            grad(node, "weight_grad", "weight_grad", node.weight_shape)
+        elif k == "batchnorm":
+            c = node.channels
+            p = 2 if batchnorm == "l2" else 1
+            persistent(f"{node.name}.params", node.name, "bn_param", (p, c))
+            persistent(f"{node.name}.running_stats", node.name, "bn_param", (2, c))
+            optimizer_state(node, (p, c), False)
+            saved(node, "batch_stats", "bn_param", (2, c), batched=False)
+            saved(node, "norm_output", "norm_output", node.in_shape)
+            if batchnorm == "l1":
+                saved(node, "norm_scale", "bn_param", (c,), batched=False)
+            grad(node, "param_grad", "bn_param", (p, c))
+        elif k in ("sign", "relu"):
+            saved(node, "mask", "activation_mask", node.in_shape)
+        elif k == "maxpool":
+            saved(node, "mask", "pool_mask", node.in_shape)
+        elif k == "softmax_ce":
+            saved(node, "probs", "softmax_output", node.out_shape)
+    out.extend(gradient_buffers(graph))
+    return out
+
+
+def gradient_buffers(graph: Graph) -> list[Stored]:
+    """Activation-gradient buffers, one per class of tensors that share storage."""
+    events = step_events(graph)
+    parent = list(range(len(graph.tensors)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    for t in graph.tensors:
+        if t.alias_of is not None:
+            union(t.id, t.alias_of)
+    for node in graph.nodes:
+        if node.kind == "add":
+            for i in node.inputs:
+                union(node.output, i)
+
+    writers: dict[int, list[int]] = {}
+    readers: dict[int, list[int]] = {}
+    for node in graph.nodes:
+        if node.kind in ("add", "flatten"):
+            continue  # pass gradients by reference
+        at = events.index(f"backward:{node.name}")
+        for i in node.inputs:
+            if graph.tensors[i].requires_grad:
+                writers.setdefault(find(i), []).append(at)
+        if node.kind != "softmax_ce":
+            readers.setdefault(find(node.output), []).append(at)
+
+    out = []
+    for root, wrote in sorted(writers.items()):
+        members = [t for t in graph.tensors if find(t.id) == root and t.producer is not None]
+        first = min(members, key=lambda t: t.id)
+        producer = graph.by_name[first.producer]
+        shape = producer.out_shape if producer.kind != "flatten" else graph.tensors[first.id].shape
+        out.append(Stored(f"{first.producer}.output_grad", first.producer, "activation_grad",
+                          tuple(shape), True, events[min(wrote)], events[max(readers.get(root, wrote))]))
+    return out
