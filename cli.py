@@ -26,7 +26,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
+# A terminal gets its own width; a pipe or file gets room for side-by-side tables.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 LADDER = ["standard", "ladder-1-binary-activations", "ladder-2-l1-batchnorm", "ladder-3-binary-dw", "proposed"]
 USER_ERRORS = (ModelError, StrategyError, ValueError, OSError)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from costmodel.energy import EnergyModel, steps_per_epoch
 from costmodel.memory import MemoryPlan, memory_plan
+from costmodel.ops import by_phase, count_ops, count_traffic, totals
 from costmodel.strategy import Strategy, load_strategy
 from layers.graph import Graph, build_graph
 from layers.model import Model, load_model
@@ -39,6 +41,40 @@ class MemoryReport(BaseModel):
     variables: list[VariableReport]
 
 
+class OpsReport(BaseModel):
+    by_phase: dict[str, dict[str, dict[str, int]]]  # phase -> format -> kind -> count
+    total: dict[str, dict[str, int]]  # format -> kind -> count
+    macs: dict[str, int]  # multiply-accumulates by format
+    bit_macs: int  # binary x binary products (XNOR-popcount bit operations)
+
+
+class EnergyReport(BaseModel):
+    joules_per_step: float
+    compute_j: float
+    memory_j: float
+    static_j: float
+    dynamic_j: float  # compute + memory: what a measurement above idle sees
+    joules_per_sample: float
+    joules_per_epoch: float | None
+    memory_bytes_by_level: dict[str, int]
+
+
+class TimeReport(BaseModel):
+    seconds_per_step: float
+    compute_s: float
+    memory_s: float
+    seconds_per_sample: float
+    seconds_per_epoch: float | None
+    epoch_samples: int | None
+
+
+class FitReport(BaseModel):
+    fits: bool
+    usable_bytes: int
+    max_batch: int
+    headroom_bytes: int
+
+
 class Prediction(BaseModel):
     schema_: str = PREDICTION_SCHEMA
     model: str
@@ -48,6 +84,11 @@ class Prediction(BaseModel):
     workspace_budget: int
     memory: MemoryReport
     parameters: int
+    ops: OpsReport
+    device: str | None = None
+    energy: EnergyReport | None = None
+    time: TimeReport | None = None
+    fit: FitReport | None = None
 
     def to_json(self) -> dict:
         doc = self.model_dump(exclude_none=True)
@@ -101,6 +142,45 @@ def memory_report(plan: MemoryPlan, batch: int) -> MemoryReport:
     )
 
 
+def ops_report(ops, batch: int) -> OpsReport:
+    total = totals(ops, batch)
+    return OpsReport(
+        by_phase=by_phase(ops, batch), total=total,
+        macs={f: k["mac"] for f, k in total.items() if "mac" in k},
+        bit_macs=total.get("bool", {}).get("bit_mac", 0),
+    )
+
+
+def device_reports(energy: EnergyModel, plan: MemoryPlan, batch: int, epoch_samples: int | None):
+    """Energy, time and fit of one step at this batch on the energy model's device."""
+    et = energy.evaluate(batch)
+    joules, seconds = float(et.joules[0]), float(et.seconds[0])
+    per_epoch_j = per_epoch_s = None
+    if epoch_samples:
+        full, rest = steps_per_epoch(epoch_samples, batch)
+        per_epoch_j, per_epoch_s = full * joules, full * seconds
+        if rest:
+            last = energy.evaluate(rest)
+            per_epoch_j += float(last.joules[0])
+            per_epoch_s += float(last.seconds[0])
+    usable = energy.device.memory.usable_bytes
+    peak = int(plan.peak_bytes(batch)[0])
+    return (
+        EnergyReport(
+            joules_per_step=joules, compute_j=float(et.compute_j[0]), memory_j=float(et.memory_j[0]),
+            static_j=float(et.static_j[0]), dynamic_j=float(et.dynamic_j[0]),
+            joules_per_sample=joules / batch, joules_per_epoch=per_epoch_j,
+            memory_bytes_by_level={k: int(v[0]) for k, v in et.bytes_by_level.items()},
+        ),
+        TimeReport(
+            seconds_per_step=seconds, compute_s=float(et.compute_s[0]), memory_s=float(et.memory_s[0]),
+            seconds_per_sample=seconds / batch, seconds_per_epoch=per_epoch_s, epoch_samples=epoch_samples,
+        ),
+        FitReport(fits=peak <= usable, usable_bytes=usable, max_batch=plan.max_batch(usable),
+                  headroom_bytes=usable - peak),
+    )
+
+
 def predict(
     model: str | Model | Graph,
     strategy: str | Strategy = "proposed",
@@ -108,16 +188,26 @@ def predict(
     *,
     retention: str = "step",
     workspace_budget: int = 0,
+    device=None,
+    epoch_samples: int | None = None,
 ) -> Prediction:
+    """Cost one training step. `device` is a loaded Device (hardware_profiles) or None."""
     check_batch(batch)
     graph = resolve(model)
     strat = strategy if isinstance(strategy, Strategy) else load_strategy(strategy)
     plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
-    return Prediction(
+    ops = count_ops(graph, strat)
+    pred = Prediction(
         model=graph.model.name, strategy=strat.name, batch_size=batch, retention=retention,
         workspace_budget=workspace_budget, memory=memory_report(plan, batch),
-        parameters=graph.parameter_count(strat.batchnorm),
+        parameters=graph.parameter_count(strat.batchnorm), ops=ops_report(ops, batch),
     )
+    if device is not None:
+        energy = EnergyModel(ops, count_traffic(graph, strat), device, context=f"{strat.name}: ")
+        pred.device = device.name
+        pred.energy, pred.time, pred.fit = device_reports(
+            energy, plan, batch, epoch_samples or graph.model.train_samples)
+    return pred
 
 
 def compare(
@@ -130,5 +220,10 @@ def compare(
     graph = resolve(model)
     preds = [predict(graph, s, batch, **knobs) for s in strategies]
     base = preds[0]
-    savings = {p.strategy: {"peak_bytes": base.memory.peak_bytes / p.memory.peak_bytes} for p in preds}
+    savings = {}
+    for p in preds:
+        savings[p.strategy] = {"peak_bytes": base.memory.peak_bytes / p.memory.peak_bytes}
+        if p.energy is not None:
+            savings[p.strategy]["joules_per_step"] = base.energy.joules_per_step / p.energy.joules_per_step
+            savings[p.strategy]["seconds_per_step"] = base.time.seconds_per_step / p.time.seconds_per_step
     return Comparison(baseline=base.strategy, predictions=preds, savings=savings)

@@ -26,6 +26,7 @@ class Model(BaseModel):
     name: str
     input: tuple[int, ...]
     layers: tuple[LayerSpec, ...]
+    train_samples: int | None = None  # samples in one epoch of the model's usual data set
     source: str = "<memory>"  # file the model came from, for error messages
 
 
@@ -65,7 +66,7 @@ def parse_model(doc: Any, source: str = "<memory>") -> Model:
     """Validate a model document (the parsed YAML) and name its layers."""
     if not isinstance(doc, dict):
         raise ModelError(f"{source}: a model file must be a mapping with name, input and layers")
-    unknown = set(doc) - {"name", "input", "layers", "description"}
+    unknown = set(doc) - {"name", "input", "layers", "description", "train_samples"}
     if unknown:
         raise ModelError(f"{source}: unknown top-level field(s): {', '.join(sorted(unknown))}")
     for key in ("input", "layers"):
@@ -83,8 +84,11 @@ def parse_model(doc: Any, source: str = "<memory>") -> Model:
     counters: dict[str, int] = {}
     seen: set[str] = set()
     layers = tuple(_parse_layers(doc["layers"], source, "", counters, seen))
+    samples = doc.get("train_samples")
+    if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool) or samples < 1):
+        raise ModelError(f"{source}: train_samples must be a positive integer")
     name = doc.get("name") or Path(source).stem
-    return Model(name=str(name), input=tuple(shape), layers=layers, source=source)
+    return Model(name=str(name), input=tuple(shape), layers=layers, train_samples=samples, source=source)
 
 
 def _parse_layers(items: list, source: str, prefix: str, counters: dict, seen: set) -> list:
@@ -118,8 +122,13 @@ def _parse_layers(items: list, source: str, prefix: str, counters: dict, seen: s
             short = _parse_layers(fields.get("shortcut") or [], source, f"{prefix}{i}.shortcut.", counters, seen)
             out.append(Residual(name=name, body=body, shortcut=short))
             continue
+        cls = LAYER_CLASSES[kind]
+        unknown = sorted(set(fields) - set(cls.model_fields) | ({"kind"} & set(fields)))
+        if unknown:
+            known = ", ".join(f for f in cls.model_fields if f not in ("kind", "name")) or "none"
+            raise ModelError(f"{where}: {unknown[0]}: unknown field (fields of {kind}: {known})")
         try:
-            out.append(LAYER_CLASSES[kind](name=name, **fields))
+            out.append(cls(name=name, **fields))
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or kind

@@ -1,0 +1,111 @@
+"""Energy and time of one training step on a device (METHOD 6).
+
+energy = sum over (kind, format) of count x energy per op
+       + sum over layer-phases of bytes moved x energy per byte of the level
+         that holds that layer-phase's working set
+       + idle (static) power x time.
+A layer-phase's working set is the bytes it reads and writes; its traffic is
+charged to the smallest memory level whose capacity holds that set. Its time
+is the larger of its compute time (counts / sustained throughput, summed over
+kinds) and its memory time (bytes / the level's bandwidth); the step's time is
+the sum over layer-phases. Everything is evaluated for many batch sizes at
+once, so a sweep costs one numpy pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from costmodel.ops import INFORMATIONAL, OpCount, Traffic
+
+
+class MissingOpError(ValueError):
+    """The model needs an operation the device table does not list."""
+
+
+@dataclass
+class EnergyTime:
+    """Per-step figures, one entry per batch size asked for."""
+
+    batch: np.ndarray
+    compute_j: np.ndarray
+    memory_j: np.ndarray
+    static_j: np.ndarray
+    seconds: np.ndarray
+    compute_s: np.ndarray  # sum of compute times (what the step would take were memory free)
+    memory_s: np.ndarray
+    bytes_by_level: dict[str, np.ndarray]
+
+    @property
+    def dynamic_j(self) -> np.ndarray:
+        return self.compute_j + self.memory_j
+
+    @property
+    def joules(self) -> np.ndarray:
+        return self.compute_j + self.memory_j + self.static_j
+
+
+class EnergyModel:
+    """Op counts and traffic of one model and strategy, priced on one device; batch-free."""
+
+    def __init__(self, ops: list[OpCount], traffic: list[Traffic], device, context: str = ""):
+        self.device = device
+        phases = sorted({(o.layer, o.phase) for o in ops} | {(t.layer, t.phase) for t in traffic})
+        index = {lp: i for i, lp in enumerate(phases)}
+        n = len(phases)
+        # per layer-phase, affine in B: compute energy (pJ), compute time (s)
+        self.e_const, self.e_per = np.zeros(n), np.zeros(n)
+        self.t_const, self.t_per = np.zeros(n), np.zeros(n)
+        for o in ops:
+            if o.kind in INFORMATIONAL:
+                continue
+            try:
+                spec = device.op(o.format, o.kind)
+            except ValueError as exc:
+                where = f" (needed by {context}{o.layer} {o.phase})"
+                raise MissingOpError(f"{exc}{where}") from None
+            i = index[(o.layer, o.phase)]
+            self.e_const[i] += o.const * spec.pj
+            self.e_per[i] += o.per_sample * spec.pj
+            self.t_const[i] += o.const / spec.per_s
+            self.t_per[i] += o.per_sample / spec.per_s
+        self.b_const, self.b_per = np.zeros(n), np.zeros(n)
+        for t in traffic:
+            i = index[(t.layer, t.phase)]
+            self.b_const[i] += t.read_const + t.write_const
+            self.b_per[i] += t.read_per_sample + t.write_per_sample
+        levels = device.memory.levels
+        self.level_names = [lv.name for lv in levels]
+        self.capacity = np.array([lv.capacity_bytes for lv in levels], dtype=np.float64)
+        self.pj_per_byte = np.array([lv.energy_pj_per_byte for lv in levels])
+        self.bandwidth = np.array([lv.bandwidth_bytes_per_s for lv in levels])
+        self.idle_w = device.power.idle_w
+
+    def evaluate(self, batch) -> EnergyTime:
+        bs = np.atleast_1d(np.asarray(batch, dtype=np.float64))
+        e_ops = self.e_const[:, None] + self.e_per[:, None] * bs  # pJ, [phase, batch]
+        t_ops = self.t_const[:, None] + self.t_per[:, None] * bs
+        moved = self.b_const[:, None] + self.b_per[:, None] * bs
+        # smallest level whose capacity holds the working set; DRAM (the last) otherwise
+        level = np.minimum(np.searchsorted(self.capacity, moved, side="left"), len(self.capacity) - 1)
+        e_mem = moved * self.pj_per_byte[level]
+        t_mem = moved / self.bandwidth[level]
+        seconds = np.maximum(t_ops, t_mem).sum(axis=0)
+        by_level = {name: np.where(level == i, moved, 0.0).sum(axis=0) for i, name in enumerate(self.level_names)}
+        return EnergyTime(
+            batch=bs,
+            compute_j=e_ops.sum(axis=0) * 1e-12,
+            memory_j=e_mem.sum(axis=0) * 1e-12,
+            static_j=self.idle_w * seconds,
+            seconds=seconds,
+            compute_s=t_ops.sum(axis=0),
+            memory_s=t_mem.sum(axis=0),
+            bytes_by_level=by_level,
+        )
+
+
+def steps_per_epoch(samples: int, batch: int) -> tuple[int, int]:
+    """(full steps, samples in the last partial step) for one pass over the data."""
+    return samples // batch, samples % batch

@@ -1,0 +1,99 @@
+"""The command line as a user meets it: tables, JSON, and one-line errors with exit code 2."""
+
+import json
+
+import pytest
+
+import cli
+
+
+def run(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(list(args))
+    got = capsys.readouterr()
+    return exc.value.code, got.out, got.err
+
+
+def test_compare_table(capsys):
+    code, out, err = run(capsys, "compare", "mlp")
+    assert code == 0 and err == ""
+    assert "standard" in out and "proposed" in out and "saving vs standard" in out
+    assert "MiB" in out and "x B" in out and "optimizer_state" in out
+
+
+def test_compare_ladder_shows_each_step(capsys):
+    code, out, _ = run(capsys, "compare", "cnv", "--ladder")
+    assert code == 0
+    assert "saving of this step" in out and "ladder-2-l1-batchnorm" in out
+
+
+def test_predict_json_is_one_document(capsys):
+    code, out, err = run(capsys, "predict", "mlp", "--batch", "100", "--json")
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    assert doc["schema"] == "bnncost.prediction/1"
+    assert doc["model"] == "mlp" and doc["strategy"] == "proposed" and doc["batch_size"] == 100
+    assert doc["retention"] == "step" and doc["workspace_budget"] == 0
+    m = doc["memory"]
+    assert isinstance(m["peak_bytes"], int) and m["peak_event"].startswith("backward:")
+    assert m["fixed_bytes"] + m["per_sample_bytes"] * 100 == m["peak_bytes"]
+    assert sum(m["by_role"].values()) == m["peak_bytes"]
+    v = m["variables"][0]
+    assert set(v) >= {"name", "layer", "role", "format", "shape", "bytes", "alloc_event", "free_event"}
+    assert isinstance(doc["parameters"], int)
+    assert "ops" in doc and doc["ops"]["bit_macs"] > 0
+
+
+def test_compare_json(capsys):
+    code, out, _ = run(capsys, "compare", "mlp", "--strategies", "standard,proposed,bop", "--json")
+    doc = json.loads(out)
+    assert doc["schema"] == "bnncost.comparison/1" and doc["baseline"] == "standard"
+    assert [p["strategy"] for p in doc["predictions"]] == ["standard", "proposed", "bop"]
+    assert doc["savings"]["standard"]["peak_bytes"] == 1.0
+    assert doc["savings"]["proposed"]["peak_bytes"] > 2
+
+
+@pytest.mark.parametrize("by, needle", [("role", "by role"), ("layer", "dense_1"), ("variable", "dense_1.adam_m")])
+def test_predict_breakdowns(capsys, by, needle):
+    code, out, _ = run(capsys, "predict", "mlp", "--by", by)
+    assert code == 0 and needle in out
+
+
+def test_predict_backward_retention_and_workspace(capsys):
+    code, out, _ = run(capsys, "predict", "cnv", "--retention", "backward", "--workspace", "65536", "--json")
+    doc = json.loads(out)
+    assert doc["retention"] == "backward" and doc["workspace_budget"] == 65536
+    assert "workspace" in {v["role"] for v in doc["memory"]["variables"]}
+
+
+def test_listings(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "resnete18" in out
+    code, out, _ = run(capsys, "strategies", "--json")
+    names = [s["name"] for s in json.loads(out)["strategies"]]
+    assert {"standard", "proposed", "proposed-po2", "bop", "ladder-3-binary-dw"} <= set(names)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["predict", "nosuch"], "unknown model 'nosuch'"),
+    (["predict", "mlp", "--batch", "-3"], "batch size must be a positive integer"),
+    (["predict", "mlp", "--batch", "0"], "batch size must be a positive integer"),
+    (["predict", "mlp", "--batch", "x"], "--batch"),
+    (["predict", "mlp", "--strategy", "fast"], "unknown strategy 'fast'"),
+    (["predict", "mlp", "--retention", "never"], "--retention"),
+    (["predict", "mlp", "--workspace", "-1"], "--workspace"),
+    (["predict", "mlp", "--by", "colour"], "--by"),
+    (["predict", "missing/model.yaml"], "model file not found"),
+    (["compare", "mlp", "--strategies", ","], "--strategies"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, args, needle):
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == ""
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_model_file_names_file_and_layer(capsys, tmp_path):
+    f = tmp_path / "m.yaml"
+    f.write_text("input: [2, 2, 1]\nlayers:\n  - conv2d: {filters: 4, kernel: 3}\n  - softmax_ce: {}\n")
+    code, out, err = run(capsys, "predict", str(f))
+    assert code == 2 and str(f) in err and "conv2d_1" in err and "3x3 valid conv on a 2x2 map" in err
