@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from costmodel.prediction import Comparison, Prediction, compare, predict
+from hardware_profiles import Device, DeviceError, list_devices, load_device
 from costmodel.strategy import StrategyError, load_strategy, strategy_names
 from layers.graph import build_graph
 from layers.model import ModelError, load_model, zoo_names
@@ -30,7 +31,7 @@ app = typer.Typer(
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 LADDER = ["standard", "ladder-1-binary-activations", "ladder-2-l1-batchnorm", "ladder-3-binary-dw", "proposed"]
-USER_ERRORS = (ModelError, StrategyError, ValueError, OSError)
+USER_ERRORS = (ModelError, StrategyError, DeviceError, ValueError, OSError)
 
 # Typer may bundle its own copy of click; take its exception classes from Typer itself.
 _CLICK_EXC = sys.modules[typer.BadParameter.__module__]
@@ -64,6 +65,27 @@ def role_formats(p: Prediction) -> dict[str, str]:
     for v in p.memory.variables:
         fm.setdefault(v.role, set()).add(v.format)
     return {r: ", ".join(sorted(f)) for r, f in fm.items()}
+
+
+def si(value: float, unit: str) -> str:
+    """A number with an SI prefix: 3.2 mJ, 41.0 ms, 1.2 GJ."""
+    if value == 0:
+        return f"0 {unit}"
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value / 1e-12:.3g} p{unit}"
+
+
+def count(n: float) -> str:
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= factor:
+            return f"{n / factor:.3g}{suffix}"
+    return f"{n:.0f}"
+
+
+def open_device(ref: str | None) -> Device | None:
+    return None if ref is None else load_device(ref)
 
 
 def split_list(text: str) -> list[str]:
@@ -119,12 +141,15 @@ def predict_cmd(
     retention: str = typer.Option("step", "--retention", help="step: saved tensors live to the step's end; backward: freed after use."),
     workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator (0: in place, no scratch)."),
     by: str = typer.Option("role", "--by", help="Breakdown: role, layer or variable."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
+    epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
-    """Predict the peak memory of one training step, and where the bytes go."""
+    """Predict the peak memory, operations, energy and time of one training step."""
     if by not in ("role", "layer", "variable"):
         raise BadInput(f"--by must be role, layer or variable, not '{by}'")
-    p = predict(model, strategy, batch, **knobs(retention, workspace))
+    p = predict(model, strategy, batch, device=open_device(device),
+                epoch_samples=check_samples(epoch_samples), **knobs(retention, workspace))
     if as_json:
         emit_json(p.to_json())
         return
@@ -154,6 +179,46 @@ def predict_cmd(
             t.add_row("*" if v.alive_at_peak else "", v.name, v.role, v.format,
                       "x".join(map(str, v.shape)), human_bytes(v.bytes), f"{v.alloc_event} -> {v.free_event}")
     out.print(t)
+    print_ops(p)
+    if p.energy is not None:
+        print_device(p)
+
+
+def print_ops(p: Prediction) -> None:
+    """Operations of the step: MACs by format, bit-MACs, and every kind by phase."""
+    o = p.ops
+    macs = ", ".join(f"{count(n)} {f}" for f, n in o.macs.items()) or "none"
+    out.print(f"Operations: {count(o.bit_macs)} bit-MACs (XNOR-popcount), MACs: {macs}")
+    t = Table(title="Operations by phase (count, format)")
+    t.add_column("phase")
+    kinds = sorted({k for ph in o.by_phase.values() for f in ph.values() for k in f})
+    for k in kinds:
+        t.add_column(k, justify="right")
+    for phase, fmts in o.by_phase.items():
+        for fmt, row in fmts.items():
+            t.add_row(f"{phase} [dim]{fmt}[/]", *[count(row[k]) if k in row else "" for k in kinds])
+    out.print(t)
+
+
+def print_device(p: Prediction) -> None:
+    e, tm, f = p.energy, p.time, p.fit
+    t = Table(title=f"On {p.device}")
+    t.add_column("")
+    t.add_column("per step", justify="right")
+    t.add_column("per sample", justify="right")
+    t.add_column(f"per epoch ({tm.epoch_samples:,} samples)" if tm.epoch_samples else "per epoch", justify="right")
+    t.add_row("[bold]energy[/]", f"[bold]{si(e.joules_per_step, 'J')}[/]", si(e.joules_per_sample, "J"),
+              si(e.joules_per_epoch, "J") if e.joules_per_epoch is not None else "-")
+    t.add_row("  compute", si(e.compute_j, "J"), "", "")
+    t.add_row("  memory traffic", si(e.memory_j, "J"), "", "")
+    t.add_row("  static (idle power x time)", si(e.static_j, "J"), "", "")
+    t.add_row("  dynamic (above idle)", si(e.dynamic_j, "J"), "", "")
+    t.add_row("[bold]time[/]", f"[bold]{si(tm.seconds_per_step, 's')}[/]", si(tm.seconds_per_sample, "s"),
+              si(tm.seconds_per_epoch, "s") if tm.seconds_per_epoch is not None else "-")
+    out.print(t)
+    verdict = "[green]fits[/]" if f.fits else "[red]does not fit[/]"
+    out.print(f"Memory: peak {human_bytes(p.memory.peak_bytes)} {verdict} in {human_bytes(f.usable_bytes)} usable; "
+              f"largest batch that fits: [bold]{f.max_batch:,}[/]")
 
 
 @app.command("compare")
@@ -164,11 +229,14 @@ def compare_cmd(
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
     retention: str = typer.Option("step", "--retention", help="step or backward."),
     workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
+    epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
-    """Compare strategies side by side: peak memory, its formula, where it goes, and the saving."""
+    """Compare strategies side by side: peak memory, where it goes, energy and time, and the savings."""
     names = LADDER if ladder else split_list(strategies)
-    c = compare(model, names, batch, **knobs(retention, workspace))
+    c = compare(model, names, batch, device=open_device(device), epoch_samples=check_samples(epoch_samples),
+                **knobs(retention, workspace))
     if as_json:
         emit_json(c.to_json())
         return
@@ -191,6 +259,18 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
         t.add_row("saving of this step", *steps)
     t.add_row("fixed + per sample", *[formula(p.memory.fixed_bytes, p.memory.per_sample_bytes) for p in preds])
     t.add_row("peak event", *[p.memory.peak_event for p in preds])
+    t.add_row("bit-MACs / MACs", *[f"{count(p.ops.bit_macs)} / {count(sum(p.ops.macs.values()))}" for p in preds])
+    if p0.energy is not None:
+        t.add_section()
+        t.add_row(f"[bold]energy per step[/] ({p0.device})", *[f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
+        t.add_row("energy saving", *[f"{c.savings[p.strategy]['joules_per_step']:.2f}x" for p in preds])
+        t.add_row("  compute / memory / static", *[
+            f"{si(p.energy.compute_j, 'J')} / {si(p.energy.memory_j, 'J')} / {si(p.energy.static_j, 'J')}" for p in preds])
+        t.add_row("time per step", *[si(p.time.seconds_per_step, "s") for p in preds])
+        t.add_row("time saving", *[f"{c.savings[p.strategy]['seconds_per_step']:.2f}x" for p in preds])
+        t.add_row(f"fits in {human_bytes(p0.fit.usable_bytes)}", *[
+            "[green]yes[/]" if p.fit.fits else "[red]no[/]" for p in preds])
+        t.add_row("largest batch that fits", *[f"{p.fit.max_batch:,}" for p in preds])
     t.add_section()
     roles = list(dict.fromkeys(r for p in preds for r in p.memory.by_role))
     fmts = [role_formats(p) for p in preds]
@@ -200,6 +280,72 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
             for p, f in zip(preds, fmts)
         ])
     out.print(t)
+
+
+@app.command("fit")
+def fit_cmd(
+    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    device: str = typer.Option(..., "--device", "-d", help="Device name or YAML path."),
+    strategies: str = typer.Option("standard,proposed", "--strategies", help="Comma-separated strategies."),
+    batch: int = typer.Option(100, "--batch", "-b", help="Batch size whose fit is also checked."),
+    retention: str = typer.Option("step", "--retention", help="step or backward."),
+    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> None:
+    """The largest batch that fits the device's usable memory, per strategy."""
+    dev = load_device(device)
+    c = compare(model, split_list(strategies), batch, device=dev, **knobs(retention, workspace))
+    rows = []
+    for p in c.predictions:
+        b = p.fit.max_batch
+        at_max = predict(model, p.strategy, b, **knobs(retention, workspace)).memory if b else None
+        rows.append({
+            "strategy": p.strategy, "max_batch": b, "usable_bytes": p.fit.usable_bytes,
+            "peak_bytes_at_max_batch": at_max.peak_bytes if at_max else None,
+            "fits_at_batch": p.fit.fits, "peak_bytes_at_batch": p.memory.peak_bytes,
+            "fixed_bytes": p.memory.fixed_bytes, "per_sample_bytes": p.memory.per_sample_bytes,
+        })
+    if as_json:
+        emit_json({"schema": "bnncost.fit/1", "model": c.predictions[0].model, "device": dev.name,
+                   "batch_size": batch, "retention": retention, "workspace_budget": workspace, "strategies": rows})
+        return
+    out.print(f"[bold]{c.predictions[0].model}[/] on [bold]{dev.name}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
+              f"of {human_bytes(dev.memory.ram_bytes)} RAM · retention {retention}")
+    t = Table(title="Largest batch that fits")
+    for col, j in (("strategy", "left"), ("largest batch", "right"), ("peak there", "right"),
+                   (f"peak at B={batch}", "right"), ("fits at B", "left"), ("fixed + per sample", "right")):
+        t.add_column(col, justify=j)
+    for r in rows:
+        t.add_row(r["strategy"], f"[bold]{r['max_batch']:,}[/]",
+                  human_bytes(r["peak_bytes_at_max_batch"]) if r["max_batch"] else "-",
+                  human_bytes(r["peak_bytes_at_batch"]), "[green]yes[/]" if r["fits_at_batch"] else "[red]no[/]",
+                  formula(r["fixed_bytes"], r["per_sample_bytes"]))
+    out.print(t)
+
+
+@app.command("devices")
+def devices_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the shipped device tables."""
+    devs = [load_device(n) for n in list_devices()]
+    if as_json:
+        emit_json({"schema": "bnncost.devices/1", "devices": [
+            {"name": d.name, "description": d.description, "ram_bytes": d.memory.ram_bytes,
+             "usable_bytes": d.memory.usable_bytes, "idle_w": d.power.idle_w, "active_w": d.power.active_w,
+             "levels": [lv.name for lv in d.memory.levels]} for d in devs]})
+        return
+    t = Table(title="Devices (pass a name, or a path to your own YAML)")
+    for col in ("device", "RAM", "usable", "idle", "active", "description"):
+        t.add_column(col, justify="right" if col in ("RAM", "usable", "idle", "active") else "left")
+    for d in devs:
+        t.add_row(d.name, human_bytes(d.memory.ram_bytes), human_bytes(d.memory.usable_bytes),
+                  f"{d.power.idle_w:.2g} W", f"{d.power.active_w:.2g} W", d.description)
+    out.print(t)
+
+
+def check_samples(n: int | None) -> int | None:
+    if n is not None and n < 1:
+        raise BadInput(f"--epoch-samples must be a positive integer, not {n}")
+    return n
 
 
 def knobs(retention: str, workspace: int) -> dict:

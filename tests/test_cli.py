@@ -97,3 +97,66 @@ def test_bad_model_file_names_file_and_layer(capsys, tmp_path):
     f.write_text("input: [2, 2, 1]\nlayers:\n  - conv2d: {filters: 4, kernel: 3}\n  - softmax_ce: {}\n")
     code, out, err = run(capsys, "predict", str(f))
     assert code == 2 and str(f) in err and "conv2d_1" in err and "3x3 valid conv on a 2x2 map" in err
+
+
+TOY = "tests/data/toy-device.yaml"
+
+
+def test_compare_on_a_device_shows_energy_time_and_savings(capsys):
+    code, out, err = run(capsys, "compare", "binarynet", "--device", "raspberry-pi-3b-plus")
+    assert code == 0 and err == ""
+    assert "energy per step" in out and "energy saving" in out and "time per step" in out
+    assert "largest batch that fits" in out
+
+
+def test_compare_json_gains_energy_savings(capsys):
+    code, out, _ = run(capsys, "compare", "mlp", "--device", "jetson-nano", "--json")
+    doc = json.loads(out)
+    assert doc["savings"]["proposed"]["joules_per_step"] > 1
+    p = doc["predictions"][1]
+    assert p["device"] == "jetson-nano"
+    assert set(p["energy"]) >= {"joules_per_step", "compute_j", "memory_j", "static_j"}
+    assert p["time"]["seconds_per_step"] > 0
+    assert set(p["fit"]) >= {"fits", "usable_bytes", "max_batch"}
+    assert set(p["ops"]) >= {"by_phase", "total"}
+
+
+def test_predict_on_a_device_table(capsys):
+    code, out, _ = run(capsys, "predict", "mlp", "--batch", "200", "--device", "raspberry-pi-3b-plus")
+    assert code == 0 and "On raspberry-pi-3b-plus" in out and "per epoch (60,000 samples)" in out
+    assert "bit-MACs" in out
+
+
+def test_fit_and_devices(capsys):
+    code, out, _ = run(capsys, "fit", "mlp", "--device", "jetson-nano")
+    assert code == 0 and "Largest batch that fits" in out
+    code, out, _ = run(capsys, "fit", "mlp", "--device", "raspberry-pi-3b-plus", "--json")
+    doc = json.loads(out)
+    assert doc["schema"] == "bnncost.fit/1" and doc["strategies"][1]["max_batch"] > doc["strategies"][0]["max_batch"]
+    code, out, _ = run(capsys, "devices", "--json")
+    assert "raspberry-pi-3b-plus" in [d["name"] for d in json.loads(out)["devices"]]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["predict", "mlp", "--device", "pi-zero"], "raspberry-pi-3b-plus"),
+    (["predict", "mlp", "--device", "nowhere/dev.yaml"], "nowhere/dev.yaml"),
+    (["fit", "mlp"], "--device"),
+])
+def test_bad_device_input_is_one_line_exit_2(capsys, args, needle):
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == "" and needle in err and err.count("\n") == 1
+
+
+def test_device_lacking_an_op_the_model_needs(capsys, tmp_path):
+    f = tmp_path / "nopo2.yaml"
+    f.write_text("\n".join(line for line in open(TOY).read().splitlines() if "shift" not in line and "po2" not in line))
+    code, out, err = run(capsys, "predict", "mlp", "--strategy", "proposed-po2", "--device", str(f))
+    assert code == 2 and out == "" and "no shift at po2" in err and "proposed-po2" in err
+
+
+def test_fit_when_nothing_fits(capsys):
+    code, out, _ = run(capsys, "fit", "mlp", "--device", TOY, "--json")
+    doc = json.loads(out)
+    assert [s["max_batch"] for s in doc["strategies"]] == [0, 0]
+    code, out, _ = run(capsys, "fit", "mlp", "--device", TOY)
+    assert code == 0 and "no" in out
