@@ -7,16 +7,17 @@ passes a path to their own.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict
 
 from costmodel.formats import FORMAT_BITS, REAL_FORMATS
 from layers.model import looks_like_path
 from layers.roles import FORMATTED_ROLES
+from layers.yamlfile import parse_yaml
 
 
 class StrategyError(ValueError):
@@ -48,6 +49,13 @@ def strategy_names() -> list[str]:
 
 def load_strategy(ref: str) -> Strategy:
     """Load a shipped strategy by name or a user's strategy from a YAML path."""
+    if looks_like_path(ref):  # a user's file may change between calls: read it every time
+        return _finish(_load_rows(ref, ()))
+    return _load_shipped(ref)
+
+
+@lru_cache(maxsize=None)
+def _load_shipped(ref: str) -> Strategy:
     return _finish(_load_rows(ref, ()))
 
 
@@ -64,12 +72,7 @@ def _read(ref: str, base: Path | None) -> tuple[Any, str]:
             )
         text = resources.files("costmodel.strategies").joinpath(f"{ref}.yaml").read_text(encoding="utf-8")
         source = f"strategy:{ref}"
-    try:
-        return yaml.safe_load(text), source
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise StrategyError(f"{source}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_yaml(text, source, StrategyError), source
 
 
 def _load_rows(ref: str, chain: tuple[str, ...], base: Path | None = None) -> dict:

@@ -7,14 +7,15 @@ included, so that every later error and every variable can name its layer.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from layers.spec import LAYER_CLASSES, LayerSpec, Residual
+from layers.yamlfile import parse_yaml
 
 
 class ModelError(ValueError):
@@ -40,26 +41,27 @@ def looks_like_path(ref: str) -> bool:
 
 
 def load_model(ref: str) -> Model:
-    """Load a zoo model by name, or a user's model from a YAML path."""
+    """Load a zoo model by name, or a user's model from a YAML path (cached while the file is unchanged)."""
     if looks_like_path(ref):
         path = Path(ref)
         if not path.is_file():
             raise ModelError(f"{ref}: model file not found")
-        text, source = path.read_text(encoding="utf-8"), str(path)
-    else:
-        if ref not in zoo_names():
-            raise ModelError(
-                f"unknown model '{ref}'; zoo models: {', '.join(zoo_names())} (or pass a YAML path)"
-            )
-        text = resources.files("layers.zoo").joinpath(f"{ref}.yaml").read_text(encoding="utf-8")
-        source = f"zoo:{ref}"
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ModelError(f"{source}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse_model(doc, source)
+        stat = path.stat()
+        return _load_model_file(str(path), stat.st_mtime_ns, stat.st_size)
+    return _load_zoo_model(ref)
+
+
+@lru_cache(maxsize=64)
+def _load_model_file(path: str, mtime_ns: int, size: int) -> Model:
+    return parse_model(parse_yaml(Path(path).read_text(encoding="utf-8"), path, ModelError), path)
+
+
+@lru_cache(maxsize=None)
+def _load_zoo_model(ref: str) -> Model:
+    if ref not in zoo_names():
+        raise ModelError(f"unknown model '{ref}'; zoo models: {', '.join(zoo_names())} (or pass a YAML path)")
+    text = resources.files("layers.zoo").joinpath(f"{ref}.yaml").read_text(encoding="utf-8")
+    return parse_model(parse_yaml(text, f"zoo:{ref}", ModelError), f"zoo:{ref}")
 
 
 def parse_model(doc: Any, source: str = "<memory>") -> Model:

@@ -150,10 +150,13 @@ def gradient_buffers(graph: Graph) -> list[Stored]:
         if node.kind != "softmax_ce":
             readers.setdefault(find(node.output), []).append(at)
 
+    first_member: dict[int, int] = {}  # class root -> lowest tensor id with a producer
+    for t in graph.tensors:
+        if t.producer is not None:
+            first_member.setdefault(find(t.id), t.id)
     out = []
     for root, wrote in sorted(writers.items()):
-        members = [t for t in graph.tensors if find(t.id) == root and t.producer is not None]
-        first = min(members, key=lambda t: t.id)
+        first = graph.tensors[first_member[root]]
         producer = graph.by_name[first.producer]
         shape = producer.out_shape if producer.kind != "flatten" else graph.tensors[first.id].shape
         out.append(Stored(f"{first.producer}.output_grad", first.producer, "activation_grad",
