@@ -82,7 +82,7 @@ _EXAMPLES: Final[dict[str, str]] = {
     "power": "e.g. 1.9 W, 350 mW",
 }
 
-_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|NaN|inf|Inf|infinity|Infinity)"
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|NaN|infinity|Infinity|inf|Inf)"
 _QUANTITY_RE: Final = re.compile(rf"^\s*(?P<num>{_NUMBER})\s*(?P<unit>\S.*?)?\s*$")
 
 
