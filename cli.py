@@ -13,8 +13,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from costmodel.plots import check_path, plot_comparison, plot_sweep
 from costmodel.prediction import Comparison, Prediction, compare, predict
+from costmodel.sweep import Sweep, parse_batches, sweep
 from hardware_profiles import Device, DeviceError, list_devices, load_device
 from costmodel.strategy import StrategyError, load_strategy, strategy_names
 from layers.graph import build_graph
@@ -27,11 +30,43 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-# A terminal gets its own width; a pipe or file gets room for side-by-side tables.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+class Printer:
+    """Rich tables for a terminal, or the same tables as Markdown (--markdown) for a README or a paper."""
+
+    def __init__(self) -> None:
+        # A terminal gets its own width; a pipe or file gets room for side-by-side tables.
+        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+        self.markdown = False
+
+    def print(self, obj: object = "") -> None:
+        if not self.markdown:
+            self.console.print(obj)
+        elif isinstance(obj, Table):
+            sys.stdout.write(table_markdown(obj) + "\n\n")
+        else:
+            sys.stdout.write(Text.from_markup(str(obj)).plain + "\n\n")
+
+
+def _plain(cell: object) -> str:
+    text = cell.plain if isinstance(cell, Text) else Text.from_markup(str(cell)).plain
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table_markdown(t: Table) -> str:
+    cols = t.columns
+    head = "| " + " | ".join(_plain(c.header) or " " for c in cols) + " |"
+    rule = "|" + "|".join("---:" if c.justify == "right" else "---" for c in cols) + "|"
+    rows = ["| " + " | ".join(_plain(cell) for cell in row) + " |" for row in zip(*(c.cells for c in cols))]
+    title = f"**{_plain(t.title)}**\n\n" if t.title else ""
+    return title + "\n".join([head, rule, *rows])
+
+
+out = Printer()
 
 LADDER = ["standard", "ladder-1-binary-activations", "ladder-2-l1-batchnorm", "ladder-3-binary-dw", "proposed"]
-USER_ERRORS = (ModelError, StrategyError, DeviceError, ValueError, OSError)
+USER_ERRORS = (ModelError, StrategyError, DeviceError, ValueError, OSError)  # PlotError is a ValueError
 
 # Typer may bundle its own copy of click; take its exception classes from Typer itself.
 _CLICK_EXC = sys.modules[typer.BadParameter.__module__]
@@ -144,8 +179,10 @@ def predict_cmd(
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
 ) -> None:
     """Predict the peak memory, operations, energy and time of one training step."""
+    output_mode(as_json, markdown)
     if by not in ("role", "layer", "variable"):
         raise BadInput(f"--by must be role, layer or variable, not '{by}'")
     p = predict(model, strategy, batch, device=open_device(device),
@@ -232,15 +269,22 @@ def compare_cmd(
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Also draw bytes by role (and energy) per strategy to FILE.png."),
 ) -> None:
     """Compare strategies side by side: peak memory, where it goes, energy and time, and the savings."""
+    output_mode(as_json, markdown)
+    if plot:
+        check_path(plot)
     names = LADDER if ladder else split_list(strategies)
     c = compare(model, names, batch, device=open_device(device), epoch_samples=check_samples(epoch_samples),
                 **knobs(retention, workspace))
     if as_json:
         emit_json(c.to_json())
-        return
-    print_comparison(c, stepwise=ladder)
+    else:
+        print_comparison(c, stepwise=ladder)
+    if plot:
+        wrote(plot_comparison(c, plot), as_json)
 
 
 def print_comparison(c: Comparison, stepwise: bool) -> None:
@@ -291,8 +335,10 @@ def fit_cmd(
     retention: str = typer.Option("step", "--retention", help="step or backward."),
     workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
 ) -> None:
     """The largest batch that fits the device's usable memory, per strategy."""
+    output_mode(as_json, markdown)
     dev = load_device(device)
     c = compare(model, split_list(strategies), batch, device=dev, **knobs(retention, workspace))
     rows = []
@@ -340,6 +386,79 @@ def devices_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         t.add_row(d.name, human_bytes(d.memory.ram_bytes), human_bytes(d.memory.usable_bytes),
                   f"{d.power.idle_w:.2g} W", f"{d.power.active_w:.2g} W", d.description)
     out.print(t)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    strategies: str = typer.Option("standard,proposed", "--strategies", help="Comma-separated strategies."),
+    batch: str = typer.Option("1:4096", "--batch", "-b", help="Batch sizes: a:b, a:b:step, or a list 1,8,64."),
+    log: bool = typer.Option(True, "--log/--linear", help="For a:b without a step: powers of two (default) or every batch."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds fit, energy and time per sample."),
+    retention: str = typer.Option("step", "--retention", help="step or backward."),
+    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Also draw memory against batch size to FILE.png."),
+) -> None:
+    """Peak memory (and energy and time per sample on a device) over a range of batch sizes."""
+    output_mode(as_json, markdown)
+    if plot:
+        check_path(plot)
+    batches = parse_batches(batch, log)
+    s = sweep(model, split_list(strategies), batches, device=open_device(device), **knobs(retention, workspace))
+    if as_json:
+        emit_json(s.to_json())
+    else:
+        print_sweep(s)
+    if plot:
+        wrote(plot_sweep(s, plot), as_json)
+
+
+def print_sweep(s: Sweep) -> None:
+    where = f" on {s.device} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
+    out.print(f"[bold]{s.model}[/]{where} · retention {s.retention} · workspace {human_bytes(s.workspace_budget)}")
+    t = Table(title="Peak memory of one training step against batch size" + (" (red: does not fit)" if s.device else ""))
+    t.add_column("batch", justify="right")
+    for line in s.lines:
+        t.add_column(line.strategy, justify="right")
+        if s.device:
+            t.add_column("J / sample", justify="right")
+            t.add_column("s / sample", justify="right")
+    if s.device:
+        t.add_column("note")
+    for i, b in enumerate(s.batches):
+        cells, notes = [f"{b:,}"], []
+        for line in s.lines:
+            peak = human_bytes(line.peak_bytes[i])
+            if s.device:
+                fits = line.fits[i]
+                cells += [peak if fits else f"[red]{peak}[/]", si(line.joules_per_sample[i], "J"),
+                          si(line.seconds_per_sample[i], "s")]
+                if not fits and (i == 0 or line.fits[i - 1]):
+                    notes.append(f"{line.strategy} stops fitting (largest batch {line.max_batch:,})")
+            else:
+                cells.append(peak)
+        if s.device:
+            cells.append("; ".join(notes))
+        t.add_row(*cells)
+    out.print(t)
+    if s.device:
+        out.print("Largest batch that fits: " + ", ".join(f"{ln.strategy} {ln.max_batch:,}" for ln in s.lines))
+
+
+def output_mode(as_json: bool, markdown: bool) -> None:
+    if as_json and markdown:
+        raise BadInput("--json and --markdown exclude each other")
+    out.markdown = markdown
+
+
+def wrote(path, as_json: bool) -> None:
+    """Say where a plot went: on stderr when stdout carries JSON."""
+    if as_json:
+        sys.stderr.write(f"wrote {path}\n")
+    else:
+        out.print(f"wrote {path}")
 
 
 def check_samples(n: int | None) -> int | None:

@@ -1,0 +1,105 @@
+"""Peak memory, energy and time over many batch sizes, from the affine forms.
+
+A sweep builds each strategy's variables and op counts once and evaluates
+every batch size in one numpy pass (MemoryPlan.peak_bytes, EnergyModel.evaluate);
+nothing is rebuilt per batch.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from pydantic import BaseModel
+
+from costmodel.energy import EnergyModel
+from costmodel.memory import memory_plan
+from costmodel.ops import count_ops, count_traffic
+from costmodel.prediction import resolve
+from costmodel.strategy import Strategy, load_strategy
+
+SWEEP_SCHEMA = "bnncost.sweep/1"
+MAX_POINTS = 1_000_000
+
+
+class SweepLine(BaseModel):
+    strategy: str
+    peak_bytes: list[int]
+    peak_event: list[str]
+    fits: list[bool] | None = None
+    max_batch: int | None = None
+    joules_per_sample: list[float] | None = None
+    seconds_per_sample: list[float] | None = None
+
+
+class Sweep(BaseModel):
+    model: str
+    batches: list[int]
+    retention: str
+    workspace_budget: int
+    device: str | None = None
+    usable_bytes: int | None = None
+    lines: list[SweepLine]
+
+    def to_json(self) -> dict:
+        return {"schema": SWEEP_SCHEMA, **self.model_dump(exclude_none=True)}
+
+
+def parse_batches(spec: str, log: bool = False) -> list[int]:
+    """'a:b' (every batch, or powers of two with log), 'a:b:step', or a list '1,8,64'."""
+    text = spec.strip()
+    if re.fullmatch(r"\d+(\s*,\s*\d+)*", text):
+        values = sorted({int(v) for v in text.split(",")})
+    else:
+        m = re.fullmatch(r"(\d+):(\d+)(?::(\d+))?", text)
+        if not m:
+            raise ValueError(f"--batch: '{spec}' is not a range a:b, a:b:step or a list 1,8,64")
+        a, b, step = int(m.group(1)), int(m.group(2)), m.group(3)
+        if a < 1:
+            raise ValueError(f"--batch: '{spec}': batch sizes start at 1")
+        if b < a:
+            raise ValueError(f"--batch: '{spec}': the range ends before it starts")
+        if step is not None:
+            if int(step) < 1:
+                raise ValueError(f"--batch: '{spec}': the step must be at least 1")
+            values = list(range(a, b + 1, int(step)))
+        elif log:
+            values = sorted({a, b} | {1 << k for k in range(a.bit_length(), b.bit_length()) if a <= 1 << k <= b})
+        else:
+            values = list(range(a, b + 1))
+    if not values or values[0] < 1:
+        raise ValueError(f"--batch: '{spec}': batch sizes must be positive integers")
+    if len(values) > MAX_POINTS:
+        raise ValueError(f"--batch: '{spec}' has {len(values):,} points; at most {MAX_POINTS:,}")
+    return values
+
+
+def sweep(model, strategies: list[str | Strategy], batches: list[int], *, retention: str = "step",
+          workspace_budget: int = 0, device=None) -> Sweep:
+    graph = resolve(model)
+    bs = np.asarray(batches, dtype=np.float64)
+    lines = []
+    for ref in strategies:
+        strat = ref if isinstance(ref, Strategy) else load_strategy(ref)
+        plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
+        live = plan.live_bytes(bs)
+        peaks = live.max(axis=0)
+        line = SweepLine(
+            strategy=strat.name,
+            peak_bytes=[int(round(p)) for p in peaks],
+            peak_event=[plan.events[i] for i in live.argmax(axis=0)],
+        )
+        if device is not None:
+            usable = device.memory.usable_bytes
+            et = EnergyModel(count_ops(graph, strat), count_traffic(graph, strat), device,
+                             context=f"{strat.name}: ").evaluate(bs)
+            line.fits = [bool(p <= usable) for p in peaks]
+            line.max_batch = plan.max_batch(usable)
+            line.joules_per_sample = (et.joules / bs).tolist()
+            line.seconds_per_sample = (et.seconds / bs).tolist()
+        lines.append(line)
+    return Sweep(
+        model=graph.model.name, batches=list(batches), retention=retention, workspace_budget=workspace_budget,
+        device=device.name if device is not None else None,
+        usable_bytes=device.memory.usable_bytes if device is not None else None, lines=lines,
+    )
