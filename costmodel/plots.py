@@ -28,11 +28,13 @@ def _pyplot():
 
 
 def check_path(path: str) -> Path:
+    """Refuse a plot before any work is done: wrong suffix, missing folder, or no matplotlib."""
     p = Path(path)
     if p.suffix.lower() != ".png":
         raise PlotError(f"--plot: '{path}' must end in .png")
     if not p.parent.is_dir():
         raise PlotError(f"--plot: folder '{p.parent}' does not exist")
+    _pyplot()
     return p
 
 
