@@ -1,0 +1,158 @@
+"""The model's prediction laid against the bundled trainer's measurement (`bnncost verify`).
+
+The trainer's measurement arrives as plain data (`Measurement`); this module
+never imports the trainer, and the trainer never imports the cost formulas, so
+the two sides stay independent computations.
+
+Tolerances:
+- every variable's bytes and lifetime, the ledger's peak and its event, and
+  every operation count (by layer, phase, kind and format) must agree exactly;
+- the process-level peak (tracemalloc: every numpy buffer alive, the ledger's
+  and numpy's own temporaries) may exceed the predicted peak by at most
+  PROCESS_MARGIN_FRACTION of it plus PROCESS_MARGIN_BYTES, and may never be
+  below it by more than 1%.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from costmodel.memory import MemoryPlan
+from costmodel.ops import OpCount
+
+VERIFICATION_SCHEMA = "bnncost.verification/1"
+# numpy's temporaries: a forward output, an operand cast to float32 for a BLAS
+# call, a chunk's partial result. They are transient and at most a few
+# activation-sized arrays at once; the margin says how many we accept.
+PROCESS_MARGIN_FRACTION = 0.5
+PROCESS_MARGIN_BYTES = 1 << 20
+PROCESS_BELOW_FRACTION = 0.01
+
+
+class MeasuredVariable(BaseModel):
+    name: str
+    layer: str
+    role: str
+    format: str
+    bytes: int
+    alloc_event: str
+    free_event: str
+
+
+class Measurement(BaseModel):
+    """What the trainer measured over one training step."""
+
+    variables: list[MeasuredVariable]
+    ledger_peak_bytes: int
+    ledger_peak_event: str
+    process_peak_bytes: int
+    ops: dict[tuple[str, str, str, str], int]  # (layer, phase, kind, format) -> count
+
+
+class VariableCheck(BaseModel):
+    name: str
+    role: str
+    predicted_bytes: int | None
+    measured_bytes: int | None
+    predicted_life: str | None
+    measured_life: str | None
+    ok: bool
+
+
+class OpCheck(BaseModel):
+    phase: str
+    kind: str
+    format: str
+    predicted: int
+    measured: int
+    ok: bool
+
+
+class PeakCheck(BaseModel):
+    predicted_bytes: int
+    ledger_bytes: int
+    process_bytes: int
+    predicted_event: str
+    ledger_event: str
+    ledger_ok: bool
+    process_ok: bool
+    process_limit_bytes: int
+    process_floor_bytes: int
+
+
+class Verification(BaseModel):
+    model: str
+    strategy: str
+    batch_size: int
+    retention: str
+    workspace_budget: int
+    ok: bool
+    variables: list[VariableCheck]
+    peak: PeakCheck
+    ops: list[OpCheck]
+    op_mismatches: list[dict]
+
+    def to_json(self) -> dict:
+        return {
+            "schema": VERIFICATION_SCHEMA,
+            "model": self.model, "strategy": self.strategy, "batch_size": self.batch_size,
+            "retention": self.retention, "workspace_budget": self.workspace_budget, "ok": self.ok,
+            "variables": [v.model_dump() for v in self.variables],
+            "peak": self.peak.model_dump(),
+            "ops": {"by_phase_kind_format": [o.model_dump() for o in self.ops], "mismatches": self.op_mismatches},
+            "tolerance": {
+                "variable_bytes": "exact", "ledger_peak": "exact", "op_counts": "exact",
+                "process_peak_above_fraction": PROCESS_MARGIN_FRACTION,
+                "process_peak_above_bytes": PROCESS_MARGIN_BYTES,
+                "process_peak_below_fraction": PROCESS_BELOW_FRACTION,
+            },
+        }
+
+
+def verify_against(plan: MemoryPlan, ops: list[OpCount], batch: int, measured: Measurement, *,
+                   model: str, strategy: str, retention: str, workspace_budget: int) -> Verification:
+    """Compare a memory plan and op listing at this batch with a measurement, item by item."""
+    predicted = {v.name: v for v in plan.variables}
+    got = {v.name: v for v in measured.variables}
+    checks = []
+    for name in list(predicted) + [n for n in got if n not in predicted]:
+        p, m = predicted.get(name), got.get(name)
+        p_bytes = p.bytes_at(batch) if p else None
+        p_life = f"{plan.events[p.alloc]} -> {plan.events[p.free]}" if p else None
+        m_life = f"{m.alloc_event} -> {m.free_event}" if m else None
+        checks.append(VariableCheck(
+            name=name, role=(p.role if p else m.role), predicted_bytes=p_bytes,
+            measured_bytes=m.bytes if m else None, predicted_life=p_life, measured_life=m_life,
+            ok=p is not None and m is not None and p_bytes == m.bytes and p_life == m_life,
+        ))
+    peak, e, _, _ = plan.peak(batch)
+    limit = int(peak * (1 + PROCESS_MARGIN_FRACTION)) + PROCESS_MARGIN_BYTES
+    floor = int(peak * (1 - PROCESS_BELOW_FRACTION))
+    peak_check = PeakCheck(
+        predicted_bytes=peak, ledger_bytes=measured.ledger_peak_bytes, process_bytes=measured.process_peak_bytes,
+        predicted_event=plan.events[e], ledger_event=measured.ledger_peak_event,
+        ledger_ok=peak == measured.ledger_peak_bytes and plan.events[e] == measured.ledger_peak_event,
+        process_ok=floor <= measured.process_peak_bytes <= limit,
+        process_limit_bytes=limit, process_floor_bytes=floor,
+    )
+    want: dict[tuple, int] = {}
+    for o in ops:
+        key = (o.layer, o.phase, o.kind, o.format)
+        want[key] = want.get(key, 0) + o.at(batch)
+    mismatches = [
+        {"layer": k[0], "phase": k[1], "kind": k[2], "format": k[3],
+         "predicted": want.get(k, 0), "measured": measured.ops.get(k, 0)}
+        for k in sorted(set(want) | set(measured.ops))
+        if want.get(k, 0) != measured.ops.get(k, 0)
+    ]
+    grouped: dict[tuple, list[int]] = {}
+    for source, table in ((0, want), (1, measured.ops)):
+        for (layer, phase, kind, fmt), n in table.items():
+            grouped.setdefault((phase, kind, fmt), [0, 0])[source] += n
+    op_checks = [OpCheck(phase=p, kind=k, format=f, predicted=a, measured=b, ok=a == b)
+                 for (p, k, f), (a, b) in sorted(grouped.items())]
+    ok = all(c.ok for c in checks) and peak_check.ledger_ok and peak_check.process_ok and not mismatches
+    return Verification(
+        model=model, strategy=strategy, batch_size=batch, retention=retention, workspace_budget=workspace_budget,
+        ok=ok, variables=checks, peak=peak_check, ops=op_checks, op_mismatches=mismatches,
+    )
