@@ -43,18 +43,18 @@ class ReLU(_Layer):
     kind: Literal["relu"] = "relu"
 
 
-class MaxPool(_Layer):
-    kind: Literal["maxpool"] = "maxpool"
+class _Pool(_Layer):
     size: PositiveInt = 2
     stride: PositiveInt | None = None  # defaults to size
     padding: Literal["same", "valid"] = "valid"
 
 
-class AvgPool(_Layer):
+class MaxPool(_Pool):
+    kind: Literal["maxpool"] = "maxpool"
+
+
+class AvgPool(_Pool):
     kind: Literal["avgpool"] = "avgpool"
-    size: PositiveInt = 2
-    stride: PositiveInt | None = None
-    padding: Literal["same", "valid"] = "valid"
 
 
 class GlobalAvgPool(_Layer):
