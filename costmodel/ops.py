@@ -292,6 +292,8 @@ def count_traffic(graph: Graph, strategy: Strategy) -> list[Traffic]:
     for v in stored_variables(graph, batchnorm=s.batchnorm, optimizer=s.optimizer, retention="step"):
         fmt = v.fixed_format or s.format_of(v.role)
         nbytes = batched_bytes(fmt, v.shape) if v.batched else tensor_bytes(fmt, v.shape)
+        if v.role == "activation":
+            continue  # the forward output, counted below as what the forward writes
         if v.alloc.startswith("forward:"):
             cell = saved.setdefault(v.layer, [0, 0])
             cell[1 if v.batched else 0] += nbytes

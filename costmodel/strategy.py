@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from costmodel.formats import FORMAT_BITS, REAL_FORMATS
 from layers.model import looks_like_path
-from layers.roles import FORMATTED_ROLES
+from layers.roles import DERIVED_FORMAT, FORMATTED_ROLES
 from layers.yamlfile import parse_yaml
 
 
@@ -35,7 +35,8 @@ class Strategy(BaseModel):
     source: str = "<memory>"
 
     def format_of(self, role: str) -> str:
-        return self.formats[role]
+        """The role's format; a forward activation takes the real_input format."""
+        return self.formats[DERIVED_FORMAT.get(role, role)]
 
 
 _CHOICES = {"batchnorm": ("l1", "l2"), "weight_grad": ("sign", "full"), "optimizer": ("adam", "sgd", "bop")}
@@ -90,6 +91,8 @@ def _load_rows(ref: str, chain: tuple[str, ...], base: Path | None = None) -> di
     for role, fmt in formats.items():
         if role == "workspace":
             raise StrategyError(f"{source}: formats.workspace: workspace takes its operands' format, do not set it")
+        if role in DERIVED_FORMAT:
+            raise StrategyError(f"{source}: formats.{role}: {role} takes the {DERIVED_FORMAT[role]} format, do not set it")
         if role not in FORMATTED_ROLES:
             raise StrategyError(f"{source}: formats: unknown role '{role}'; roles: {', '.join(FORMATTED_ROLES)}")
         if fmt not in FORMAT_BITS:

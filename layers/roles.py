@@ -18,8 +18,11 @@ ROLES: dict[str, str] = {
     "optimizer_state": "optimizer moments (Adam m and v, SGD or Bop momentum)",
     "bn_param": "per-channel batchnorm parameters, statistics and their gradients",
     "activation_grad": "dY / dX buffers",
+    "activation": "a layer's forward output, until its last consumer's forward (held in the real_input format)",
     "workspace": "scratch an operator needs while it runs",
 }
 
-# Roles a strategy assigns a format to; workspace takes its operands' format.
-FORMATTED_ROLES: tuple[str, ...] = tuple(r for r in ROLES if r != "workspace")
+# Roles a strategy assigns a format to. Workspace takes its operands' format;
+# forward activations are real values held like a saved real input.
+DERIVED_FORMAT: dict[str, str] = {"activation": "real_input"}
+FORMATTED_ROLES: tuple[str, ...] = tuple(r for r in ROLES if r != "workspace" and r not in DERIVED_FORMAT)

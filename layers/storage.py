@@ -16,6 +16,9 @@ Choices the docstrings of METHOD leave open, made here:
   (Bop trains binary weights with no latent copy, so a binary layer's weight is
   held as its sign, 1 bit; batchnorm and full-precision layers use Adam, as
   Helwegen et al. 2019 do);
+- forward outputs: every layer's output (role `activation`) lives from its
+  forward to the forward of its last consumer; a flatten's output is its
+  input reshaped, and softmax_ce's output is the loss, so neither has one;
 - activation gradients: one buffer per tensor that needs a gradient, written
   by the backward of the layer that consumes the tensor and read by the
   backward of the layer that produced it. A flatten reuses its input's buffer;
@@ -110,8 +113,24 @@ def stored_variables(graph: Graph, *, batchnorm: str, optimizer: str, retention:
             saved(node, "mask", "pool_mask", node.in_shape)
         elif k == "softmax_ce":
             saved(node, "probs", "softmax_output", node.out_shape)
+    out.extend(forward_outputs(graph))
     out.extend(gradient_buffers(graph))
     return out
+
+
+def forward_outputs(graph: Graph) -> list[Stored]:
+    """The activation each layer hands on, alive until the forward of its last consumer."""
+    base = {t.id: (t.alias_of if t.alias_of is not None else t.id) for t in graph.tensors}
+    last: dict[int, str] = {}
+    for node in graph.nodes:
+        for i in node.inputs:
+            last[base[i]] = f"forward:{node.name}"
+    return [
+        Stored(f"{node.name}.output", node.name, "activation", node.out_shape, True, f"forward:{node.name}",
+               last.get(node.output, f"forward:{node.name}"))
+        for node in graph.nodes
+        if node.kind not in ("flatten", "softmax_ce")
+    ]
 
 
 def gradient_buffers(graph: Graph) -> list[Stored]:

@@ -60,6 +60,10 @@ def test_standard_bytes_of_every_role_by_hand():
         "batchnorm_2.output_grad": ("activation_grad", 12), "dense_2.output_grad": ("activation_grad", 12),
         "sign_1.output_grad": ("activation_grad", 48), "batchnorm_1.output_grad": ("activation_grad", 48),
         "dense_1.output_grad": ("activation_grad", 48),
+        # forward outputs, each alive until its consumer's forward
+        "dense_1.output": ("activation", 48), "batchnorm_1.output": ("activation", 48),
+        "sign_1.output": ("activation", 48), "dense_2.output": ("activation", 12),
+        "batchnorm_2.output": ("activation", 12),
     }
     assert {k: (r, b) for k, (r, _, b, _, _) in v.items()} == expected
     assert all(f == "float32" for _, f, _, _, _ in v.values())
@@ -80,6 +84,8 @@ def test_proposed_bytes_of_every_role_by_hand():
         "batchnorm_2.norm_scale": 6, "batchnorm_2.param_grad": 6, "softmax_ce_1.probs": 6,
         "batchnorm_2.output_grad": 6, "dense_2.output_grad": 6, "sign_1.output_grad": 24,
         "batchnorm_1.output_grad": 24, "dense_1.output_grad": 24,
+        "dense_1.output": 24, "batchnorm_1.output": 24, "sign_1.output": 24, "dense_2.output": 6,
+        "batchnorm_2.output": 6,
     }
     assert {k: b for k, (_, _, b, _, _) in v.items()} == expected
 
@@ -94,6 +100,7 @@ def test_lifetimes_follow_the_retention():
     assert step["dense_1.weight"][3:] == ("step_start", "step_end")
     # the gradient a layer reads is written by the backward of the layer after it
     assert step["sign_1.output_grad"][3:] == ("backward:dense_2", "backward:sign_1")
+    assert step["sign_1.output"][3:] == ("forward:sign_1", "forward:dense_2")
 
 
 @pytest.mark.parametrize(
