@@ -16,7 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 from costmodel.plots import check_path, plot_comparison, plot_sweep
-from costmodel.prediction import Comparison, Prediction, compare, predict
+from costmodel.memory import memory_plan
+from costmodel.ops import count_ops
+from costmodel.prediction import Comparison, Prediction, check_batch, compare, predict, resolve
 from costmodel.sweep import Sweep, parse_batches, sweep
 from hardware_profiles import Device, DeviceError, list_devices, load_device
 from costmodel.strategy import StrategyError, load_strategy, strategy_names
@@ -447,6 +449,113 @@ def print_sweep(s: Sweep) -> None:
         out.print("Largest batch that fits: " + ", ".join(f"{ln.strategy} {ln.max_batch:,}" for ln in s.lines))
 
 
+@app.command("verify")
+def verify_cmd(
+    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
+    batch: int = typer.Option(32, "--batch", "-b", help="Batch size B."),
+    steps: int = typer.Option(2, "--steps", help="Training steps to run (the first is measured)."),
+    retention: str = typer.Option("step", "--retention", help="step or backward."),
+    workspace: int = typer.Option(65536, "--workspace", help="Workspace budget in bytes per operator (the trainer's default)."),
+    dataset: str = typer.Option("synthetic", "--dataset", help="synthetic, digits, mnist:DIR or cifar10:DIR."),
+    by: str = typer.Option("role", "--by", help="Variables grouped by role, or every variable."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document (whatever the verdict)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
+) -> None:
+    """Run the bundled trainer and lay its measurement beside the prediction, variable by variable.
+
+    Exit code 0 when everything agrees within the stated tolerance, 1 when anything does not.
+    """
+    from costmodel.verification import Measurement, MeasuredVariable, verify_against
+    from trainer.run import run_steps
+
+    output_mode(as_json, markdown)
+    if by not in ("role", "variable"):
+        raise BadInput(f"--by must be role or variable, not '{by}'")
+    if steps < 1:
+        raise BadInput(f"--steps must be a positive integer, not {steps}")
+    opts = knobs(retention, workspace)
+    graph = resolve(model)
+    strat = load_strategy(strategy)
+    check_batch(batch)
+    plan = memory_plan(graph, strat, **opts)
+    ops = count_ops(graph, strat)
+    m = run_steps(graph, strat, batch=batch, steps=steps, dataset=dataset, **opts)
+    measured = Measurement(
+        variables=[MeasuredVariable(name=e.name, layer=e.layer, role=e.role, format=e.format, bytes=e.bytes,
+                                    alloc_event=e.alloc_event, free_event=e.free_event) for e in m.ledger],
+        ledger_peak_bytes=m.ledger_peak_bytes, ledger_peak_event=m.ledger_peak_event,
+        process_peak_bytes=m.process_peak_bytes,
+        ops={(o.layer, o.phase, o.kind, o.format): o.count for o in m.ops},
+    )
+    v = verify_against(plan, ops, batch, measured, model=graph.model.name, strategy=strat.name, **opts)
+    if as_json:
+        emit_json(v.to_json())
+    else:
+        print_verification(v, by)
+    if not v.ok:
+        raise typer.Exit(1)
+
+
+def _diff(a: int | None, b: int | None) -> str:
+    if a is None or b is None:
+        return "missing"
+    return "0" if a == b else f"{b - a:+,}"
+
+
+def print_verification(v, by: str) -> None:
+    ok = "[green]ok[/]"
+    bad = "[red]MISMATCH[/]"
+    out.print(f"[bold]{v.model}[/] · strategy [bold]{v.strategy}[/] · batch {v.batch_size} · retention {v.retention} · "
+              f"workspace {human_bytes(v.workspace_budget)}: the cost model against the bundled trainer")
+    t = Table(title="Bytes of every variable (must agree exactly)" if by == "variable" else
+              "Bytes by role (every variable must agree exactly)")
+    cols = ["variable", "role"] if by == "variable" else ["role", "variables"]
+    for col in cols + ["predicted", "measured", "difference", ""]:
+        t.add_column(col, justify="right" if col in ("predicted", "measured", "difference", "variables") else "left")
+    if by == "variable":
+        for c in v.variables:
+            t.add_row(c.name, c.role, human_bytes(c.predicted_bytes) if c.predicted_bytes is not None else "-",
+                      human_bytes(c.measured_bytes) if c.measured_bytes is not None else "-",
+                      _diff(c.predicted_bytes, c.measured_bytes),
+                      ok if c.ok else f"{bad} {c.predicted_life or '-'} / {c.measured_life or '-'}")
+    else:
+        groups: dict[str, list] = {}
+        for c in v.variables:
+            groups.setdefault(c.role, []).append(c)
+        for role, cs in groups.items():
+            pb = sum(c.predicted_bytes or 0 for c in cs)
+            mb = sum(c.measured_bytes or 0 for c in cs)
+            wrong = [c.name for c in cs if not c.ok]
+            t.add_row(role, str(len(cs)), human_bytes(pb), human_bytes(mb), _diff(pb, mb),
+                      ok if not wrong else f"{bad}: {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
+    out.print(t)
+    p = v.peak
+    t = Table(title="Peak of the step")
+    for col, j in (("", "left"), ("bytes", "right"), ("event", "left"), ("tolerance", "left"), ("", "left")):
+        t.add_column(col, justify=j)
+    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", p.predicted_event, "", "")
+    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", p.ledger_event, "exact, same event", ok if p.ledger_ok else bad)
+    t.add_row("process (tracemalloc)", f"{p.process_bytes:,}", "",
+              f"{p.process_floor_bytes:,} .. {p.process_limit_bytes:,} "
+              f"({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)", ok if p.process_ok else bad)
+    out.print(t)
+    t = Table(title="Operations by phase, kind and format (must agree exactly)")
+    for col in ("phase", "kind", "format", "predicted", "measured", "difference", ""):
+        t.add_column(col, justify="right" if col in ("predicted", "measured", "difference") else "left")
+    for o in v.ops:
+        t.add_row(o.phase, o.kind, o.format, f"{o.predicted:,}", f"{o.measured:,}", _diff(o.predicted, o.measured),
+                  ok if o.ok else bad)
+    out.print(t)
+    if v.ok:
+        out.print("[green bold]verified[/]: every variable, the peak and every operation count agree within tolerance")
+    else:
+        n = sum(not c.ok for c in v.variables)
+        out.print(f"[red bold]not verified[/]: {n} variable(s), "
+                  f"{'the ledger peak, ' if not p.ledger_ok else ''}{'the process peak, ' if not p.process_ok else ''}"
+                  f"{len(v.op_mismatches)} op count(s) disagree")
+
+
 def output_mode(as_json: bool, markdown: bool) -> None:
     if as_json and markdown:
         raise BadInput("--json and --markdown exclude each other")
@@ -473,6 +582,86 @@ def knobs(retention: str, workspace: int) -> dict:
     if workspace < 0:
         raise BadInput(f"--workspace must be >= 0 bytes, not {workspace}")
     return {"retention": retention, "workspace_budget": workspace}
+
+
+# ---------------------------------------------------------------- train (the bundled trainer)
+
+@app.command("train")
+def train_cmd(
+    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
+    dataset: str = typer.Option("digits", "--dataset", help="digits, synthetic, mnist:DIR or cifar10:DIR."),
+    epochs: int = typer.Option(20, "--epochs", help="Epochs in total (a resumed run continues up to this)."),
+    batch: int = typer.Option(64, "--batch", "-b", help="Batch size B."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 0.01)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the weights and of the shuffling."),
+    retention: str = typer.Option("step", "--retention", help="step: saved tensors live to the step's end; backward: freed after use."),
+    workspace: int = typer.Option(65536, "--workspace", help="Workspace budget in bytes per operator (0: no scratch)."),
+    save: Optional[str] = typer.Option(None, "--save", help="Write a checkpoint here after every epoch (atomically)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue from this checkpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else."),
+) -> None:
+    """Train a model with a strategy in the bundled numpy trainer, and measure its memory for real."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from trainer import TrainingDiverged, train
+
+    if epochs < 1 or batch < 1:
+        raise BadInput("--epochs and --batch must be positive integers")
+    if lr is not None and not lr > 0:
+        raise BadInput(f"--lr must be a positive number, not {lr}")
+    opts = knobs(retention, workspace)
+    progress = None if as_json else Progress(
+        TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[note]}"),
+        console=out.console, transient=False)
+    task = {"id": None, "epoch": 0}
+
+    def on_step(i: int, n: int, loss: float) -> None:
+        if not progress.live.is_started:  # started at the first step: bad input prints nothing but its error
+            progress.start()
+        if task["id"] is None:
+            task["epoch"] += 1
+            task["id"] = progress.add_task("", total=n, epoch=f"{task['epoch']}/{epochs}", loss=loss, note="")
+        progress.update(task["id"], completed=i, loss=loss)
+
+    def on_epoch(r) -> None:
+        if task["id"] is None:
+            return
+        progress.update(task["id"], epoch=f"{r.epoch}/{r.epochs}", loss=r.train_loss,
+                        note=f"train acc {100 * r.train_accuracy:.1f}%  test acc {100 * r.test_accuracy:.1f}%  "
+                             f"{r.samples_per_second:,.0f} samples/s")
+        task["id"] = None
+        task["epoch"] = r.epoch
+
+    try:
+        if progress is None:
+            result = train(model, strategy, dataset=dataset, epochs=epochs, batch=batch, lr=lr, seed=seed,
+                           save=save, resume=resume, **opts)
+        else:
+            try:
+                result = train(model, strategy, dataset=dataset, epochs=epochs, batch=batch, lr=lr, seed=seed,
+                               save=save, resume=resume, on_step=on_step, on_epoch=on_epoch, **opts)
+            finally:
+                if progress.live.is_started:
+                    progress.stop()
+    except TrainingDiverged as exc:
+        sys.stderr.write(f"bnncost: error: {str(exc).replace(chr(10), ' ')}\n")
+        raise typer.Exit(1)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    t = Table(title=f"{result.model} · {result.strategy} · {result.dataset} · batch {result.batch_size} · "
+                    f"{result.epochs} epochs · retention {result.retention} · workspace {human_bytes(result.workspace_budget)}")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    t.add_row("[bold]test accuracy[/]", f"[bold]{100 * result.test_accuracy:.2f}%[/]")
+    t.add_row("final train loss", f"{result.train_loss[-1]:.4f}")
+    t.add_row("ledger peak", f"{human_bytes(result.ledger_peak_bytes)} ({result.ledger_peak_bytes:,} B) at {result.ledger_peak_event}")
+    t.add_row("tracemalloc peak (first step)", f"{human_bytes(result.process_peak_bytes)} ({result.process_peak_bytes:,} B)")
+    t.add_row("time per step", f"{1000 * result.seconds_per_step:.2f} ms")
+    t.add_row("steps", f"{result.steps:,}")
+    out.print(t)
 
 
 # ---------------------------------------------------------------- entry point

@@ -1,0 +1,217 @@
+"""What every executing operator shares: the step context and the operator base class.
+
+The context hands operators their buffers, always through the ledger:
+- `save`: what a layer keeps for its backward (names, roles and lifetimes of
+  `layers.storage.stored_variables`), in the strategy's format;
+- `output`: the forward activation handed to the next layer (`<layer>.output`,
+  role `activation`, `real_input` format), freed after the forward of its
+  last consumer (layers.storage.forward_outputs);
+- `scratch`: workspace of `layers.scratch`, holding `rows_held(total, row
+  bytes, budget)` rows (METHOD 4.1) and freed at the end of the operator's
+  event. With budget 0 the model has no scratch at all; numpy still needs
+  working memory, so the operator gets the same chunk sizing from the default
+  budget as an untracked temporary (it shows in tracemalloc, not in the ledger);
+- `grad_in` / `grad_out`: activation-gradient buffers shared per
+  `layers.storage.gradient_buffers` (a flatten reuses its input's buffer, a
+  residual join passes its buffer by reference, an identity shortcut
+  accumulates into it in place);
+- `param_grad`: dW and batchnorm parameter gradients, alive until `update`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from costmodel.formats import tensor_bytes
+from costmodel.strategy import Strategy
+from layers.graph import Graph, Node
+from layers.scratch import Scratch, rows_held
+from layers.storage import Stored
+from trainer import codec
+from trainer.counters import OpCounter
+from trainer.ledger import Ledger
+
+DEFAULT_WORKSPACE = 65536  # METHOD 4.1: the trainer's default budget, bytes per operator
+LOSS_SCALE = 1024.0
+
+
+def loss_scale(grad_format: str) -> float:
+    """Static loss scaling for narrow activation gradients (the usual mixed-precision practice).
+
+    With a mean loss over the batch, activation gradients of a BNN are ~1e-4,
+    float16's subnormal range (below 6.1e-5), where precision is lost and
+    numpy's float32 -> float16 conversion is ~40x slower. Gradients other than
+    float32 are therefore held multiplied by 1024: softmax_ce's backward uses
+    1024 / B where it would use 1 / B (no extra operation), and the optimizers
+    undo it with scalar constants (Adam's eps x 1024, which is exact since Adam
+    is otherwise invariant to the gradient's scale; SGD's lr / 1024; Bop's
+    threshold x 1024). sign(dW) is unaffected.
+    """
+    return 1.0 if grad_format == "float32" else LOSS_SCALE
+
+
+@dataclass
+class ParamSpec:
+    """One trainable tensor, for the optimizer."""
+
+    name: str  # persistent buffer, e.g. dense_1.weight or batchnorm_1.params
+    grad: str  # its gradient buffer, e.g. dense_1.weight_grad
+    layer: str
+    fmt: str
+    grad_fmt: str
+    shape: tuple  # logical shape
+    binary_kernel: bool = False  # a binary layer's kernel: clipped to [-1, 1] (adam, sgd), flipped (bop)
+    bits: bool = False  # held as its sign, 1 bit (bop)
+    sign_grad: bool = False  # its gradient is kept as its sign (weight_grad: sign)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+class Context:
+    """Services operators use during a step; owned by the network."""
+
+    def __init__(self, graph: Graph, strategy: Strategy, ledger: Ledger, counter: OpCounter,
+                 stored: dict[str, Stored], grad_names: dict[int, str], grad_stored: dict[str, Stored],
+                 scratch: dict[str, Scratch], budget: int, fwd: str):
+        self.graph, self.strategy = graph, strategy
+        self.ledger, self.counter = ledger, counter
+        self.stored, self.grad_names, self.grad_stored = stored, grad_names, grad_stored
+        self.scratch_specs, self.budget = scratch, budget
+        self.fwd = fwd
+        self.training = True
+        self.batch = 0
+        self.written: set[str] = set()  # gradient buffers written this step
+        self.loss_scale = loss_scale(strategy.format_of("activation_grad"))
+
+    def fmt(self, role: str) -> str:
+        return self.strategy.format_of(role)
+
+    @property
+    def g(self) -> str:
+        return self.strategy.format_of("activation_grad")
+
+    # -------------------------------------------------------------- forward buffers
+
+    def save(self, node: Node, suffix: str, role: str, shape: tuple) -> np.ndarray:
+        name = f"{node.name}.{suffix}"
+        s = self.stored[name]
+        fmt = s.fixed_format or self.fmt(role)
+        full = (self.batch, *s.shape) if s.batched else s.shape
+        if tuple(shape) != tuple(full):  # the trainer's own shape must be the one layers.storage names
+            raise RuntimeError(f"{name}: shape {shape} differs from layers.storage {full}")
+        return self.ledger.alloc(name, node.name, role, fmt, full, free_at=s.free)
+
+    def output(self, node: Node) -> np.ndarray:
+        """The forward activation this node hands on (layers.storage.forward_outputs), in real_input."""
+        name = f"{node.name}.output"
+        s = self.stored[name]
+        return self.ledger.alloc(name, node.name, "activation", self.fmt("activation"), (self.batch, *s.shape),
+                                 free_at=s.free)
+
+    def scratch(self, node: Node, short: str, total_rows: int = 0) -> tuple[np.ndarray, str] | None:
+        """A workspace buffer of layers.scratch, or None if this strategy does not have it."""
+        name = f"{node.name}.{short}"
+        w = self.scratch_specs.get(name)
+        if w is None:
+            return None
+        if w.only_if_packed and self.fmt(w.only_if_packed) != "bool":
+            return None
+        fmt = w.fixed_format or self.fmt(w.operand_role)
+        if w.rows_per_sample == 0:
+            shape = tuple(w.row_shape)
+        else:
+            if total_rows != w.rows_per_sample * self.batch:
+                raise RuntimeError(f"{name}: {total_rows} rows, layers.scratch says {w.rows_per_sample} x B")
+            budget = self.budget if self.budget > 0 else DEFAULT_WORKSPACE
+            shape = (rows_held(total_rows, tensor_bytes(fmt, w.row_shape), budget), *w.row_shape)
+        if self.budget > 0:
+            return self.ledger.alloc(name, node.name, "workspace", fmt, shape), fmt
+        return codec.empty(fmt, shape), fmt  # budget 0: untracked working memory (see module doc)
+
+    def free(self, name: str) -> None:
+        if name in self.ledger.live:
+            self.ledger.free(name)
+
+    # -------------------------------------------------------------- gradients
+
+    def grad_in(self, tensor: int) -> tuple[np.ndarray, str]:
+        """The gradient buffer of a tensor, viewed in that tensor's shape (B, ...)."""
+        arr = self.ledger[self.grad_names[tensor]]
+        return arr.reshape(self.batch, *self.graph.tensors[tensor].shape), self.g
+
+    def grad_out(self, tensor: int, zero: bool = False) -> tuple[np.ndarray, str, bool]:
+        """Where a backward writes the gradient of `tensor`: (view, format, accumulate?).
+
+        The first writer of a buffer allocates it (zeroed if asked); later
+        writers must add to what is there (a residual's two branches).
+        """
+        name = self.grad_names[tensor]
+        accumulate = name in self.written
+        if name not in self.ledger.live:
+            s = self.grad_stored[name]
+            node = s.layer
+            self.ledger.alloc(name, node, "activation_grad", self.g, (self.batch, *s.shape),
+                              free_at=s.free, zero=zero)
+        self.written.add(name)
+        arr = self.ledger[name]
+        return arr.reshape(self.batch, *self.graph.tensors[tensor].shape), self.g, accumulate
+
+    def param_grad(self, node: Node, suffix: str, role: str, shape: tuple, fmt: str | None = None) -> np.ndarray:
+        name = f"{node.name}.{suffix}"
+        s = self.stored[name]
+        if tuple(shape) != tuple(s.shape):
+            raise RuntimeError(f"{name}: shape {shape} differs from layers.storage {s.shape}")
+        return self.ledger.alloc(name, node.name, role, fmt or s.fixed_format or self.fmt(role), s.shape,
+                                 free_at=s.free)
+
+    def needs_grad(self, tensor: int) -> bool:
+        return self.graph.tensors[tensor].requires_grad
+
+
+class Op:
+    """An executing layer: forward, backward, and its trainable tensors."""
+
+    def __init__(self, node: Node, ctx: Context):
+        self.node, self.ctx = node, ctx
+        self.name = node.name
+
+    def init_params(self, rng: np.random.Generator) -> None:
+        """Create persistent buffers (weights, batchnorm parameters and statistics)."""
+
+    def params(self) -> list[ParamSpec]:
+        return []
+
+    def forward(self, xs: list[tuple[np.ndarray, str]]) -> tuple[np.ndarray, str] | None:
+        raise NotImplementedError
+
+    def backward(self) -> None:
+        """Read the output's gradient and what forward saved; write dX and parameter gradients."""
+
+    # helpers
+    def count(self, phase: str, kind: str, fmt: str, n: int) -> None:
+        self.ctx.counter.add(self.name, phase, kind, fmt, n)
+
+
+def row_chunks(total: int, rows: int):
+    """(r0, r1) pairs covering range(total) in steps of `rows`."""
+    rows = max(1, rows)
+    for r0 in range(0, total, rows):
+        yield r0, min(total, r0 + rows)
+
+
+CHUNK_BYTES = 1 << 17  # float32 temporaries of elementwise work, per chunk of rows
+
+
+def temp_rows(row_elems: int, itemsize: int = 4, budget: int | None = None) -> int:
+    """Rows of a float32 temporary of `row_elems` per row that fit a chunk (CHUNK_BYTES unless told).
+
+    Elementwise operators and the optimizer work a chunk of rows at a time so
+    numpy's temporaries stay a few CHUNK_BYTES: what keeps the process peak
+    (tracemalloc) close to the ledger's.
+    """
+    return max(1, (budget or CHUNK_BYTES) // max(1, row_elems * itemsize))
