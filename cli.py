@@ -466,35 +466,40 @@ def verify_cmd(
 
     Exit code 0 when everything agrees within the stated tolerance, 1 when anything does not.
     """
-    from costmodel.verification import Measurement, MeasuredVariable, verify_against
-    from trainer.run import run_steps
-
     output_mode(as_json, markdown)
     if by not in ("role", "variable"):
         raise BadInput(f"--by must be role or variable, not '{by}'")
-    if steps < 1:
-        raise BadInput(f"--steps must be a positive integer, not {steps}")
-    opts = knobs(retention, workspace)
-    graph = resolve(model)
-    strat = load_strategy(strategy)
-    check_batch(batch)
-    plan = memory_plan(graph, strat, **opts)
-    ops = count_ops(graph, strat)
-    m = run_steps(graph, strat, batch=batch, steps=steps, dataset=dataset, **opts)
-    measured = Measurement(
-        variables=[MeasuredVariable(name=e.name, layer=e.layer, role=e.role, format=e.format, bytes=e.bytes,
-                                    alloc_event=e.alloc_event, free_event=e.free_event) for e in m.ledger],
-        ledger_peak_bytes=m.ledger_peak_bytes, ledger_peak_event=m.ledger_peak_event,
-        process_peak_bytes=m.process_peak_bytes,
-        ops={(o.layer, o.phase, o.kind, o.format): o.count for o in m.ops},
-    )
-    v = verify_against(plan, ops, batch, measured, model=graph.model.name, strategy=strat.name, **opts)
+    v = run_verification(model, strategy, batch, steps=steps, dataset=dataset, **knobs(retention, workspace))
     if as_json:
         emit_json(v.to_json())
     else:
         print_verification(v, by)
     if not v.ok:
         raise typer.Exit(1)
+
+
+def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, dataset: str = "synthetic",
+                     retention: str = "step", workspace_budget: int = 65536, plan_hook=None):
+    """Predict, run the trainer for `steps` steps, and compare (the trainer is imported only here).
+
+    `plan_hook(plan)` may alter the prediction before the comparison (the tests break it on purpose).
+    """
+    from costmodel.verification import Measurement, verify_against
+    from trainer.run import run_steps
+
+    if steps < 1:
+        raise BadInput(f"--steps must be a positive integer, not {steps}")
+    check_batch(batch)
+    graph = resolve(model)
+    strat = load_strategy(strategy)
+    plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
+    if plan_hook is not None:
+        plan = plan_hook(plan)
+    measured = run_steps(graph, strat, batch=batch, steps=steps, dataset=dataset, retention=retention,
+                         workspace_budget=workspace_budget)
+    return verify_against(plan, count_ops(graph, strat), batch, Measurement(**measured.measurement()),
+                          model=graph.model.name, strategy=strat.name, retention=retention,
+                          workspace_budget=workspace_budget)
 
 
 def _diff(a: int | None, b: int | None) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from costmodel.formats import batched_bytes, tensor_bytes
 from costmodel.strategy import Strategy
 from layers.graph import Graph
-from layers.scratch import scratch_needs
+from layers.scratch import rows_held, scratch_needs
 from layers.storage import stored_variables
 from layers.timeline import step_events
 
@@ -37,6 +37,7 @@ class Variable:
     slope: int = 0
     row_shape: tuple = ()  # workspace: elements of one row
     rows_per_sample: int = 0
+    fixed_rows: int = 0
 
     def bytes_at(self, batch: int) -> int:
         ws = 0 if self.slope == 0 else int(min(self.cap, self.slope * batch))
@@ -46,7 +47,7 @@ class Variable:
         """Concrete shape at a batch size (workspace: rows held x row)."""
         if self.role == "workspace":
             if self.rows_per_sample == 0:
-                return list(self.row_shape)
+                return list(self.shape)
             row_bytes = self.slope // self.rows_per_sample
             return [self.bytes_at(batch) // row_bytes, *self.row_shape]
         return [batch if d == "B" else d for d in self.shape]
@@ -152,9 +153,10 @@ def memory_plan(graph: Graph, strategy: Strategy, *, retention: str = "step", wo
             fmt = w.fixed_format or strategy.format_of(w.operand_role)
             row_bytes = tensor_bytes(fmt, w.row_shape)
             at = index[w.event]
-            if w.rows_per_sample == 0:  # one chunk, whatever the budget
-                variables.append(Variable(w.name, w.layer, "workspace", fmt, w.row_shape, row_bytes, 0, at, at,
-                                          row_shape=w.row_shape))
+            if w.rows_per_sample == 0:  # weight rows: as many as fit, whatever the batch
+                held = rows_held(w.fixed_rows, row_bytes, workspace_budget)
+                variables.append(Variable(w.name, w.layer, "workspace", fmt, (held, *w.row_shape), held * row_bytes,
+                                          0, at, at, row_shape=w.row_shape, fixed_rows=w.fixed_rows))
             else:
                 cap = max(1, workspace_budget // row_bytes) * row_bytes
                 variables.append(Variable(w.name, w.layer, "workspace", fmt, ("rows", *w.row_shape), 0, 0, at, at,

@@ -1,7 +1,9 @@
 """Scratch (workspace) each operator needs while it runs, in chunks (METHOD 4.1).
 
 An operator that needs scratch processes its work in rows; the scratch holds
-a whole number of rows. With a budget, it holds the largest number of rows
+a whole number of rows. (An implementation may use the same bytes as rows of a
+narrower block, e.g. the columns of one block of weight rows: the bytes held
+are what the rule fixes.) With a budget, it holds the largest number of rows
 that fits (at least one, never more than all of them); with budget 0 there is
 no scratch at all (an in-place implementation). The sizing rule is in
 `rows_held`; this module says which operators need what:
@@ -9,18 +11,19 @@ no scratch at all (an in-place implementation). The sizing rule is in
 dense / conv2d, with K inputs per output, N outputs, P output positions:
 - forward, binary input: `xnor`, one row per output position holding the
   XNOR of its packed input patch with every packed filter (N x K bits), plus
-  `packed_weight`, the filters' signs packed (one chunk: N x K bits);
+  `packed_weight`, the filters' signs packed (one chunk: N x K bits, small);
 - forward, real input (the first layer, or a full-precision layer): a conv
   lowers its input, `lowered_input` (one row = K values in the input's
   format); a binary layer also expands its weights' signs to the input's
-  format, `sign_weight` (one chunk: K x N);
+  format, `sign_weight`, one row per input (N values: K rows in all);
 - backward, dW: `dw_operand`, the layer's saved input expanded to real values
   in the gradient format, one row per output position (K values); when dW is
-  stored as its sign, the real dW is accumulated in `dw_accum` (one chunk);
+  stored as its sign, the real dW is accumulated block by block of its rows in
+  `dw_accum` (one row = N values, K rows in all) before its sign is taken;
 - backward, dX (when the input needs a gradient): a binary layer expands its
-  weights' signs to the gradient format, `weight_signs` (one chunk: K x N);
-  a conv computes the column gradient, `col_grad` (one row = K values),
-  before folding it back onto the input;
+  weights' signs to the gradient format, `weight_signs`, one row per input
+  (N values, K rows in all); a conv computes the column gradient, `col_grad`
+  (one row = K values), before folding it back onto the input;
 - batchnorm, sign, relu, maxpool backward, when what they saved is packed
   bits: `unpacked`, one row of the saved tensor (C values) in the gradient
   format.
@@ -38,11 +41,12 @@ class Scratch:
     name: str
     layer: str
     event: str
-    rows_per_sample: int  # rows = rows_per_sample x B; 0 means one chunk, B-independent
-    row_shape: Shape  # elements of one row (one chunk when rows_per_sample is 0)
+    rows_per_sample: int  # rows = rows_per_sample x B + fixed_rows
+    row_shape: Shape  # elements of one row
     operand_role: str | None  # its format is this role's format ...
     fixed_format: str | None = None  # ... or this one
     only_if_packed: str | None = None  # exists only when this role's format is bool
+    fixed_rows: int = 0  # rows that do not scale with the batch (weight rows)
 
 
 def rows_held(total_rows: int, row_bytes: int, budget: int) -> int:
@@ -70,17 +74,18 @@ def _node_scratch(graph: Graph, node: Node) -> list[Scratch]:
         s: list[Scratch] = []
         if node.binary and not node.first:
             s.append(Scratch(f"{n}.xnor", n, fwd, P, (N, *patch), None, "bool"))
-            s.append(Scratch(f"{n}.packed_weight", n, fwd, 0, (N, *patch), None, "bool"))
+            s.append(Scratch(f"{n}.packed_weight", n, fwd, 0, (N, *patch), None, "bool", fixed_rows=1))
         else:
             if conv:
                 s.append(Scratch(f"{n}.lowered_input", n, fwd, P, (K,), in_role))
             if node.binary:
-                s.append(Scratch(f"{n}.sign_weight", n, fwd, 0, (K, N), in_role))
+                s.append(Scratch(f"{n}.sign_weight", n, fwd, 0, (N,), in_role, fixed_rows=K))
         s.append(Scratch(f"{n}.dw_operand", n, bwd, P, (K,), "activation_grad"))
-        s.append(Scratch(f"{n}.dw_accum", n, bwd, 0, (K, N), "activation_grad", only_if_packed="weight_grad"))
+        s.append(Scratch(f"{n}.dw_accum", n, bwd, 0, (N,), "activation_grad", fixed_rows=K,
+                         only_if_packed="weight_grad"))
         if graph.tensors[node.inputs[0]].requires_grad:
             if node.binary:
-                s.append(Scratch(f"{n}.weight_signs", n, bwd, 0, (K, N), "activation_grad"))
+                s.append(Scratch(f"{n}.weight_signs", n, bwd, 0, (N,), "activation_grad", fixed_rows=K))
             if conv:
                 s.append(Scratch(f"{n}.col_grad", n, bwd, P, (K,), "activation_grad"))
         return s

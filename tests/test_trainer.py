@@ -266,6 +266,54 @@ def test_proposed_keeps_the_sign_of_the_reference_weight_gradient():
         assert agree > 0.97, (name, agree)
 
 
+# ---------------------------------------------------------------- weight rows worked block by block
+
+
+def _held_rows(net: Network) -> dict[str, int]:
+    return {r.name: r.shape[0] for r in net.ledger.rows if r.role == "workspace"}
+
+
+@pytest.mark.parametrize("model", [BIN_CNN, "digits-mlp"])
+@pytest.mark.parametrize("budget", [64, 1])
+def test_weight_rows_block_by_block_match_the_float64_reference(model, budget):
+    """Under a tiny budget sign_weight, weight_signs and every chunk hold a few rows: same gradients."""
+    g = graph_of(model) if isinstance(model, dict) else build_graph(load_model(model))
+    net = Network(g, load_strategy("standard"), seed=3, workspace_budget=budget)
+    x, y = batch_for(g, 8)
+    ref_loss, ref = reference_grads(g, net, x, y, "l2")
+    loss, got = step_grads(net, x, y)
+    held = _held_rows(net)
+    first, second = g.nodes[0], next(n for n in g.nodes[1:] if n.kind in ("dense", "conv2d"))
+    assert held[f"{first.name}.sign_weight"] < first.fan_in  # really block by block
+    assert held[f"{second.name}.weight_signs"] < second.fan_in
+    assert loss == pytest.approx(ref_loss, rel=1e-4)
+    for name in ref:
+        np.testing.assert_allclose(got[name], ref[name], rtol=2e-3, atol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("strategy", ["proposed", "proposed-po2", "ladder-3-binary-dw", "bop"])
+def test_a_small_budget_computes_the_same_step(strategy):
+    """dw_accum and every weight-row scratch in blocks of a few rows: the gradients of one whole block."""
+    g = graph_of(BIN_CNN)
+    s = load_strategy(strategy)
+    x, y = batch_for(g, 8, seed=11)
+    nets = {b: Network(g, s, seed=12, workspace_budget=b) for b in (1 << 20, 64, 1, 0)}
+    grads = {b: step_grads(net, x, y)[1] for b, net in nets.items()}
+    conv2 = next(n for n in g.nodes if n.name == "conv2d_2")
+    for b in (64, 1):
+        held = _held_rows(nets[b])
+        assert held["conv2d_2.weight_signs"] < conv2.fan_in
+        if s.format_of("weight_grad") == "bool":
+            assert held["conv2d_2.dw_accum"] < conv2.fan_in
+    for b in (64, 1, 0):
+        for name, want in grads[1 << 20].items():
+            have = grads[b][name]
+            if name.endswith(".weight") and s.weight_grad == "sign":
+                assert (have != want).sum() <= 1, (b, name)  # signs of the same sums, added in another order
+            else:
+                np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6 * np.abs(want).max(), err_msg=f"{b} {name}")
+
+
 # ---------------------------------------------------------------- full-precision paths vs finite differences
 
 FP_NET = {
@@ -345,11 +393,11 @@ def test_ledger_bytes_of_a_tiny_model_by_hand():
         # scratch under a 64-byte budget: rows held = min(total, max(1, 64 // row bytes))
         "dense_2.xnor": 4 * (4 * 1),  # 4 rows (one per sample) of N=4 filters x 1 byte
         "dense_2.packed_weight": 4 * 1,
-        "dense_1.sign_weight": 16 * 8 * 2,  # one chunk, input format
+        "dense_1.sign_weight": 4 * 8 * 2,  # weight rows of N=8 float16 (16 bytes): 4 of the 16 fit
         "dense_1.dw_operand": 2 * 16 * 2,  # rows of 32 bytes: 2 fit in 64
-        "dense_1.dw_accum": 16 * 8 * 2,
+        "dense_1.dw_accum": 4 * 8 * 2,  # weight rows of 16 bytes, like sign_weight
         "dense_2.dw_operand": 4 * 8 * 2,  # rows of 16 bytes: all 4 fit
-        "dense_2.weight_signs": 8 * 4 * 2,
+        "dense_2.weight_signs": 8 * 4 * 2,  # weight rows of N=4 float16 (8 bytes): all 8 fit
         "batchnorm_1.unpacked": 4 * 8 * 2, "sign_1.unpacked": 4 * 8 * 2, "batchnorm_2.unpacked": 4 * 4 * 2,
         "dense_1.output": B * 8 * 2,  # forward activation, real_input format
     }

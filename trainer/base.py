@@ -7,10 +7,13 @@ The context hands operators their buffers, always through the ledger:
   role `activation`, `real_input` format), freed after the forward of its
   last consumer (layers.storage.forward_outputs);
 - `scratch`: workspace of `layers.scratch`, holding `rows_held(total, row
-  bytes, budget)` rows (METHOD 4.1) and freed at the end of the operator's
-  event. With budget 0 the model has no scratch at all; numpy still needs
-  working memory, so the operator gets the same chunk sizing from the default
-  budget as an untracked temporary (it shows in tracemalloc, not in the ledger);
+  bytes, budget)` rows (METHOD 4.1; total = rows per sample x B + fixed
+  rows, the weight rows of sign_weight, weight_signs and dw_accum, which an
+  operator then works through block by block) and freed at the end of the
+  operator's event. With budget 0 the model has no scratch at all; numpy
+  still needs working memory, so the operator gets the same chunk sizing from
+  the default budget as an untracked temporary (it shows in tracemalloc, not
+  in the ledger);
 - `grad_in` / `grad_out`: activation-gradient buffers shared per
   `layers.storage.gradient_buffers` (a flatten reuses its input's buffer, a
   residual join passes its buffer by reference, an identity shortcut
@@ -113,8 +116,14 @@ class Context:
         return self.ledger.alloc(name, node.name, "activation", self.fmt("activation"), (self.batch, *s.shape),
                                  free_at=s.free)
 
-    def scratch(self, node: Node, short: str, total_rows: int = 0) -> tuple[np.ndarray, str] | None:
-        """A workspace buffer of layers.scratch, or None if this strategy does not have it."""
+    def scratch(self, node: Node, short: str, total_rows: int | None = None) -> tuple[np.ndarray, str] | None:
+        """A workspace buffer of layers.scratch, or None if this strategy does not have it.
+
+        It holds `rows_held(total rows, row bytes, budget)` rows of the spec's
+        row shape, total rows = rows_per_sample x B + fixed_rows (weight rows
+        do not scale with the batch). An operator that passes `total_rows`
+        has them checked against layers.scratch.
+        """
         name = f"{node.name}.{short}"
         w = self.scratch_specs.get(name)
         if w is None:
@@ -122,13 +131,12 @@ class Context:
         if w.only_if_packed and self.fmt(w.only_if_packed) != "bool":
             return None
         fmt = w.fixed_format or self.fmt(w.operand_role)
-        if w.rows_per_sample == 0:
-            shape = tuple(w.row_shape)
-        else:
-            if total_rows != w.rows_per_sample * self.batch:
-                raise RuntimeError(f"{name}: {total_rows} rows, layers.scratch says {w.rows_per_sample} x B")
-            budget = self.budget if self.budget > 0 else DEFAULT_WORKSPACE
-            shape = (rows_held(total_rows, tensor_bytes(fmt, w.row_shape), budget), *w.row_shape)
+        total = w.rows_per_sample * self.batch + w.fixed_rows
+        if total_rows is not None and total_rows != total:
+            raise RuntimeError(f"{name}: {total_rows} rows, layers.scratch says "
+                               f"{w.rows_per_sample} x B + {w.fixed_rows} = {total}")
+        budget = self.budget if self.budget > 0 else DEFAULT_WORKSPACE
+        shape = (rows_held(total, tensor_bytes(fmt, w.row_shape), budget), *w.row_shape)
         if self.budget > 0:
             return self.ledger.alloc(name, node.name, "workspace", fmt, shape), fmt
         return codec.empty(fmt, shape), fmt  # budget 0: untracked working memory (see module doc)

@@ -19,6 +19,18 @@ its input is saved in.
 
 Weights are (K, N) for dense and (k, k, Cin, N) for conv (K = k*k*Cin, patch
 order (i, j, c)); bool (Bop) kernels are packed along N.
+
+Weight rows in blocks. The scratch of weight size, `sign_weight` (forward of
+the first layer), `weight_signs` (dX) and `dw_accum` (dW kept as its sign),
+holds as many of the K weight rows (N values each) as the workspace budget
+allows (layers.scratch), and the operator works through K block by block:
+Y = sum over blocks of X[:, block] . sign(W[block]) (added in float32);
+dX[:, block] = dY . sign(W[block])^T, a conv folding each block of its column
+gradient back onto the input; dW[block] summed over every chunk of the batch,
+its sign packed straight into weight_grad. When K fits in one block the signs
+are expanded once. A chunk buffer of K-value rows (`dw_operand`, `col_grad`)
+that serves a block of k columns holds as many rows of those k columns as its
+bytes allow (`_as_rows`): the same buffer and bytes, fewer, longer passes.
 """
 
 from __future__ import annotations
@@ -89,17 +101,42 @@ class Linear(Op):
         w = self.ctx.ledger[self.w_name]
         return w.reshape(self.K, -1)
 
-    def _signs_into(self, dst: np.ndarray, fmt: str) -> None:
-        """dst (K, N) in `fmt` <- sign(W) as +1/-1 (sign(0) = +1)."""
+    def _signs_into(self, dst: np.ndarray, fmt: str, k0: int = 0, k1: int | None = None) -> None:
+        """dst (k1 - k0, N) in `fmt` <- sign(W) of the weight rows k0..k1 as +1/-1 (sign(0) = +1)."""
+        k1 = self.K if k1 is None else k1
         w = self._w2()
         rows = temp_rows(self.N)
-        for r0, r1 in row_chunks(self.K, rows):
+        for a, b in row_chunks(k1 - k0, rows):
+            src, out = w[k0 + a:k0 + b], dst[a:b]
             if self.bits:
-                fill_signs(dst[r0:r1], w[r0:r1], self.N, fmt)
-            elif codec.copysign_one(w[r0:r1], dst[r0:r1]):
+                fill_signs(out, src, self.N, fmt)
+            elif codec.copysign_one(src, out):
                 pass
             else:
-                codec.encode_into(dst[r0:r1], np.where(w[r0:r1] >= 0, 1.0, -1.0).astype(np.float32), fmt)
+                codec.encode_into(out, np.where(src >= 0, 1.0, -1.0).astype(np.float32), fmt)
+
+    def _weight_rows(self, short: str) -> tuple[np.ndarray, str, list[tuple[int, int]]]:
+        """A weight-row scratch (sign_weight, weight_signs, dw_accum) and the blocks of K rows it takes.
+
+        It holds rows_held(K, row bytes, budget) rows of N values (layers.scratch);
+        the operator works through the K weight rows block by block.
+        """
+        got = self.ctx.scratch(self.node, short)
+        if got is None:
+            raise RuntimeError(f"{self.name}.{short}: layers.scratch does not have this buffer")
+        buf, fmt = got
+        return buf, fmt, list(row_chunks(self.K, buf.shape[0]))
+
+    def _sign_blocks(self, short: str):
+        """(matrix, format, blocks, filled): sign(W) held in `short` block by block of its K rows.
+
+        When the whole of K fits in one block it is filled here, once; otherwise
+        the caller fills each block where it uses it (`_signs_into(buf, fmt, k0, k1)`).
+        """
+        buf, fmt, blocks = self._weight_rows(short)
+        if len(blocks) == 1:
+            self._signs_into(buf, fmt)
+        return buf, fmt, blocks, len(blocks) == 1
 
     def _pack_filters(self, pw: np.ndarray) -> None:
         """pw (N, *patch) bits <- sign(W) per filter, packed along the patch's last axis."""
@@ -173,7 +210,8 @@ class Linear(Op):
     def _forward_xnor(self, x, xf, y2, R):
         ctx, node = self.ctx, self.node
         saved = self._save_binary_input(x)
-        pw, _ = ctx.scratch(node, "packed_weight")
+        held, _ = ctx.scratch(node, "packed_weight")  # one chunk: a single row of N packed filters
+        pw = held[0]
         self._pack_filters(pw)
         xn, _ = ctx.scratch(node, "xnor", R)
         per_filter = int(np.prod(pw.shape[1:]))
@@ -205,19 +243,42 @@ class Linear(Op):
             for r0, r1 in row_chunks(x2.shape[0], temp_rows(x2.shape[1])):
                 codec.encode_into(s2[r0:r1], codec.decode(x2[r0:r1], xf), sf)
         if self.binary:
-            wm, wf = ctx.scratch(node, "sign_weight") or (codec.empty(in_fmt, (self.K, self.N)), in_fmt)
-            self._signs_into(wm, wf)
+            wm, wf, blocks, filled = self._sign_blocks("sign_weight")
         else:
-            wm, wf = self._w2(), self.w_fmt
+            wm, wf, blocks, filled = self._w2(), self.w_fmt, [(0, self.K)], True
         if not self.conv:
-            matmul(src.reshape(R, self.K), sf, wm, wf, y2, ctx.fwd)
+            self._times_signs(src.reshape(R, self.K), sf, wm, wf, blocks, filled, y2, ctx.fwd)
         else:
             low, lf = ctx.scratch(node, "lowered_input", R)
             for r0, r1 in row_chunks(R, low.shape[0]):
                 self._lower(src, sf, low[: r1 - r0], lf, r0, r1, self.pad)
-                matmul(low[: r1 - r0], lf, wm, wf, y2[r0:r1], ctx.fwd)
+                self._times_signs(low[: r1 - r0], lf, wm, wf, blocks, filled, y2[r0:r1], ctx.fwd)
         kind = "add" if self.binary else "mac"
         self.count("forward", kind, ctx.fmt("input" if self.first else "real_input"), R * self.N * self.K)
+
+    def _times_signs(self, a, af, wm, wf, blocks, filled, out, of):
+        """out (r, N) <- a (r, K) @ sign(W), sign(W) held in wm block by block of its K rows.
+
+        One block (the whole K, filled once): one product. Several: each block is
+        filled from W and its product added, in float32 (in `out` itself when it
+        is float32, else in a float32 tile of rows stored once), so the sum is
+        the one product's.
+        """
+        if filled:
+            matmul(a, af, wm[: self.K], wf, out, of)
+            return
+        if of == "float32":
+            for k0, k1 in blocks:
+                self._signs_into(wm, wf, k0, k1)
+                matmul(a[:, k0:k1], af, wm[: k1 - k0], wf, out, of, accumulate=k0 > 0)
+            return
+        rows = max(1, TILE_BYTES // (16 * self.N))
+        for i0, i1 in row_chunks(a.shape[0], rows):
+            tile = np.zeros((i1 - i0, self.N), np.float32)
+            for k0, k1 in blocks:
+                self._signs_into(wm, wf, k0, k1)
+                matmul(a[i0:i1, k0:k1], af, wm[: k1 - k0], wf, tile, "float32", accumulate=True)
+            codec.encode_into(out[i0:i1], tile, of)
 
     def _lower(self, src, sf, dst, df, r0, r1, pad):
         """dst (r, K) in df <- the input patches of rows r0..r1 (real values; padding = pad)."""
@@ -247,9 +308,10 @@ class Linear(Op):
             self._backward_dx(dy2, gf, R)
 
     def _operand_rows(self, dst, df, r0, r1, cols: tuple[int, int] | None = None):
-        """dst (r, K) in df <- the saved input of rows r0..r1 as real values (lowered for a conv).
+        """dst (r, k1 - k0) in df <- the saved input of rows r0..r1 as real values (lowered for a conv).
 
-        A dense layer may ask for the columns k0..k1 only (dst is then (r, k1 - k0)).
+        All K columns by default; `cols` = (k0, k1) asks for those columns only
+        (for a conv, column k is channel k % C of patch offset k // C).
         """
         ctx = self.ctx
         if self.first:
@@ -257,32 +319,49 @@ class Linear(Op):
         else:
             saved, sf = ctx.ledger[f"{self.name}.input"], ctx.fmt(self.in_role)
         B = saved.shape[0]
+        k0, k1 = cols or (0, self.K)
         if not self.conv:
             s2 = saved.reshape(B, -1)
-            k0, k1 = cols or (0, self.K)
             if sf == "bool":
-                b0, b1 = k0 // 8, -(-k1 // 8)  # whole bytes around the columns
-                if k0 % 8 == 0 and (k1 % 8 == 0 or k1 == self.K):
-                    fill_signs(dst, s2[r0:r1, b0:b1], k1 - k0, df)
-                else:
-                    full = codec.empty(df, (r1 - r0, (b1 - b0) * 8))
-                    fill_signs(full, s2[r0:r1, b0:b1], (b1 - b0) * 8, df)
-                    dst[...] = full[:, k0 - 8 * b0:k1 - 8 * b0]
+                _bit_columns(dst, s2[r0:r1], k0, k1, self.K, df)
             elif sf == df:
                 dst[...] = s2[r0:r1, k0:k1]
             else:
                 codec.encode_into(dst, codec.decode(s2[r0:r1, k0:k1], sf), df)
             return
-        if sf == "bool":
-            d3 = dst.reshape(r1 - r0, self.k * self.k, -1)
-            for a, b in self.patches.blocks(r0, r1):
-                idx, inv = self.patches.rows(a, b)
-                pat = np.take(saved.reshape(B * self.patches.hw, -1), idx, axis=0)
+        flat = saved.reshape(B * self.patches.hw, -1)
+        if (k0, k1) == (0, self.K):
+            if sf == "bool":
+                d3 = dst.reshape(r1 - r0, self.k * self.k, -1)
+                for a, b in self.patches.blocks(r0, r1):
+                    idx, inv = self.patches.rows(a, b)
+                    pat = np.take(flat, idx, axis=0)
+                    if inv is not None:
+                        pat[inv] = 0
+                    fill_signs(d3[a - r0:b - r0], pat, self.node.channels, df)
+            else:
+                self._lower(saved, sf, dst, df, r0, r1, self.pad)
+            return
+        C = self.node.channels
+        pad = self.pad if df in codec.FLOATS else codec.encode(np.array([self.pad], np.float32), df)[0]
+        for a, b in self.patches.blocks(r0, r1):
+            idx, inv = self.patches.rows(a, b)
+            d = dst[a - r0:b - r0]
+            for q, c0, c1, j in _offsets(k0, k1, C):
+                dq = d[:, j:j + c1 - c0]
+                if sf == "bool":
+                    pat = np.take(flat, idx[:, q], axis=0)
+                    if inv is not None:
+                        pat[inv[:, q]] = 0  # bit 0 = -1: binary padding
+                    _bit_columns(dq, pat, c0, c1, C, df)
+                    continue
+                vals = flat[idx[:, q], c0:c1]
+                if sf == df:
+                    dq[...] = vals
+                else:
+                    codec.encode_into(dq, codec.decode(vals, sf), df)
                 if inv is not None:
-                    pat[inv] = 0
-                fill_signs(d3[a - r0:b - r0], pat, self.node.channels, df)
-        else:
-            self._lower(saved, sf, dst, df, r0, r1, self.pad)
+                    dq[inv[:, q]] = pad
 
     def _backward_dw(self, dy2, gf, R):
         ctx, node = self.ctx, self.node
@@ -291,87 +370,154 @@ class Linear(Op):
         wg = ctx.param_grad(node, "weight_grad", "weight_grad", node.weight_shape)
         sign = s.weight_grad == "sign"
         acc_fmt = ctx.counter.acc
-        if wg_fmt == "bool":
-            got = ctx.scratch(node, "dw_accum")
-            acc, af = got if got is not None else (codec.empty(ctx.g, (self.K, self.N)), ctx.g)
-        else:
-            acc, af = wg.reshape(self.K, self.N), wg_fmt
         op, of = ctx.scratch(node, "dw_operand", R)
         held = op.shape[0]
-        if af == "float32":  # accumulate in place, chunk after chunk
-            for r0, r1 in row_chunks(R, held):
-                r = r1 - r0
-                self._operand_rows(op[:r], of, r0, r1)
-                matmul(op[:r].T, of, dy2[r0:r1], gf, acc, af, accumulate=r0 > 0)
-        elif held >= R:  # the whole batch in one chunk
+        if held >= R:  # the whole batch in one chunk: the operand is expanded once
             self._operand_rows(op[:R], of, 0, R)
-            matmul(op[:R].T, of, dy2, gf, acc, af)
+        elif gf != "float32" and R * self.N * 4 <= TILE_BYTES // 4:  # dY once in float32, not once per block
+            dy2, gf = codec.decode(dy2, gf), "float32"
+        w2 = wg.reshape(self.K, -1)
+        if wg_fmt == "bool":
+            # the real dW block by block of its rows in dw_accum, each block's sign straight into the packed rows
+            acc, af, blocks = self._weight_rows("dw_accum")
+            for k0, k1 in blocks:
+                a = acc[: k1 - k0]
+                self._dw_rows(a, af, k0, k1, op, of, dy2, gf, R)
+                for r0, r1 in row_chunks(k1 - k0, temp_rows(self.N)):
+                    codec.pack_into(codec.nonnegative(a[r0:r1]) if af in codec.FLOATS
+                                    else codec.decode(a[r0:r1], af) >= 0, w2[k0 + r0:k0 + r1])
         else:
-            # dW block by block of its rows, each summed over every chunk of the batch in a float32
-            # tile and stored once (the operand chunk is refilled per block: expanding it is cheap,
-            # accumulating a narrow format again and again is not)
-            kb = max(1, min(self.K, TILE_BYTES // (16 * self.N)))
-            if gf != "float32" and R * self.N * 4 <= TILE_BYTES // 4:  # dY once in float32, not once per block
-                dy2, gf = codec.decode(dy2, gf), "float32"
-            for k0 in range(0, self.K, kb):
-                k1 = min(self.K, k0 + kb)
-                tile = np.zeros((k1 - k0, self.N), np.float32)
-                for r0, r1 in row_chunks(R, held):
-                    r = r1 - r0
-                    if self.conv:
-                        self._operand_rows(op[:r], of, r0, r1)
-                    else:  # a dense operand row is the saved row itself: expand only these columns
-                        self._operand_rows(op[:r, k0:k1], of, r0, r1, (k0, k1))
-                    matmul(op[:r, k0:k1].T, of, dy2[r0:r1], gf, tile, "float32", accumulate=True)
-                codec.encode_into(acc[k0:k1], tile, af)
+            acc = wg.reshape(self.K, self.N)
+            self._dw_rows(acc, wg_fmt, 0, self.K, op, of, dy2, gf, R)
+            if sign:  # keep dW as its sign, in place
+                for r0, r1 in row_chunks(self.K, temp_rows(self.N)):
+                    vals = codec.decode(acc[r0:r1], wg_fmt)
+                    codec.encode_into(w2[r0:r1], np.where(vals >= 0, 1.0, -1.0).astype(np.float32), wg_fmt)
         m = R * self.N * self.K
         if self.binary and not self.first:
             self.count("backward_dw", "add", acc_fmt, m)
         else:
             ctx.counter.gmac(self.name, "backward_dw", m)
-        if sign:  # keep dW as its sign
-            w2 = wg.reshape(self.K, -1)
-            for r0, r1 in row_chunks(self.K, temp_rows(self.N)):
-                vals = codec.decode(acc[r0:r1], af)
-                if wg_fmt == "bool":
-                    codec.pack_into(vals >= 0, w2[r0:r1])
-                else:
-                    codec.encode_into(w2[r0:r1], np.where(vals >= 0, 1.0, -1.0).astype(np.float32), wg_fmt)
+        if sign:
             self.count("backward_dw", "compare", acc_fmt, self.K * self.N)
+
+    def _dw_rows(self, acc, af, k0, k1, op, of, dy2, gf, R):
+        """acc (k1 - k0, N) in af <- the rows k0..k1 of dW, summed over every chunk of the batch.
+
+        The operand chunk `op` (dw_operand) holds rows of the saved input; when
+        it holds the whole batch the caller expanded it once. Otherwise it is
+        filled chunk after chunk with only the columns k0..k1 this block of dW
+        needs, as many rows of them as its bytes hold (`_as_rows`).
+        """
+        held = op.shape[0]
+        if held >= R:
+            matmul(op[:R, k0:k1].T, of, dy2, gf, acc, af)
+            return
+
+        def chunks(c0, c1):
+            rows = _as_rows(op, c1 - c0)
+            for r0, r1 in row_chunks(R, rows.shape[0]):
+                dst = rows[: r1 - r0]
+                self._operand_rows(dst, of, r0, r1, (c0, c1))
+                yield r0, r1, dst
+
+        if af == "float32":  # accumulate in place, chunk after chunk
+            for r0, r1, o in chunks(k0, k1):
+                matmul(o.T, of, dy2[r0:r1], gf, acc, af, accumulate=r0 > 0)
+            return
+        # a narrow format: each block of rows summed over every chunk in a float32 tile and
+        # stored once (the operand is refilled per block: expanding it is cheap,
+        # accumulating a narrow format again and again is not)
+        kb = max(1, TILE_BYTES // (16 * self.N))
+        for t0, t1 in row_chunks(k1 - k0, kb):
+            tile = np.zeros((t1 - t0, self.N), np.float32)
+            for r0, r1, o in chunks(k0 + t0, k0 + t1):
+                matmul(o.T, of, dy2[r0:r1], gf, tile, "float32", accumulate=True)
+            codec.encode_into(acc[t0:t1], tile, af)
 
     def _backward_dx(self, dy2, gf, R):
         ctx, node = self.ctx, self.node
         tgt, tf, accumulate = ctx.grad_out(node.inputs[0], zero=self.conv)
         if self.binary:
-            got = ctx.scratch(node, "weight_signs")
-            ws, wf = got if got is not None else (codec.empty(ctx.g, (self.K, self.N)), ctx.g)
-            self._signs_into(ws, wf)
+            ws, wf, blocks, filled = self._sign_blocks("weight_signs")
         else:
-            ws, wf = self._w2(), self.w_fmt
+            ws, wf, blocks, filled = self._w2(), self.w_fmt, [(0, self.K)], True
         B = tgt.shape[0]
         m = R * self.N * self.K
         if not self.conv:
-            matmul(dy2, gf, ws.T, wf, tgt.reshape(B, self.K), tf, accumulate=accumulate)
+            t2 = tgt.reshape(B, self.K)
+            for k0, k1 in blocks:  # dX[:, block] = dY . sign(W[block])^T
+                if not filled:
+                    self._signs_into(ws, wf, k0, k1)
+                matmul(dy2, gf, ws[: k1 - k0].T, wf, t2[:, k0:k1], tf, accumulate=accumulate)
         else:
             col, cf = ctx.scratch(node, "col_grad", R)
             flat = tgt.reshape(B * self.patches.hw, -1)
-            kk = self.k * self.k
-            for r0, r1 in row_chunks(R, col.shape[0]):
-                r = r1 - r0
-                matmul(dy2[r0:r1], gf, ws.T, wf, col[:r], cf)
-                c3 = col[:r].reshape(r, kk, -1)
-                for a, b in self.patches.blocks(r0, r1):
-                    idx, inv = self.patches.rows(a, b)
-                    for q in range(kk):
-                        sel = slice(None) if inv is None else ~inv[:, q]
-                        ids = idx[sel, q]
-                        vals = c3[a - r0:b - r0][sel, q]
-                        if tf == cf == "float32":
-                            flat[ids] += vals
-                        else:
-                            flat[ids] = codec.encode(codec.decode(flat[ids], tf) + codec.decode(vals, cf), tf)
+            for k0, k1 in blocks:  # the column gradient block by block of K, folded back onto the input
+                if not filled:
+                    self._signs_into(ws, wf, k0, k1)
+                cb = _as_rows(col, k1 - k0)
+                for r0, r1 in row_chunks(R, cb.shape[0]):
+                    r = r1 - r0
+                    matmul(dy2[r0:r1], gf, ws[: k1 - k0].T, wf, cb[:r], cf)
+                    self._fold(flat, tf, cb[:r], cf, r0, r1, k0, k1)
             self.count("backward_dx", "add", ctx.counter.acc, R * self.K)
         if self.binary:
             self.count("backward_dx", "add", ctx.counter.acc, m)
         else:
             ctx.counter.gmac(self.name, "backward_dx", m)
+
+    def _fold(self, flat, tf, cols, cf, r0, r1, k0, k1):
+        """flat (B*H*W, C) in tf += the column gradient `cols` (r, k1 - k0) of rows r0..r1, columns k0..k1."""
+        C = self.node.channels
+        for a, b in self.patches.blocks(r0, r1):
+            idx, inv = self.patches.rows(a, b)
+            part = cols[a - r0:b - r0]
+            for q, c0, c1, j in _offsets(k0, k1, C):
+                sel = slice(None) if inv is None else ~inv[:, q]
+                ids = idx[sel, q]
+                vals = part[sel, j:j + c1 - c0]
+                whole = c1 - c0 == C
+                if tf == cf == "float32":
+                    if whole:
+                        flat[ids] += vals
+                    else:
+                        flat[ids, c0:c1] += vals
+                else:
+                    cur = flat[ids] if whole else flat[ids, c0:c1]
+                    new = codec.encode(codec.decode(cur, tf) + codec.decode(vals, cf), tf)
+                    if whole:
+                        flat[ids] = new
+                    else:
+                        flat[ids, c0:c1] = new
+
+
+def _offsets(k0: int, k1: int, C: int):
+    """For the columns k0..k1 of a lowered patch (column k = channel k % C of offset k // C):
+    (offset q, channels c0..c1, first column j within k0..k1) per patch offset they touch."""
+    for q in range(k0 // C, (k1 - 1) // C + 1):
+        c0, c1 = max(k0 - q * C, 0), min(k1 - q * C, C)
+        yield q, c0, c1, q * C + c0 - k0
+
+
+def _as_rows(buf: np.ndarray, width: int) -> np.ndarray:
+    """A chunk buffer of rows (held, K) seen as rows of `width` values, as many as its bytes hold.
+
+    When an operator works on a block of K columns at a time, the chunk holds
+    that many more rows of the block (the same bytes, the same buffer).
+    """
+    if buf.shape[-1] == width:
+        return buf
+    n = buf.size // width
+    return buf.reshape(-1)[: n * width].reshape(n, width)
+
+
+def _bit_columns(dst: np.ndarray, packed: np.ndarray, c0: int, c1: int, n: int, fmt: str) -> None:
+    """dst (r, c1 - c0) in fmt <- +1/-1 of the bits c0..c1 of packed rows (r, ceil(n / 8))."""
+    b0, b1 = c0 // 8, -(-c1 // 8)  # whole bytes around the columns
+    if c0 % 8 == 0 and (c1 % 8 == 0 or c1 == n):
+        fill_signs(dst, packed[:, b0:b1], c1 - c0, fmt)
+    else:
+        full = codec.empty(fmt, (packed.shape[0], (b1 - b0) * 8))
+        fill_signs(full, packed[:, b0:b1], (b1 - b0) * 8, fmt)
+        dst[...] = full[:, c0 - 8 * b0:c1 - 8 * b0]

@@ -1,0 +1,88 @@
+"""`bnncost verify`: the cost model against the bundled trainer, to the byte and to the operation."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import cli
+from costmodel import load_strategy, memory_plan
+from costmodel.strategy import Strategy
+from layers import build_graph, load_model
+from test_cli import run
+
+RESIDUAL = str(Path(__file__).parent / "data" / "small-residual.yaml")
+STRATEGIES = ["standard", "ladder-1-binary-activations", "ladder-2-l1-batchnorm", "ladder-3-binary-dw",
+              "proposed", "proposed-po2", "bop"]
+MODELS = [("mlp", 16), ("digits-mlp", 16), ("digits-cnn", 8), (RESIDUAL, 4), ("cnv", 2)]
+
+
+@pytest.mark.parametrize("retention", ["step", "backward"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("model, batch", MODELS, ids=[Path(m).stem for m, _ in MODELS])
+def test_model_and_trainer_agree(model, batch, strategy, retention):
+    v = cli.run_verification(model, strategy, batch, steps=1, retention=retention)
+    wrong = [c.name for c in v.variables if not c.ok]
+    assert not wrong, wrong
+    assert v.peak.ledger_ok, (v.peak.predicted_bytes, v.peak.ledger_bytes, v.peak.predicted_event, v.peak.ledger_event)
+    assert not v.op_mismatches, v.op_mismatches[:3]
+    assert v.peak.process_ok, (v.peak.process_bytes, v.peak.predicted_bytes)
+    assert v.ok
+
+
+@pytest.mark.parametrize("budget", [0, 4096])
+def test_agree_under_other_workspace_budgets(budget):
+    for model, batch in MODELS[:3]:
+        assert cli.run_verification(model, "proposed", batch, steps=1, workspace_budget=budget).ok
+
+
+def test_a_broken_prediction_fails_and_names_the_variable():
+    graph = build_graph(load_model("digits-mlp"))
+    good = load_strategy("proposed")
+    wrong = Strategy(**{**good.model_dump(), "formats": {**good.formats, "norm_output": "float16"}})
+
+    def perturb(plan):
+        return memory_plan(graph, wrong, retention="step", workspace_budget=65536)
+
+    v = cli.run_verification("digits-mlp", "proposed", 16, steps=1, plan_hook=perturb)
+    assert not v.ok
+    bad = {c.name for c in v.variables if not c.ok}
+    saved = {f"batchnorm_{i}.norm_output" for i in (1, 2, 3)}
+    # a float16 norm_output needs no unpacking scratch either, so those go missing from the prediction too
+    assert saved <= bad and bad - saved == {f"batchnorm_{i}.unpacked" for i in (1, 2, 3)}
+
+
+def test_verify_cli_table_json_and_exit_codes(capsys):
+    code, out, err = run(capsys, "verify", "digits-mlp", "--batch", "8", "--steps", "1")
+    assert code == 0 and "verified" in out and "Peak of the step" in out and err == ""
+    code, out, _ = run(capsys, "verify", "digits-cnn", "--batch", "4", "--steps", "1", "--json", "--by", "variable")
+    doc = json.loads(out)
+    assert doc["schema"] == "bnncost.verification/1" and doc["ok"] is True
+    assert set(doc["variables"][0]) >= {"name", "role", "predicted_bytes", "measured_bytes"}
+    assert set(doc["peak"]) >= {"predicted_bytes", "ledger_bytes", "process_bytes", "predicted_event", "ledger_event"}
+    assert doc["ops"]["mismatches"] == [] and "process_peak_above_fraction" in doc["tolerance"]
+
+
+def test_verify_exit_1_when_something_disagrees(capsys, monkeypatch):
+    real = cli.run_verification
+
+    def broken(*args, **kw):
+        v = real(*args, **kw)
+        v.variables[0].ok = False
+        v.ok = False
+        return v
+
+    monkeypatch.setattr(cli, "run_verification", broken)
+    code, out, _ = run(capsys, "verify", "digits-mlp", "--batch", "4", "--steps", "1")
+    assert code == 1 and "not verified" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["verify", "digits-mlp", "--batch", "0"], "batch size must be a positive integer"),
+    (["verify", "digits-mlp", "--steps", "0"], "--steps"),
+    (["verify", "digits-mlp", "--strategy", "nosuch"], "unknown strategy"),
+    (["verify", "digits-mlp", "--dataset", "mnist:/no/such/dir"], "/no/such/dir"),
+])
+def test_verify_bad_input(capsys, args, needle):
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == "" and needle in err and err.count("\n") == 1
