@@ -133,9 +133,13 @@ def forward_outputs(graph: Graph) -> list[Stored]:
     ]
 
 
-def gradient_buffers(graph: Graph) -> list[Stored]:
-    """Activation-gradient buffers, one per class of tensors that share storage."""
-    events = step_events(graph)
+def gradient_buffer_names(graph: Graph) -> dict[int, str]:
+    """Tensor id -> the name of the gradient buffer it shares, for every tensor that needs a gradient.
+
+    Tensors share a buffer when a flatten aliases one to the other or a
+    residual join passes its gradient on by reference; the buffer is named
+    after the earliest-produced member, `<layer>.output_grad`.
+    """
     parent = list(range(len(graph.tensors)))
 
     def find(i: int) -> int:
@@ -156,28 +160,36 @@ def gradient_buffers(graph: Graph) -> list[Stored]:
         if node.kind == "add":
             for i in node.inputs:
                 union(node.output, i)
+    first_member: dict[int, int] = {}  # class root -> lowest tensor id with a producer
+    for t in graph.tensors:
+        if t.producer is not None:
+            first_member.setdefault(find(t.id), t.id)
+    return {
+        t.id: f"{graph.tensors[first_member[find(t.id)]].producer}.output_grad"
+        for t in graph.tensors
+        if t.requires_grad and find(t.id) in first_member
+    }
 
-    writers: dict[int, list[int]] = {}
-    readers: dict[int, list[int]] = {}
+
+def gradient_buffers(graph: Graph) -> list[Stored]:
+    """Activation-gradient buffers: written by a consumer's backward, read by the producer's."""
+    events = step_events(graph)
+    buffer_of = gradient_buffer_names(graph)
+    writers: dict[str, list[int]] = {}
+    readers: dict[str, list[int]] = {}
     for node in graph.nodes:
         if node.kind in ("add", "flatten"):
             continue  # pass gradients by reference
         at = events.index(f"backward:{node.name}")
         for i in node.inputs:
-            if graph.tensors[i].requires_grad:
-                writers.setdefault(find(i), []).append(at)
-        if node.kind != "softmax_ce":
-            readers.setdefault(find(node.output), []).append(at)
-
-    first_member: dict[int, int] = {}  # class root -> lowest tensor id with a producer
-    for t in graph.tensors:
-        if t.producer is not None:
-            first_member.setdefault(find(t.id), t.id)
+            if i in buffer_of:
+                writers.setdefault(buffer_of[i], []).append(at)
+        if node.kind != "softmax_ce" and node.output in buffer_of:
+            readers.setdefault(buffer_of[node.output], []).append(at)
     out = []
-    for root, wrote in sorted(writers.items()):
-        first = graph.tensors[first_member[root]]
-        producer = graph.by_name[first.producer]
-        shape = producer.out_shape if producer.kind != "flatten" else graph.tensors[first.id].shape
-        out.append(Stored(f"{first.producer}.output_grad", first.producer, "activation_grad",
-                          tuple(shape), True, events[min(wrote)], events[max(readers.get(root, wrote))]))
+    for name, wrote in writers.items():
+        layer = name.rsplit(".", 1)[0]
+        producer = graph.by_name[layer]
+        out.append(Stored(name, layer, "activation_grad", tuple(producer.out_shape), True,
+                          events[min(wrote)], events[max(readers.get(name, wrote))]))
     return out

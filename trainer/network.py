@@ -16,7 +16,7 @@ import numpy as np
 from costmodel.strategy import Strategy
 from layers.graph import Graph
 from layers.scratch import scratch_needs
-from layers.storage import gradient_buffers, stored_variables
+from layers.storage import gradient_buffer_names, gradient_buffers, stored_variables
 from layers.timeline import step_events
 from trainer import codec
 from trainer.activation import ReLU, Sign
@@ -54,36 +54,6 @@ def check_strategy(strategy: Strategy, graph: Graph) -> None:
                            "the trainer's forward activations are held in it and need float32 or float16")
 
 
-def gradient_classes(graph: Graph) -> dict[int, str]:
-    """Tensor id -> name of the gradient buffer it shares (the rule of layers.storage.gradient_buffers)."""
-    parent = list(range(len(graph.tensors)))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(a, b):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-
-    for t in graph.tensors:
-        if t.alias_of is not None:
-            union(t.id, t.alias_of)
-    for node in graph.nodes:
-        if node.kind == "add":
-            for i in node.inputs:
-                union(node.output, i)
-    out = {}
-    for t in graph.tensors:
-        members = [m for m in graph.tensors if find(m.id) == find(t.id) and m.producer is not None]
-        if members and t.requires_grad:
-            out[t.id] = f"{min(members, key=lambda m: m.id).producer}.output_grad"
-    return out
-
-
 class Network:
     """Executable model + strategy: persistent state, one training step, evaluation."""
 
@@ -104,7 +74,7 @@ class Network:
                                                       optimizer=strategy.optimizer, retention=retention)}
         grad_stored = {s.name: s for s in gradient_buffers(graph)}
         # tensors nobody writes a gradient for (the loss's output) have no buffer in layers.storage
-        self.grad_names = {t: n for t, n in gradient_classes(graph).items() if n in grad_stored}
+        self.grad_names = {t: n for t, n in gradient_buffer_names(graph).items() if n in grad_stored}
         self.ctx = Context(graph, strategy, self.ledger, self.counter, stored, self.grad_names, grad_stored,
                            {w.name: w for w in scratch_needs(graph)}, workspace_budget,
                            strategy.format_of("real_input"))
