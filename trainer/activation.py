@@ -38,10 +38,7 @@ class _Gate(Op):
             out, keep = self._fwd_chunk(x2[r0:r1])
             codec.encode_into(y2[r0:r1], out, ctx.fwd)
             if mask2 is not None:
-                if mf == "bool":
-                    codec.pack_into(keep, mask2[r0:r1])
-                else:
-                    codec.encode_into(mask2[r0:r1], keep.astype(np.float32), mf)
+                codec.store_mask(keep, mask2[r0:r1], mf)
         self._count_forward(m * C)
         return y, ctx.fwd
 

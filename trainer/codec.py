@@ -107,6 +107,14 @@ def pack_into(bits: np.ndarray, out: np.ndarray) -> None:
     out[...] = np.packbits(bits, axis=-1)
 
 
+def store_mask(keep: np.ndarray, out: np.ndarray, fmt: str) -> None:
+    """Store a boolean mask in its role's format: packed bits, or 0/1 values of a real format."""
+    if fmt == "bool":
+        pack_into(keep, out)
+    else:
+        encode_into(out, keep.astype(np.float32), fmt)
+
+
 _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 HAS_BITWISE_COUNT = hasattr(np, "bitwise_count")
 

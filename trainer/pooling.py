@@ -83,10 +83,7 @@ class MaxPool(_Window):
                     mp[sl] |= hit
                     found |= hit
                 keep = self._unpad(mp)
-                if mf == "bool":
-                    codec.pack_into(keep, mask[b0:b1])
-                else:
-                    codec.encode_into(mask[b0:b1], keep.astype(np.float32), mf)
+                codec.store_mask(keep, mask[b0:b1], mf)
         self.count("forward", "compare", ctx.fwd, B * self.Ho * self.Wo * self.C * (self.k * self.k - 1))
         return y, ctx.fwd
 
