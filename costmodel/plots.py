@@ -61,6 +61,9 @@ def plot_sweep(s: Sweep, path: str) -> Path:
                    label=f"{s.device} usable ({s.usable_bytes / scale:.2f} {unit})")
     if s.batches[-1] / max(s.batches[0], 1) >= 32:
         ax.set_xscale("log", base=2)
+    low = min(min(line.peak_bytes) for line in s.lines)
+    if top / max(low, 1) >= 50:  # a wide range: equal ratios look equal, small strategies stay visible
+        ax.set_yscale("log")
     ax.set_xlabel("batch size B (samples)")
     ax.set_ylabel(f"peak memory of one training step ({unit})")
     where = f" on {s.device}" if s.device else ""
