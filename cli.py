@@ -15,13 +15,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from costmodel.plots import check_path, plot_comparison, plot_sweep
 from costmodel.memory import memory_plan
 from costmodel.ops import count_ops
+from costmodel.plots import check_path, plot_comparison, plot_sweep
 from costmodel.prediction import Comparison, Prediction, check_batch, compare, predict, resolve
+from costmodel.strategy import StrategyError, load_strategy, strategy_names
 from costmodel.sweep import Sweep, parse_batches, sweep
 from hardware_profiles import Device, DeviceError, list_devices, load_device
-from costmodel.strategy import StrategyError, load_strategy, strategy_names
 from layers.graph import build_graph
 from layers.model import ModelError, load_model, zoo_names
 

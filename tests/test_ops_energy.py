@@ -129,6 +129,8 @@ def test_prediction_on_a_device_reports_energy_time_and_fit():
     assert math.isclose(e.joules_per_step, e.compute_j + e.memory_j + e.static_j)
     assert math.isclose(e.dynamic_j, e.compute_j + e.memory_j)
     assert math.isclose(e.joules_per_sample * 4, e.joules_per_step)
+    assert math.isclose(t.seconds_per_sample * 4, t.seconds_per_step) and t.seconds_per_step > 0
+    assert math.isclose(e.static_j, TOY.power.idle_w * t.seconds_per_step)
     # 10 samples at B = 4: two full steps and one step of 2
     last = predict(build_graph(parse_model(DENSE, "t")), "standard", 2, device=TOY)
     assert math.isclose(e.joules_per_epoch, 2 * e.joules_per_step + last.energy.joules_per_step)
