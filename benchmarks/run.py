@@ -71,7 +71,7 @@ def bench_predict(dev, repeat: int) -> tuple[dict, float, float]:
     out = {}
     for name in zoo_names():
         predict(name, "proposed", 100, device=dev)  # warm the caches
-        out[name] = 1e3 * median_time(lambda: predict(name, "proposed", 100, device=dev), repeat)
+        out[name] = 1e3 * median_time(lambda n=name: predict(n, "proposed", 100, device=dev), repeat)
     resnet = 1e3 * median_time(lambda: predict("resnete18", "proposed", 4096, device=dev), repeat)
     from layers.model import _load_zoo_model  # the cold call: parse the YAML again
     _load_zoo_model.cache_clear()
