@@ -188,7 +188,7 @@ def predict_cmd(
     if by not in ("role", "layer", "variable"):
         raise BadInput(f"--by must be role, layer or variable, not '{by}'")
     p = predict(model, strategy, batch, device=open_device(device),
-                epoch_samples=check_samples(epoch_samples), **knobs(retention, workspace))
+                epoch_samples=check_samples(epoch_samples, device), **knobs(retention, workspace))
     if as_json:
         emit_json(p.to_json())
         return
@@ -279,7 +279,7 @@ def compare_cmd(
     if plot:
         check_path(plot)
     names = LADDER if ladder else split_list(strategies)
-    c = compare(model, names, batch, device=open_device(device), epoch_samples=check_samples(epoch_samples),
+    c = compare(model, names, batch, device=open_device(device), epoch_samples=check_samples(epoch_samples, device),
                 **knobs(retention, workspace))
     if as_json:
         emit_json(c.to_json())
@@ -429,7 +429,12 @@ def print_sweep(s: Sweep) -> None:
             t.add_column("s / sample", justify="right")
     if s.device:
         t.add_column("note")
-    for i, b in enumerate(s.batches):
+    shown = table_rows(s)
+    if len(shown) < len(s.batches):
+        out.print(f"showing {len(shown)} of {len(s.batches):,} batch sizes (every row where a strategy stops "
+                  f"fitting included); --json or --plot give them all")
+    for i in shown:
+        b = s.batches[i]
         cells, notes = [f"{b:,}"], []
         for line in s.lines:
             peak = human_bytes(line.peak_bytes[i])
@@ -437,7 +442,7 @@ def print_sweep(s: Sweep) -> None:
                 fits = line.fits[i]
                 cells += [peak if fits else f"[red]{peak}[/]", si(line.joules_per_sample[i], "J"),
                           si(line.seconds_per_sample[i], "s")]
-                if not fits and (i == 0 or line.fits[i - 1]):
+                if not fits and (i == 0 or line.fits[i - 1]):  # the first batch that does not fit
                     notes.append(f"{line.strategy} stops fitting (largest batch {line.max_batch:,})")
             else:
                 cells.append(peak)
@@ -561,6 +566,23 @@ def print_verification(v, by: str) -> None:
                   f"{len(v.op_mismatches)} op count(s) disagree")
 
 
+SWEEP_TABLE_ROWS = 64
+
+
+def table_rows(s: Sweep) -> list[int]:
+    """Indices of the batch sizes a table shows: all of a short sweep; else evenly spread ones
+    plus, for each strategy, the last batch that fits and the first that does not."""
+    n = len(s.batches)
+    if n <= SWEEP_TABLE_ROWS:
+        return list(range(n))
+    keep = {round(k * (n - 1) / (SWEEP_TABLE_ROWS - 1)) for k in range(SWEEP_TABLE_ROWS)}
+    for line in s.lines:
+        if line.fits:
+            keep |= {i for i in range(1, n) if line.fits[i] != line.fits[i - 1]}
+            keep |= {i - 1 for i in range(1, n) if line.fits[i] != line.fits[i - 1]}
+    return sorted(keep)
+
+
 def output_mode(as_json: bool, markdown: bool) -> None:
     if as_json and markdown:
         raise BadInput("--json and --markdown exclude each other")
@@ -575,9 +597,11 @@ def wrote(path, as_json: bool) -> None:
         out.print(f"wrote {path}")
 
 
-def check_samples(n: int | None) -> int | None:
+def check_samples(n: int | None, device: str | None) -> int | None:
     if n is not None and n < 1:
         raise BadInput(f"--epoch-samples must be a positive integer, not {n}")
+    if n is not None and device is None:
+        raise BadInput("--epoch-samples prices an epoch on a device: add --device")
     return n
 
 

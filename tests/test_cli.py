@@ -85,6 +85,8 @@ def test_listings(capsys):
     (["predict", "mlp", "--by", "colour"], "--by"),
     (["predict", "missing/model.yaml"], "model file not found"),
     (["compare", "mlp", "--strategies", ","], "--strategies"),
+    (["predict", "mlp", "--epoch-samples", "1000"], "add --device"),
+    (["predict", "mlp", "--epoch-samples", "0", "--device", "jetson-nano"], "--epoch-samples"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, args, needle):
     code, out, err = run(capsys, *args)
@@ -160,3 +162,9 @@ def test_fit_when_nothing_fits(capsys):
     assert [s["max_batch"] for s in doc["strategies"]] == [0, 0]
     code, out, _ = run(capsys, "fit", "mlp", "--device", TOY)
     assert code == 0 and "no" in out
+
+
+def test_sweep_table_of_a_long_sweep_is_sampled(capsys):
+    code, out, _ = run(capsys, "sweep", "mlp", "--batch", "1:100000", "--linear", "--device", "raspberry-pi-3b-plus")
+    assert code == 0 and "showing" in out and "of 100,000 batch sizes" in out
+    assert "standard stops fitting (largest batch 47,351)" in out
