@@ -58,9 +58,9 @@ def load_dataset(spec: str, input_shape: tuple[int, ...], classes: int, seed: in
     elif kind == "synthetic" and not arg:
         return _synthetic(input_shape, classes, seed)
     elif kind == "mnist" and arg:
-        xs, ys, xt, yt, native = _mnist(Path(arg))
+        xs, ys, xt, yt, native = _mnist(Path(arg).expanduser())
     elif kind == "cifar10" and arg:
-        xs, ys, xt, yt, native = _cifar10(Path(arg))
+        xs, ys, xt, yt, native = _cifar10(Path(arg).expanduser())
     else:
         raise TrainerError(f"unknown dataset '{spec}'; use digits, synthetic, mnist:DIR or cifar10:DIR")
     name = kind
