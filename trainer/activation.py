@@ -68,10 +68,7 @@ class _Gate(Op):
             if not accumulate and codec.gate(dy2[r0:r1], keep_s, t2[r0:r1]):
                 continue
             g = codec.decode(dy2[r0:r1], gf) * codec.decode(keep_s, kf)
-            if accumulate:
-                codec.add_into(t2[r0:r1], g, tf)
-            else:
-                codec.encode_into(t2[r0:r1], g, tf)
+            codec.store(t2[r0:r1], g, tf, accumulate)
         ctx.counter.gmul(self.name, "backward_dx", m * C)
 
 

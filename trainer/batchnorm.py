@@ -202,10 +202,7 @@ class BatchNorm(Op):
                 nh *= k  # nh is this chunk's own float32 copy
                 g -= nh
                 g *= mult
-                if accumulate:
-                    codec.add_into(t2[r0:r1], g, tf)
-                else:
-                    codec.encode_into(t2[r0:r1], g, tf)
+                codec.store(t2[r0:r1], g, tf, accumulate)
             if self.l1:
                 self.count("backward_dx", "add", acc, 4 * E)
                 self.count("backward_dx", "mul", acc, E + 4 * C)

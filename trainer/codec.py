@@ -312,6 +312,14 @@ def add_into(dst: np.ndarray, x: np.ndarray, fmt: str) -> None:
         encode_into(dst, decode(dst, fmt) + x, fmt)
 
 
+def store(dst: np.ndarray, x: np.ndarray, fmt: str, accumulate: bool) -> None:
+    """Write x into a stored chunk, or add it to what is there (a gradient's second writer)."""
+    if accumulate:
+        add_into(dst, x, fmt)
+    else:
+        encode_into(dst, x, fmt)
+
+
 F16_TINY = np.float32(2.0 ** -14)  # float16's smallest normal number
 
 

@@ -50,16 +50,7 @@ def matmul(a: np.ndarray, af: str, b: np.ndarray, bf: str, out: np.ndarray, of: 
                     r = p
                 else:
                     r += p
-            _store(r, out[i:i + rows, j:j + cols], of, accumulate)
-
-
-def _store(r: np.ndarray, dst: np.ndarray, fmt: str, accumulate: bool) -> None:
-    if accumulate and fmt == "float32":
-        dst += r
-    elif accumulate:
-        codec.add_into(dst, r, fmt)
-    else:
-        codec.encode_into(dst, r, fmt)
+            codec.store(out[i:i + rows, j:j + cols], r, of, accumulate)
 
 
 class Patches:

@@ -113,10 +113,7 @@ class MaxPool(_Window):
                 else:
                     keep = codec.decode(m2[r0:r1], mf)
                 g = acc[r0:r1] * keep
-                if accumulate:
-                    codec.add_into(t2[r0:r1], g, tf)
-                else:
-                    codec.encode_into(t2[r0:r1], g, tf)
+                codec.store(t2[r0:r1], g, tf, accumulate)
         O = B * self.Ho * self.Wo * C
         self.count("backward_dx", "add", ctx.counter.acc, O * self.k * self.k)
         ctx.counter.gmul(self.name, "backward_dx", B * hw * C)
@@ -158,10 +155,7 @@ class AvgPool(_Window):
         tgt, tf, accumulate = ctx.grad_out(node.inputs[0])
         for b0, b1 in row_chunks(B, self._samples_per_chunk()):
             g = self._scatter(codec.decode(dy[b0:b1], gf) * self.inv_count)
-            if accumulate:
-                codec.add_into(tgt[b0:b1], g, tf)
-            else:
-                codec.encode_into(tgt[b0:b1], g, tf)
+            codec.store(tgt[b0:b1], g, tf, accumulate)
         O = B * self.Ho * self.Wo * self.C
         ctx.counter.gmul(self.name, "backward_dx", O)
         self.count("backward_dx", "add", ctx.counter.acc, O * self.k * self.k)
@@ -192,8 +186,5 @@ class GlobalAvgPool(Op):
         for b0, b1 in row_chunks(B, temp_rows(H * W * C)):
             g = codec.decode(dy[b0:b1], gf) * np.float32(1.0 / (H * W))
             full = np.broadcast_to(g[:, None, None, :], (b1 - b0, H, W, C))
-            if accumulate:
-                codec.add_into(tgt[b0:b1], full, tf)
-            else:
-                codec.encode_into(tgt[b0:b1], full, tf)
+            codec.store(tgt[b0:b1], full, tf, accumulate)
         ctx.counter.gmul(self.name, "backward_dx", B * C)

@@ -74,9 +74,6 @@ class SoftmaxCE(Op):
         g[np.arange(B), ctx.labels] -= 1.0
         g *= np.float32(ctx.loss_scale / B)  # loss scaling: see trainer.base.loss_scale
         tgt, tf, accumulate = ctx.grad_out(node.inputs[0])
-        if accumulate:
-            codec.add_into(tgt, g, tf)
-        else:
-            codec.encode_into(tgt, g, tf)
+        codec.store(tgt, g, tf, accumulate)
         self.count("backward_dx", "add", ctx.counter.acc, B * Q)
         self.count("backward_dx", "mul", ctx.counter.acc, B * Q)
