@@ -82,10 +82,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from costmodel.formats import batched_bytes, tensor_bytes
+from costmodel.formats import batched_bytes
+from costmodel.memory import MemoryPlan
 from costmodel.strategy import Strategy
 from layers.graph import Graph, Node
-from layers.storage import stored_variables
 
 PHASES = ("forward", "backward_dx", "backward_dw", "update")
 KINDS = ("mac", "add", "mul", "div", "sqrt", "abs", "compare", "exp", "shift", "xnor_popcount", "bit_mac")
@@ -281,28 +281,32 @@ def _prod(shape) -> int:
     return out
 
 
-def count_traffic(graph: Graph, strategy: Strategy) -> list[Traffic]:
-    """Bytes each layer-phase reads and writes, at the formats they are stored in."""
+def count_traffic(graph: Graph, strategy: Strategy, plan: MemoryPlan) -> list[Traffic]:
+    """Bytes each layer-phase reads and writes, at the formats they are stored in.
+
+    The sizes come from the memory plan's variables (its retention does not
+    change what a phase touches, only how long it is kept).
+    """
     s = strategy
     fwd, g = s.format_of("real_input"), s.format_of("activation_grad")
     saved: dict[str, list[int]] = {}  # layer -> [const, per]
     params: dict[str, int] = {}
     grads: dict[str, int] = {}
     state: dict[str, int] = {}
-    for v in stored_variables(graph, batchnorm=s.batchnorm, optimizer=s.optimizer, retention="step"):
-        fmt = v.fixed_format or s.format_of(v.role)
-        nbytes = batched_bytes(fmt, v.shape) if v.batched else tensor_bytes(fmt, v.shape)
-        if v.role == "activation":
-            continue  # the forward output, counted below as what the forward writes
-        if v.alloc.startswith("forward:"):
+    for v in plan.variables:
+        if v.role in ("activation", "workspace"):
+            continue  # the forward output is counted below as what the forward writes; scratch stays on chip
+        alloc, free = plan.events[v.alloc], plan.events[v.free]
+        if alloc.startswith("forward:"):
             cell = saved.setdefault(v.layer, [0, 0])
-            cell[1 if v.batched else 0] += nbytes
+            cell[0] += v.fixed
+            cell[1] += v.per_sample
         elif v.role == "latent_weight" or v.name.endswith(".params"):
-            params[v.layer] = params.get(v.layer, 0) + nbytes
+            params[v.layer] = params.get(v.layer, 0) + v.fixed
         elif v.role == "optimizer_state":
-            state[v.layer] = state.get(v.layer, 0) + nbytes
-        elif v.alloc.startswith("backward:") and v.free == "update":
-            grads[v.layer] = grads.get(v.layer, 0) + nbytes
+            state[v.layer] = state.get(v.layer, 0) + v.fixed
+        elif alloc.startswith("backward:") and free == "update":
+            grads[v.layer] = grads.get(v.layer, 0) + v.fixed
     out = []
     for node in graph.nodes:
         n = node.name

@@ -203,7 +203,7 @@ def predict(
         parameters=graph.parameter_count(strat.batchnorm), ops=ops_report(ops, batch),
     )
     if device is not None:
-        energy = EnergyModel(ops, count_traffic(graph, strat), device, context=f"{strat.name}: ")
+        energy = EnergyModel(ops, count_traffic(graph, strat, plan), device, context=f"{strat.name}: ")
         pred.device = device.name
         pred.energy, pred.time, pred.fit = device_reports(
             energy, plan, batch, epoch_samples or graph.model.train_samples)

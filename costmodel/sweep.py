@@ -91,7 +91,7 @@ def sweep(model, strategies: list[str | Strategy], batches: list[int], *, retent
         )
         if device is not None:
             usable = device.memory.usable_bytes
-            et = EnergyModel(count_ops(graph, strat), count_traffic(graph, strat), device,
+            et = EnergyModel(count_ops(graph, strat), count_traffic(graph, strat, plan), device,
                              context=f"{strat.name}: ").evaluate(bs)
             line.fits = [bool(p <= usable) for p in peaks]
             line.max_batch = plan.max_batch(usable)
