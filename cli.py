@@ -18,12 +18,12 @@ from rich.text import Text
 from costmodel.memory import memory_plan
 from costmodel.ops import count_ops
 from costmodel.plots import check_path, plot_comparison, plot_sweep
-from costmodel.prediction import Comparison, Prediction, check_batch, compare, predict, resolve
+from costmodel.prediction import Comparison, Prediction, check_batch, compare, predict
 from costmodel.strategy import StrategyError, load_strategy, strategy_names
 from costmodel.sweep import Sweep, parse_batches, sweep
 from hardware_profiles import Device, DeviceError, list_devices, load_device
-from layers.graph import build_graph
-from layers.model import ModelError, load_model, zoo_names
+from layers.graph import graph_of
+from layers.model import ModelError, zoo_names
 
 app = typer.Typer(
     name="bnncost",
@@ -139,7 +139,7 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
     """List the zoo models."""
     rows = []
     for name in zoo_names():
-        g = build_graph(load_model(name))
+        g = graph_of(name)
         rows.append({"name": name, "input": list(g.model.input), "layers": len(g.nodes),
                      "parameters": g.parameter_count(), "classes": g.output_shape[0]})
     if as_json:
@@ -495,7 +495,7 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
     if steps < 1:
         raise BadInput(f"--steps must be a positive integer, not {steps}")
     check_batch(batch)
-    graph = resolve(model)
+    graph = graph_of(model)
     strat = load_strategy(strategy)
     plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
     if plan_hook is not None:

@@ -11,9 +11,9 @@ from pydantic import BaseModel
 from costmodel.energy import EnergyModel, steps_per_epoch
 from costmodel.memory import MemoryPlan, memory_plan
 from costmodel.ops import by_phase, count_ops, count_traffic, totals
-from costmodel.strategy import Strategy, load_strategy
-from layers.graph import Graph, build_graph
-from layers.model import Model, load_model
+from costmodel.strategy import Strategy, as_strategy
+from layers.graph import Graph, graph_of
+from layers.model import Model
 
 PREDICTION_SCHEMA = "bnncost.prediction/1"
 COMPARISON_SCHEMA = "bnncost.comparison/1"
@@ -109,12 +109,6 @@ class Comparison(BaseModel):
         }
 
 
-def resolve(model: str | Model | Graph) -> Graph:
-    if isinstance(model, Graph):
-        return model
-    return build_graph(model if isinstance(model, Model) else load_model(model))
-
-
 def check_batch(batch: int) -> None:
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch size must be a positive integer, not {batch!r}")
@@ -193,8 +187,8 @@ def predict(
 ) -> Prediction:
     """Cost one training step. `device` is a loaded Device (hardware_profiles) or None."""
     check_batch(batch)
-    graph = resolve(model)
-    strat = strategy if isinstance(strategy, Strategy) else load_strategy(strategy)
+    graph = graph_of(model)
+    strat = as_strategy(strategy)
     plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
     ops = count_ops(graph, strat)
     pred = Prediction(
@@ -217,7 +211,7 @@ def compare(
     **knobs,
 ) -> Comparison:
     """Predict every strategy; savings are the first strategy's figure over each one's."""
-    graph = resolve(model)
+    graph = graph_of(model)
     preds = [predict(graph, s, batch, **knobs) for s in strategies]
     base = preds[0]
     savings = {}

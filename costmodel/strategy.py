@@ -55,6 +55,11 @@ def load_strategy(ref: str) -> Strategy:
     return _load_shipped(ref)
 
 
+def as_strategy(strategy: "str | Strategy") -> Strategy:
+    """A Strategy as is, or one loaded by name or path."""
+    return strategy if isinstance(strategy, Strategy) else load_strategy(strategy)
+
+
 @lru_cache(maxsize=None)
 def _load_shipped(ref: str) -> Strategy:
     return _finish(_load_rows(ref, ()))

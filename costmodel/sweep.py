@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from costmodel.energy import EnergyModel
 from costmodel.memory import memory_plan
 from costmodel.ops import count_ops, count_traffic
-from costmodel.prediction import resolve
-from costmodel.strategy import Strategy, load_strategy
+from costmodel.strategy import Strategy, as_strategy
+from layers.graph import graph_of
 
 SWEEP_SCHEMA = "bnncost.sweep/1"
 MAX_POINTS = 1_000_000
@@ -76,11 +76,11 @@ def parse_batches(spec: str, log: bool = False) -> list[int]:
 
 def sweep(model, strategies: list[str | Strategy], batches: list[int], *, retention: str = "step",
           workspace_budget: int = 0, device=None) -> Sweep:
-    graph = resolve(model)
+    graph = graph_of(model)
     bs = np.asarray(batches, dtype=np.float64)
     lines = []
     for ref in strategies:
-        strat = ref if isinstance(ref, Strategy) else load_strategy(ref)
+        strat = as_strategy(ref)
         plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
         live = plan.live_bytes(bs)
         peaks = live.max(axis=0)

@@ -3,7 +3,7 @@
 Imports nothing else of bnncost: roles are named here, formats are a strategy's business.
 """
 
-from layers.graph import Graph, Node, Tensor, build_graph
+from layers.graph import Graph, Node, Tensor, build_graph, graph_of
 from layers.model import Model, ModelError, load_model, parse_model, zoo_names
 from layers.roles import FORMATTED_ROLES, ROLES
 from layers.scratch import Scratch, rows_held, scratch_needs
@@ -12,6 +12,6 @@ from layers.timeline import step_events
 
 __all__ = [
     "FORMATTED_ROLES", "Graph", "Model", "ModelError", "Node", "ROLES", "Scratch", "Stored",
-    "Tensor", "build_graph", "load_model", "parse_model", "rows_held", "scratch_needs",
+    "Tensor", "build_graph", "graph_of", "load_model", "parse_model", "rows_held", "scratch_needs",
     "step_events", "stored_variables", "zoo_names",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from layers.model import Model, ModelError
+from layers.model import Model, ModelError, load_model
 from layers.spec import (
     AvgPool, BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU,
     Residual, Sign, SoftmaxCE,
@@ -197,3 +197,10 @@ class _Builder:
 def build_graph(model: Model) -> Graph:
     """Infer every shape; raise ModelError naming the layer where one does not fit."""
     return _Builder(model).run()
+
+
+def graph_of(model: "str | Model | Graph") -> Graph:
+    """A zoo name, a YAML path, a Model or a Graph, as a Graph."""
+    if isinstance(model, Graph):
+        return model
+    return build_graph(model if isinstance(model, Model) else load_model(model))

@@ -26,9 +26,9 @@ from typing import Callable
 import numpy as np
 from pydantic import BaseModel
 
-from costmodel.strategy import Strategy, load_strategy
-from layers.graph import Graph, build_graph
-from layers.model import Model, load_model
+from costmodel.strategy import Strategy, as_strategy
+from layers.graph import Graph, graph_of
+from layers.model import Model
 from trainer import codec
 from trainer.base import DEFAULT_WORKSPACE
 from trainer.checkpoint import (check_compatible, load_checkpoint, model_fingerprint, save_checkpoint,
@@ -125,16 +125,6 @@ class TrainingResult(BaseModel):
         return {"schema": TRAINING_SCHEMA, **self.model_dump()}
 
 
-def _graph(model: str | Model | Graph) -> Graph:
-    if isinstance(model, Graph):
-        return model
-    return build_graph(model if isinstance(model, Model) else load_model(model))
-
-
-def _strategy(strategy: str | Strategy) -> Strategy:
-    return strategy if isinstance(strategy, Strategy) else load_strategy(strategy)
-
-
 def _ledger_entries(net: Network) -> list[LedgerEntry]:
     return [LedgerEntry(name=r.name, layer=r.layer, role=r.role, format=r.format, shape=list(r.shape),
                         bytes=r.bytes, alloc_event=r.alloc, free_event=r.free) for r in net.ledger.rows]
@@ -169,7 +159,7 @@ def run_steps(model: str | Model | Graph, strategy: str | Strategy, *, batch: in
     """Run `steps` training steps of `batch` samples and measure the first (ledger, ops, tracemalloc)."""
     if batch < 1 or steps < 1:
         raise TrainerError("batch and steps must be >= 1")
-    graph, strat = _graph(model), _strategy(strategy)
+    graph, strat = graph_of(model), as_strategy(strategy)
     ds = load_dataset(dataset, graph.model.input, graph.output_shape[0], seed)
     fmt = strat.format_of("input")
     codec.check_holdable(fmt, f"strategy {strat.name}: role input")
@@ -214,7 +204,7 @@ def train(model: str | Model | Graph, strategy: str | Strategy = "proposed", *, 
     if epochs < 1 or batch < 1:
         raise TrainerError("epochs and batch must be >= 1")
     lr = DEFAULT_LR if lr is None else float(lr)
-    graph, strat = _graph(model), _strategy(strategy)
+    graph, strat = graph_of(model), as_strategy(strategy)
     ds: Dataset = load_dataset(dataset, graph.model.input, graph.output_shape[0], seed)
     fmt = strat.format_of("input")
     codec.check_holdable(fmt, f"strategy {strat.name}: role input")
