@@ -33,23 +33,18 @@ class Variable:
     per_sample: int  # b: bytes per sample
     alloc: int  # event index, inclusive
     free: int  # event index, inclusive
-    cap: float = math.inf  # chunked workspace: bytes = min(cap, slope * B)
+    cap: float = math.inf  # workspace growing with the batch: bytes = min(cap, slope * B) ...
     slope: int = 0
-    row_shape: tuple = ()  # workspace: elements of one row
-    rows_per_sample: int = 0
-    fixed_rows: int = 0
+    rows_per_sample: int = 0  # ... in rows of shape[1:], rows_per_sample x B of them in all
 
     def bytes_at(self, batch: int) -> int:
         ws = 0 if self.slope == 0 else int(min(self.cap, self.slope * batch))
         return self.fixed + self.per_sample * batch + ws
 
     def shape_at(self, batch: int) -> list:
-        """Concrete shape at a batch size (workspace: rows held x row)."""
-        if self.role == "workspace":
-            if self.rows_per_sample == 0:
-                return list(self.shape)
-            row_bytes = self.slope // self.rows_per_sample
-            return [self.bytes_at(batch) // row_bytes, *self.row_shape]
+        """Concrete shape at a batch size (growing workspace: rows held x row)."""
+        if self.slope:
+            return [self.bytes_at(batch) // (self.slope // self.rows_per_sample), *self.shape[1:]]
         return [batch if d == "B" else d for d in self.shape]
 
 
@@ -156,10 +151,10 @@ def memory_plan(graph: Graph, strategy: Strategy, *, retention: str = "step", wo
             if w.rows_per_sample == 0:  # weight rows: as many as fit, whatever the batch
                 held = rows_held(w.fixed_rows, row_bytes, workspace_budget)
                 variables.append(Variable(w.name, w.layer, "workspace", fmt, (held, *w.row_shape), held * row_bytes,
-                                          0, at, at, row_shape=w.row_shape, fixed_rows=w.fixed_rows))
+                                          0, at, at))
             else:
                 cap = max(1, workspace_budget // row_bytes) * row_bytes
                 variables.append(Variable(w.name, w.layer, "workspace", fmt, ("rows", *w.row_shape), 0, 0, at, at,
-                                          cap=cap, slope=w.rows_per_sample * row_bytes, row_shape=w.row_shape,
+                                          cap=cap, slope=w.rows_per_sample * row_bytes,
                                           rows_per_sample=w.rows_per_sample))
     return MemoryPlan(events, variables)
