@@ -57,6 +57,14 @@ def assert_one_line_error(excinfo: pytest.ExceptionInfo, file: str, *fragments: 
     return message
 
 
+def refused(tmp_path, data: dict, *fragments: str) -> str:
+    """Write a device document, load it, and check it is refused with one line naming the file."""
+    path = write(tmp_path, data)
+    with pytest.raises(DeviceError) as excinfo:
+        load_device(path)
+    return assert_one_line_error(excinfo, str(path), *fragments)
+
+
 # ---------------------------------------------------------------- shipped files
 
 
@@ -254,64 +262,43 @@ def test_parse_quantity_bad(value, kind, fragment):
 def test_missing_number(tmp_path):
     data = raw("raspberry-pi-4b")
     del data["ops"]["float32"]["add"]["pj"]
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "ops.float32.add.pj", "missing")
+    refused(tmp_path, data, "ops.float32.add.pj", "missing")
 
 
 def test_missing_group(tmp_path):
     data = raw("raspberry-pi-4b")
     del data["power"]
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "power", "missing")
+    refused(tmp_path, data, "power", "missing")
 
 
 def test_negative_number(tmp_path):
     data = raw("raspberry-pi-3b-plus")
     data["memory"]["levels"][1]["energy_pj_per_byte"] = "-3 pJ/B"
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "memory.levels[1].energy_pj_per_byte", "negative")
+    refused(tmp_path, data, "memory.levels[1].energy_pj_per_byte", "negative")
 
 
 def test_negative_plain_number(tmp_path):
     data = raw("raspberry-pi-3b-plus")
     data["power"]["idle_w"] = -1.0
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "power.idle_w", "negative")
+    refused(tmp_path, data, "power.idle_w", "negative")
 
 
 def test_bad_unit(tmp_path):
     data = raw("jetson-nano")
     data["memory"]["ram_bytes"]["value"] = "4 pJ"
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "memory.ram_bytes.value", "energy unit", "bytes")
+    refused(tmp_path, data, "memory.ram_bytes.value", "energy unit", "bytes")
 
 
 def test_unparseable_quantity(tmp_path):
     data = raw("jetson-nano")
     data["ops"]["int8"]["mac"]["per_s"] = "fast"
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "ops.int8.mac.per_s", "cannot read")
+    refused(tmp_path, data, "ops.int8.mac.per_s", "cannot read")
 
 
 def test_zero_throughput_is_rejected(tmp_path):
     data = raw("jetson-nano")
     data["ops"]["int8"]["mac"]["per_s"] = 0
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "ops.int8.mac.per_s", "greater than 0")
+    refused(tmp_path, data, "ops.int8.mac.per_s", "greater than 0")
 
 
 def test_unknown_device_name_lists_known_names():
@@ -358,44 +345,29 @@ def test_duplicate_key(tmp_path):
 def test_unknown_field(tmp_path):
     data = raw("raspberry-pi-5")
     data["memory"]["levels"][0]["latency_ns"] = 1
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "memory.levels[0].latency_ns", "unknown field")
+    refused(tmp_path, data, "memory.levels[0].latency_ns", "unknown field")
 
 
 def test_unknown_top_level_field(tmp_path):
     data = raw("raspberry-pi-5")
     data["gpu"] = {"cores": 128}
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "gpu", "unknown field")
+    refused(tmp_path, data, "gpu", "unknown field")
 
 
 def test_unknown_format_and_kind(tmp_path):
     data = raw("raspberry-pi-5")
     data["ops"]["float64"] = copy.deepcopy(data["ops"]["float32"])
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "ops", "unknown format 'float64'", "float32")
+    refused(tmp_path, data, "ops", "unknown format 'float64'", "float32")
 
     data = raw("raspberry-pi-5")
     data["ops"]["float32"]["fma"] = copy.deepcopy(data["ops"]["float32"]["mac"])
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "ops.float32", "unknown kind 'fma'")
+    refused(tmp_path, data, "ops.float32", "unknown kind 'fma'")
 
 
 def test_source_key_must_exist(tmp_path):
     data = raw("raspberry-pi-4b")
     data["ops"]["int32"]["add"]["source"] = "nosuchpaper2020"
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "ops.int32.add.source", "'nosuchpaper2020'", "not in 'sources'")
+    refused(tmp_path, data, "ops.int32.add.source", "'nosuchpaper2020'", "not in 'sources'")
 
 
 def test_a_source_key_that_exists_is_accepted(tmp_path):
@@ -407,42 +379,27 @@ def test_a_source_key_that_exists_is_accepted(tmp_path):
 def test_empty_and_missing_source(tmp_path):
     data = raw("raspberry-pi-4b")
     data["power"]["source"] = "   "
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "power.source", "needs a source")
+    refused(tmp_path, data, "power.source", "needs a source")
 
     data = raw("raspberry-pi-4b")
     del data["memory"]["levels"][2]["source"]
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "memory.levels[2].source", "missing")
+    refused(tmp_path, data, "memory.levels[2].source", "missing")
 
 
 def test_levels_must_grow_and_usable_fit_in_ram(tmp_path):
     data = raw("raspberry-pi-5")
     data["memory"]["levels"][1]["capacity_bytes"] = "16 KiB"
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "memory.levels[1].capacity_bytes", "smallest first")
+    refused(tmp_path, data, "memory.levels[1].capacity_bytes", "smallest first")
 
     data = raw("raspberry-pi-5")
     data["memory"]["usable_bytes"]["value"] = "9 GiB"
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "memory.usable_bytes.value", "exceed RAM")
+    refused(tmp_path, data, "memory.usable_bytes.value", "exceed RAM")
 
 
 def test_active_power_below_idle(tmp_path):
     data = raw("cortex-a72-generic")
     data["power"]["active_w"] = "1 W"
-    path = write(tmp_path, data)
-    with pytest.raises(DeviceError) as excinfo:
-        load_device(path)
-    assert_one_line_error(excinfo, str(path), "power.active_w", "below idle")
+    refused(tmp_path, data, "power.active_w", "below idle")
 
 
 def test_no_pydantic_or_yaml_exception_escapes(tmp_path):
