@@ -15,15 +15,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from costmodel.memory import memory_plan
-from costmodel.ops import count_ops
-from costmodel.plots import check_path, plot_comparison, plot_sweep
-from costmodel.prediction import Comparison, Prediction, check_batch, compare, predict
-from costmodel.strategy import StrategyError, load_strategy, strategy_names
-from costmodel.sweep import Sweep, parse_batches, sweep
-from hardware_profiles import Device, DeviceError, list_devices, load_device
-from layers.graph import graph_of
-from layers.model import ModelError, zoo_names
+from bnncost.costmodel.memory import memory_plan
+from bnncost.costmodel.ops import count_ops
+from bnncost.costmodel.plots import check_path, plot_comparison, plot_sweep
+from bnncost.costmodel.prediction import Comparison, Prediction, check_batch, compare, predict
+from bnncost.costmodel.strategy import StrategyError, load_strategy, strategy_names
+from bnncost.costmodel.sweep import Sweep, parse_batches, sweep
+from bnncost.hardware_profiles import Device, DeviceError, list_devices, load_device
+from bnncost.layers.graph import graph_of
+from bnncost.layers.model import ModelError, zoo_names
 
 app = typer.Typer(
     name="bnncost",
@@ -489,8 +489,8 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
 
     `plan_hook(plan)` may alter the prediction before the comparison (the tests break it on purpose).
     """
-    from costmodel.verification import Measurement, verify_against
-    from trainer.run import run_steps
+    from bnncost.costmodel.verification import Measurement, verify_against
+    from bnncost.trainer.run import run_steps
 
     if steps < 1:
         raise BadInput(f"--steps must be a positive integer, not {steps}")
@@ -633,7 +633,7 @@ def train_cmd(
     """Train a model with a strategy in the bundled numpy trainer, and measure its memory for real."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from trainer import TrainingDiverged, train
+    from bnncost.trainer import TrainingDiverged, train
 
     if epochs < 1 or batch < 1:
         raise BadInput("--epochs and --batch must be positive integers")

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import runpy
 import shutil
 import statistics
 import subprocess
@@ -33,14 +34,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+runpy.run_path(str(Path(__file__).resolve().parents[1] / "tests" / "conftest.py"))  # this checkout as `bnncost`
 
 import numpy as np  # noqa: E402
 
-from costmodel import predict  # noqa: E402
-from costmodel.sweep import sweep  # noqa: E402
-from hardware_profiles import load_device  # noqa: E402
-from layers import zoo_names  # noqa: E402
+from bnncost.costmodel import predict  # noqa: E402
+from bnncost.costmodel.sweep import sweep  # noqa: E402
+from bnncost.hardware_profiles import load_device  # noqa: E402
+from bnncost.layers import zoo_names  # noqa: E402
 
 DEVICE = "raspberry-pi-4b"
 
@@ -73,7 +75,7 @@ def bench_predict(dev, repeat: int) -> tuple[dict, float, float]:
         predict(name, "proposed", 100, device=dev)  # warm the caches
         out[name] = 1e3 * median_time(lambda n=name: predict(n, "proposed", 100, device=dev), repeat)
     resnet = 1e3 * median_time(lambda: predict("resnete18", "proposed", 4096, device=dev), repeat)
-    from layers.model import _load_zoo_model  # the cold call: parse the YAML again
+    from bnncost.layers.model import _load_zoo_model  # the cold call: parse the YAML again
     _load_zoo_model.cache_clear()
     t = time.perf_counter()
     predict("resnete18", "proposed", 4096, device=dev)
@@ -83,7 +85,7 @@ def bench_predict(dev, repeat: int) -> tuple[dict, float, float]:
 
 def bench_cli(repeat: int) -> float:
     exe = shutil.which("bnncost")
-    cmd = [exe] if exe else [sys.executable, str(Path(__file__).resolve().parents[1] / "cli.py")]
+    cmd = [exe] if exe else [sys.executable, "-m", "bnncost"]
     subprocess.run(cmd + ["predict", "mlp", "--json"], check=True, capture_output=True)
     return 1e3 * median_time(
         lambda: subprocess.run(cmd + ["predict", "mlp", "--json"], check=True, capture_output=True), repeat)
@@ -103,7 +105,7 @@ def bench_sweep(dev, repeat: int) -> tuple[float, int]:
 
 
 def bench_trainer(steps: int) -> dict:
-    from trainer.bench import measure_steps  # the trainer's own timing of real steps
+    from bnncost.trainer.bench import measure_steps  # the trainer's own timing of real steps
 
     return {s: measure_steps("mlp", s, batch=100, steps=steps) for s in ("standard", "proposed")}
 

@@ -1,9 +1,9 @@
 """The cost model: strategies give roles their formats; memory, ops, energy and time are computed here."""
 
-from costmodel.formats import FORMAT_BITS, tensor_bytes
-from costmodel.memory import MemoryPlan, Variable, memory_plan
-from costmodel.prediction import Comparison, Prediction, compare, predict
-from costmodel.strategy import Strategy, StrategyError, load_strategy, strategy_names
+from bnncost.costmodel.formats import FORMAT_BITS, tensor_bytes
+from bnncost.costmodel.memory import MemoryPlan, Variable, memory_plan
+from bnncost.costmodel.prediction import Comparison, Prediction, compare, predict
+from bnncost.costmodel.strategy import Strategy, StrategyError, load_strategy, strategy_names
 
 __all__ = [
     "FORMAT_BITS", "Comparison", "MemoryPlan", "Prediction", "Strategy", "StrategyError", "Variable",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from costmodel.ops import INFORMATIONAL, OpCount, Traffic
+from bnncost.costmodel.ops import INFORMATIONAL, OpCount, Traffic
 
 
 class MissingOpError(ValueError):

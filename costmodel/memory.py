@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from costmodel.formats import batched_bytes, tensor_bytes
-from costmodel.strategy import Strategy
-from layers.graph import Graph
-from layers.scratch import rows_held, scratch_needs
-from layers.storage import stored_variables
-from layers.timeline import step_events
+from bnncost.costmodel.formats import batched_bytes, tensor_bytes
+from bnncost.costmodel.strategy import Strategy
+from bnncost.layers.graph import Graph
+from bnncost.layers.scratch import rows_held, scratch_needs
+from bnncost.layers.storage import stored_variables
+from bnncost.layers.timeline import step_events
 
 
 @dataclass(frozen=True)

@@ -82,10 +82,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from costmodel.formats import batched_bytes
-from costmodel.memory import MemoryPlan
-from costmodel.strategy import Strategy
-from layers.graph import Graph, Node
+from bnncost.costmodel.formats import batched_bytes
+from bnncost.costmodel.memory import MemoryPlan
+from bnncost.costmodel.strategy import Strategy
+from bnncost.layers.graph import Graph, Node
 
 PHASES = ("forward", "backward_dx", "backward_dw", "update")
 KINDS = ("mac", "add", "mul", "div", "sqrt", "abs", "compare", "exp", "shift", "xnor_popcount", "bit_mac")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from costmodel.prediction import Comparison
-from costmodel.sweep import Sweep
+from bnncost.costmodel.prediction import Comparison
+from bnncost.costmodel.sweep import Sweep
 
 
 class PlotError(ValueError):

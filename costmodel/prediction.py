@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from costmodel.energy import EnergyModel, steps_per_epoch
-from costmodel.memory import MemoryPlan, memory_plan
-from costmodel.ops import by_phase, count_ops, count_traffic, totals
-from costmodel.strategy import Strategy, as_strategy
-from layers.graph import Graph, graph_of
-from layers.model import Model
+from bnncost.costmodel.energy import EnergyModel, steps_per_epoch
+from bnncost.costmodel.memory import MemoryPlan, memory_plan
+from bnncost.costmodel.ops import by_phase, count_ops, count_traffic, totals
+from bnncost.costmodel.strategy import Strategy, as_strategy
+from bnncost.layers.graph import Graph, graph_of
+from bnncost.layers.model import Model
 
 PREDICTION_SCHEMA = "bnncost.prediction/1"
 COMPARISON_SCHEMA = "bnncost.comparison/1"

@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from costmodel.formats import FORMAT_BITS, REAL_FORMATS
-from layers.model import looks_like_path
-from layers.roles import DERIVED_FORMAT, FORMATTED_ROLES
-from layers.yamlfile import parse_yaml
+from bnncost.costmodel.formats import FORMAT_BITS, REAL_FORMATS
+from bnncost.layers.model import looks_like_path
+from bnncost.layers.roles import DERIVED_FORMAT, FORMATTED_ROLES
+from bnncost.layers.yamlfile import parse_yaml
 
 
 class StrategyError(ValueError):
@@ -44,7 +44,7 @@ _KEYS = {"name", "description", "extends", "formats", *_CHOICES}
 
 
 def strategy_names() -> list[str]:
-    folder = resources.files("costmodel.strategies")
+    folder = resources.files("bnncost.costmodel.strategies")
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -76,7 +76,7 @@ def _read(ref: str, base: Path | None) -> tuple[Any, str]:
             raise StrategyError(
                 f"unknown strategy '{ref}'; shipped: {', '.join(strategy_names())} (or pass a YAML path)"
             )
-        text = resources.files("costmodel.strategies").joinpath(f"{ref}.yaml").read_text(encoding="utf-8")
+        text = resources.files("bnncost.costmodel.strategies").joinpath(f"{ref}.yaml").read_text(encoding="utf-8")
         source = f"strategy:{ref}"
     return parse_yaml(text, source, StrategyError), source
 

@@ -12,11 +12,11 @@ import re
 import numpy as np
 from pydantic import BaseModel
 
-from costmodel.energy import EnergyModel
-from costmodel.memory import memory_plan
-from costmodel.ops import count_ops, count_traffic
-from costmodel.strategy import Strategy, as_strategy
-from layers.graph import graph_of
+from bnncost.costmodel.energy import EnergyModel
+from bnncost.costmodel.memory import memory_plan
+from bnncost.costmodel.ops import count_ops, count_traffic
+from bnncost.costmodel.strategy import Strategy, as_strategy
+from bnncost.layers.graph import graph_of
 
 SWEEP_SCHEMA = "bnncost.sweep/1"
 MAX_POINTS = 1_000_000

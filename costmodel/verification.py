@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from costmodel.memory import MemoryPlan
-from costmodel.ops import OpCount
+from bnncost.costmodel.memory import MemoryPlan
+from bnncost.costmodel.ops import OpCount
 
 VERIFICATION_SCHEMA = "bnncost.verification/1"
 # numpy's own temporaries: the trainer bounds them by its tile and chunk sizes

@@ -10,9 +10,9 @@ the schema and how every figure was derived.
 True
 """
 
-from hardware_profiles.loader import list_devices, load_device, parse_device, parse_device_text
-from hardware_profiles.schema import FORMATS, OP_KINDS, Device, Memory, MemoryLevel, Op, PowerSpec
-from hardware_profiles.units import DeviceError, parse_quantity
+from bnncost.hardware_profiles.loader import list_devices, load_device, parse_device, parse_device_text
+from bnncost.hardware_profiles.schema import FORMATS, OP_KINDS, Device, Memory, MemoryLevel, Op, PowerSpec
+from bnncost.hardware_profiles.units import DeviceError, parse_quantity
 
 __all__ = [
     "FORMATS",

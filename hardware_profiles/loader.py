@@ -21,10 +21,10 @@ from typing import Any, Union
 import yaml
 from pydantic import ValidationError
 
-from hardware_profiles.schema import Device
-from hardware_profiles.units import DeviceError
+from bnncost.hardware_profiles.schema import Device
+from bnncost.hardware_profiles.units import DeviceError
 
-PACKAGE = "hardware_profiles"
+PACKAGE = "bnncost.hardware_profiles"
 _SUFFIXES = (".yaml", ".yml")
 
 

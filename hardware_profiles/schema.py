@@ -35,7 +35,7 @@ from typing import Annotated, Any, Final, Literal, Optional, get_args
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
-from hardware_profiles.units import DeviceError, convert
+from bnncost.hardware_profiles.units import DeviceError, convert
 
 FormatName = Literal["float32", "float16", "bfloat16", "int32", "int16", "int8", "uint8", "po2", "bool"]
 KindName = Literal["mac", "add", "mul", "div", "sqrt", "abs", "compare", "exp", "shift", "xnor_popcount"]

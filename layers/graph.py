@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from layers.model import Model, ModelError, load_model
-from layers.spec import (
+from bnncost.layers.model import Model, ModelError, load_model
+from bnncost.layers.spec import (
     AvgPool, BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU,
     Residual, Sign, SoftmaxCE,
 )

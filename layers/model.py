@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from layers.spec import LAYER_CLASSES, LayerSpec, Residual
-from layers.yamlfile import parse_yaml
+from bnncost.layers.spec import LAYER_CLASSES, LayerSpec, Residual
+from bnncost.layers.yamlfile import parse_yaml
 
 
 class ModelError(ValueError):
@@ -32,7 +32,7 @@ class Model(BaseModel):
 
 
 def zoo_names() -> list[str]:
-    folder = resources.files("layers.zoo")
+    folder = resources.files("bnncost.layers.zoo")
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -60,7 +60,7 @@ def _load_model_file(path: str, mtime_ns: int, size: int) -> Model:
 def _load_zoo_model(ref: str) -> Model:
     if ref not in zoo_names():
         raise ModelError(f"unknown model '{ref}'; zoo models: {', '.join(zoo_names())} (or pass a YAML path)")
-    text = resources.files("layers.zoo").joinpath(f"{ref}.yaml").read_text(encoding="utf-8")
+    text = resources.files("bnncost.layers.zoo").joinpath(f"{ref}.yaml").read_text(encoding="utf-8")
     return parse_model(parse_yaml(text, f"zoo:{ref}", ModelError), f"zoo:{ref}")
 
 

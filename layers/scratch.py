@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from layers.graph import Graph, Node, Shape
+from bnncost.layers.graph import Graph, Node, Shape
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from layers.graph import Graph, Node, Shape
-from layers.timeline import step_events
+from bnncost.layers.graph import Graph, Node, Shape
+from bnncost.layers.timeline import step_events
 
 
 @dataclass(frozen=True)

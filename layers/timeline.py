@@ -7,7 +7,7 @@ event, both included.
 
 from __future__ import annotations
 
-from layers.graph import Graph
+from bnncost.layers.graph import Graph
 
 
 def step_events(graph: Graph) -> list[str]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hardware_profiles import Device, DeviceError, list_devices, load_device, parse_quantity
-from hardware_profiles.schema import FORMATS, OP_KINDS
+from bnncost.hardware_profiles import Device, DeviceError, list_devices, load_device, parse_quantity
+from bnncost.hardware_profiles.schema import FORMATS, OP_KINDS
 
 SHIPPED = [
     "cortex-a53-generic",
@@ -38,7 +38,7 @@ REQUIRED_OPS = {
 
 def raw(name: str) -> dict:
     """A shipped device file as a plain dict, to mutate in error tests."""
-    text = resources.files("hardware_profiles").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    text = resources.files("bnncost.hardware_profiles").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
 

@@ -3,8 +3,8 @@
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from costmodel import load_strategy, memory_plan
-from layers import build_graph, parse_model
+from bnncost.costmodel import load_strategy, memory_plan
+from bnncost.layers import build_graph, parse_model
 
 STANDARD, PROPOSED = load_strategy("standard"), load_strategy("proposed")
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from costmodel import load_strategy, memory_plan, predict, tensor_bytes
-from layers import build_graph, parse_model
+from bnncost.costmodel import load_strategy, memory_plan, predict, tensor_bytes
+from bnncost.layers import build_graph, parse_model
 
 TINY = {
     "name": "tiny",

@@ -2,8 +2,8 @@
 
 import pytest
 
-from costmodel import StrategyError, load_strategy, predict, strategy_names
-from layers import ModelError, build_graph, load_model, parse_model, zoo_names
+from bnncost.costmodel import StrategyError, load_strategy, predict, strategy_names
+from bnncost.layers import ModelError, build_graph, load_model, parse_model, zoo_names
 
 
 def params(name):

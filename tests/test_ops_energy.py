@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from costmodel import load_strategy, predict
-from costmodel.energy import EnergyModel, MissingOpError
-from costmodel.ops import OpCount, Traffic, by_phase, count_ops, totals
-from hardware_profiles import list_devices, load_device
-from layers import build_graph, parse_model
+from bnncost.costmodel import load_strategy, predict
+from bnncost.costmodel.energy import EnergyModel, MissingOpError
+from bnncost.costmodel.ops import OpCount, Traffic, by_phase, count_ops, totals
+from bnncost.hardware_profiles import list_devices, load_device
+from bnncost.layers import build_graph, parse_model
 
 TOY = load_device(str(Path(__file__).parent / "data" / "toy-device.yaml"))
 

@@ -5,9 +5,9 @@ import struct
 
 import pytest
 
-from costmodel import predict
-from costmodel.sweep import parse_batches, sweep
-from hardware_profiles import load_device
+from bnncost.costmodel import predict
+from bnncost.costmodel.sweep import parse_batches, sweep
+from bnncost.hardware_profiles import load_device
 from test_cli import run
 
 

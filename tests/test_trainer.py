@@ -7,15 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from costmodel.formats import tensor_bytes
-from costmodel.strategy import Strategy, load_strategy, strategy_names
-from layers.graph import build_graph
-from layers.model import load_model, parse_model
-from layers.scratch import scratch_needs
-from layers.storage import stored_variables
-from trainer import TrainerError, run_steps, train
-from trainer import codec
-from trainer.network import Network
+from bnncost.costmodel.formats import tensor_bytes
+from bnncost.costmodel.strategy import Strategy, load_strategy, strategy_names
+from bnncost.layers.graph import build_graph
+from bnncost.layers.model import load_model, parse_model
+from bnncost.layers.scratch import scratch_needs
+from bnncost.layers.storage import stored_variables
+from bnncost.trainer import TrainerError, run_steps, train
+from bnncost.trainer import codec
+from bnncost.trainer.network import Network
 
 # ---------------------------------------------------------------- helpers
 
@@ -528,7 +528,7 @@ def test_popcount_lookup_fallback_for_numpy_1(monkeypatch, dtype):
 
 
 def test_measure_steps_for_the_benchmark():
-    from trainer.bench import measure_steps
+    from bnncost.trainer.bench import measure_steps
 
     r = measure_steps("digits-mlp", "proposed", batch=16, steps=2)
     assert r["step_s"] > 0 and r["ledger_peak_bytes"] > 0 and r["process_peak_bytes"] > 0

@@ -11,11 +11,11 @@ import struct
 import numpy as np
 import pytest
 
-import cli
-from costmodel.strategy import load_strategy
-from trainer import TrainerError, TrainingDiverged, run_steps, train
-from trainer.checkpoint import load_checkpoint
-from trainer.datasets import load_dataset, read_idx
+from bnncost import cli
+from bnncost.costmodel.strategy import load_strategy
+from bnncost.trainer import TrainerError, TrainingDiverged, run_steps, train
+from bnncost.trainer.checkpoint import load_checkpoint
+from bnncost.trainer.datasets import load_dataset, read_idx
 
 # ---------------------------------------------------------------- files the tests write
 
@@ -235,6 +235,6 @@ def test_train_nan_exit_1(capsys, tmp_path):
 def test_a_strategy_with_bfloat16_is_named_in_the_error():
     s = load_strategy("proposed")
     with pytest.raises(TrainerError, match="role activation_grad"):
-        from costmodel.strategy import Strategy
+        from bnncost.costmodel.strategy import Strategy
         bad = Strategy(**{**s.model_dump(), "formats": {**s.formats, "activation_grad": "bfloat16"}})
         run_steps("digits-mlp", bad, batch=4, steps=1)

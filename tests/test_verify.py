@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-import cli
-from costmodel import load_strategy, memory_plan
-from costmodel.strategy import Strategy
-from layers import build_graph, load_model
+from bnncost import cli
+from bnncost.costmodel import load_strategy, memory_plan
+from bnncost.costmodel.strategy import Strategy
+from bnncost.layers import build_graph, load_model
 from test_cli import run
 
 RESIDUAL = str(Path(__file__).parent / "data" / "small-residual.yaml")

@@ -5,8 +5,8 @@ Imports `layers` and only the strategy and format definitions of `costmodel`
 independent computations.
 """
 
-from trainer.errors import TrainerError, TrainingDiverged
-from trainer.run import EpochReport, StepMeasurement, TrainingResult, run_steps, train
+from bnncost.trainer.errors import TrainerError, TrainingDiverged
+from bnncost.trainer.run import EpochReport, StepMeasurement, TrainingResult, run_steps, train
 
 __all__ = ["TrainerError", "TrainingDiverged", "EpochReport", "StepMeasurement", "TrainingResult",
            "run_steps", "train"]

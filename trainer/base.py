@@ -28,14 +28,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from costmodel.formats import tensor_bytes
-from costmodel.strategy import Strategy
-from layers.graph import Graph, Node
-from layers.scratch import Scratch, rows_held
-from layers.storage import Stored
-from trainer import codec
-from trainer.counters import OpCounter
-from trainer.ledger import Ledger
+from bnncost.costmodel.formats import tensor_bytes
+from bnncost.costmodel.strategy import Strategy
+from bnncost.layers.graph import Graph, Node
+from bnncost.layers.scratch import Scratch, rows_held
+from bnncost.layers.storage import Stored
+from bnncost.trainer import codec
+from bnncost.trainer.counters import OpCounter
+from bnncost.trainer.ledger import Ledger
 
 DEFAULT_WORKSPACE = 65536  # METHOD 4.1: the trainer's default budget, bytes per operator
 LOSS_SCALE = 1024.0

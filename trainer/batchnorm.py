@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer import codec
-from trainer.base import Op, ParamSpec, row_chunks, temp_rows
-from trainer.linear import fill_signs
+from bnncost.trainer import codec
+from bnncost.trainer.base import Op, ParamSpec, row_chunks, temp_rows
+from bnncost.trainer.linear import fill_signs
 
 EPS = 1e-5
 MOMENTUM = 0.9

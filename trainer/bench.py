@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from trainer.base import DEFAULT_WORKSPACE
-from trainer.run import run_steps
+from bnncost.trainer.base import DEFAULT_WORKSPACE
+from bnncost.trainer.run import run_steps
 
 
 def measure_steps(model: str, strategy: str, *, batch: int = 100, steps: int = 11,

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from costmodel.strategy import Strategy
-from layers.graph import Graph
-from trainer.errors import TrainerError
+from bnncost.costmodel.strategy import Strategy
+from bnncost.layers.graph import Graph
+from bnncost.trainer.errors import TrainerError
 
 SCHEMA = "bnncost.checkpoint/1"
 

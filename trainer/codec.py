@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from trainer.errors import TrainerError
+from bnncost.trainer.errors import TrainerError
 
 DTYPES: dict[str, type] = {
     "float32": np.float32,

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.errors import TrainerError
+from bnncost.trainer.errors import TrainerError
 
 DIGITS_SPLIT_SEED = 20210601
 DIGITS_TRAIN = 1437
@@ -79,7 +79,7 @@ def load_dataset(spec: str, input_shape: tuple[int, ...], classes: int, seed: in
 # ---------------------------------------------------------------- digits
 
 def _digits():
-    with resources.files("trainer.data").joinpath("digits.npz").open("rb") as f:
+    with resources.files("bnncost.trainer.data").joinpath("digits.npz").open("rb") as f:
         z = np.load(f)
         images, labels = z["images"], z["labels"]
     perm = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))

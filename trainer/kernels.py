@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer import codec
+from bnncost.trainer import codec
 
 TILE_BYTES = 1 << 19  # all float32 temporaries of one product together (4 blocks of TILE_BYTES / 4)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer import codec
+from bnncost.trainer import codec
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer import codec
-from trainer.base import Op, ParamSpec, row_chunks, temp_rows
-from trainer.kernels import TILE_BYTES, Patches, matmul
+from bnncost.trainer import codec
+from bnncost.trainer.base import Op, ParamSpec, row_chunks, temp_rows
+from bnncost.trainer.kernels import TILE_BYTES, Patches, matmul
 
 
 def _word_dtype(nbytes: int):

@@ -13,22 +13,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from costmodel.strategy import Strategy
-from layers.graph import Graph
-from layers.scratch import scratch_needs
-from layers.storage import gradient_buffer_names, gradient_buffers, stored_variables
-from layers.timeline import step_events
-from trainer import codec
-from trainer.activation import ReLU, Sign
-from trainer.base import DEFAULT_WORKSPACE, Context, Op, ParamSpec
-from trainer.batchnorm import BatchNorm
-from trainer.counters import OpCounter
-from trainer.errors import TrainerError
-from trainer.ledger import Ledger, NullLedger
-from trainer.linear import Linear
-from trainer.optim import Optimizer
-from trainer.pooling import AvgPool, GlobalAvgPool, MaxPool
-from trainer.structure import Add, Flatten, SoftmaxCE
+from bnncost.costmodel.strategy import Strategy
+from bnncost.layers.graph import Graph
+from bnncost.layers.scratch import scratch_needs
+from bnncost.layers.storage import gradient_buffer_names, gradient_buffers, stored_variables
+from bnncost.layers.timeline import step_events
+from bnncost.trainer import codec
+from bnncost.trainer.activation import ReLU, Sign
+from bnncost.trainer.base import DEFAULT_WORKSPACE, Context, Op, ParamSpec
+from bnncost.trainer.batchnorm import BatchNorm
+from bnncost.trainer.counters import OpCounter
+from bnncost.trainer.errors import TrainerError
+from bnncost.trainer.ledger import Ledger, NullLedger
+from bnncost.trainer.linear import Linear
+from bnncost.trainer.optim import Optimizer
+from bnncost.trainer.pooling import AvgPool, GlobalAvgPool, MaxPool
+from bnncost.trainer.structure import Add, Flatten, SoftmaxCE
 
 OPS: dict[str, type[Op]] = {
     "dense": Linear, "conv2d": Linear, "batchnorm": BatchNorm, "sign": Sign, "relu": ReLU,

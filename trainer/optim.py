@@ -30,10 +30,10 @@ import math
 
 import numpy as np
 
-from trainer import codec
-from trainer.base import ParamSpec, row_chunks, temp_rows
-from trainer.counters import OpCounter
-from trainer.ledger import Ledger
+from bnncost.trainer import codec
+from bnncost.trainer.base import ParamSpec, row_chunks, temp_rows
+from bnncost.trainer.counters import OpCounter
+from bnncost.trainer.ledger import Ledger
 
 OPT_CHUNK_BYTES = 1 << 16  # bytes of each of the update's three float32 work buffers
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer import codec
-from trainer.base import Op, row_chunks, temp_rows
+from bnncost.trainer import codec
+from bnncost.trainer.base import Op, row_chunks, temp_rows
 
 
 class _Window(Op):

@@ -26,16 +26,16 @@ from typing import Callable
 import numpy as np
 from pydantic import BaseModel
 
-from costmodel.strategy import Strategy, as_strategy
-from layers.graph import Graph, graph_of
-from layers.model import Model
-from trainer import codec
-from trainer.base import DEFAULT_WORKSPACE
-from trainer.checkpoint import (check_compatible, load_checkpoint, model_fingerprint, save_checkpoint,
+from bnncost.costmodel.strategy import Strategy, as_strategy
+from bnncost.layers.graph import Graph, graph_of
+from bnncost.layers.model import Model
+from bnncost.trainer import codec
+from bnncost.trainer.base import DEFAULT_WORKSPACE
+from bnncost.trainer.checkpoint import (check_compatible, load_checkpoint, model_fingerprint, save_checkpoint,
                                 strategy_fingerprint)
-from trainer.datasets import Dataset, load_dataset
-from trainer.errors import TrainerError, TrainingDiverged
-from trainer.network import Network
+from bnncost.trainer.datasets import Dataset, load_dataset
+from bnncost.trainer.errors import TrainerError, TrainingDiverged
+from bnncost.trainer.network import Network
 
 TRAINING_SCHEMA = "bnncost.training/1"
 DEFAULT_LR = 0.01

@@ -1,0 +1,5 @@
+"""`python -m bnncost` runs the command line."""
+
+from bnncost.cli import main
+
+main()
