@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.markup import escape as esc  # every user string that reaches rich goes through esc()
 from rich.text import Text
 
 from bnncost.costmodel.memory import memory_plan
@@ -166,7 +167,7 @@ def strategies_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSO
     for col in ("strategy", "bn", "dW", "optimizer", "description"):
         t.add_column(col)
     for s in rows:
-        t.add_row(s.name, s.batchnorm, s.weight_grad, s.optimizer, s.description)
+        t.add_row(esc(s.name), s.batchnorm, s.weight_grad, s.optimizer, esc(s.description))
     out.print(t)
 
 
@@ -193,9 +194,9 @@ def predict_cmd(
         emit_json(p.to_json())
         return
     m = p.memory
-    out.print(f"[bold]{p.model}[/] · strategy [bold]{p.strategy}[/] · batch {p.batch_size} · "
+    out.print(f"[bold]{esc(p.model)}[/] · strategy [bold]{esc(p.strategy)}[/] · batch {p.batch_size} · "
               f"retention {p.retention} · workspace {human_bytes(p.workspace_budget)} · {p.parameters:,} parameters")
-    out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} B) at {m.peak_event}"
+    out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} B) at {esc(m.peak_event)}"
               f"  =  {formula(m.fixed_bytes, m.per_sample_bytes)}")
     if by == "role":
         fmts = role_formats(p)
@@ -209,14 +210,14 @@ def predict_cmd(
         for col, j in (("layer", "left"), ("bytes", "right"), ("share", "right")):
             t.add_column(col, justify=j)
         for layer, n in m.by_layer.items():
-            t.add_row(layer, human_bytes(n), f"{100 * n / m.peak_bytes:.1f}%")
+            t.add_row(esc(layer), human_bytes(n), f"{100 * n / m.peak_bytes:.1f}%")
     else:
         t = Table(title="Every variable (* = alive at the peak)")
         for col in ("", "variable", "role", "format", "shape", "bytes", "alive"):
             t.add_column(col, justify="right" if col == "bytes" else "left")
         for v in m.variables:
-            t.add_row("*" if v.alive_at_peak else "", v.name, v.role, v.format,
-                      "x".join(map(str, v.shape)), human_bytes(v.bytes), f"{v.alloc_event} -> {v.free_event}")
+            t.add_row("*" if v.alive_at_peak else "", esc(v.name), v.role, v.format,
+                      "x".join(map(str, v.shape)), human_bytes(v.bytes), esc(f"{v.alloc_event} -> {v.free_event}"))
     out.print(t)
     print_ops(p)
     if p.energy is not None:
@@ -241,7 +242,7 @@ def print_ops(p: Prediction) -> None:
 
 def print_device(p: Prediction) -> None:
     e, tm, f = p.energy, p.time, p.fit
-    t = Table(title=f"On {p.device}")
+    t = Table(title=f"On {esc(p.device)}")
     t.add_column("")
     t.add_column("per step", justify="right")
     t.add_column("per sample", justify="right")
@@ -292,23 +293,23 @@ def compare_cmd(
 def print_comparison(c: Comparison, stepwise: bool) -> None:
     preds = c.predictions
     p0 = preds[0]
-    out.print(f"[bold]{p0.model}[/] · batch {p0.batch_size} · retention {p0.retention} · "
-              f"workspace {human_bytes(p0.workspace_budget)} · savings against [bold]{c.baseline}[/]")
+    out.print(f"[bold]{esc(p0.model)}[/] · batch {p0.batch_size} · retention {p0.retention} · "
+              f"workspace {human_bytes(p0.workspace_budget)} · savings against [bold]{esc(c.baseline)}[/]")
     t = Table(title="Peak memory of one training step")
     t.add_column("")
     for p in preds:
-        t.add_column(p.strategy, justify="right")
+        t.add_column(esc(p.strategy), justify="right")
     t.add_row("[bold]peak[/]", *[f"[bold]{human_bytes(p.memory.peak_bytes)}[/]" for p in preds])
-    t.add_row(f"saving vs {c.baseline}", *[f"{c.savings[p.strategy]['peak_bytes']:.2f}x" for p in preds])
+    t.add_row(f"saving vs {esc(c.baseline)}", *[f"{c.savings[p.strategy]['peak_bytes']:.2f}x" for p in preds])
     if stepwise:
         steps = ["-"] + [f"{a.memory.peak_bytes / b.memory.peak_bytes:.2f}x" for a, b in zip(preds, preds[1:])]
         t.add_row("saving of this step", *steps)
     t.add_row("fixed + per sample", *[formula(p.memory.fixed_bytes, p.memory.per_sample_bytes) for p in preds])
-    t.add_row("peak event", *[p.memory.peak_event for p in preds])
+    t.add_row("peak event", *[esc(p.memory.peak_event) for p in preds])
     t.add_row("bit-MACs / MACs", *[f"{count(p.ops.bit_macs)} / {count(sum(p.ops.macs.values()))}" for p in preds])
     if p0.energy is not None:
         t.add_section()
-        t.add_row(f"[bold]energy per step[/] ({p0.device})", *[f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
+        t.add_row(f"[bold]energy per step[/] ({esc(p0.device)})", *[f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
         t.add_row("energy saving", *[f"{c.savings[p.strategy]['joules_per_step']:.2f}x" for p in preds])
         t.add_row("  compute / memory / static", *[
             f"{si(p.energy.compute_j, 'J')} / {si(p.energy.memory_j, 'J')} / {si(p.energy.static_j, 'J')}" for p in preds])
@@ -357,14 +358,14 @@ def fit_cmd(
         emit_json({"schema": "bnncost.fit/1", "model": c.predictions[0].model, "device": dev.name,
                    "batch_size": batch, "retention": retention, "workspace_budget": workspace, "strategies": rows})
         return
-    out.print(f"[bold]{c.predictions[0].model}[/] on [bold]{dev.name}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
+    out.print(f"[bold]{esc(c.predictions[0].model)}[/] on [bold]{esc(dev.name)}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
               f"of {human_bytes(dev.memory.ram_bytes)} RAM · retention {retention}")
     t = Table(title="Largest batch that fits")
     for col, j in (("strategy", "left"), ("largest batch", "right"), ("peak there", "right"),
                    (f"peak at B={batch}", "right"), ("fits at B", "left"), ("fixed + per sample", "right")):
         t.add_column(col, justify=j)
     for r in rows:
-        t.add_row(r["strategy"], f"[bold]{r['max_batch']:,}[/]",
+        t.add_row(esc(r["strategy"]), f"[bold]{r['max_batch']:,}[/]",
                   human_bytes(r["peak_bytes_at_max_batch"]) if r["max_batch"] else "-",
                   human_bytes(r["peak_bytes_at_batch"]), "[green]yes[/]" if r["fits_at_batch"] else "[red]no[/]",
                   formula(r["fixed_bytes"], r["per_sample_bytes"]))
@@ -418,12 +419,12 @@ def sweep_cmd(
 
 
 def print_sweep(s: Sweep) -> None:
-    where = f" on {s.device} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
-    out.print(f"[bold]{s.model}[/]{where} · retention {s.retention} · workspace {human_bytes(s.workspace_budget)}")
+    where = f" on {esc(s.device)} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
+    out.print(f"[bold]{esc(s.model)}[/]{where} · retention {s.retention} · workspace {human_bytes(s.workspace_budget)}")
     t = Table(title="Peak memory of one training step against batch size" + (" (red: does not fit)" if s.device else ""))
     t.add_column("batch", justify="right")
     for line in s.lines:
-        t.add_column(line.strategy, justify="right")
+        t.add_column(esc(line.strategy), justify="right")
         if s.device:
             t.add_column("J / sample", justify="right")
             t.add_column("s / sample", justify="right")
@@ -443,7 +444,7 @@ def print_sweep(s: Sweep) -> None:
                 cells += [peak if fits else f"[red]{peak}[/]", si(line.joules_per_sample[i], "J"),
                           si(line.seconds_per_sample[i], "s")]
                 if not fits and (i == 0 or line.fits[i - 1]):  # the first batch that does not fit
-                    notes.append(f"{line.strategy} stops fitting (largest batch {line.max_batch:,})")
+                    notes.append(f"{esc(line.strategy)} stops fitting (largest batch {line.max_batch:,})")
             else:
                 cells.append(peak)
         if s.device:
@@ -451,7 +452,7 @@ def print_sweep(s: Sweep) -> None:
         t.add_row(*cells)
     out.print(t)
     if s.device:
-        out.print("Largest batch that fits: " + ", ".join(f"{ln.strategy} {ln.max_batch:,}" for ln in s.lines))
+        out.print("Largest batch that fits: " + ", ".join(f"{esc(ln.strategy)} {ln.max_batch:,}" for ln in s.lines))
 
 
 @app.command("verify")
@@ -516,7 +517,7 @@ def _diff(a: int | None, b: int | None) -> str:
 def print_verification(v, by: str) -> None:
     ok = "[green]ok[/]"
     bad = "[red]MISMATCH[/]"
-    out.print(f"[bold]{v.model}[/] · strategy [bold]{v.strategy}[/] · batch {v.batch_size} · retention {v.retention} · "
+    out.print(f"[bold]{esc(v.model)}[/] · strategy [bold]{esc(v.strategy)}[/] · batch {v.batch_size} · retention {v.retention} · "
               f"workspace {human_bytes(v.workspace_budget)}: the cost model against the bundled trainer")
     t = Table(title="Bytes of every variable (must agree exactly)" if by == "variable" else
               "Bytes by role (every variable must agree exactly)")
@@ -525,10 +526,10 @@ def print_verification(v, by: str) -> None:
         t.add_column(col, justify="right" if col in ("predicted", "measured", "difference", "variables") else "left")
     if by == "variable":
         for c in v.variables:
-            t.add_row(c.name, c.role, human_bytes(c.predicted_bytes) if c.predicted_bytes is not None else "-",
+            t.add_row(esc(c.name), c.role, human_bytes(c.predicted_bytes) if c.predicted_bytes is not None else "-",
                       human_bytes(c.measured_bytes) if c.measured_bytes is not None else "-",
                       _diff(c.predicted_bytes, c.measured_bytes),
-                      ok if c.ok else f"{bad} {c.predicted_life or '-'} / {c.measured_life or '-'}")
+                      ok if c.ok else f"{bad} {esc(c.predicted_life or '-')} / {esc(c.measured_life or '-')}")
     else:
         groups: dict[str, list] = {}
         for c in v.variables:
@@ -538,14 +539,14 @@ def print_verification(v, by: str) -> None:
             mb = sum(c.measured_bytes or 0 for c in cs)
             wrong = [c.name for c in cs if not c.ok]
             t.add_row(role, str(len(cs)), human_bytes(pb), human_bytes(mb), _diff(pb, mb),
-                      ok if not wrong else f"{bad}: {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
+                      ok if not wrong else f"{bad}: {esc(', '.join(wrong[:4]))}{' ...' if len(wrong) > 4 else ''}")
     out.print(t)
     p = v.peak
     t = Table(title="Peak of the step")
     for col, j in (("", "left"), ("bytes", "right"), ("event", "left"), ("tolerance", "left"), ("", "left")):
         t.add_column(col, justify=j)
-    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", p.predicted_event, "", "")
-    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", p.ledger_event, "exact, same event", ok if p.ledger_ok else bad)
+    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", esc(p.predicted_event), "", "")
+    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", esc(p.ledger_event), "exact, same event", ok if p.ledger_ok else bad)
     t.add_row("process (tracemalloc)", f"{p.process_bytes:,}", "",
               f"{p.process_floor_bytes:,} .. {p.process_limit_bytes:,} "
               f"({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)", ok if p.process_ok else bad)
@@ -554,7 +555,7 @@ def print_verification(v, by: str) -> None:
     for col in ("phase", "kind", "format", "predicted", "measured", "difference", ""):
         t.add_column(col, justify="right" if col in ("predicted", "measured", "difference") else "left")
     for o in v.ops:
-        t.add_row(o.phase, o.kind, o.format, f"{o.predicted:,}", f"{o.measured:,}", _diff(o.predicted, o.measured),
+        t.add_row(esc(o.phase), o.kind, o.format, f"{o.predicted:,}", f"{o.measured:,}", _diff(o.predicted, o.measured),
                   ok if o.ok else bad)
     out.print(t)
     if v.ok:
@@ -680,13 +681,13 @@ def train_cmd(
     if as_json:
         emit_json(result.to_json())
         return
-    t = Table(title=f"{result.model} · {result.strategy} · {result.dataset} · batch {result.batch_size} · "
+    t = Table(title=f"{esc(result.model)} · {esc(result.strategy)} · {esc(result.dataset)} · batch {result.batch_size} · "
                     f"{result.epochs} epochs · retention {result.retention} · workspace {human_bytes(result.workspace_budget)}")
     t.add_column("")
     t.add_column("value", justify="right")
     t.add_row("[bold]test accuracy[/]", f"[bold]{100 * result.test_accuracy:.2f}%[/]")
     t.add_row("final train loss", f"{result.train_loss[-1]:.4f}")
-    t.add_row("ledger peak", f"{human_bytes(result.ledger_peak_bytes)} ({result.ledger_peak_bytes:,} B) at {result.ledger_peak_event}")
+    t.add_row("ledger peak", f"{human_bytes(result.ledger_peak_bytes)} ({result.ledger_peak_bytes:,} B) at {esc(result.ledger_peak_event)}")
     t.add_row("tracemalloc peak (first step)", f"{human_bytes(result.process_peak_bytes)} ({result.process_peak_bytes:,} B)")
     t.add_row("time per step", f"{1000 * result.seconds_per_step:.2f} ms")
     t.add_row("steps", f"{result.steps:,}")
