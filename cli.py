@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bnncost.costmodel.memory import memory_plan
-from bnncost.costmodel.ops import count_ops
+from bnncost.costmodel.ops import INFORMATIONAL, KINDS, count_ops
 from bnncost.costmodel.plots import check_path, plot_comparison, plot_sweep
 from bnncost.costmodel.prediction import Comparison, Prediction, check_batch, compare, predict
 from bnncost.costmodel.strategy import StrategyError, load_strategy, strategy_names
@@ -193,7 +193,7 @@ def predict_cmd(
         emit_json(p.to_json())
         return
     m = p.memory
-    out.print(f"[bold]{p.model}[/] · strategy [bold]{p.strategy}[/] · batch {p.batch_size} · "
+    out.print(f"[bold]{p.model}[/] · strategy [bold]{p.strategy}[/] · batch {p.batch} · "
               f"retention {p.retention} · workspace {human_bytes(p.workspace_budget)} · {p.parameters:,} parameters")
     out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} B) at {m.peak_event}"
               f"  =  {formula(m.fixed_bytes, m.per_sample_bytes)}")
@@ -224,18 +224,23 @@ def predict_cmd(
 
 
 def print_ops(p: Prediction) -> None:
-    """Operations of the step: MACs by format, bit-MACs, and every kind by phase."""
+    """Operations of the step: every kind that costs time, then every kind by phase."""
     o = p.ops
-    macs = ", ".join(f"{count(n)} {f}" for f, n in o.macs.items()) or "none"
-    out.print(f"Operations: {count(o.bit_macs)} bit-MACs (XNOR-popcount), MACs: {macs}")
-    t = Table(title="Operations by phase (count, format)")
+    costed = [r for r in o.total if r.kind not in INFORMATIONAL]
+    out.print("Operations per step: " + ", ".join(f"{count(r.count)} {r.kind} {r.format}" for r in costed)
+              + (f" [dim](bit_mac {count(o.bit_macs)}: informational, the xnor_popcount words are what costs)[/]"
+                 if o.bit_macs else ""))
+    t = Table(title="Operations by phase (count; bit_mac is informational)")
     t.add_column("phase")
-    kinds = sorted({k for ph in o.by_phase.values() for f in ph.values() for k in f})
+    t.add_column("format")
+    kinds = [k for k in KINDS if any(r.kind == k for r in o.by_phase)]
     for k in kinds:
         t.add_column(k, justify="right")
-    for phase, fmts in o.by_phase.items():
-        for fmt, row in fmts.items():
-            t.add_row(f"{phase} [dim]{fmt}[/]", *[count(row[k]) if k in row else "" for k in kinds])
+    cells: dict[tuple, dict[str, int]] = {}
+    for r in o.by_phase:
+        cells.setdefault((r.phase, r.format), {})[r.kind] = r.count
+    for (phase, fmt), row in cells.items():
+        t.add_row(phase, fmt, *[count(row[k]) if k in row else "" for k in kinds])
     out.print(t)
 
 
@@ -292,14 +297,14 @@ def compare_cmd(
 def print_comparison(c: Comparison, stepwise: bool) -> None:
     preds = c.predictions
     p0 = preds[0]
-    out.print(f"[bold]{p0.model}[/] · batch {p0.batch_size} · retention {p0.retention} · "
+    out.print(f"[bold]{p0.model}[/] · batch {p0.batch} · retention {p0.retention} · "
               f"workspace {human_bytes(p0.workspace_budget)} · savings against [bold]{c.baseline}[/]")
     t = Table(title="Peak memory of one training step")
     t.add_column("")
     for p in preds:
         t.add_column(p.strategy, justify="right")
     t.add_row("[bold]peak[/]", *[f"[bold]{human_bytes(p.memory.peak_bytes)}[/]" for p in preds])
-    t.add_row(f"saving vs {c.baseline}", *[f"{c.savings[p.strategy]['peak_bytes']:.2f}x" for p in preds])
+    t.add_row(f"saving vs {c.baseline}", *[f"{c.savings[p.strategy]['peak_bytes_ratio']:.2f}x" for p in preds])
     if stepwise:
         steps = ["-"] + [f"{a.memory.peak_bytes / b.memory.peak_bytes:.2f}x" for a, b in zip(preds, preds[1:])]
         t.add_row("saving of this step", *steps)
@@ -309,22 +314,35 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
     if p0.energy is not None:
         t.add_section()
         t.add_row(f"[bold]energy per step[/] ({p0.device})", *[f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
-        t.add_row("energy saving", *[f"{c.savings[p.strategy]['joules_per_step']:.2f}x" for p in preds])
+        t.add_row("energy saving", *[f"{c.savings[p.strategy]['joules_per_step_ratio']:.2f}x" for p in preds])
         t.add_row("  compute / memory / static", *[
             f"{si(p.energy.compute_j, 'J')} / {si(p.energy.memory_j, 'J')} / {si(p.energy.static_j, 'J')}" for p in preds])
         t.add_row("time per step", *[si(p.time.seconds_per_step, "s") for p in preds])
-        t.add_row("time saving", *[f"{c.savings[p.strategy]['seconds_per_step']:.2f}x" for p in preds])
+        t.add_row("time saving", *[f"{c.savings[p.strategy]['seconds_per_step_ratio']:.2f}x" for p in preds])
         t.add_row(f"fits in {human_bytes(p0.fit.usable_bytes)}", *[
             "[green]yes[/]" if p.fit.fits else "[red]no[/]" for p in preds])
         t.add_row("largest batch that fits", *[f"{p.fit.max_batch:,}" for p in preds])
-    t.add_section()
-    roles = list(dict.fromkeys(r for p in preds for r in p.memory.by_role))
+    roles = list(dict.fromkeys(r for p in preds for r in p.memory.by_role_max))
     fmts = [role_formats(p) for p in preds]
+    t.add_section()
+    t.add_row("[bold]by role, at the peak event[/]", *["" for _ in preds])
     for role in roles:
-        t.add_row(role, *[
-            f"{human_bytes(p.memory.by_role[role])} [dim]{f[role]}[/]" if role in p.memory.by_role else "-"
-            for p, f in zip(preds, fmts)
-        ])
+        t.add_row(f"  {role}", *[
+            human_bytes(p.memory.by_role[role]) if role in p.memory.by_role else
+            "[dim]not live[/]" if role in p.memory.by_role_max else "[dim]none[/]" for p in preds])
+    t.add_section()
+    t.add_row(f"[bold]by role, largest over the step[/] (saving vs {c.baseline})", *["" for _ in preds])
+    base = preds[0].memory.by_role_max
+    for role in roles:
+        cells = []
+        for p, f in zip(preds, fmts):
+            n = p.memory.by_role_max.get(role)
+            if n is None:
+                cells.append("[dim]none[/]")
+                continue
+            ratio = f" ({base[role] / n:.1f}x)" if base.get(role) and n and p is not preds[0] else ""
+            cells.append(f"{human_bytes(n)} [dim]{f[role]}[/]{ratio}")
+        t.add_row(f"  {role}", *cells)
     out.print(t)
 
 
@@ -343,31 +361,27 @@ def fit_cmd(
     output_mode(as_json, markdown)
     dev = load_device(device)
     c = compare(model, split_list(strategies), batch, device=dev, **knobs(retention, workspace))
-    rows = []
-    for p in c.predictions:
-        b = p.fit.max_batch
-        at_max = predict(model, p.strategy, b, **knobs(retention, workspace)).memory if b else None
-        rows.append({
-            "strategy": p.strategy, "max_batch": b, "usable_bytes": p.fit.usable_bytes,
-            "peak_bytes_at_max_batch": at_max.peak_bytes if at_max else None,
-            "fits_at_batch": p.fit.fits, "peak_bytes_at_batch": p.memory.peak_bytes,
-            "fixed_bytes": p.memory.fixed_bytes, "per_sample_bytes": p.memory.per_sample_bytes,
-        })
     if as_json:
-        emit_json({"schema": "bnncost.fit/1", "model": c.predictions[0].model, "device": dev.name,
-                   "batch_size": batch, "retention": retention, "workspace_budget": workspace, "strategies": rows})
+        emit_json({"schema": "bnncost.fit/2", "model": c.model, "batch": batch, "device": dev.name,
+                   "retention": retention, "workspace_budget": workspace, "strategies": [
+                       {"strategy": p.strategy, "strategy_source": p.strategy_source,
+                        "memory": {k: getattr(p.memory, k) for k in
+                                   ("peak_bytes", "peak_event", "fixed_bytes", "per_sample_bytes")},
+                        "fit": p.fit.model_dump()} for p in c.predictions]})
         return
-    out.print(f"[bold]{c.predictions[0].model}[/] on [bold]{dev.name}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
+    out.print(f"[bold]{c.model}[/] on [bold]{dev.name}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
               f"of {human_bytes(dev.memory.ram_bytes)} RAM · retention {retention}")
     t = Table(title="Largest batch that fits")
     for col, j in (("strategy", "left"), ("largest batch", "right"), ("peak there", "right"),
-                   (f"peak at B={batch}", "right"), ("fits at B", "left"), ("fixed + per sample", "right")):
+                   (f"peak at batch {batch}", "right"), (f"fits at batch {batch}", "left"),
+                   ("fixed + per sample", "right")):
         t.add_column(col, justify=j)
-    for r in rows:
-        t.add_row(r["strategy"], f"[bold]{r['max_batch']:,}[/]",
-                  human_bytes(r["peak_bytes_at_max_batch"]) if r["max_batch"] else "-",
-                  human_bytes(r["peak_bytes_at_batch"]), "[green]yes[/]" if r["fits_at_batch"] else "[red]no[/]",
-                  formula(r["fixed_bytes"], r["per_sample_bytes"]))
+    for p in c.predictions:
+        f = p.fit
+        t.add_row(p.strategy, f"[bold]{f.max_batch:,}[/]",
+                  human_bytes(f.peak_bytes_at_max_batch) if f.max_batch else "-",
+                  human_bytes(p.memory.peak_bytes), "[green]yes[/]" if f.fits else "[red]no[/]",
+                  formula(p.memory.fixed_bytes, p.memory.per_sample_bytes))
     out.print(t)
 
 
