@@ -22,6 +22,7 @@ from bnncost.costmodel.prediction import Comparison, Prediction, check_batch, co
 from bnncost.costmodel.strategy import StrategyError, load_strategy, strategy_names
 from bnncost.costmodel.sweep import Sweep, parse_batches, sweep
 from bnncost.hardware_profiles import Device, DeviceError, list_devices, load_device
+from bnncost.hardware_profiles.units import convert as convert_quantity
 from bnncost.layers.graph import graph_of
 from bnncost.layers.model import ModelError, zoo_names
 
@@ -31,7 +32,22 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no markup or emoji read into it (a:b:step), flags without <bool>
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from bnncost import __version__
+
+        sys.stdout.write(f"bnncost {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _app(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                      help="Print bnncost's version and exit.")) -> None:
+    """Predict the memory, operations, energy and time of training binary neural networks on edge devices."""
 
 
 class Printer:
@@ -125,7 +141,25 @@ def open_device(ref: str | None) -> Device | None:
     return None if ref is None else load_device(ref)
 
 
-def split_list(text: str) -> list[str]:
+DEFAULT_STRATEGIES = "standard,proposed"
+
+
+def strategies_option():
+    """--strategies/-S: the same option, with the same default, on every command that takes several."""
+    return typer.Option(None, "--strategies", "-S", metavar="LIST", show_default=False,
+                        help=f"Comma-separated strategy names or YAML paths; the first is the baseline "
+                             f"(default: {DEFAULT_STRATEGIES}).")
+
+
+def workspace_option(default: str):
+    """--workspace: a byte count, plain or with a unit, read by the device files' parser."""
+    return typer.Option(default, "--workspace", metavar="BYTES",
+                        help="Workspace budget per operator: bytes, or with a unit (64KiB, 1MiB, 4MB); "
+                             "0: in place, no scratch.")
+
+
+def split_list(text: str | None) -> list[str]:
+    text = DEFAULT_STRATEGIES if text is None else text
     items = [s.strip() for s in text.split(",") if s.strip()]
     if not items:
         raise BadInput("--strategies needs at least one strategy name or path")
@@ -141,16 +175,19 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
     for name in zoo_names():
         g = graph_of(name)
         rows.append({"name": name, "input": list(g.model.input), "layers": len(g.nodes),
-                     "parameters": g.parameter_count(), "classes": g.output_shape[0]})
+                     "parameters_l2_batchnorm": g.parameter_count("l2"),
+                     "parameters_l1_batchnorm": g.parameter_count("l1"), "classes": g.output_shape[0]})
     if as_json:
-        emit_json({"schema": "bnncost.models/1", "models": rows})
+        emit_json({"schema": "bnncost.models/2", "models": rows})
         return
     t = Table(title="Zoo models (pass a name, or a path to your own YAML)")
-    for col in ("model", "input", "nodes", "parameters", "classes"):
-        t.add_column(col, justify="left" if col == "model" else "right")
+    for col in ("model", "input", "nodes", "parameters (l2 BN)", "parameters (l1 BN)", "classes"):
+        t.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
     for r in rows:
-        t.add_row(r["name"], "x".join(map(str, r["input"])), str(r["layers"]), f"{r['parameters']:,}", str(r["classes"]))
+        t.add_row(r["name"], "x".join(map(str, r["input"])), str(r["layers"]), f"{r['parameters_l2_batchnorm']:,}",
+                  f"{r['parameters_l1_batchnorm']:,}", str(r["classes"]))
     out.print(t)
+    out.print("l2 batchnorm (standard) trains gamma and beta per channel; l1 batchnorm (proposed) only beta.")
 
 
 @app.command("strategies")
@@ -176,7 +213,7 @@ def predict_cmd(
     strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
     retention: str = typer.Option("step", "--retention", help="step: saved tensors live to the step's end; backward: freed after use."),
-    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator (0: in place, no scratch)."),
+    workspace: str = workspace_option("0"),
     by: str = typer.Option("role", "--by", help="Breakdown: role, layer or variable."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
@@ -194,7 +231,9 @@ def predict_cmd(
         return
     m = p.memory
     out.print(f"[bold]{p.model}[/] · strategy [bold]{p.strategy}[/] · batch {p.batch} · "
-              f"retention {p.retention} · workspace {human_bytes(p.workspace_budget)} · {p.parameters:,} parameters")
+              f"retention {p.retention} · workspace {human_bytes(p.workspace_budget)}"
+              f"{' (default: in place)' if p.workspace_budget == 0 else ''} · {p.parameters:,} parameters "
+              f"({p.batchnorm} batchnorm{': no gamma' if p.batchnorm == 'l1' else ''})")
     out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} B) at {m.peak_event}"
               f"  =  {formula(m.fixed_bytes, m.per_sample_bytes)}")
     if by == "role":
@@ -268,11 +307,11 @@ def print_device(p: Prediction) -> None:
 @app.command("compare")
 def compare_cmd(
     model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
-    strategies: str = typer.Option("standard,proposed", "--strategies", help="Comma-separated strategies; the first is the baseline."),
+    strategies: Optional[str] = strategies_option(),
     ladder: bool = typer.Option(False, "--ladder", help="Compare the ablation ladder from standard to proposed, one change per step."),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
     retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator."),
+    workspace: str = workspace_option("0"),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -283,6 +322,8 @@ def compare_cmd(
     output_mode(as_json, markdown)
     if plot:
         check_path(plot)
+    if ladder and strategies is not None:
+        raise BadInput("--ladder compares the shipped ladder; leave out --strategies, or drop --ladder")
     names = LADDER if ladder else split_list(strategies)
     c = compare(model, names, batch, device=open_device(device), epoch_samples=check_samples(epoch_samples, device),
                 **knobs(retention, workspace))
@@ -350,20 +391,21 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
 def fit_cmd(
     model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
     device: str = typer.Option(..., "--device", "-d", help="Device name or YAML path."),
-    strategies: str = typer.Option("standard,proposed", "--strategies", help="Comma-separated strategies."),
+    strategies: Optional[str] = strategies_option(),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size whose fit is also checked."),
     retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator."),
+    workspace: str = workspace_option("0"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
 ) -> None:
     """The largest batch that fits the device's usable memory, per strategy."""
     output_mode(as_json, markdown)
     dev = load_device(device)
-    c = compare(model, split_list(strategies), batch, device=dev, **knobs(retention, workspace))
+    opts = knobs(retention, workspace)
+    c = compare(model, split_list(strategies), batch, device=dev, **opts)
     if as_json:
         emit_json({"schema": "bnncost.fit/2", "model": c.model, "batch": batch, "device": dev.name,
-                   "retention": retention, "workspace_budget": workspace, "strategies": [
+                   "retention": retention, "workspace_budget": opts["workspace_budget"], "strategies": [
                        {"strategy": p.strategy, "strategy_source": p.strategy_source,
                         "memory": {k: getattr(p.memory, k) for k in
                                    ("peak_bytes", "peak_event", "fixed_bytes", "per_sample_bytes")},
@@ -407,12 +449,12 @@ def devices_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 @app.command("sweep")
 def sweep_cmd(
     model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
-    strategies: str = typer.Option("standard,proposed", "--strategies", help="Comma-separated strategies."),
+    strategies: Optional[str] = strategies_option(),
     batch: str = typer.Option("1:4096", "--batch", "-b", help="Batch sizes: a:b, a:b:step, or a list 1,8,64."),
     log: bool = typer.Option(True, "--log/--linear", help="For a:b without a step: powers of two (default) or every batch."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds fit, energy and time per sample."),
     retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator."),
+    workspace: str = workspace_option("0"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Also draw memory against batch size to FILE.png."),
@@ -475,8 +517,8 @@ def verify_cmd(
     batch: int = typer.Option(32, "--batch", "-b", help="Batch size B."),
     steps: int = typer.Option(2, "--steps", help="Training steps to run (the first is measured)."),
     retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: int = typer.Option(65536, "--workspace", help="Workspace budget in bytes per operator (the trainer's default)."),
-    dataset: str = typer.Option("synthetic", "--dataset", help="synthetic, digits, mnist:DIR or cifar10:DIR."),
+    workspace: str = workspace_option("64KiB"),
+    dataset: str = typer.Option("synthetic", "--dataset", help="Data of the measured steps: synthetic (random inputs of the model's shape: memory and op counts do not depend on the values; the default), digits, mnist:DIR or cifar10:DIR."),
     by: str = typer.Option("role", "--by", help="Variables grouped by role, or every variable."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (whatever the verdict)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
@@ -528,10 +570,11 @@ def _diff(a: int | None, b: int | None) -> str:
 
 
 def print_verification(v, by: str) -> None:
+    default_note = " (the trainer's default; predict's default is 0)" if v.workspace_budget == 65536 else ""
     ok = "[green]ok[/]"
     bad = "[red]MISMATCH[/]"
     out.print(f"[bold]{v.model}[/] · strategy [bold]{v.strategy}[/] · batch {v.batch_size} · retention {v.retention} · "
-              f"workspace {human_bytes(v.workspace_budget)}: the cost model against the bundled trainer")
+              f"workspace {human_bytes(v.workspace_budget)}{default_note}: the cost model against the bundled trainer")
     t = Table(title="Bytes of every variable (must agree exactly)" if by == "variable" else
               "Bytes by role (every variable must agree exactly)")
     cols = ["variable", "role"] if by == "variable" else ["role", "variables"]
@@ -619,12 +662,18 @@ def check_samples(n: int | None, device: str | None) -> int | None:
     return n
 
 
-def knobs(retention: str, workspace: int) -> dict:
+def byte_count(option: str, value: str | int) -> int:
+    """A byte count from the command line, plain or with a unit, by the parser the device files use."""
+    try:
+        return convert_quantity(value, "bytes")
+    except ValueError as exc:
+        raise BadInput(f"{option}: {exc}") from None
+
+
+def knobs(retention: str, workspace: str | int) -> dict:
     if retention not in ("step", "backward"):
         raise BadInput(f"--retention must be step or backward, not '{retention}'")
-    if workspace < 0:
-        raise BadInput(f"--workspace must be >= 0 bytes, not {workspace}")
-    return {"retention": retention, "workspace_budget": workspace}
+    return {"retention": retention, "workspace_budget": byte_count("--workspace", workspace)}
 
 
 # ---------------------------------------------------------------- train (the bundled trainer)
@@ -633,13 +682,13 @@ def knobs(retention: str, workspace: int) -> dict:
 def train_cmd(
     model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
     strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
-    dataset: str = typer.Option("digits", "--dataset", help="digits, synthetic, mnist:DIR or cifar10:DIR."),
+    dataset: str = typer.Option("digits", "--dataset", help="Data to train on: digits (8x8 handwritten digits shipped with the package, for the digits-* models; the default), synthetic, mnist:DIR or cifar10:DIR."),
     epochs: int = typer.Option(20, "--epochs", help="Epochs in total (a resumed run continues up to this)."),
     batch: int = typer.Option(64, "--batch", "-b", help="Batch size B."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 0.01)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and of the shuffling."),
     retention: str = typer.Option("step", "--retention", help="step: saved tensors live to the step's end; backward: freed after use."),
-    workspace: int = typer.Option(65536, "--workspace", help="Workspace budget in bytes per operator (0: no scratch)."),
+    workspace: str = workspace_option("64KiB"),
     save: Optional[str] = typer.Option(None, "--save", help="Write a checkpoint here after every epoch (atomically)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue from this checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else."),
@@ -714,9 +763,21 @@ def fail(message: str) -> int:
     return 2
 
 
+def plain_metavars(command) -> None:
+    """Name every option's value in --help by what it holds (BATCH, DEVICE), not by its Python type (<str>)."""
+    for sub in getattr(command, "commands", {}).values():
+        plain_metavars(sub)
+    for param in command.params:
+        if param.metavar is None and not getattr(param, "is_flag", False):
+            param.metavar = param.name.upper()
+        if param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx: None  # "MODEL  Zoo model name ...", not "MODEL <str>"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the CLI; bad input becomes one line on stderr and exit code 2."""
     command = typer.main.get_command(app)
+    plain_metavars(command)
     try:
         code = command.main(args=argv, prog_name="bnncost", standalone_mode=False)
     except UsageError as exc:

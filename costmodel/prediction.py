@@ -103,7 +103,8 @@ class Prediction(BaseModel):
     retention: str
     workspace_budget: int
     memory: MemoryReport
-    parameters: int
+    batchnorm: str  # the strategy's batchnorm kind: l1 trains no gamma, so it has fewer parameters
+    parameters: int  # trainable parameters under that batchnorm
     ops: OpsReport
     device: str | None = None
     energy: EnergyReport | None = None
@@ -257,7 +258,7 @@ def predict(
     pred = Prediction(
         model=graph.model.name, strategy=label or strat.name, strategy_source=strat.source, batch=batch,
         retention=retention, workspace_budget=workspace_budget, memory=memory_report(plan, batch),
-        parameters=graph.parameter_count(strat.batchnorm), ops=ops_report(ops, batch),
+        batchnorm=strat.batchnorm, parameters=graph.parameter_count(strat.batchnorm), ops=ops_report(ops, batch),
     )
     if device is not None:
         energy = EnergyModel(ops, count_traffic(graph, strat, plan), device, context=f"{pred.strategy}: ")

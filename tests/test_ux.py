@@ -75,3 +75,65 @@ def test_compare_by_role_shows_the_peak_and_each_roles_own_largest(capsys):
         assert all(m["by_role_max"][r] >= n for r, n in m["by_role"].items())
     code, out, _ = run(capsys, "compare", "mlp")
     assert "at the peak" in out and "largest over the step" in out
+
+
+# ---------------------------------------------------------------- one vocabulary
+
+def test_version(capsys):
+    from bnncost import __version__
+
+    code, out, err = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"bnncost {__version__}" and __version__[0].isdigit()
+
+
+@pytest.mark.parametrize("command", ["predict", "compare", "fit", "sweep"])
+def test_byte_counts_take_units_everywhere(capsys, command):
+    dev = ["--device", "jetson-nano"] if command == "fit" else []
+    code, out, err = run(capsys, command, "cnv", "--workspace", "64KiB", "--json", *dev)
+    assert code == 0, err
+    assert json.loads(out)["workspace_budget"] == 65536
+    code, out, err = run(capsys, command, "cnv", "--workspace", "64 parsecs", *dev)
+    assert code == 2 and out == "" and "--workspace" in err and "unknown unit" in err
+
+
+def test_strategies_has_one_short_flag_everywhere(capsys):
+    for command in ("compare", "sweep", "fit"):
+        extra = ["--device", "jetson-nano"] if command == "fit" else []
+        code, out, err = run(capsys, command, "mlp", "-S", "standard,bop", "--json", *extra)
+        assert code == 0, (command, err)
+        assert "bop" in out
+
+
+def test_ladder_with_strategies_is_an_error(capsys):
+    code, out, err = run(capsys, "compare", "mlp", "--ladder", "--strategies", "standard,bop")
+    assert code == 2 and out == "" and "--ladder" in err and "--strategies" in err
+
+
+COMMANDS = ["models", "strategies", "predict", "compare", "fit", "devices", "sweep", "verify", "train"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_is_plain_text(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0
+    assert "<bool>" not in out and "<str>" not in out and "<int>" not in out
+    assert out.isascii(), [c for c in out if not c.isascii()]  # no emoji read into a:b:step, no box drawing
+    assert "[bold]" not in out and "[/" not in out
+
+
+def test_help_says_which_dataset_each_command_uses(capsys):
+    for command, says in (("verify", "synthetic (random inputs"), ("train", "digits (8x8 handwritten digits")):
+        code, out, _ = run(capsys, command, "--help")
+        assert says in " ".join(out.split())
+
+
+def test_parameter_counts_say_which_batchnorm(capsys):
+    code, out, _ = run(capsys, "models", "--json")
+    doc = json.loads(out)
+    assert doc["schema"] == "bnncost.models/2"
+    mlp = next(m for m in doc["models"] if m["name"] == "mlp")
+    assert mlp["parameters_l2_batchnorm"] - mlp["parameters_l1_batchnorm"] == 256 * 4 + 10  # one gamma per channel
+    code, out, _ = run(capsys, "predict", "mlp", "--json")
+    assert json.loads(out)["parameters"] == mlp["parameters_l1_batchnorm"]
+    code, out, _ = run(capsys, "predict", "mlp")
+    assert "parameters (l1 batchnorm" in out
