@@ -61,6 +61,18 @@ def as_strategy(strategy: "str | Strategy") -> Strategy:
     return strategy if isinstance(strategy, Strategy) else load_strategy(strategy)
 
 
+def strategy_labels(strategies: "list[Strategy]") -> list[str]:
+    """One distinct label per strategy of a command: its name, or, when two share a name, the name with
+    the stem of the file it came from (`proposed (fat-adam)`); what is still repeated is numbered (#2)."""
+    names = [s.name for s in strategies]
+    first = []
+    for s in strategies:
+        stem = Path(s.source).stem if looks_like_path(s.source) else s.name
+        first.append(s.name if names.count(s.name) == 1 or stem == s.name else f"{s.name} ({stem})")
+    return [label if first[:i].count(label) == 0 else f"{label} #{first[:i].count(label) + 1}"
+            for i, label in enumerate(first)]
+
+
 @lru_cache(maxsize=None)
 def _load_shipped(ref: str) -> Strategy:
     return _finish(_load_rows(ref, ()))
