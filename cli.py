@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.markup import escape as esc  # every user string that reaches rich goes through esc()
 from rich.text import Text
 
 from bnncost.costmodel.memory import memory_plan
@@ -219,7 +220,8 @@ def strategies_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSO
             {"name": s.name, "description": s.description, "batchnorm": s.batchnorm,
              "weight_grad": s.weight_grad, "optimizer": s.optimizer, "formats": s.formats} for s in rows]})
         return
-    t = Wide("Role -> format, strategy by strategy (pass a name, or a path to your own YAML)", [s.name for s in rows])
+    t = Wide("Role -> format, strategy by strategy (pass a name, or a path to your own YAML)",
+             [esc(s.name) for s in rows])
     t.row("batchnorm", [s.batchnorm for s in rows])
     t.row("weight_grad (form)", [s.weight_grad for s in rows])
     t.row("optimizer", [s.optimizer for s in rows])
@@ -234,7 +236,7 @@ def strategies_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSO
     name_column(d, "strategy", [s.name for s in rows])
     d.add_column("description")
     for s in rows:
-        d.add_row(s.name, s.description)
+        d.add_row(esc(s.name), esc(s.description))
     out.print(d)
 
 
@@ -261,11 +263,11 @@ def predict_cmd(
         emit_json(p.to_json())
         return
     m = p.memory
-    out.print(f"[bold]{p.model}[/] · strategy [bold]{p.strategy}[/] · batch {p.batch} · "
+    out.print(f"[bold]{esc(p.model)}[/] · strategy [bold]{esc(p.strategy)}[/] · batch {p.batch} · "
               f"retention {p.retention} · workspace {human_bytes(p.workspace_budget)}"
               f"{' (default: in place)' if p.workspace_budget == 0 else ''} · {p.parameters:,} parameters "
               f"({p.batchnorm} batchnorm{': no gamma' if p.batchnorm == 'l1' else ''})")
-    out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} bytes) at {m.peak_event}")
+    out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} bytes) at {esc(m.peak_event)}")
     out.print(f"  = {formula(m.fixed_bytes, m.per_sample_bytes)} (fixed + per sample x batch)")
     if by == "role":
         fmts = role_formats(p)
@@ -281,15 +283,16 @@ def predict_cmd(
         for col, j in (("bytes", "right"), ("share", "right")):
             t.add_column(col, justify=j)
         for layer, n in m.by_layer.items():
-            t.add_row(layer, human_bytes(n), f"{100 * n / m.peak_bytes:.1f}%")
+            t.add_row(esc(layer), human_bytes(n), f"{100 * n / m.peak_bytes:.1f}%")
     else:
         t = Table(title="Every variable (* = alive at the peak)")
         name_column(t, "variable\n  role format", [f"* {v.name}" for v in m.variables])
         t.add_column("shape\nbytes", justify="right")
         t.add_column("alive from\nto")
         for v in m.variables:
-            t.add_row(f"{'*' if v.alive_at_peak else ' '} {v.name}\n  [dim]{v.role} {v.format}[/]",
-                      f"{'x'.join(map(str, v.shape))}\n{human_bytes(v.bytes)}", f"{v.alloc_event}\n{v.free_event}")
+            t.add_row(f"{'*' if v.alive_at_peak else ' '} {esc(v.name)}\n  [dim]{v.role} {v.format}[/]",
+                      f"{'x'.join(map(str, v.shape))}\n{human_bytes(v.bytes)}",
+                      f"{esc(v.alloc_event)}\n{esc(v.free_event)}")
     out.print(t)
     print_ops(p)
     if p.energy is not None:
@@ -319,7 +322,7 @@ def print_ops(p: Prediction) -> None:
 
 def print_device(p: Prediction) -> None:
     e, tm, f = p.energy, p.time, p.fit
-    t = Table(title=f"On {p.device}")
+    t = Table(title=f"On {esc(p.device)}")
     t.add_column("")
     t.add_column("per step", justify="right")
     t.add_column("per sample", justify="right")
@@ -372,18 +375,18 @@ def compare_cmd(
 def print_comparison(c: Comparison, stepwise: bool) -> None:
     preds = c.predictions
     p0 = preds[0]
-    out.print(f"[bold]{p0.model}[/] · batch {p0.batch} · retention {p0.retention} · "
-              f"workspace {human_bytes(p0.workspace_budget)} · savings against [bold]{c.baseline}[/]"
-              + (f" · on [bold]{p0.device}[/]" if p0.device else ""))
-    t = Wide("One training step, strategy by strategy", [p.strategy for p in preds])
+    out.print(f"[bold]{esc(p0.model)}[/] · batch {p0.batch} · retention {p0.retention} · "
+              f"workspace {human_bytes(p0.workspace_budget)} · savings against [bold]{esc(c.baseline)}[/]"
+              + (f" · on [bold]{esc(p0.device)}[/]" if p0.device else ""))
+    t = Wide("One training step, strategy by strategy", [esc(p.strategy) for p in preds])
     t.row("[bold]peak[/]", [f"[bold]{human_bytes(p.memory.peak_bytes)}[/]" for p in preds])
-    t.row(f"saving vs {c.baseline}", [f"{c.savings[p.strategy]['peak_bytes_ratio']:.2f}x" for p in preds])
+    t.row(f"saving vs {esc(c.baseline)}", [f"{c.savings[p.strategy]['peak_bytes_ratio']:.2f}x" for p in preds])
     if stepwise:
         t.row("saving of this step", ["-"] + [f"{a.memory.peak_bytes / b.memory.peak_bytes:.2f}x"
                                               for a, b in zip(preds, preds[1:])])
     t.row("peak = fixed", [human_bytes(p.memory.fixed_bytes) for p in preds])
     t.row("  + per sample x batch", [human_bytes(p.memory.per_sample_bytes) for p in preds])
-    t.row("peak event", [p.memory.peak_event.replace(":", ":\n", 1) for p in preds])
+    t.row("peak event", [esc(p.memory.peak_event).replace(":", ":\n", 1) for p in preds])
     if p0.energy is not None:
         t.section()
         t.row("[bold]energy per step[/]", [f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
@@ -455,9 +458,9 @@ def fit_cmd(
                                    ("peak_bytes", "peak_event", "fixed_bytes", "per_sample_bytes")},
                         "fit": p.fit.model_dump()} for p in c.predictions]})
         return
-    out.print(f"[bold]{c.model}[/] on [bold]{dev.name}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
+    out.print(f"[bold]{esc(c.model)}[/] on [bold]{esc(dev.name)}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
               f"of {human_bytes(dev.memory.ram_bytes)} RAM · retention {retention}")
-    t = Wide("Largest batch that fits", c.strategies)
+    t = Wide("Largest batch that fits", [esc(label) for label in c.strategies])
     t.row("[bold]largest batch[/]", [f"[bold]{p.fit.max_batch:,}[/]" for p in c.predictions])
     t.row("peak there", [human_bytes(p.fit.peak_bytes_at_max_batch) if p.fit.max_batch else "-"
                          for p in c.predictions])
@@ -517,12 +520,12 @@ def sweep_cmd(
 
 
 def print_sweep(s: Sweep) -> None:
-    where = f" on {s.device} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
-    out.print(f"[bold]{s.model}[/]{where} · retention {s.retention} · workspace {human_bytes(s.workspace_budget)}")
+    where = f" on {esc(s.device)} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
+    out.print(f"[bold]{esc(s.model)}[/]{where} · retention {s.retention} · workspace {human_bytes(s.workspace_budget)}")
     t = Table(title="Peak memory of one training step against batch size" + (" (x: does not fit)" if s.device else ""))
     t.add_column("batch", justify="right")
     for line in s.lines:
-        t.add_column(line.strategy, justify="right")
+        t.add_column(esc(line.strategy), justify="right")
         if s.device:
             t.add_column("J / sample", justify="right")
             t.add_column("s / sample", justify="right")
@@ -542,7 +545,7 @@ def print_sweep(s: Sweep) -> None:
                 cells += [peak if fits else f"[red]{peak} x[/]", si(line.joules_per_sample[i], "J"),
                           si(line.seconds_per_sample[i], "s")]
                 if not fits and (i == 0 or line.fits[i - 1]):  # the first batch that does not fit
-                    notes.append(f"{line.strategy} stops fitting (largest batch {line.max_batch:,})")
+                    notes.append(f"{esc(line.strategy)} stops fitting (largest batch {line.max_batch:,})")
             else:
                 cells.append(peak)
         if s.device:
@@ -550,7 +553,7 @@ def print_sweep(s: Sweep) -> None:
         t.add_row(*cells)
     out.print(t)
     if s.device:
-        out.print("Largest batch that fits: " + ", ".join(f"{ln.strategy} {ln.max_batch:,}" for ln in s.lines))
+        out.print("Largest batch that fits: " + ", ".join(f"{esc(ln.strategy)} {ln.max_batch:,}" for ln in s.lines))
 
 
 @app.command("verify")
@@ -634,7 +637,7 @@ def print_verification(v, by: str) -> None:
     default_note = " (the trainer's default; predict's default is 0)" if v.workspace_budget == 65536 else ""
     ok = "[green]ok[/]"
     bad = "[red]MISMATCH[/]"
-    out.print(f"[bold]{v.model}[/] · strategy [bold]{v.strategy}[/] · batch {v.batch_size} · retention {v.retention} · "
+    out.print(f"[bold]{esc(v.model)}[/] · strategy [bold]{esc(v.strategy)}[/] · batch {v.batch_size} · retention {v.retention} · "
               f"workspace {human_bytes(v.workspace_budget)}{default_note}: the cost model against the bundled trainer")
     t = Table(title="Bytes of every variable (must agree exactly)" if by == "variable" else
               "Bytes by role (every variable must agree exactly)")
@@ -648,10 +651,10 @@ def print_verification(v, by: str) -> None:
         t.add_column(col, justify="right" if col in ("predicted", "measured", "difference", "variables") else "left")
     if by == "variable":
         for c in v.variables:
-            t.add_row(c.name, c.role, human_bytes(c.predicted_bytes) if c.predicted_bytes is not None else "-",
+            t.add_row(esc(c.name), c.role, human_bytes(c.predicted_bytes) if c.predicted_bytes is not None else "-",
                       human_bytes(c.measured_bytes) if c.measured_bytes is not None else "-",
                       _diff(c.predicted_bytes, c.measured_bytes),
-                      ok if c.ok else f"{bad} {c.predicted_life or '-'} / {c.measured_life or '-'}")
+                      ok if c.ok else f"{bad} {esc(c.predicted_life or '-')} / {esc(c.measured_life or '-')}")
     else:
         groups: dict[str, list] = {}
         for c in v.variables:
@@ -661,14 +664,14 @@ def print_verification(v, by: str) -> None:
             mb = sum(c.measured_bytes or 0 for c in cs)
             wrong = [c.name for c in cs if not c.ok]
             t.add_row(role, str(len(cs)), human_bytes(pb), human_bytes(mb), _diff(pb, mb),
-                      ok if not wrong else f"{bad}: {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
+                      ok if not wrong else f"{bad}: {esc(', '.join(wrong[:4]))}{' ...' if len(wrong) > 4 else ''}")
     out.print(t)
     p = v.peak
     t = Table(title="Peak of the step")
     for col, j in (("", "left"), ("bytes", "right"), ("event", "left"), ("tolerance", "left"), ("", "left")):
         t.add_column(col, justify=j)
-    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", p.predicted_event, "", "")
-    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", p.ledger_event, "exact, same event", ok if p.ledger_ok else bad)
+    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", esc(p.predicted_event), "", "")
+    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", esc(p.ledger_event), "exact, same event", ok if p.ledger_ok else bad)
     t.add_row("process (tracemalloc)", f"{p.process_bytes:,}", "",
               f"{p.process_floor_bytes:,} .. {p.process_limit_bytes:,} "
               f"({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)", ok if p.process_ok else bad)
@@ -677,7 +680,7 @@ def print_verification(v, by: str) -> None:
     for col in ("phase", "kind", "format", "predicted", "measured", "difference", ""):
         t.add_column(col, justify="right" if col in ("predicted", "measured", "difference") else "left")
     for o in v.ops:
-        t.add_row(o.phase, o.kind, o.format, f"{o.predicted:,}", f"{o.measured:,}", _diff(o.predicted, o.measured),
+        t.add_row(esc(o.phase), o.kind, o.format, f"{o.predicted:,}", f"{o.measured:,}", _diff(o.predicted, o.measured),
                   ok if o.ok else bad)
     out.print(t)
     if v.ok:
@@ -809,13 +812,13 @@ def train_cmd(
     if as_json:
         emit_json(result.to_json())
         return
-    t = Table(title=f"{result.model} · {result.strategy} · {result.dataset} · batch {result.batch_size} · "
+    t = Table(title=f"{esc(result.model)} · {esc(result.strategy)} · {esc(result.dataset)} · batch {result.batch_size} · "
                     f"{result.epochs} epochs · retention {result.retention} · workspace {human_bytes(result.workspace_budget)}")
     t.add_column("")
     t.add_column("value", justify="right")
     t.add_row("[bold]test accuracy[/]", f"[bold]{100 * result.test_accuracy:.2f}%[/]")
     t.add_row("final train loss", f"{result.train_loss[-1]:.4f}")
-    t.add_row("ledger peak", f"{human_bytes(result.ledger_peak_bytes)} ({result.ledger_peak_bytes:,} B) at {result.ledger_peak_event}")
+    t.add_row("ledger peak", f"{human_bytes(result.ledger_peak_bytes)} ({result.ledger_peak_bytes:,} B) at {esc(result.ledger_peak_event)}")
     t.add_row("tracemalloc peak (first step)", f"{human_bytes(result.process_peak_bytes)} ({result.process_peak_bytes:,} B)")
     t.add_row("time per step", f"{1000 * result.seconds_per_step:.2f} ms")
     t.add_row("steps", f"{result.steps:,}")
