@@ -197,7 +197,8 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         d = _BatchUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
             IndexError, KeyError, OSError, MemoryError, OverflowError, RecursionError) as exc:
-        raise TrainerError(f"{path}: truncated or not a CIFAR-10 python batch ({type(exc).__name__})") from None
+        why = " ".join(str(exc).split())[:100] or type(exc).__name__
+        raise TrainerError(f"{path}: truncated or not a CIFAR-10 python batch ({why})") from None
     if not isinstance(d, dict):
         raise TrainerError(f"{path}: not a CIFAR-10 python batch")
     data = d.get(b"data", d.get("data"))
