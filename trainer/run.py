@@ -266,7 +266,7 @@ def train(model: str | Model | Graph, strategy: str | Strategy = "proposed", *, 
                     loss, c = net.train_step(X, idx, y[idx])
                     times.append(time.perf_counter() - t0)
                 if not math.isfinite(loss) or loss > explodes:
-                    raise TrainingDiverged(net.steps, epoch + 1, loss, str(last_good) if last_good else None,
+                    raise TrainingDiverged(net.steps + 1, epoch + 1, loss, str(last_good) if last_good else None,
                                            None if not math.isfinite(loss) else
                                            f"loss {loss:.4g} exceeds {EXPLODING:g} x that of guessing ({explodes:.4g})")
                 losses.append(loss)
