@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.markup import escape as esc  # every user string that reaches rich goes through esc()
 from rich.text import Text
 
+from bnncost.costmodel.fitting import fit
 from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.engine import DEFAULT_ENGINE, Engine, EngineError, as_engine, engine_names, load_engine
 from bnncost.costmodel.ops import INFORMATIONAL, KINDS, count_ops
@@ -26,6 +27,7 @@ from bnncost.costmodel.prediction import (
     Comparison, Prediction, check_batch, compare, implementation_knobs, predict,
 )
 from bnncost.costmodel.strategy import StrategyError, load_strategy, strategy_names
+from bnncost.costmodel.summary import summary
 from bnncost.costmodel.sweep import Sweep, parse_batches, sweep
 from bnncost.hardware_profiles import Device, DeviceError, list_devices, load_device
 from bnncost.hardware_profiles.units import convert as convert_quantity
@@ -387,6 +389,57 @@ def print_device(p: Prediction) -> None:
               f"largest batch that fits: [bold]{f.max_batch:,}[/]")
 
 
+@app.command("summary")
+def summary_cmd(
+    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
+    batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
+    engine: Optional[str] = engine_option(None),
+    retention: Optional[str] = retention_option(),
+    workspace: Optional[str] = workspace_option(None),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy and time per layer."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
+) -> None:
+    """Layer by layer, as Larq's summary: output shape, 1-bit and real parameters, forward MACs, bytes kept
+    for backward, operations per phase (and energy and time with --device), with totals."""
+    output_mode(as_json, markdown)
+    sm = summary(model, strategy, batch, device=open_device(device), **implementation(engine, retention, workspace))
+    if as_json:
+        emit_json(sm.to_json())
+        return
+    out.print(f"[bold]{esc(sm.model)}[/] · strategy [bold]{esc(sm.strategy)}[/] · engine [bold]{esc(sm.engine)}[/] · "
+              f"batch {sm.batch} · retention {sm.retention} · workspace {human_bytes(sm.workspace_budget)}"
+              + (f" · on [bold]{esc(sm.device)}[/]" if sm.device else ""))
+    headers = ["kind", "output", "1-bit params", "real params", "param bytes", "fwd bit-MACs", "fwd MACs",
+               "kept for bwd", "ops forward", "ops dX", "ops dW", "ops update"]
+    if sm.device:
+        headers += ["energy", "time"]
+    t = Wide("Layer by layer (one training step)", headers, abbreviate=False, label_header="layer")
+
+    def cells(r) -> list[str]:
+        row = [r.kind + (f" {r.precision}" if r.precision else ""), "x".join(map(str, r.output_shape)),
+               count(r.params_1bit) if r.params_1bit else "", count(r.params_real) if r.params_real else "",
+               human_bytes(r.param_bytes) if r.param_bytes else "",
+               count(r.forward_bit_macs) if r.forward_bit_macs else "",
+               count(r.forward_macs) if r.forward_macs else "",
+               human_bytes(r.saved_bytes) if r.saved_bytes else "",
+               *[count(r.ops[ph]) if r.ops.get(ph) else "" for ph in ("forward", "backward_dx", "backward_dw", "update")]]
+        if sm.device:
+            row += [si(r.joules_per_step, "J"), si(r.seconds_per_step, "s")]
+        return row
+
+    for r in sm.layers:
+        t.row(esc(r.layer), cells(r))
+    t.section()
+    t.row("[bold]total[/]", [f"[bold]{c}[/]" if c else "" for c in cells(sm.total)])
+    for obj in t.render(None if out.markdown else out.console.width):
+        out.print(obj)
+    out.print(f"Parameters: {sm.total.params_1bit:,} 1-bit (binary kernels) + {sm.total.params_real:,} real "
+              f"= {sm.total.params_1bit + sm.total.params_real:,}; param bytes are what training holds "
+              f"(latent weights, batchnorm parameters) at the strategy's formats.")
+
+
 @app.command("compare")
 def compare_cmd(
     model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
@@ -495,31 +548,21 @@ def fit_cmd(
 ) -> None:
     """The largest batch that fits the device's usable memory, per strategy."""
     output_mode(as_json, markdown)
-    dev = load_device(device)
-    opts = implementation(engine, retention, workspace)
-    c = compare(model, split_list(strategies), batch, device=dev, **opts)
-    p0 = c.predictions[0]
+    f = fit(model, split_list(strategies), load_device(device), batch, **implementation(engine, retention, workspace))
     if as_json:
-        emit_json({"schema": "bnncost.fit/2", "model": c.model, "batch": batch, "device": dev.name,
-                   "engine": p0.engine, "retention": p0.retention, "workspace_budget": p0.workspace_budget,
-                   "strategies": [
-                       {"strategy": p.strategy, "strategy_source": p.strategy_source,
-                        "memory": {k: getattr(p.memory, k) for k in
-                                   ("peak_bytes", "peak_event", "fixed_bytes", "per_sample_bytes",
-                                    "tensor_peak_bytes", "runtime_bytes", "process_peak_bytes")},
-                        "fit": p.fit.model_dump()} for p in c.predictions]})
+        emit_json(f.to_json())
         return
-    out.print(f"[bold]{esc(c.model)}[/] on [bold]{esc(dev.name)}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
-              f"of {human_bytes(dev.memory.ram_bytes)} RAM · engine [bold]{esc(p0.engine)}[/] · "
-              f"retention {p0.retention} · workspace {human_bytes(p0.workspace_budget)}")
-    t = Wide("Largest batch that fits", [esc(label) for label in c.strategies])
-    t.row("[bold]largest batch[/]", [f"[bold]{p.fit.max_batch:,}[/]" for p in c.predictions])
-    t.row("peak there", [human_bytes(p.fit.peak_bytes_at_max_batch) if p.fit.max_batch else "-"
-                         for p in c.predictions])
-    t.row(f"peak at batch {batch}", [human_bytes(p.memory.peak_bytes) for p in c.predictions])
-    t.row(f"fits at batch {batch}", ["[green]yes[/]" if p.fit.fits else "[red]no[/]" for p in c.predictions])
-    t.row("peak = fixed", [human_bytes(p.memory.fixed_bytes) for p in c.predictions])
-    t.row("  + per sample x batch", [human_bytes(p.memory.per_sample_bytes) for p in c.predictions])
+    out.print(f"[bold]{esc(f.model)}[/] on [bold]{esc(f.device)}[/]: {human_bytes(f.usable_bytes)} usable "
+              f"of {human_bytes(f.ram_bytes)} RAM · engine [bold]{esc(f.engine)}[/] · "
+              f"retention {f.retention} · workspace {human_bytes(f.workspace_budget)}")
+    rows = f.strategies
+    t = Wide("Largest batch that fits", [esc(r.strategy) for r in rows])
+    t.row("[bold]largest batch[/]", [f"[bold]{r.fit.max_batch:,}[/]" for r in rows])
+    t.row("peak there", [human_bytes(r.fit.peak_bytes_at_max_batch) if r.fit.max_batch else "-" for r in rows])
+    t.row(f"peak at batch {batch}", [human_bytes(r.memory["peak_bytes"]) for r in rows])
+    t.row(f"fits at batch {batch}", ["[green]yes[/]" if r.fit.fits else "[red]no[/]" for r in rows])
+    t.row("peak = fixed", [human_bytes(r.memory["fixed_bytes"]) for r in rows])
+    t.row("  + per sample x batch", [human_bytes(r.memory["per_sample_bytes"]) for r in rows])
     for obj in t.render(None if out.markdown else out.console.width):
         out.print(obj)
 
