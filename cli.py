@@ -348,24 +348,28 @@ def predict_cmd(
 
 
 def print_ops(p: Prediction) -> None:
-    """Operations of the step: every kind that costs time, then every kind by phase."""
+    """Operations of the step: every kind and format, per phase and in total (bit_mac marked informational)."""
     o = p.ops
-    costed = [r for r in o.total if r.kind not in INFORMATIONAL]
-    out.print("Operations per step: " + ", ".join(f"{count(r.count)} {r.kind} {r.format}" for r in costed)
-              + (f" [dim](bit_mac {count(o.bit_macs)}: informational, the xnor_popcount words are what costs)[/]"
-                 if o.bit_macs else ""))
-    t = Table(title="Operations by phase (count; bit_mac is informational)")
-    t.add_column("phase")
-    t.add_column("format")
-    kinds = [k for k in KINDS if any(r.kind == k for r in o.by_phase)]
-    for k in kinds:
-        t.add_column(k, justify="right")
+    phases = [ph for ph in ("forward", "backward_dx", "backward_dw", "update") if any(r.phase == ph for r in o.by_phase)]
+    t = Wide("Operations per step, by phase", [*phases, "total"], abbreviate=False, label_header="kind format")
     cells: dict[tuple, dict[str, int]] = {}
     for r in o.by_phase:
-        cells.setdefault((r.phase, r.format), {})[r.kind] = r.count
-    for (phase, fmt), row in cells.items():
-        t.add_row(phase, fmt, *[count(row[k]) if k in row else "" for k in kinds])
-    out.print(t)
+        cells.setdefault((r.kind, r.format), {})[r.phase] = r.count
+    for r in o.total:  # largest first; informational bit products last
+        if r.kind in INFORMATIONAL:
+            continue
+        row = cells[(r.kind, r.format)]
+        t.row(f"{r.kind} {r.format}", [count(row[ph]) if ph in row else "" for ph in phases] + [f"[bold]{count(r.count)}[/]"])
+    for r in o.total:
+        if r.kind in INFORMATIONAL:
+            row = cells[(r.kind, r.format)]
+            t.row(f"[dim]{r.kind} {r.format} (info)[/]",
+                  [f"[dim]{count(row[ph])}[/]" if ph in row else "" for ph in phases] + [f"[dim]{count(r.count)}[/]"])
+    for obj in t.render(None if out.markdown else out.console.width):
+        out.print(obj)
+    if o.bit_macs:
+        out.print("[dim](info): bit_mac counts the bit products inside the xnor_popcount words; "
+                  "it is not charged time or energy.[/]")
 
 
 def print_device(p: Prediction) -> None:
@@ -379,8 +383,8 @@ def print_device(p: Prediction) -> None:
               si(e.joules_per_epoch, "J") if e.joules_per_epoch is not None else "-")
     t.add_row("├─ compute", si(e.compute_j, "J"), "", "")
     t.add_row("├─ memory traffic", si(e.memory_j, "J"), "", "")
-    t.add_row("└─ static (idle power x time)", si(e.static_j, "J"), "", "")
-    t.add_row("dynamic = compute + memory", si(e.dynamic_j, "J"), "", "")
+    t.add_row("└─ static (idle x time)", si(e.static_j, "J"), "", "")
+    t.add_row("dynamic (compute+memory)", si(e.dynamic_j, "J"), "", "")
     t.add_row("[bold]time[/]", f"[bold]{si(tm.seconds_per_step, 's')}[/]", si(tm.seconds_per_sample, "s"),
               si(tm.seconds_per_epoch, "s") if tm.seconds_per_epoch is not None else "-")
     out.print(t)
@@ -620,36 +624,42 @@ def print_sweep(s: Sweep) -> None:
     where = f" on {esc(s.device)} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
     out.print(f"[bold]{esc(s.model)}[/]{where} · engine [bold]{esc(s.engine)}[/] · retention {s.retention} · "
               f"workspace {human_bytes(s.workspace_budget)}")
-    t = Table(title="Peak memory of one training step against batch size" + (" (x: does not fit)" if s.device else ""))
-    t.add_column("batch", justify="right")
-    for line in s.lines:
-        t.add_column(esc(line.strategy), justify="right")
-        if s.device:
-            t.add_column("J / sample", justify="right")
-            t.add_column("s / sample", justify="right")
-    if s.device:
-        t.add_column("note")
     shown = table_rows(s)
     if len(shown) < len(s.batches):
         out.print(f"showing {len(shown)} of {len(s.batches):,} batch sizes (every row where a strategy stops "
                   f"fitting included); --json or --plot give them all")
-    for i in shown:
-        b = s.batches[i]
-        cells, notes = [f"{b:,}"], []
-        for line in s.lines:
-            peak = human_bytes(line.peak_bytes[i])
-            if s.device:
+    title = "Peak memory of one training step against batch size" + (" (x: does not fit)" if s.device else "")
+
+    def table(lines, with_notes: bool) -> Wide:
+        headers = []
+        for line in lines:
+            headers += [esc(line.strategy)] + (["J / sample", "s / sample"] if s.device else [])
+        noted = bool(s.device) and with_notes
+        t = Wide(title, headers + (["note"] if noted else []), abbreviate=False, label_header="batch")
+        for i in shown:
+            cells, notes = [], []
+            for line in lines:
+                peak = human_bytes(line.peak_bytes[i])
+                if not s.device:
+                    cells.append(peak)
+                    continue
                 fits = line.fits[i]
                 cells += [peak if fits else f"[red]{peak} x[/]", si(line.joules_per_sample[i], "J"),
                           si(line.seconds_per_sample[i], "s")]
                 if not fits and (i == 0 or line.fits[i - 1]):  # the first batch that does not fit
                     notes.append(f"{esc(line.strategy)} stops fitting (largest batch {line.max_batch:,})")
-            else:
-                cells.append(peak)
-        if s.device:
-            cells.append("; ".join(notes))
-        t.add_row(*cells)
-    out.print(t)
+            t.row(f"{s.batches[i]:,}", cells + (["; ".join(notes)] if noted else []))
+        return t
+
+    width = None if out.markdown else out.console.width
+    together = table(s.lines, True)
+    if width is None or together.fits(width) or len(s.lines) == 1:
+        for obj in together.render(width):
+            out.print(obj)
+    else:  # too wide for the terminal: one table per strategy ("x" marks where it stops fitting)
+        for line in s.lines:
+            for obj in table([line], False).render(width):
+                out.print(obj)
     if s.device:
         out.print("Largest batch that fits: " + ", ".join(f"{esc(ln.strategy)} {ln.max_batch:,}" for ln in s.lines))
 

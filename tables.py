@@ -52,6 +52,10 @@ class Wide:
         cols = [max([plain_width(headers[i]), *(plain_width(r[1][i]) for r in self.rows if r)]) for i in columns]
         return 1 + label + COLUMN_COST + sum(w + COLUMN_COST for w in cols)
 
+    def fits(self, width: int) -> bool:
+        """Whether the whole table, headers in full, fits `width` columns."""
+        return self._width(self.headers, list(range(len(self.headers)))) <= width
+
     def _table(self, title: str, headers: list[str], columns: list[int]) -> Table:
         t = Table(title=title)
         t.add_column(self.label_header, no_wrap=True, overflow="fold")
@@ -67,7 +71,7 @@ class Wide:
     def render(self, width: int | None) -> list[Table | str]:
         """One table if it fits `width` (None: any width); else short headers with a legend; else stacked."""
         every = list(range(len(self.headers)))
-        if width is None or self._width(self.headers, every) <= width:
+        if width is None or self.fits(width):
             return [self._table(self.title, self.headers, every)]
         if not self.abbreviate:
             return self._stacked(width, self.headers, "")

@@ -177,7 +177,9 @@ def test_a_narrow_terminal_cuts_no_name(capsys, monkeypatch):
     assert code == 0 and "…" not in out and max(len(line) for line in out.splitlines()) <= 80
     assert all(name in out for name in ("ladder-1-binary-activations", "ladder-3-binary-dw", "optimizer_state"))
     for args in (["predict", "resnete18", "--by", "variable"], ["strategies"], ["fit", "mlp", "-d", "jetson-nano"],
-                 ["predict", "cnv", "--device", "raspberry-pi-3b-plus"], ["models"], ["devices"]):
+                 ["predict", "cnv", "--device", "raspberry-pi-3b-plus"], ["models"], ["devices"],
+                 ["sweep", "cnv", "--batch", "1:100000", "--linear", "--device", "raspberry-pi-3b-plus"],
+                 ["summary", "resnete18", "--device", "raspberry-pi-4b"]):
         code, out, _ = run(capsys, *args)
         assert code == 0 and "…" not in out, args
         assert max(len(line) for line in out.splitlines()) <= 80, args
@@ -262,3 +264,19 @@ def test_readme_python_example_runs():
     assert blocks, "the README shows the Python API"
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_docs_are_linked_and_every_link_resolves():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert "docs/README.md" in readme and "docs/json.md" in readme
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+    spec = (root / "docs" / "README.md").read_text()
+    from bnncost.layers.roles import ROLES
+
+    assert all(f"`{role}`" in spec for role in ROLES)  # every role is specified
