@@ -163,6 +163,16 @@ def open_device(ref: str | None) -> Device | None:
 DEFAULT_STRATEGIES = "standard,proposed"
 
 
+def model_argument():
+    """MODEL: the same argument on every command."""
+    return typer.Argument(..., metavar="MODEL", help="Zoo model name or path to a model YAML.")
+
+
+def strategy_option():
+    """--strategy/-s: one strategy, the same option on every command that takes one."""
+    return typer.Option("proposed", "--strategy", "-s", metavar="NAME|PATH", help="Strategy name or YAML path.")
+
+
 def strategies_option():
     """--strategies/-S: the same option, with the same default, on every command that takes several."""
     return typer.Option(None, "--strategies", "-S", metavar="LIST", show_default=False,
@@ -287,8 +297,8 @@ def engine_rule_counts(e: Engine) -> dict[str, int]:
 
 @app.command("predict")
 def predict_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
-    strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
+    model: str = model_argument(),
+    strategy: str = strategy_option(),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
@@ -395,8 +405,8 @@ def print_device(p: Prediction) -> None:
 
 @app.command("summary")
 def summary_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
-    strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
+    model: str = model_argument(),
+    strategy: str = strategy_option(),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
@@ -446,7 +456,7 @@ def summary_cmd(
 
 @app.command("compare")
 def compare_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    model: str = model_argument(),
     strategies: Optional[str] = strategies_option(),
     ladder: bool = typer.Option(False, "--ladder", help="Compare the ablation ladder from standard to proposed, one change per step."),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
@@ -540,7 +550,7 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
 
 @app.command("fit")
 def fit_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    model: str = model_argument(),
     device: str = typer.Option(..., "--device", "-d", help="Device name or YAML path."),
     strategies: Optional[str] = strategies_option(),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size whose fit is also checked."),
@@ -593,7 +603,7 @@ def devices_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 
 @app.command("sweep")
 def sweep_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    model: str = model_argument(),
     strategies: Optional[str] = strategies_option(),
     batch: str = typer.Option("1:4096", "--batch", "-b", help="Batch sizes: a:b, a:b:step, or a list 1,8,64."),
     log: bool = typer.Option(True, "--log/--linear", help="For a:b without a step: powers of two (default) or every batch."),
@@ -666,8 +676,8 @@ def print_sweep(s: Sweep) -> None:
 
 @app.command("verify")
 def verify_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
-    strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
+    model: str = model_argument(),
+    strategy: str = strategy_option(),
     batch: int = typer.Option(32, "--batch", "-b", help="Batch size B."),
     steps: int = typer.Option(2, "--steps", help="Training steps to run (the first is measured)."),
     engine: str = engine_option(TRAINER_ENGINE),
@@ -870,8 +880,8 @@ def implementation(engine: str | None, retention: str | None, workspace: "str | 
 
 @app.command("train")
 def train_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
-    strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
+    model: str = model_argument(),
+    strategy: str = strategy_option(),
     dataset: str = typer.Option("digits", "--dataset", help="Data to train on: digits (8x8 handwritten digits shipped with the package, for the digits-* models; the default), synthetic, mnist:DIR or cifar10:DIR."),
     epochs: int = typer.Option(20, "--epochs", help="Epochs in total (a resumed run continues up to this)."),
     batch: int = typer.Option(64, "--batch", "-b", help="Batch size B."),
