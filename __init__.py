@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from bnncost.costmodel import load_strategy
+from bnncost.costmodel import load_engine, load_strategy
 from bnncost.costmodel import compare as _compare
 from bnncost.costmodel import predict as _predict
 from bnncost.costmodel.fitting import FitTable
@@ -94,4 +94,4 @@ def summary(model, strategy="proposed", batch: int = 100, *, device=None, engine
 
 
 __all__ = ["Comparison", "FitTable", "Prediction", "Summary", "Sweep", "__version__", "compare", "fit",
-           "load_device", "load_model", "load_strategy", "predict", "summary", "sweep"]
+           "load_device", "load_engine", "load_model", "load_strategy", "predict", "summary", "sweep"]
