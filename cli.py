@@ -17,11 +17,15 @@ from rich.text import Text
 
 from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.ops import count_ops
+from bnncost.costmodel.engine import DEFAULT_ENGINE, Engine, EngineError, as_engine, engine_names, load_engine
 from bnncost.costmodel.plots import check_path, plot_comparison, plot_sweep
-from bnncost.costmodel.prediction import Comparison, Prediction, check_batch, compare, predict
+from bnncost.costmodel.prediction import (
+    Comparison, Prediction, check_batch, compare, implementation_knobs, predict,
+)
 from bnncost.costmodel.strategy import StrategyError, load_strategy, strategy_names
 from bnncost.costmodel.sweep import Sweep, parse_batches, sweep
 from bnncost.hardware_profiles import Device, DeviceError, list_devices, load_device
+from bnncost.hardware_profiles.units import convert
 from bnncost.layers.graph import graph_of
 from bnncost.layers.model import ModelError, zoo_names
 
@@ -68,7 +72,8 @@ def table_markdown(t: Table) -> str:
 out = Printer()
 
 LADDER = ["standard", "ladder-1-binary-activations", "ladder-2-l1-batchnorm", "ladder-3-binary-dw", "proposed"]
-USER_ERRORS = (ModelError, StrategyError, DeviceError, ValueError, OSError)  # PlotError is a ValueError
+USER_ERRORS = (ModelError, StrategyError, EngineError, DeviceError, ValueError, OSError)
+TRAINER_ENGINE = "bnncost-trainer"  # what verify predicts by default: the trainer it runs  # PlotError is a ValueError
 
 # Typer may bundle its own copy of click; take its exception classes from Typer itself.
 _CLICK_EXC = sys.modules[typer.BadParameter.__module__]
@@ -170,13 +175,39 @@ def strategies_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSO
     out.print(t)
 
 
+@app.command("engines")
+def engines_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the shipped engines: how an implementation holds a training step."""
+    rows = [load_engine(n) for n in engine_names()]
+    if as_json:
+        emit_json({"schema": "bnncost.engines/1", "default": DEFAULT_ENGINE, "engines": [
+            {"name": e.name, "description": e.description, "retention": e.retention,
+             "workspace_budget": e.workspace.budget, "runtime_bytes": e.runtime_bytes,
+             "rules": engine_rule_counts(e)} for e in rows]})
+        return
+    t = Table(title=f"Engines (pass a name, or a path to your own YAML; default {DEFAULT_ENGINE})")
+    for col in ("engine", "retention", "workspace", "runtime", "rules", "description"):
+        t.add_column(col, justify="right" if col in ("workspace", "runtime") else "left")
+    for e in rows:
+        counts = engine_rule_counts(e)
+        t.add_row(e.name, e.retention, human_bytes(e.workspace.budget), human_bytes(e.runtime_bytes),
+                  ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "-", e.description)
+    out.print(t)
+
+
+def engine_rule_counts(e: Engine) -> dict[str, int]:
+    return {k: len(getattr(e, k)) for k in ("variables", "temporaries", "optimizer_temporaries", "drop", "shares",
+                                             "lifetimes", "runtime")}
+
+
 @app.command("predict")
 def predict_cmd(
     model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
     strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
-    retention: str = typer.Option("step", "--retention", help="step: saved tensors live to the step's end; backward: freed after use."),
-    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator (0: in place, no scratch)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Engine name or YAML path: how the implementation holds the step (default reference)."),
+    retention: Optional[str] = typer.Option(None, "--retention", help="step: saved tensors live to the step's end; backward: freed after use (default: the engine's)."),
+    workspace: Optional[str] = typer.Option(None, "--workspace", help="Workspace budget per operator, bytes or with a unit such as 64KiB; 0: in place (default: the engine's)."),
     by: str = typer.Option("role", "--by", help="Breakdown: role, layer or variable."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
@@ -188,15 +219,17 @@ def predict_cmd(
     if by not in ("role", "layer", "variable"):
         raise BadInput(f"--by must be role, layer or variable, not '{by}'")
     p = predict(model, strategy, batch, device=open_device(device),
-                epoch_samples=check_samples(epoch_samples, device), **knobs(retention, workspace))
+                epoch_samples=check_samples(epoch_samples, device), **implementation(engine, retention, workspace))
     if as_json:
         emit_json(p.to_json())
         return
     m = p.memory
-    out.print(f"[bold]{p.model}[/] · strategy [bold]{p.strategy}[/] · batch {p.batch_size} · "
+    out.print(f"[bold]{p.model}[/] · strategy [bold]{p.strategy}[/] · engine [bold]{p.engine}[/] · batch {p.batch_size} · "
               f"retention {p.retention} · workspace {human_bytes(p.workspace_budget)} · {p.parameters:,} parameters")
     out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} B) at {m.peak_event}"
               f"  =  {formula(m.fixed_bytes, m.per_sample_bytes)}")
+    if m.runtime_bytes:
+        out.print(f"  = tensors {human_bytes(m.tensor_peak_bytes)} + the engine's runtime {human_bytes(m.runtime_bytes)}")
     if by == "role":
         fmts = role_formats(p)
         t = Table(title="Bytes at the peak, by role")
@@ -266,8 +299,9 @@ def compare_cmd(
     strategies: str = typer.Option("standard,proposed", "--strategies", help="Comma-separated strategies; the first is the baseline."),
     ladder: bool = typer.Option(False, "--ladder", help="Compare the ablation ladder from standard to proposed, one change per step."),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
-    retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Engine name or YAML path: how the implementation holds the step (default reference)."),
+    retention: Optional[str] = typer.Option(None, "--retention", help="step: saved tensors live to the step's end; backward: freed after use (default: the engine's)."),
+    workspace: Optional[str] = typer.Option(None, "--workspace", help="Workspace budget per operator, bytes or with a unit such as 64KiB; 0: in place (default: the engine's)."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -280,7 +314,7 @@ def compare_cmd(
         check_path(plot)
     names = LADDER if ladder else split_list(strategies)
     c = compare(model, names, batch, device=open_device(device), epoch_samples=check_samples(epoch_samples, device),
-                **knobs(retention, workspace))
+                **implementation(engine, retention, workspace))
     if as_json:
         emit_json(c.to_json())
     else:
@@ -292,7 +326,7 @@ def compare_cmd(
 def print_comparison(c: Comparison, stepwise: bool) -> None:
     preds = c.predictions
     p0 = preds[0]
-    out.print(f"[bold]{p0.model}[/] · batch {p0.batch_size} · retention {p0.retention} · "
+    out.print(f"[bold]{p0.model}[/] · engine [bold]{p0.engine}[/] · batch {p0.batch_size} · retention {p0.retention} · "
               f"workspace {human_bytes(p0.workspace_budget)} · savings against [bold]{c.baseline}[/]")
     t = Table(title="Peak memory of one training step")
     t.add_column("")
@@ -334,31 +368,36 @@ def fit_cmd(
     device: str = typer.Option(..., "--device", "-d", help="Device name or YAML path."),
     strategies: str = typer.Option("standard,proposed", "--strategies", help="Comma-separated strategies."),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size whose fit is also checked."),
-    retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Engine name or YAML path: how the implementation holds the step (default reference)."),
+    retention: Optional[str] = typer.Option(None, "--retention", help="step: saved tensors live to the step's end; backward: freed after use (default: the engine's)."),
+    workspace: Optional[str] = typer.Option(None, "--workspace", help="Workspace budget per operator, bytes or with a unit such as 64KiB; 0: in place (default: the engine's)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
 ) -> None:
     """The largest batch that fits the device's usable memory, per strategy."""
     output_mode(as_json, markdown)
     dev = load_device(device)
-    c = compare(model, split_list(strategies), batch, device=dev, **knobs(retention, workspace))
+    impl = implementation(engine, retention, workspace)
+    c = compare(model, split_list(strategies), batch, device=dev, **impl)
     rows = []
     for p in c.predictions:
         b = p.fit.max_batch
-        at_max = predict(model, p.strategy, b, **knobs(retention, workspace)).memory if b else None
+        at_max = predict(model, p.strategy, b, **impl).memory if b else None
         rows.append({
             "strategy": p.strategy, "max_batch": b, "usable_bytes": p.fit.usable_bytes,
             "peak_bytes_at_max_batch": at_max.peak_bytes if at_max else None,
             "fits_at_batch": p.fit.fits, "peak_bytes_at_batch": p.memory.peak_bytes,
             "fixed_bytes": p.memory.fixed_bytes, "per_sample_bytes": p.memory.per_sample_bytes,
         })
+    p0 = c.predictions[0]
     if as_json:
-        emit_json({"schema": "bnncost.fit/1", "model": c.predictions[0].model, "device": dev.name,
-                   "batch_size": batch, "retention": retention, "workspace_budget": workspace, "strategies": rows})
+        emit_json({"schema": "bnncost.fit/1", "model": p0.model, "device": dev.name, "batch_size": batch,
+                   "engine": p0.engine, "retention": p0.retention, "workspace_budget": p0.workspace_budget,
+                   "strategies": rows})
         return
-    out.print(f"[bold]{c.predictions[0].model}[/] on [bold]{dev.name}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
-              f"of {human_bytes(dev.memory.ram_bytes)} RAM · retention {retention}")
+    out.print(f"[bold]{p0.model}[/] on [bold]{dev.name}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
+              f"of {human_bytes(dev.memory.ram_bytes)} RAM · engine [bold]{p0.engine}[/] · retention {p0.retention} · "
+              f"workspace {human_bytes(p0.workspace_budget)}")
     t = Table(title="Largest batch that fits")
     for col, j in (("strategy", "left"), ("largest batch", "right"), ("peak there", "right"),
                    (f"peak at B={batch}", "right"), ("fits at B", "left"), ("fixed + per sample", "right")):
@@ -397,8 +436,9 @@ def sweep_cmd(
     batch: str = typer.Option("1:4096", "--batch", "-b", help="Batch sizes: a:b, a:b:step, or a list 1,8,64."),
     log: bool = typer.Option(True, "--log/--linear", help="For a:b without a step: powers of two (default) or every batch."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds fit, energy and time per sample."),
-    retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Engine name or YAML path: how the implementation holds the step (default reference)."),
+    retention: Optional[str] = typer.Option(None, "--retention", help="step: saved tensors live to the step's end; backward: freed after use (default: the engine's)."),
+    workspace: Optional[str] = typer.Option(None, "--workspace", help="Workspace budget per operator, bytes or with a unit such as 64KiB; 0: in place (default: the engine's)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Also draw memory against batch size to FILE.png."),
@@ -408,7 +448,8 @@ def sweep_cmd(
     if plot:
         check_path(plot)
     batches = parse_batches(batch, log)
-    s = sweep(model, split_list(strategies), batches, device=open_device(device), **knobs(retention, workspace))
+    s = sweep(model, split_list(strategies), batches, device=open_device(device),
+              **implementation(engine, retention, workspace))
     if as_json:
         emit_json(s.to_json())
     else:
@@ -419,7 +460,8 @@ def sweep_cmd(
 
 def print_sweep(s: Sweep) -> None:
     where = f" on {s.device} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
-    out.print(f"[bold]{s.model}[/]{where} · retention {s.retention} · workspace {human_bytes(s.workspace_budget)}")
+    out.print(f"[bold]{s.model}[/]{where} · engine [bold]{s.engine}[/] · retention {s.retention} · "
+              f"workspace {human_bytes(s.workspace_budget)}")
     t = Table(title="Peak memory of one training step against batch size" + (" (red: does not fit)" if s.device else ""))
     t.add_column("batch", justify="right")
     for line in s.lines:
@@ -460,8 +502,9 @@ def verify_cmd(
     strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
     batch: int = typer.Option(32, "--batch", "-b", help="Batch size B."),
     steps: int = typer.Option(2, "--steps", help="Training steps to run (the first is measured)."),
-    retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: int = typer.Option(65536, "--workspace", help="Workspace budget in bytes per operator (the trainer's default)."),
+    engine: str = typer.Option(TRAINER_ENGINE, "--engine", help="Engine name or YAML path the prediction uses (default: the bundled trainer's)."),
+    retention: Optional[str] = typer.Option(None, "--retention", help="step: saved tensors live to the step's end; backward: freed after use (default: the engine's)."),
+    workspace: Optional[str] = typer.Option(None, "--workspace", help="Workspace budget per operator, bytes or with a unit such as 64KiB; 0: in place (default: the engine's)."),
     dataset: str = typer.Option("synthetic", "--dataset", help="synthetic, digits, mnist:DIR or cifar10:DIR."),
     by: str = typer.Option("role", "--by", help="Variables grouped by role, or every variable."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (whatever the verdict)."),
@@ -474,7 +517,8 @@ def verify_cmd(
     output_mode(as_json, markdown)
     if by not in ("role", "variable"):
         raise BadInput(f"--by must be role or variable, not '{by}'")
-    v = run_verification(model, strategy, batch, steps=steps, dataset=dataset, **knobs(retention, workspace))
+    v = run_verification(model, strategy, batch, steps=steps, dataset=dataset,
+                         **implementation(engine, retention, workspace))
     if as_json:
         emit_json(v.to_json())
     else:
@@ -484,10 +528,13 @@ def verify_cmd(
 
 
 def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, dataset: str = "synthetic",
-                     retention: str = "step", workspace_budget: int = 65536, plan_hook=None):
+                     engine: "str | Engine" = TRAINER_ENGINE, retention: str | None = None,
+                     workspace_budget: int | None = None, plan_hook=None):
     """Predict, run the trainer for `steps` steps, and compare (the trainer is imported only here).
 
-    `plan_hook(plan)` may alter the prediction before the comparison (the tests break it on purpose).
+    The trainer runs with the retention and budget of `engine` (the bundled
+    trainer's by default) unless they are given. `plan_hook(plan)` may alter
+    the prediction before the comparison (the tests break it on purpose).
     """
     from bnncost.costmodel.verification import Measurement, verify_against
     from bnncost.trainer.run import run_steps
@@ -497,13 +544,15 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
     check_batch(batch)
     graph = graph_of(model)
     strat = load_strategy(strategy)
-    plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
+    eng = as_engine(engine)
+    retention, workspace_budget = implementation_knobs(eng, retention, workspace_budget)
+    plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget, engine=eng)
     if plan_hook is not None:
         plan = plan_hook(plan)
     measured = run_steps(graph, strat, batch=batch, steps=steps, dataset=dataset, retention=retention,
                          workspace_budget=workspace_budget)
     return verify_against(plan, count_ops(graph, strat), batch, Measurement(**measured.measurement()),
-                          model=graph.model.name, strategy=strat.name, retention=retention,
+                          model=graph.model.name, strategy=strat.name, engine=eng.name, retention=retention,
                           workspace_budget=workspace_budget)
 
 
@@ -516,7 +565,7 @@ def _diff(a: int | None, b: int | None) -> str:
 def print_verification(v, by: str) -> None:
     ok = "[green]ok[/]"
     bad = "[red]MISMATCH[/]"
-    out.print(f"[bold]{v.model}[/] · strategy [bold]{v.strategy}[/] · batch {v.batch_size} · retention {v.retention} · "
+    out.print(f"[bold]{v.model}[/] · strategy [bold]{v.strategy}[/] · engine [bold]{v.engine}[/] · batch {v.batch_size} · retention {v.retention} · "
               f"workspace {human_bytes(v.workspace_budget)}: the cost model against the bundled trainer")
     t = Table(title="Bytes of every variable (must agree exactly)" if by == "variable" else
               "Bytes by role (every variable must agree exactly)")
@@ -605,12 +654,21 @@ def check_samples(n: int | None, device: str | None) -> int | None:
     return n
 
 
-def knobs(retention: str, workspace: int) -> dict:
-    if retention not in ("step", "backward"):
+def knobs(retention: str | None, workspace: "str | int | None") -> dict:
+    """--retention and --workspace checked; None stays None (the engine's then)."""
+    if retention is not None and retention not in ("step", "backward"):
         raise BadInput(f"--retention must be step or backward, not '{retention}'")
-    if workspace < 0:
-        raise BadInput(f"--workspace must be >= 0 bytes, not {workspace}")
+    if workspace is not None:
+        try:
+            workspace = int(convert(workspace, "bytes"))
+        except ValueError as exc:
+            raise BadInput(f"--workspace: {exc}") from None
     return {"retention": retention, "workspace_budget": workspace}
+
+
+def implementation(engine: str | None, retention: str | None, workspace: "str | int | None") -> dict:
+    """The engine (loaded, so a bad one is refused before any work) and the knobs that override it."""
+    return {"engine": load_engine(engine or DEFAULT_ENGINE), **knobs(retention, workspace)}
 
 
 # ---------------------------------------------------------------- train (the bundled trainer)

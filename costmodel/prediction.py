@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from bnncost.costmodel.energy import EnergyModel, steps_per_epoch
+from bnncost.costmodel.engine import Engine, as_engine
 from bnncost.costmodel.memory import MemoryPlan, memory_plan
 from bnncost.costmodel.ops import by_phase, count_ops, count_traffic, totals
 from bnncost.costmodel.strategy import Strategy, as_strategy
@@ -32,7 +33,10 @@ class VariableReport(BaseModel):
 
 
 class MemoryReport(BaseModel):
-    peak_bytes: int
+    peak_bytes: int  # the process peak: what fit compares with a device's usable memory
+    tensor_peak_bytes: int  # the engine's tensors at the peak event
+    runtime_bytes: int  # the engine's constant bytes that are not tensors
+    process_peak_bytes: int  # tensor peak + runtime bytes
     peak_event: str
     fixed_bytes: int
     per_sample_bytes: float
@@ -80,6 +84,7 @@ class Prediction(BaseModel):
     model: str
     strategy: str
     batch_size: int
+    engine: str
     retention: str
     workspace_budget: int
     memory: MemoryReport
@@ -114,6 +119,12 @@ def check_batch(batch: int) -> None:
         raise ValueError(f"batch size must be a positive integer, not {batch!r}")
 
 
+def implementation_knobs(engine: Engine, retention: str | None, workspace_budget: int | None) -> tuple[str, int]:
+    """Retention and workspace budget: the caller's where given, else the engine's."""
+    return (engine.retention if retention is None else retention,
+            engine.workspace.budget if workspace_budget is None else workspace_budget)
+
+
 def memory_report(plan: MemoryPlan, batch: int) -> MemoryReport:
     peak, e, fixed, per = plan.peak(batch)
     by_role: dict[str, int] = {}
@@ -129,8 +140,10 @@ def memory_report(plan: MemoryPlan, batch: int) -> MemoryReport:
             bytes=nbytes, alloc_event=plan.events[v.alloc], free_event=plan.events[v.free],
             alive_at_peak=v.alloc <= e <= v.free,
         ))
+    runtime = plan.runtime_bytes
     return MemoryReport(
-        peak_bytes=peak, peak_event=plan.events[e], fixed_bytes=fixed, per_sample_bytes=per,
+        peak_bytes=peak, tensor_peak_bytes=peak - runtime, runtime_bytes=runtime, process_peak_bytes=peak,
+        peak_event=plan.events[e], fixed_bytes=fixed, per_sample_bytes=per,
         by_role=dict(sorted(by_role.items(), key=lambda kv: -kv[1])),
         by_layer=by_layer, variables=rows,
     )
@@ -180,19 +193,27 @@ def predict(
     strategy: str | Strategy = "proposed",
     batch: int = 100,
     *,
-    retention: str = "step",
-    workspace_budget: int = 0,
+    engine: str | Engine | None = None,
+    retention: str | None = None,
+    workspace_budget: int | None = None,
     device=None,
     epoch_samples: int | None = None,
 ) -> Prediction:
-    """Cost one training step. `device` is a loaded Device (hardware_profiles) or None."""
+    """Cost one training step. `device` is a loaded Device (hardware_profiles) or None.
+
+    `engine` (a name, a path or an Engine; default reference) says how the
+    implementation holds the step; `retention` and `workspace_budget`, when
+    given, override the engine's.
+    """
     check_batch(batch)
     graph = graph_of(model)
     strat = as_strategy(strategy)
-    plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
+    eng = as_engine(engine)
+    retention, workspace_budget = implementation_knobs(eng, retention, workspace_budget)
+    plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget, engine=eng)
     ops = count_ops(graph, strat)
     pred = Prediction(
-        model=graph.model.name, strategy=strat.name, batch_size=batch, retention=retention,
+        model=graph.model.name, strategy=strat.name, batch_size=batch, engine=eng.name, retention=retention,
         workspace_budget=workspace_budget, memory=memory_report(plan, batch),
         parameters=graph.parameter_count(strat.batchnorm), ops=ops_report(ops, batch),
     )
@@ -212,6 +233,7 @@ def compare(
 ) -> Comparison:
     """Predict every strategy; savings are the first strategy's figure over each one's."""
     graph = graph_of(model)
+    knobs["engine"] = as_engine(knobs.get("engine"))  # read a user's file once
     preds = [predict(graph, s, batch, **knobs) for s in strategies]
     base = preds[0]
     savings = {}
