@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from bnncost.costmodel.formats import STORAGE_BITS
 from bnncost.hardware_profiles.units import QuantityError, convert
@@ -40,9 +40,10 @@ from bnncost.layers.model import looks_like_path
 from bnncost.layers.relative import END_EVENTS, EVENTS, LAYER_KINDS, SHAPES
 from bnncost.layers.roles import DERIVED_FORMAT, FORMATTED_ROLES, ROLES
 from bnncost.layers.spec import WEIGHTED_KINDS
-from bnncost.layers.yamlfile import parse_yaml
+from bnncost.layers.yamlfile import parse_yaml, read_text
 
 DEFAULT_ENGINE = "reference"
+MAX_EXTENDS = 32  # a longer chain is a mistake, not a design
 STRATEGY_FORMAT = "strategy:"  # format: strategy:<role> takes the strategy's format for that role
 STRATEGY_ROLES = (*FORMATTED_ROLES, *DERIVED_FORMAT)
 OPTIMIZERS = ("adam", "sgd", "bop")
@@ -65,7 +66,20 @@ def _bytes(value: Any) -> int:
 
 ByteCount = Annotated[int, BeforeValidator(_bytes)]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-Kinds = Annotated[tuple[str, ...], Field(min_length=1)]
+
+
+def _one_or_many(v: Any) -> Any:
+    return (v,) if isinstance(v, str) else v
+
+
+def _known_kinds(v: tuple[str, ...]) -> tuple[str, ...]:
+    for k in v:
+        if k not in LAYER_KINDS:
+            raise ValueError(f"unknown layer kind '{k}'; kinds: {', '.join(LAYER_KINDS)}")
+    return v
+
+
+Kinds = Annotated[tuple[str, ...], BeforeValidator(_one_or_many), Field(min_length=1), AfterValidator(_known_kinds)]
 
 
 class _Rule(BaseModel):
@@ -92,19 +106,6 @@ class When(BaseModel):
 class _LayerRule(_Rule):
     kinds: Kinds  # layer kinds this rule applies to (a residual's join is `add`)
     when: When = When()
-
-    @field_validator("kinds", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return (v,) if isinstance(v, str) else v
-
-    @field_validator("kinds")
-    @classmethod
-    def _known_kinds(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for k in v:
-            if k not in LAYER_KINDS:
-                raise ValueError(f"unknown layer kind '{k}'; kinds: {', '.join(LAYER_KINDS)}")
-        return v
 
 
 def _check_format(fmt: str | None) -> str | None:
@@ -156,13 +157,9 @@ class LayerTemporary(_LayerRule, _Buffer):
 class OptimizerTemporary(_Rule, _Buffer):
     """A buffer the optimizer makes during `update`, per parameter tensor it updates."""
 
-    optimizers: tuple[Literal[OPTIMIZERS], ...] = OPTIMIZERS  # only for parameters these optimizers update
+    # only for parameters these optimizers update
+    optimizers: Annotated[tuple[Literal[OPTIMIZERS], ...], BeforeValidator(_one_or_many)] = OPTIMIZERS
     shape: Literal[PARAMETER_SHAPES]
-
-    @field_validator("optimizers", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return (v,) if isinstance(v, str) else v
 
 
 class Drop(_LayerRule):
@@ -187,10 +184,17 @@ class Lifetime(_LayerRule):
 
 
 class RuntimeBytes(_Rule):
-    """Constant bytes that are not tensors (framework state, allocator caches)."""
+    """Bytes that are not tensors (framework state, allocator caches), whatever the batch size.
+
+    Without `kinds`, `bytes` once; with `kinds`, `bytes` for each layer of those
+    kinds that passes `when` (a traced graph grows with the ops it holds).
+    """
 
     name: Identifier
     bytes: ByteCount
+    kinds: Kinds | None = None
+    when: When = When()
+
 
 
 class Workspace(_Rule):
@@ -213,10 +217,6 @@ class Engine(BaseModel):
     lifetimes: tuple[Lifetime, ...] = ()
     runtime: tuple[RuntimeBytes, ...] = ()
     file: str = "<memory>"  # where it was loaded from, for error messages
-
-    @property
-    def runtime_bytes(self) -> int:
-        return sum(r.bytes for r in self.runtime)
 
 
 class _EngineFile(BaseModel):
@@ -268,12 +268,7 @@ def _read(ref: str, base: Path | None) -> tuple[Any, str]:
         path = Path(ref).expanduser()
         if base is not None and not path.is_absolute():
             path = base / path
-        if not path.is_file():
-            raise EngineError(f"{ref}: engine file not found")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise EngineError(f"{ref}: cannot read the engine file ({exc})") from None
+        text = read_text(path, EngineError, "engine file")
         source = str(path.resolve())
     else:
         if ref not in engine_names():
@@ -366,6 +361,8 @@ def _chain(ref: str, chain: tuple[str, ...], base: Path | None) -> tuple[dict, s
     doc, source = _read(ref, base)
     if source in chain:
         raise EngineError(f"{source}: extends: forms a cycle: {' -> '.join(chain + (source,))}")
+    if len(chain) >= MAX_EXTENDS:
+        raise EngineError(f"{source}: extends: chains more than {MAX_EXTENDS} files")
     f = _parse_file(doc, source)
     parent: dict = {}
     roles = set(ROLES)

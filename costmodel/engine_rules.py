@@ -9,7 +9,8 @@ changes them the way an engine holds a step, in this order:
    when both have the same format (their bytes must then agree): the tensor
    is held once, alive from the earlier alloc to the later free;
 5. `temporaries` and `optimizer_temporaries` add buffers alive at one event;
-6. `runtime` adds constant bytes, alive the whole step (role `runtime`).
+6. `runtime` adds bytes that are not tensors, once or per layer of some
+   kinds, alive the whole step (role `runtime`).
 
 Every byte count stays affine in the batch size, so the peak keeps its
 a + b x B form and the largest batch that fits is still solved exactly.
@@ -132,7 +133,8 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                        update, update), where("optimizer_temporaries", i))
     # 6. runtime
     for i, r in enumerate(engine.runtime):
-        add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (r.bytes,), r.bytes, 0,
+        n = 1 if r.kinds is None else len(nodes(r))
+        add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
                      0, len(events) - 1), where("runtime", i))
     return out
 
