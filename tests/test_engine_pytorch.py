@@ -46,7 +46,7 @@ PROCESS_GAPS = {
     "pytorch-digits-mlp-standard-b32.json", "pytorch-digits-mlp-standard-b128.json",
     "pytorch-digits-mlp-standard-b512.json", "pytorch-mlp-standard-b256.json",
     "pytorch-torch-resnet-a-standard-b8.json", "pytorch-torch-resnet-a-standard-b32.json",
-    "pytorch-torch-resnet-b-standard-b16.json",
+    "pytorch-torch-resnet-b-standard-b16.json", "pytorch-torch-resnet-b-standard-b64.json",
 }
 
 
