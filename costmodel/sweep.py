@@ -16,6 +16,7 @@ from bnncost.costmodel.energy import EnergyModel
 from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.ops import count_ops, count_traffic
 from bnncost.costmodel.strategy import Strategy, as_strategy, strategy_labels
+from bnncost.costmodel.timing import operator_work
 from bnncost.layers.graph import graph_of
 
 SWEEP_SCHEMA = "bnncost.sweep/1"
@@ -91,11 +92,13 @@ def sweep(model, strategies: list[str | Strategy], batches: list[int], *, retent
         )
         if device is not None:
             usable = device.memory.usable_bytes
-            et = EnergyModel(count_ops(graph, strat), count_traffic(graph, strat, plan), device,
-                             context=f"{label}: ").evaluate(bs)
+            model = EnergyModel(count_ops(graph, strat), count_traffic(graph, strat, plan), device,
+                                context=f"{label}: ",
+                                work=operator_work(graph, strat) if device.trainer is not None else None)
+            et = model.evaluate(bs)
             line.fits = [bool(p <= usable) for p in peaks]
             line.max_batch = plan.max_batch(usable)
-            line.joules_per_sample = (et.joules / bs).tolist()
+            line.joules_per_sample = (et.joules / bs).tolist() if model.energy_known else None
             line.seconds_per_sample = (et.seconds / bs).tolist()
         lines.append(line)
     return Sweep(
