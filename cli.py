@@ -536,6 +536,7 @@ def verify_cmd(
     by: str = typer.Option("role", "--by", help="Variables grouped by role, or every variable."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="A device file written by bnncost calibrate on this machine: also time the trainer's steps against the predicted step time."),
     time_steps: int = typer.Option(5, "--time-steps", help="With --device: steps timed after one warm-up step (the median is compared)."),
+    clock: str = typer.Option("cpu", "--clock", help="With --device: cpu (the process's CPU time: other processes' turns on a shared machine not counted; what calibrate measures) or wall."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (whatever the verdict)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
 ) -> None:
@@ -552,9 +553,11 @@ def verify_cmd(
                        "lower bounds); run bnncost calibrate on this machine and pass its file")
     if time_steps < 1:
         raise BadInput(f"--time-steps must be a positive integer, not {time_steps}")
+    if clock not in ("cpu", "wall"):
+        raise BadInput(f"--clock must be cpu or wall, not '{clock}'")
     v = run_verification(model, strategy, batch, steps=steps, dataset=dataset, **knobs(retention, workspace))
     if dev is not None:
-        v = with_time_check(v, model, strategy, dev, time_steps)
+        v = with_time_check(v, model, strategy, dev, time_steps, clock)
     if as_json:
         emit_json(v.to_json())
     else:
@@ -587,7 +590,7 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
                           workspace_budget=workspace_budget)
 
 
-def with_time_check(v, model: str, strategy: str, device: Device, steps: int):
+def with_time_check(v, model: str, strategy: str, device: Device, steps: int, clock: str = "cpu"):
     """The verification with the trainer's median step time (and per phase) against the prediction."""
     from bnncost.costmodel.verification import check_time
     from bnncost.trainer.timing import time_steps as time_trainer
@@ -595,14 +598,14 @@ def with_time_check(v, model: str, strategy: str, device: Device, steps: int):
     p = predict(model, strategy, v.batch_size, device=device, retention=v.retention,
                 workspace_budget=v.workspace_budget)
     t = time_trainer(model, strategy, batch=v.batch_size, steps=steps, warmup=1,
-                     workspace_budget=v.workspace_budget or 65536, retention=v.retention)
+                     workspace_budget=v.workspace_budget or 65536, retention=v.retention, clock=clock)
     measured = {"forward": 0.0, "backward": 0.0, "update": 0.0}
     for event, sec in t.events_s.items():
         phase = event.split(":", 1)[0]
         if phase in measured:
             measured[phase] += sec
     measured["step"] = t.step_s
-    tc = check_time(device.name, p.time.seconds_by_event, measured, t.steps, t.warmup)
+    tc = check_time(device.name, p.time.seconds_by_event, measured, t.steps, t.warmup, clock, t.wall_step_s)
     return v.model_copy(update={"time": tc, "ok": v.ok and tc.ok})
 
 
@@ -661,7 +664,7 @@ def print_verification(v, by: str) -> None:
         from bnncost.costmodel.verification import TIME_PHASE_FLOOR, TIME_TOLERANCE
 
         tc = v.time
-        t = Table(title=f"Time per step on {tc.device} (median of {tc.steps} steps after {tc.warmup} warm-up; "
+        t = Table(title=f"Time per step on {tc.device} ({tc.clock} time, median of {tc.steps} steps after {tc.warmup} warm-up; "
                         f"tolerance: step ±{100 * TIME_TOLERANCE:.0f}%, each phase ±{100 * TIME_TOLERANCE:.0f}% "
                         f"or ±{100 * TIME_PHASE_FLOOR:.0f}% of the step)")
         for col in ("phase", "predicted", "measured", "error", ""):
@@ -670,6 +673,9 @@ def print_verification(v, by: str) -> None:
             t.add_row(r.phase, si(r.predicted_s, "s"), si(r.measured_s, "s"), f"{100 * r.error:+.1f}%",
                       ok if r.ok else bad)
         out.print(t)
+        if tc.clock == "cpu":
+            out.print(f"[dim]wall time of the step: {si(tc.wall_step_s, 's')} (load average "
+                      f"{tc.load_average:.1f}: other processes' turns on the cores count there, not in CPU time)[/]")
     if v.ok:
         out.print("[green bold]verified[/]: every variable, the peak and every operation count agree within tolerance"
                   + (", and so does the step time" if v.time is not None else ""))

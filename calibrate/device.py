@@ -15,6 +15,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,25 +62,41 @@ def _g(x: float) -> float:
     return float(f"{x:.4g}")
 
 
-def calibrate(*, name: str, quick: bool = False, base: Device | None = None, idle_w: float | None = None,
-              active_w: float | None = None, progress=None, total=None) -> dict:
-    """Measure this machine; return the device document (a dict ready for YAML), validated."""
+@dataclass
+class Measured:
+    """Everything calibrate measured, before it is written down."""
+
+    stamp: str  # "measured by bnncost calibrate on DATE: CPU, ..."
+    cpu: str
+    cores: int
+    blas_threads: int | None
+    quick: bool
+    repeats: int
+    steps: int  # timed steps per calibration run
+    ram_total: int
+    ram_available: int
+    ram_how: str
+    levels: list[dict]  # {name, capacity_bytes, bandwidth_bytes_per_s, how}, smallest first, DRAM last
+    rates: dict[str, dict[str, tuple[float, str]]]  # format -> kind -> (per second, how)
+    operators: list[operators.Fitted]
+
+
+def measure(*, quick: bool = False, progress=None, total=None) -> Measured:
+    """Measure this machine: memory levels, sustained rates, the trainer's operators."""
     plan = operators.QUICK if quick else operators.FULL
     repeats = 5 if quick else 11
     levels = machine.cache_levels()
     if total is not None:
         total(len(levels) + 1 + rates.rate_steps() + len(plan.runs()) + 1)
     step = progress or (lambda what: None)
-    today = _dt.date.today().isoformat()
     cpu = machine.cpu_model()
     cores = os.cpu_count() or 1
     threads = machine.blas_threads()
-    clock = time.get_clock_info("perf_counter")
-    stamp = (f"measured by bnncost calibrate on {today}: {cpu}, {cores} cores, {platform.system()} "
-             f"{platform.release()}, Python {platform.python_version()}, numpy {np.__version__}, "
+    clock = time.get_clock_info("process_time")
+    stamp = (f"measured by bnncost calibrate on {_dt.date.today().isoformat()}: {cpu}, {cores} cores, "
+             f"{platform.system()} {platform.release()}, Python {platform.python_version()}, numpy {np.__version__}, "
              f"BLAS threads {threads if threads is not None else 'library default'}, "
-             f"timer perf_counter ({clock.resolution:.0e} s)")
-    # memory levels
+             f"clock: CPU time of the process (process_time, {clock.resolution:.0e} s)")
     ram_total, ram_avail, ram_how = machine.ram()
     level_docs = []
     for lv in levels:
@@ -91,13 +108,21 @@ def calibrate(*, name: str, quick: bool = False, base: Device | None = None, idl
         step(f"bandwidth {lv.name}")
     probe = machine.dram_probe_bytes(levels)
     bw = machine.copy_bandwidth(probe, max(3, repeats // 2))
-    assumed = "" if levels else ("; no cache level visible in sysfs (" + str(machine.SYSFS_CACHE) +
-                                 "): one level, DRAM, assumed for all traffic")
     level_docs.append({"name": "dram", "capacity_bytes": ram_total, "bandwidth_bytes_per_s": _g(bw),
                        "how": f"capacity: {ram_how}; bandwidth: numpy copy of {probe >> 20} MiB on one core "
-                              f"(read + write), median of {max(3, repeats // 2)}{assumed}"})
+                              f"(read + write), median of {max(3, repeats // 2)}"})
     step("bandwidth dram")
-    # power
+    measured_rates = rates.sustained_rates(repeats, step)
+    fitted = operators.fit(operators.measure(plan, step))
+    step("fit")
+    return Measured(stamp, cpu, cores, threads, quick, repeats, plan.steps, ram_total, ram_avail, ram_how,
+                    level_docs, measured_rates, fitted)
+
+
+def document(m: Measured, *, name: str, base: Device | None = None, idle_w: float | None = None,
+             active_w: float | None = None) -> dict:
+    """The device document (a dict ready for YAML) of a measurement, validated by the device schema."""
+    stamp, cores = m.stamp, m.cores
     if base is not None:
         power = {"idle_w": base.power.idle_w, "active_w": base.power.active_w,
                  "source": f"from --base {base.name} (not measured here): {base.power.source}"}
@@ -109,48 +134,44 @@ def calibrate(*, name: str, quick: bool = False, base: Device | None = None, idl
                  "source": "unknown: a process cannot measure power; run calibrate with --base DEVICE or "
                            "--idle-w/--active-w to have energy (every energy figure is unavailable until then)"}
     core_w = (power["active_w"] - power["idle_w"]) / cores if power["idle_w"] is not None else None
-    # rates
-    measured = rates.sustained_rates(repeats, step)
     ops_doc: dict = {}
-    for fmt, kinds in measured.items():
+    for fmt, kinds in m.rates.items():
         for kind, (per_s, how) in kinds.items():
             pj = None if core_w is None else _g(core_w / per_s * 1e12)
             energy = ("energy unknown (no power figures)" if pj is None else
                       f"energy = one core's dynamic power (active - idle) / {cores} cores = {core_w:.4g} W over this rate")
             ops_doc.setdefault(fmt, {})[kind] = {
                 "pj": pj, "per_s": _g(per_s),
-                "source": f"{stamp}; rate: {how}, one core, median of {repeats}; {energy}"}
-    # operators
-    samples = operators.measure(plan, step)
-    fitted = operators.fit(samples)
-    step("fit")
-    fixed = [f.fixed_s for f in fitted if f.fixed_s > 0]
+                "source": f"{stamp}; rate: {how}, one core, median of {m.repeats}; {energy}"}
+    fixed = [f.fixed_s for f in m.operators if f.fixed_s > 0]
     call_s = float(np.median(fixed)) if fixed else 0.0
     op_docs = [{
         "operator": f.operator, "formats": f.formats, "fixed_s": _g(f.fixed_s),
-        "per_unit_s": {m: _g(v) for m, v in f.per_unit_s.items()}, "samples": f.samples,
+        "per_unit_s": {k: _g(v) for k, v in f.per_unit_s.items()}, "samples": f.samples,
         "source": (f"{stamp}; non-negative least squares (relative) over {f.samples} timed calls on the "
-                   f"calibration networks, median of {plan.steps} steps each; median fit error "
-                   f"{100 * f.median_rel_error:.1f}%")} for f in fitted]
-    # memory energies
+                   f"calibration networks, median of {m.steps} steps each; median fit error "
+                   f"{100 * f.median_rel_error:.1f}%")} for f in m.operators]
     levels_out = []
-    for i, lv in enumerate(level_docs):
+    for i, lv in enumerate(m.levels):
         pj, src = None, "energy per byte unknown (no --base)"
         if base is not None:
-            blv = _base_level(base, lv["name"], last=i == len(level_docs) - 1)
+            blv = _base_level(base, lv["name"], last=i == len(m.levels) - 1)
             pj = blv.energy_pj_per_byte
             src = f"energy per byte from --base {base.name} level {blv.name}: {blv.source}"
+        if len(m.levels) == 1:
+            src += ("; ASSUMED: no cache level was visible (sysfs " + str(machine.SYSFS_CACHE) +
+                    "), so one level, DRAM, takes all traffic")
         levels_out.append({"name": lv["name"], "capacity_bytes": lv["capacity_bytes"], "energy_pj_per_byte": pj,
                            "bandwidth_bytes_per_s": lv["bandwidth_bytes_per_s"],
                            "source": f"{stamp}; {lv['how']}; {src}"})
     doc = {
         "name": name,
-        "description": f"{cpu}, {cores} cores, {ram_total / 2**30:.1f} GiB RAM: this machine as the bundled "
-                       f"numpy trainer sees it ({'quick' if quick else 'full'} calibration)",
+        "description": f"{m.cpu}, {cores} cores, {m.ram_total / 2**30:.1f} GiB RAM: this machine as the bundled "
+                       f"numpy trainer sees it ({'quick' if m.quick else 'full'} calibration)",
         "sources": dict(base.sources) if base is not None else {},
         "memory": {
-            "ram_bytes": {"value": ram_total, "source": f"{stamp}; {ram_how}"},
-            "usable_bytes": {"value": min(ram_avail, ram_total),
+            "ram_bytes": {"value": m.ram_total, "source": f"{stamp}; {m.ram_how}"},
+            "usable_bytes": {"value": min(m.ram_available, m.ram_total),
                              "source": f"{stamp}; MemAvailable at calibration time (what a new process may use)"},
             "levels": levels_out,
         },
@@ -158,13 +179,20 @@ def calibrate(*, name: str, quick: bool = False, base: Device | None = None, idl
         "power": power,
         "trainer": {
             "implementation": f"bnncost's bundled numpy trainer, workspace {DEFAULT_WORKSPACE} B per operator",
-            "workspace_bytes": DEFAULT_WORKSPACE, "blas_threads": threads, "cores": cores, "call_s": _g(call_s),
-            "operators": op_docs,
+            "workspace_bytes": DEFAULT_WORKSPACE, "blas_threads": m.blas_threads, "cores": cores,
+            "call_s": _g(call_s), "operators": op_docs,
             "source": f"{stamp}; call_s is the median fixed cost of the fitted operators (for one not listed)",
         },
     }
     parse_device(doc, f"<calibration of {name}>")  # what is written must load
     return doc
+
+
+def calibrate(*, name: str, quick: bool = False, base: Device | None = None, idle_w: float | None = None,
+              active_w: float | None = None, progress=None, total=None) -> dict:
+    """Measure this machine; return the device document (a dict ready for YAML), validated."""
+    m = measure(quick=quick, progress=progress, total=total)
+    return document(m, name=name, base=base, idle_w=idle_w, active_w=active_w)
 
 
 def _base_level(base: Device, name: str, last: bool):

@@ -3,7 +3,7 @@
 Cache levels come from Linux sysfs (/sys/devices/system/cpu/cpu0/cache/index*: level, type, size;
 instruction caches skipped). A machine that shows none (some VMs, other systems) gets no cache
 level and the file says so; DRAM is always the last level. Bandwidth is what numpy's copy
-sustains on one core (bytes read plus written per second) for a buffer that fits in the level:
+sustains on one core (bytes read plus written per second of the process's CPU time) for a buffer that fits in the level:
 a quarter of its capacity (so source and destination both fit with room to spare), and for DRAM
 four times the largest cache (at least 64 MiB). The statistic is the median over repeats.
 """
@@ -93,10 +93,10 @@ def copy_bandwidth(nbytes: int, repeats: int) -> float:
     np.copyto(dst, src)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(inner):
             np.copyto(dst, src)
-        times.append((time.perf_counter() - t0) / inner)
+        times.append((time.process_time() - t0) / inner)
     return 2 * n * 4 / float(np.median(times))
 
 

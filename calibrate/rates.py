@@ -10,7 +10,8 @@
   (trainer.base.CHUNK_BYTES): decode from the format, the numpy ufunc of that kind in float32,
   encode back. A compare or an abs runs on the decoded values too.
 bfloat16 is not measured: numpy cannot hold it and the trainer refuses it.
-Every rate is one core's (the trainer runs one Python thread), the median of `repeats` timings.
+Every rate is one core's (the trainer runs one Python thread), the median of `repeats` timings of the
+process's CPU time (time.process_time: what other processes on a shared machine do not inflate).
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ def _median_time(fn, repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     return float(np.median(times))
 
 

@@ -112,13 +112,15 @@ def xnor_words_per_patch(node: Node) -> int:
     return nbytes
 
 
-def _formats(strategy: Strategy, family: str, event: str) -> str:
+def _formats(strategy: Strategy, family: str, event: str, binary: bool = False) -> str:
     roles = _ROLES.get((family, event), ())
     parts = [f"{r}={strategy.format_of(r)}" for r in roles]
     if family == "batchnorm":
         parts.append(f"batchnorm={strategy.batchnorm}")
     if family == "linear" and event == "backward":
         parts.append(f"weight_grad_mode={strategy.weight_grad}")
+    if family == "linear" and binary and strategy.optimizer == "bop":
+        parts.append("kernel=bits")  # Bop holds a binary layer's kernel as its sign bits (layers.storage)
     return ",".join(sorted(parts))
 
 
@@ -139,8 +141,8 @@ def _node_work(graph: Graph, node: Node, s: Strategy) -> list[OperatorWork]:
     e, o = _prod(node.in_shape), _prod(node.out_shape)
     works: list[OperatorWork] = []
 
-    def add(event: str, variant: str, units: dict[str, tuple[int, int]], fam: str | None = None) -> None:
-        works.append(OperatorWork(name, event, f"{variant}.{event}", _formats(s, fam or family, event),
+    def add(event: str, variant: str, units: dict[str, tuple[int, int]], suffix: str = "") -> None:
+        works.append(OperatorWork(name, event, f"{variant}.{event}{suffix}", _formats(s, family, event, node.binary),
                                   {k: v for k, v in units.items() if v != (0, 0)}))
 
     if family == "linear":
@@ -155,10 +157,10 @@ def _node_work(graph: Graph, node: Node, s: Strategy) -> list[OperatorWork]:
             add("forward", variant, {"gemm": (0, P * N * K), "input_values": (0, P * K if conv else 0),
                                      "output_values": (0, P * N), "weights": (W if node.binary else 0, 0)})
         dx = needs_dx and not node.first
-        back = variant + (".dx" if dx else "")
-        add("backward", back, {"gemm": (0, P * N * K * (2 if dx else 1)),
+        add("backward", variant, {"gemm": (0, P * N * K * (2 if dx else 1)),
                                "input_values": (0, P * K * (2 if dx and conv else 1)),
-                               "output_values": (0, P * N), "weights": (W * (2 if dx and node.binary else 1), 0)})
+                               "output_values": (0, P * N), "weights": (W * (2 if dx and node.binary else 1), 0)},
+            ".dx" if dx else "")
         opt = s.optimizer if (s.optimizer != "bop" or node.binary) else "adam"
         upd = f"update.{opt}.{'binary' if node.binary else 'real'}"
         works.append(OperatorWork(name, "update", upd,
@@ -167,7 +169,7 @@ def _node_work(graph: Graph, node: Node, s: Strategy) -> list[OperatorWork]:
     if kind == "batchnorm":
         C = node.channels
         add("forward", "batchnorm", {"values": (0, e), "channels": (C, 0)})
-        add("backward", "batchnorm" + (".dx" if needs_dx else ""), {"values": (0, e), "channels": (C, 0)})
+        add("backward", "batchnorm", {"values": (0, e), "channels": (C, 0)}, ".dx" if needs_dx else "")
         n = C if s.batchnorm == "l1" else 2 * C
         opt = "adam" if s.optimizer == "bop" else s.optimizer
         works.append(OperatorWork(name, "update", f"update.{opt}.batchnorm", _update_formats(s, "bn_param", "full"),

@@ -15,6 +15,8 @@ Tolerances:
 
 from __future__ import annotations
 
+import os
+
 from pydantic import BaseModel
 
 from bnncost.costmodel.memory import MemoryPlan
@@ -102,12 +104,15 @@ class TimeCheck(BaseModel):
     device: str
     steps: int  # timed steps (after the warm-up), each figure is their median
     warmup: int
+    clock: str  # "cpu" (the process's CPU time) or "wall"
+    wall_step_s: float
+    load_average: float  # 1-minute load average when the steps were timed
     phases: list[PhaseTime]
     ok: bool
 
 
 def check_time(device: str, predicted: dict[str, float], measured: dict[str, float], steps: int,
-               warmup: int) -> TimeCheck:
+               warmup: int, clock: str = "cpu", wall_step_s: float = float("nan")) -> TimeCheck:
     """Predicted seconds per phase (forward, backward, update) against measured medians; 'step' is the total."""
     total_p, total_m = sum(predicted.values()), measured.get("step", sum(measured.values()))
     rows = []
@@ -117,7 +122,9 @@ def check_time(device: str, predicted: dict[str, float], measured: dict[str, flo
         err = p / m - 1 if m > 0 else float("inf")
         ok = abs(p - m) <= TIME_TOLERANCE * m or (phase != "step" and abs(p - m) <= TIME_PHASE_FLOOR * total_m)
         rows.append(PhaseTime(phase=phase, predicted_s=p, measured_s=m, error=err, ok=ok))
-    return TimeCheck(device=device, steps=steps, warmup=warmup, phases=rows, ok=all(r.ok for r in rows))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return TimeCheck(device=device, steps=steps, warmup=warmup, clock=clock, wall_step_s=wall_step_s,
+                     load_average=load, phases=rows, ok=all(r.ok for r in rows))
 
 
 class Verification(BaseModel):
