@@ -29,11 +29,10 @@ from pydantic import BaseModel
 from bnncost.costmodel.strategy import Strategy, as_strategy
 from bnncost.layers.graph import Graph, graph_of
 from bnncost.layers.model import Model
-from bnncost.trainer import codec
 from bnncost.trainer.base import DEFAULT_WORKSPACE
-from bnncost.trainer.datasets import load_dataset
 from bnncost.trainer.errors import TrainerError
 from bnncost.trainer.network import Network
+from bnncost.trainer.run import fixed_batch
 
 
 class StepTiming(BaseModel):
@@ -61,13 +60,7 @@ def time_steps(model: str | Model | Graph, strategy: str | Strategy, *, batch: i
         raise TrainerError(f"clock must be one of {', '.join(CLOCKS)}, not {clock!r}")
     now = CLOCKS[clock]
     graph, strat = graph_of(model), as_strategy(strategy)
-    ds = load_dataset("synthetic", graph.model.input, graph.output_shape[0], seed)
-    fmt = strat.format_of("input")
-    codec.check_holdable(fmt, f"strategy {strat.name}: role input")
-    reps = -(-batch // len(ds.x_train))
-    X = codec.encode(np.concatenate([ds.x_train] * reps)[:batch], fmt)
-    y = np.concatenate([ds.y_train] * reps)[:batch]
-    idx = np.arange(batch)
+    X, y, idx = fixed_batch(graph, strat, batch, "synthetic", seed)
     net = Network(graph, strat, retention=retention, workspace_budget=workspace_budget, seed=seed)
     events: dict[str, list[float]] = defaultdict(list)
     updates: dict[str, list[float]] = defaultdict(list)
