@@ -332,7 +332,8 @@ def predict_cmd(
     out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} bytes) at {esc(m.peak_event)}")
     out.print(f"  = {formula(m.fixed_bytes, m.per_sample_bytes)} (fixed + per sample x batch)")
     if m.runtime_bytes:
-        out.print(f"  = tensors {human_bytes(m.tensor_peak_bytes)} + the engine's runtime {human_bytes(m.runtime_bytes)}")
+        out.print(f"  = tensors {human_bytes(m.tensor_peak_bytes)} + the engine's runtime "
+                  f"{human_bytes(m.runtime_bytes)}")
     if by == "role":
         fmts = role_formats(p)
         t = Table(title="Bytes at the peak, by role")
