@@ -300,11 +300,10 @@ def engines_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         return
     t = Table(title=f"Engines (pass a name, or a path to your own YAML; default {DEFAULT_ENGINE})")
     for col in ("engine", "retention", "workspace", "rules", "description"):
-        t.add_column(col, justify="right" if col == "workspace" else "left")
+        t.add_column(col, justify="right" if col in ("workspace", "rules") else "left")
     for e in rows:
-        counts = engine_rule_counts(e)
         t.add_row(esc(e.name), e.retention, human_bytes(e.workspace.budget),
-                  ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "-", esc(e.description))
+                  str(sum(engine_rule_counts(e).values())), esc(e.description))
     out.print(t)
 
 

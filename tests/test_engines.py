@@ -357,3 +357,17 @@ def test_verify_uses_the_trainer_engine(capsys):
     code, out, err = run(capsys, "verify", "digits-mlp", "-b", "8", "--steps", "1", "--json")
     doc = json.loads(out)
     assert doc["engine"] == "bnncost-trainer" and doc["workspace_budget"] == 65536 and code == 0, err
+
+
+@pytest.mark.parametrize("name", ["pytorch", EXAMPLE])
+def test_largest_batch_is_exact_with_runtime_bytes(name):
+    """Runtime bytes are a constant: the largest batch still solves peak(b) <= usable < peak(b + 1)."""
+    eng = load_engine(name)
+    plan = memory_plan(graph_of("cnv"), load_strategy("standard"), retention=eng.retention,
+                       workspace_budget=eng.workspace.budget, engine=eng)
+    assert plan.runtime_bytes > 0
+    for usable in (plan.peak_bytes(1)[0] - 1, 50 << 20, 300 << 20, 4 << 30):
+        b = plan.max_batch(int(usable))
+        if b:
+            assert plan.peak_bytes(b)[0] <= usable
+        assert plan.peak_bytes(b + 1)[0] > usable
