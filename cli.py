@@ -191,6 +191,11 @@ def strategy_option():
     return typer.Option("proposed", "--strategy", "-s", metavar="NAME|PATH", help="Strategy name or YAML path.")
 
 
+def batch_option(default: int):
+    """--batch/-b: samples per training step."""
+    return typer.Option(default, "--batch", "-b", metavar="N", help="Batch size: samples per training step.")
+
+
 def strategies_option():
     """--strategies/-S: the same option, with the same default, on every command that takes several."""
     return typer.Option(None, "--strategies", "-S", metavar="LIST", show_default=False,
@@ -317,11 +322,11 @@ def engine_rule_counts(e: Engine) -> dict[str, int]:
 def predict_cmd(
     model: str = model_argument(),
     strategy: str = strategy_option(),
-    batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(100),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
-    by: str = typer.Option("role", "--by", help="Breakdown: role, layer or variable."),
+    by: str = typer.Option("role", "--by", metavar="role|layer|variable", help="Breakdown: role, layer or variable."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -426,7 +431,7 @@ def print_device(p: Prediction) -> None:
 def summary_cmd(
     model: str = model_argument(),
     strategy: str = strategy_option(),
-    batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(100),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
@@ -478,7 +483,7 @@ def compare_cmd(
     model: str = model_argument(),
     strategies: Optional[str] = strategies_option(),
     ladder: bool = typer.Option(False, "--ladder", help="Compare the ablation ladder from standard to proposed, one change per step."),
-    batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(100),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
@@ -697,13 +702,13 @@ def print_sweep(s: Sweep) -> None:
 def verify_cmd(
     model: str = model_argument(),
     strategy: str = strategy_option(),
-    batch: int = typer.Option(32, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(32),
     steps: int = typer.Option(2, "--steps", help="Training steps to run (the first is measured)."),
     engine: str = engine_option(TRAINER_ENGINE),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
     dataset: str = typer.Option("synthetic", "--dataset", help="Data of the measured steps: synthetic (random inputs of the model's shape: memory and op counts do not depend on the values; the default), digits, mnist:DIR or cifar10:DIR."),
-    by: str = typer.Option("role", "--by", help="Variables grouped by role, or every variable."),
+    by: str = typer.Option("role", "--by", metavar="role|variable", help="Variables grouped by role, or every variable."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (whatever the verdict)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
 ) -> None:
@@ -934,7 +939,7 @@ def train_cmd(
     strategy: str = strategy_option(),
     dataset: str = typer.Option("digits", "--dataset", help="Data to train on: digits (8x8 handwritten digits shipped with the package, for the digits-* models; the default), synthetic, mnist:DIR or cifar10:DIR."),
     epochs: int = typer.Option(20, "--epochs", help="Epochs in total (a resumed run continues up to this)."),
-    batch: int = typer.Option(64, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(64),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 0.01)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and of the shuffling."),
     retention: str = typer.Option("step", "--retention", help="step: saved tensors live to the step's end; backward: freed after use."),
