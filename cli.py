@@ -847,21 +847,23 @@ def print_verification(v, by: str) -> None:
     out.print(t)
     p = v.peak
     t = Table(title="Peak of the step")
-    for col, j in (("", "left"), ("bytes", "right"), ("event", "left"), ("tolerance", "left"), ("", "left")):
-        t.add_column(col, justify=j)
-    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", esc(p.predicted_event), "", "")
-    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", esc(p.ledger_event), "exact, same event", ok if p.ledger_ok else bad)
-    t.add_row("process (tracemalloc)", f"{p.process_bytes:,}", "",
-              f"{p.process_floor_bytes:,} .. {p.process_limit_bytes:,} "
-              f"({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)", ok if p.process_ok else bad)
+    t.add_column("", no_wrap=True)
+    t.add_column("bytes", justify="right", no_wrap=True)
+    t.add_column("event\ntolerance", no_wrap=True)
+    t.add_column("", no_wrap=True)
+    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", esc(p.predicted_event), "")
+    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", f"{esc(p.ledger_event)}\nexact, same event",
+              ok if p.ledger_ok else bad)
+    t.add_row("process (tracemalloc)", f"{p.process_bytes:,}\n({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)",
+              f"\n{p.process_floor_bytes:,} .. {p.process_limit_bytes:,}", ok if p.process_ok else bad)
     out.print(t)
-    t = Table(title="Operations by phase, kind and format (must agree exactly)")
-    for col in ("phase", "kind", "format", "predicted", "measured", "difference", ""):
-        t.add_column(col, justify="right" if col in ("predicted", "measured", "difference") else "left")
+    t = Wide("Operations by phase, kind and format (must agree exactly)", ["predicted", "measured", "difference"],
+             abbreviate=False, label_header="phase kind format")
     for o in v.ops:
-        t.add_row(esc(o.phase), o.kind, o.format, f"{o.predicted:,}", f"{o.measured:,}", _diff(o.predicted, o.measured),
-                  ok if o.ok else bad)
-    out.print(t)
+        t.row(f"{esc(o.phase)} {o.kind} {o.format}", [f"{o.predicted:,}", f"{o.measured:,}",
+                                                     f"{_diff(o.predicted, o.measured)} {ok if o.ok else bad}"])
+    for obj in t.render(None if out.markdown else out.console.width):
+        out.print(obj)
     if v.ok:
         out.print("[green bold]verified[/]: every variable, the peak and every operation count agree within tolerance")
     else:
