@@ -4,7 +4,9 @@ Each JSON in benchmarks/frameworks/measurements/larq-*.json is one memray
 measurement of a steady-state standard-strategy step (benchmarks/frameworks/
 larq_measure.py records them; TensorFlow is not needed here). For every one,
 the engine must predict the tensor peak within 5% and the process peak
-(tensors + runtime) within 10%.
+(tensors + runtime) within 10%. The points it does not meet yet are listed
+below with the measured error, as strict expected failures: a fix that brings
+one within bounds makes its test fail until it leaves the list.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ MEASUREMENTS = sorted((ROOT / "benchmarks" / "frameworks" / "measurements").glob
 TENSOR_TOLERANCE = 0.05
 PROCESS_TOLERANCE = 0.10
 
+# recording stem -> why the engine misses it (kept honest: strict xfail)
+TENSOR_MISSES: dict[str, str] = {}
+PROCESS_MISSES: dict[str, str] = {}
+
+
+def _cases(misses: dict[str, str]) -> list:
+    return [pytest.param(p, id=p.stem, marks=pytest.mark.xfail(strict=True, reason=misses[p.stem]))
+            if p.stem in misses else pytest.param(p, id=p.stem) for p in MEASUREMENTS]
+
 
 def _record(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
@@ -28,6 +39,11 @@ def _record(path: Path) -> dict:
 
 def _model_ref(record: dict) -> str:
     return str(ROOT / record["model_file"]) if record.get("model_file") else record["model"]
+
+
+def test_misses_name_recordings_that_exist():
+    stems = {p.stem for p in MEASUREMENTS}
+    assert set(TENSOR_MISSES) <= stems and set(PROCESS_MISSES) <= stems
 
 
 def test_the_recordings_cover_the_zoo_and_residual_models():
@@ -41,12 +57,21 @@ def test_the_recordings_cover_the_zoo_and_residual_models():
     assert len(residual) >= 2
 
 
-@pytest.mark.parametrize("path", MEASUREMENTS, ids=lambda p: p.stem)
-def test_larq_engine_predicts_the_measured_peaks(path: Path):
+def _errors(path: Path) -> tuple[float, float]:
     record = _record(path)
     assert record["engine"] == "larq" and record["strategy"] == "standard"
     memory = predict(_model_ref(record), "standard", record["batch"], engine="larq").memory
-    tensor_error = memory.tensor_peak_bytes / record["tensor_peak_bytes"] - 1
-    process_error = memory.process_peak_bytes / record["process_peak_bytes"] - 1
+    return (memory.tensor_peak_bytes / record["tensor_peak_bytes"] - 1,
+            memory.process_peak_bytes / record["process_peak_bytes"] - 1)
+
+
+@pytest.mark.parametrize("path", _cases(TENSOR_MISSES))
+def test_larq_engine_predicts_the_measured_tensor_peak(path: Path):
+    tensor_error, _ = _errors(path)
     assert abs(tensor_error) <= TENSOR_TOLERANCE, f"tensor peak off by {tensor_error:+.1%}"
+
+
+@pytest.mark.parametrize("path", _cases(PROCESS_MISSES))
+def test_larq_engine_predicts_the_measured_process_peak(path: Path):
+    _, process_error = _errors(path)
     assert abs(process_error) <= PROCESS_TOLERANCE, f"process peak off by {process_error:+.1%}"

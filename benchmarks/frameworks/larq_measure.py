@@ -1,6 +1,6 @@
 """Measure the heap of one steady-state Larq/Keras training step with memray, and record it as JSON.
 
-    python benchmarks/frameworks/larq_measure.py MODEL --batch B [--out DIR] [--attribute] [--pooled]
+    python benchmarks/frameworks/larq_measure.py MODEL --batch B [--out DIR] [--attribute [baseline]] [--pooled]
 
 MODEL is a zoo name or a model YAML. One process measures one (model, batch):
 1. environment before TensorFlow loads: one thread (OMP_NUM_THREADS=1, then
@@ -14,7 +14,9 @@ MODEL is a zoo name or a model YAML. One process measures one (model, batch):
 3. one memray tracker from there to the end: build the model, compile it
    (Adam, standard strategy), create the batch (float32 data, int32 labels,
    made by TF), run three warm-up steps (the first traces the step and makes
-   Adam's slots), then the measured step between two marker allocations.
+   Adam's slots), collect Python's cyclic garbage (what tracing left), then
+   three measured steps, each between two marker allocations, with the
+   collector off.
    Replaying every allocation and free gives the heap when the step starts
    (the baseline: weights, batchnorm variables, Adam's m and v, the batch,
    the traced graphs and kernels) and the step's peak.
@@ -31,6 +33,7 @@ the bytes it allocated in the step that are live at the step's peak.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -101,7 +104,7 @@ def _kernel_of(stack) -> str:
 _FREES = {"FREE", "MUNMAP", "PYMALLOC_FREE"}  # AllocatorType names that release memory
 
 
-def walk(path: Path, attribute: bool) -> dict:
+def walk(path: Path, attribute: str | None) -> dict:
     """Replay every allocation and free from the import on: per marked step, the heap at its start and its peak.
 
     One tracker spans the whole run, so a buffer allocated before a step and
@@ -112,6 +115,8 @@ def walk(path: Path, attribute: bool) -> dict:
 
     frees = {int(getattr(memray.AllocatorType, name)) for name in _FREES}
     live: dict[int, int] = {}
+    records: dict[int, object] = {}  # address -> record, with --attribute only
+    at_first_step: list = []
     born_in_step: dict[int, object] = {}
     heap = warmup_peak = 0
     steps: list[dict] = []
@@ -125,8 +130,12 @@ def walk(path: Path, attribute: bool) -> dict:
             if gone is not None:
                 heap -= gone
                 born_in_step.pop(rec.address, None)
+                records.pop(rec.address, None)
             continue
         if size == MARK_STEP_START:
+            if attribute and not steps:
+                at_first_step = list(records.values())
+                records = {}
             in_step = True
             steps.append({"baseline": heap, "peak": heap})
             born_in_step = {}
@@ -137,6 +146,8 @@ def walk(path: Path, attribute: bool) -> dict:
             continue
         live[rec.address] = size
         heap += size
+        if attribute == "baseline" and not steps:
+            records[rec.address] = rec
         if not steps:
             warmup_peak = max(warmup_peak, heap)
         elif in_step:
@@ -149,14 +160,20 @@ def walk(path: Path, attribute: bool) -> dict:
         raise RuntimeError(f"{path}: the step markers are missing from memray's records")
     out = {"steps": steps, "warmup_peak": warmup_peak}
     if attribute:
-        by_kernel: dict[str, list[int]] = {}
-        for rec in at_peak:
-            entry = by_kernel.setdefault(_kernel_of(rec.native_stack_trace(max_stacks=40)), [0, 0])
-            entry[0] += rec.size
-            entry[1] += 1
-        rows = [{"kernel": k, "bytes": v[0], "allocations": v[1]} for k, v in by_kernel.items()]
-        out["kernels"] = sorted(rows, key=lambda r: -r["bytes"])[:60]
+        out["kernels"] = _by_kernel(at_peak)
+        if attribute == "baseline":
+            out["baseline_kernels"] = _by_kernel(at_first_step)
     return out
+
+
+def _by_kernel(records: list) -> list[dict]:
+    by_kernel: dict[str, list[int]] = {}
+    for rec in records:
+        entry = by_kernel.setdefault(_kernel_of(rec.native_stack_trace(max_stacks=40)), [0, 0])
+        entry[0] += rec.size
+        entry[1] += 1
+    rows = [{"kernel": k, "bytes": v[0], "allocations": v[1]} for k, v in by_kernel.items()]
+    return sorted(rows, key=lambda r: -r["bytes"])[:60]
 
 
 def graph_ops(step, x, y, layer_names: list[str]) -> dict:
@@ -195,7 +212,7 @@ def _finish_import(tf, lq) -> None:
     tf.keras.backend.clear_session()
 
 
-def measure(model_ref: str, batch: int, *, attribute: bool, pooled: bool) -> dict:
+def measure(model_ref: str, batch: int, *, attribute: str | None, pooled: bool) -> dict:
     env = _set_environment(pooled)
     import memray
     import numpy as np
@@ -213,7 +230,7 @@ def measure(model_ref: str, batch: int, *, attribute: bool, pooled: bool) -> dic
     _finish_import(tf, lq)
     tmp = Path(tempfile.mkdtemp(prefix="larq-measure-"))
     t0 = time.time()
-    with memray.Tracker(tmp / "run.bin", native_traces=attribute):
+    with memray.Tracker(tmp / "run.bin", native_traces=bool(attribute)):
         model = build_larq_model(graph)
         compile_standard(model)
         classes = graph.output_shape[0]
@@ -223,10 +240,13 @@ def measure(model_ref: str, batch: int, *, attribute: bool, pooled: bool) -> dic
         step = train_step_function(model)
         for _ in range(3):  # the first traces the step and makes Adam's slots
             step(x, y)
+        gc.collect()  # tracing leaves cyclic garbage (FuncGraphs); the baseline is what the process keeps
+        gc.disable()
         for _ in range(MEASURED_STEPS):
             _mark(MARK_STEP_START)
             loss = step(x, y)["loss"]
             _mark(MARK_STEP_END)
+        gc.enable()
     seconds = time.time() - t0
     heap = walk(tmp / "run.bin", attribute)
     for f in tmp.iterdir():
@@ -287,6 +307,9 @@ def measure(model_ref: str, batch: int, *, attribute: bool, pooled: bool) -> dic
         record["attribution"] = {
             "what": "bytes allocated in the step and live at its peak, by the innermost TensorFlow kernel",
             "kernels": heap["kernels"],
+            **({"baseline_what": "bytes live when the first measured step starts (allocated since the import), "
+                                 "by the innermost TensorFlow function",
+                "baseline_kernels": heap["baseline_kernels"]} if "baseline_kernels" in heap else {}),
         }
     return record
 
@@ -301,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model")
     p.add_argument("--batch", type=int, required=True)
     p.add_argument("--out", type=Path, default=MEASUREMENTS)
-    p.add_argument("--attribute", action="store_true", help="record native stacks: bytes at the peak per kernel")
+    p.add_argument("--attribute", nargs="?", const="step", choices=["step", "baseline"],
+                   help="record native stacks: bytes at the step's peak per kernel (and, with 'baseline', "
+                        "the bytes live before the step too: slow)")
     p.add_argument("--pooled", action="store_true", help="leave oneDNN's pooled allocator on (hides step tensors)")
     p.add_argument("--print", action="store_true", help="print the record instead of writing it")
     args = p.parse_args(argv)
