@@ -54,16 +54,6 @@ def _set_environment(pooled: bool) -> dict[str, str]:
     return env
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 MARK_STEP_START = 3_141_593  # odd malloc sizes no TensorFlow buffer has: they mark the
 MARK_STEP_END = 2_718_283  # measured steps in memray's record stream
 MEASURED_STEPS = 3  # the recorded step peak is the largest of these (TF's op order can vary a little)
@@ -222,6 +212,7 @@ def measure(model_ref: str, batch: int, *, attribute: str | None, pooled: bool) 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     sys.path.insert(0, str(HERE))
+    from common import cpu_name
     from larq_model import build_larq_model, compile_standard, train_step_function
 
     from bnncost.layers.graph import graph_of
@@ -282,7 +273,7 @@ def measure(model_ref: str, batch: int, *, attribute: str | None, pooled: bool) 
             "memray": getattr(memray, "__version__", ""), "numpy": np.__version__,
         },
         "python": platform.python_version(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "baseline": "heap live (since `import tensorflow, larq`) when the measured step starts: after model build, "
                     "compile, batch creation and three warm-up steps",
         "tensor_peak_bytes": persistent + data + above,
