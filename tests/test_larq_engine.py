@@ -28,8 +28,9 @@ PROCESS_TOLERANCE = 0.10
 # oneDNN's per-shape kernels and caches, which the probes' tiny shapes overstate for dense models and
 # understate for the 32x32 residual model.
 TENSOR_MISSES: dict[str, str] = {
-    "larq-digits-cnn-standard-b16": "tensor peak -10.4%: ~150 KB of per-step state a small model shows, not modelled",
-    "larq-digits-mlp-standard-b64": "tensor peak +6.0%: ~150 KB of per-step state a small model shows, not modelled",
+    "larq-digits-cnn-standard-b16": "tensor peak -10.4%; cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)",
+    "larq-digits-mlp-standard-b64": "tensor peak +6.0%; cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)",
+    "larq-larq-resnet-b-standard-b64": "tensor peak -5.4%; cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)",
 }
 PROCESS_MISSES: dict[str, str] = {
     "larq-digits-cnn-standard-b16": "process peak +12.8%: runtime measured 28.7 MiB, predicted 32.6 MiB",
@@ -40,6 +41,8 @@ PROCESS_MISSES: dict[str, str] = {
     "larq-larq-resnet-a-standard-b32": "process peak -10.2%: runtime measured 49.2 MiB, predicted 40.3 MiB",
     "larq-larq-resnet-a-standard-b64": "process peak -12.2%: runtime measured 54.2 MiB, predicted 40.3 MiB",
     "larq-larq-resnet-a-standard-b8": "process peak -23.4%: runtime measured 56.1 MiB, predicted 40.3 MiB",
+    "larq-larq-resnet-b-standard-b64": "process peak -11.1%: runtime measured 53.2 MiB, predicted 45.4 MiB",
+    "larq-larq-resnet-b-standard-b8": "process peak -26.0%: runtime measured 63.5 MiB, predicted 45.4 MiB",
     "larq-mlp-standard-b100": "process peak +18.2%: runtime measured 30.5 MiB, predicted 37.1 MiB",
     "larq-mlp-standard-b256": "process peak +17.4%: runtime measured 30.4 MiB, predicted 37.1 MiB",
     "larq-mlp-standard-b32": "process peak +17.8%: runtime measured 30.4 MiB, predicted 37.1 MiB",
