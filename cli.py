@@ -372,7 +372,7 @@ def predict_cmd(
                       f"{esc(v.alloc_event)}\n{esc(v.free_event)}")
     out.print(t)
     print_ops(p)
-    if p.energy is not None:
+    if p.time is not None:
         print_device(p)
 
 
@@ -408,15 +408,24 @@ def print_device(p: Prediction) -> None:
     t.add_column("per step", justify="right")
     t.add_column("per sample", justify="right")
     t.add_column(f"per epoch ({tm.epoch_samples:,} samples)" if tm.epoch_samples else "per epoch", justify="right")
-    t.add_row("[bold]energy[/]", f"[bold]{si(e.joules_per_step, 'J')}[/]", si(e.joules_per_sample, "J"),
-              si(e.joules_per_epoch, "J") if e.joules_per_epoch is not None else "-")
-    t.add_row("├─ compute", si(e.compute_j, "J"), "", "")
-    t.add_row("├─ memory traffic", si(e.memory_j, "J"), "", "")
-    t.add_row("└─ static (idle x time)", si(e.static_j, "J"), "", "")
-    t.add_row("dynamic (compute+memory)", si(e.dynamic_j, "J"), "", "")
+    if e is None:
+        t.add_row("[bold]energy[/]", "unavailable", "unavailable", "unavailable")
+    else:
+        t.add_row("[bold]energy[/]", f"[bold]{si(e.joules_per_step, 'J')}[/]", si(e.joules_per_sample, "J"),
+                  si(e.joules_per_epoch, "J") if e.joules_per_epoch is not None else "-")
+        t.add_row("├─ compute", si(e.compute_j, "J"), "", "")
+        t.add_row("├─ memory traffic", si(e.memory_j, "J"), "", "")
+        t.add_row("└─ static (idle x time)", si(e.static_j, "J"), "", "")
+        t.add_row("dynamic (compute+memory)", si(e.dynamic_j, "J"), "", "")
     t.add_row("[bold]time[/]", f"[bold]{si(tm.seconds_per_step, 's')}[/]", si(tm.seconds_per_sample, "s"),
               si(tm.seconds_per_epoch, "s") if tm.seconds_per_epoch is not None else "-")
+    for event, sec in (tm.seconds_by_event or {}).items():
+        t.add_row(f"  {event}", si(sec, "s"), "", "")
     out.print(t)
+    out.print(f"Time: {tm.basis}" + (" (the trainer's operator costs measured on this machine)"
+                                     if tm.seconds_by_event else " (counts over peak rates: real code is slower)"))
+    if p.energy_unavailable:
+        out.print(f"Energy: {p.energy_unavailable}")
     verdict = "[green]fits[/]" if f.fits else "[red]does not fit[/]"
     out.print(f"Memory: peak {human_bytes(p.memory.peak_bytes)} {verdict} in {human_bytes(f.usable_bytes)} usable; "
               f"largest batch that fits: [bold]{f.max_batch:,}[/]")
@@ -520,13 +529,16 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
     t.row("peak = fixed", [human_bytes(p.memory.fixed_bytes) for p in preds])
     t.row("  + per sample x batch", [human_bytes(p.memory.per_sample_bytes) for p in preds])
     t.row("peak event", [esc(p.memory.peak_event).replace(":", ":\n", 1) for p in preds])
-    if p0.energy is not None:
+    if p0.time is not None:
         t.section()
-        t.row("[bold]energy per step[/]", [f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
-        t.row("├─ compute", [si(p.energy.compute_j, "J") for p in preds])
-        t.row("├─ memory traffic", [si(p.energy.memory_j, "J") for p in preds])
-        t.row("└─ static (idle x time)", [si(p.energy.static_j, "J") for p in preds])
-        t.row("energy saving", [f"{c.savings[p.strategy]['joules_per_step_ratio']:.2f}x" for p in preds])
+        if p0.energy is None:
+            t.row("[bold]energy per step[/]", ["unavailable" for _ in preds])
+        else:
+            t.row("[bold]energy per step[/]", [f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
+            t.row("├─ compute", [si(p.energy.compute_j, "J") for p in preds])
+            t.row("├─ memory traffic", [si(p.energy.memory_j, "J") for p in preds])
+            t.row("└─ static (idle x time)", [si(p.energy.static_j, "J") for p in preds])
+            t.row("energy saving", [f"{c.savings[p.strategy]['joules_per_step_ratio']:.2f}x" for p in preds])
         t.row("[bold]time per step[/]", [f"[bold]{si(p.time.seconds_per_step, 's')}[/]" for p in preds])
         t.row("time saving", [f"{c.savings[p.strategy]['seconds_per_step_ratio']:.2f}x" for p in preds])
         t.row(f"fits in {human_bytes(p0.fit.usable_bytes)}", ["[green]yes[/]" if p.fit.fits else "[red]no[/]"
@@ -673,7 +685,8 @@ def print_sweep(s: Sweep) -> None:
                     cells.append(peak)
                     continue
                 fits = line.fits[i]
-                cells += [peak if fits else f"[red]{peak} x[/]", si(line.joules_per_sample[i], "J"),
+                joules = "unavailable" if line.joules_per_sample is None else si(line.joules_per_sample[i], "J")
+                cells += [peak if fits else f"[red]{peak} x[/]", joules,
                           si(line.seconds_per_sample[i], "s")]
                 if not fits and (i == 0 or line.fits[i - 1]):  # the first batch that does not fit
                     notes.append(f"{esc(line.strategy)} stops fitting (largest batch {line.max_batch:,})")
@@ -704,6 +717,9 @@ def verify_cmd(
     workspace: Optional[str] = workspace_option(None),
     dataset: str = typer.Option("synthetic", "--dataset", help="Data of the measured steps: synthetic (random inputs of the model's shape: memory and op counts do not depend on the values; the default), digits, mnist:DIR or cifar10:DIR."),
     by: str = typer.Option("role", "--by", help="Variables grouped by role, or every variable."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="A device file written by bnncost calibrate on this machine: also time the trainer's steps against the predicted step time."),
+    time_steps: int = typer.Option(5, "--time-steps", help="With --device: steps timed after one warm-up step (the median is compared)."),
+    clock: str = typer.Option("cpu", "--clock", help="With --device: cpu (the process's CPU time: other processes' turns on a shared machine not counted; what calibrate measures) or wall."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (whatever the verdict)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
 ) -> None:
@@ -714,9 +730,19 @@ def verify_cmd(
     output_mode(as_json, markdown)
     if by not in ("role", "variable"):
         raise BadInput(f"--by must be role or variable, not '{by}'")
+    dev = open_device(device)
+    if dev is not None and dev.trainer is None:
+        raise BadInput(f"--device {device}: has no measured trainer costs (a shipped board's times are peak-rate "
+                       "lower bounds); run bnncost calibrate on this machine and pass its file")
+    if time_steps < 1:
+        raise BadInput(f"--time-steps must be a positive integer, not {time_steps}")
+    if clock not in ("cpu", "wall"):
+        raise BadInput(f"--clock must be cpu or wall, not '{clock}'")
     with trainer_progress(f"verify {model}: {steps} step(s) of batch {batch}") as on_event:
         v = run_verification(model, strategy, batch, steps=steps, dataset=dataset, on_event=on_event,
                              **implementation(engine, retention, workspace))
+    if dev is not None:
+        v = with_time_check(v, model, strategy, dev, time_steps, clock)
     if as_json:
         emit_json(v.to_json())
     else:
@@ -769,6 +795,25 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
     return verify_against(plan, count_ops(graph, strat), batch, Measurement(**measured.measurement()),
                           model=graph.model.name, strategy=strat.name, engine=eng.name, retention=retention,
                           workspace_budget=workspace_budget)
+
+
+def with_time_check(v, model: str, strategy: str, device: Device, steps: int, clock: str = "cpu"):
+    """The verification with the trainer's median step time (and per phase) against the prediction."""
+    from bnncost.costmodel.verification import check_time
+    from bnncost.trainer.timing import time_steps as time_trainer
+
+    p = predict(model, strategy, v.batch_size, device=device, retention=v.retention,
+                workspace_budget=v.workspace_budget)
+    t = time_trainer(model, strategy, batch=v.batch_size, steps=steps, warmup=1,
+                     workspace_budget=v.workspace_budget or 65536, retention=v.retention, clock=clock)
+    measured = {"forward": 0.0, "backward": 0.0, "update": 0.0}
+    for event, sec in t.events_s.items():
+        phase = event.split(":", 1)[0]
+        if phase in measured:
+            measured[phase] += sec
+    measured["step"] = t.step_s
+    tc = check_time(device.name, p.time.seconds_by_event, measured, t.steps, t.warmup, clock, t.wall_step_s)
+    return v.model_copy(update={"time": tc, "ok": v.ok and tc.ok})
 
 
 def available_memory_bytes() -> int | None:
@@ -857,13 +902,31 @@ def print_verification(v, by: str) -> None:
         t.add_row(esc(o.phase), o.kind, o.format, f"{o.predicted:,}", f"{o.measured:,}", _diff(o.predicted, o.measured),
                   ok if o.ok else bad)
     out.print(t)
+    if v.time is not None:
+        from bnncost.costmodel.verification import TIME_PHASE_FLOOR, TIME_TOLERANCE
+
+        tc = v.time
+        t = Table(title=f"Time per step on {tc.device} ({tc.clock} time, median of {tc.steps} steps after {tc.warmup} warm-up; "
+                        f"tolerance: step ±{100 * TIME_TOLERANCE:.0f}%, each phase ±{100 * TIME_TOLERANCE:.0f}% "
+                        f"or ±{100 * TIME_PHASE_FLOOR:.0f}% of the step)")
+        for col in ("phase", "predicted", "measured", "error", ""):
+            t.add_column(col, justify="left" if col in ("phase", "") else "right")
+        for r in tc.phases:
+            t.add_row(r.phase, si(r.predicted_s, "s"), si(r.measured_s, "s"), f"{100 * r.error:+.1f}%",
+                      ok if r.ok else bad)
+        out.print(t)
+        if tc.clock == "cpu":
+            out.print(f"[dim]wall time of the step: {si(tc.wall_step_s, 's')} (load average "
+                      f"{tc.load_average:.1f}: other processes' turns on the cores count there, not in CPU time)[/]")
     if v.ok:
-        out.print("[green bold]verified[/]: every variable, the peak and every operation count agree within tolerance")
+        out.print("[green bold]verified[/]: every variable, the peak and every operation count agree within tolerance"
+                  + (", and so does the step time" if v.time is not None else ""))
     else:
         n = sum(not c.ok for c in v.variables)
         out.print(f"[red bold]not verified[/]: {n} variable(s), "
                   f"{'the ledger peak, ' if not p.ledger_ok else ''}{'the process peak, ' if not p.process_ok else ''}"
-                  f"{len(v.op_mismatches)} op count(s) disagree")
+                  f"{len(v.op_mismatches)} op count(s) disagree"
+                  + ("" if v.time is None or v.time.ok else "; the step time is outside its tolerance"))
 
 
 SWEEP_TABLE_ROWS = 64
@@ -924,6 +987,51 @@ def knobs(retention: str | None, workspace: str | int | None) -> dict:
 def implementation(engine: str | None, retention: str | None, workspace: "str | int | None") -> dict:
     """The engine (loaded, so a bad one is refused before any work) and the knobs that override it."""
     return {"engine": load_engine(engine or DEFAULT_ENGINE), **knobs(retention, workspace)}
+
+
+# ---------------------------------------------------------------- calibrate (this machine)
+
+@app.command("calibrate")
+def calibrate_cmd(
+    out_file: str = typer.Option("calibrated.yaml", "--out", "-o", help="Device YAML to write (atomically)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Device name in the file (default: calibrated-HOSTNAME)."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer strategies, batches and repeats: under a minute on a quiet machine."),
+    base: Optional[str] = typer.Option(None, "--base", help="A shipped board (or device YAML) whose power and energy per byte to take, sources kept."),
+    idle_w: Optional[float] = typer.Option(None, "--idle-w", help="This machine's idle power in W (with --active-w)."),
+    active_w: Optional[float] = typer.Option(None, "--active-w", help="This machine's power with every core busy, in W."),
+) -> None:
+    """Measure this machine running the bundled trainer and write a device YAML of what it sustains.
+
+    Pass the file with --device: predict/compare/sweep then predict the trainer's real step time here
+    (and verify --device checks it). Without --base or --idle-w/--active-w, energy is unavailable.
+    """
+    import platform
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bnncost.calibrate import CalibrationError, calibrate, write_device
+    from bnncost.calibrate.device import check_inputs
+
+    try:
+        base_device = check_inputs(out_file, base, idle_w, active_w)
+    except CalibrationError as exc:
+        raise BadInput(str(exc)) from None
+    device_name = name or f"calibrated-{platform.node() or 'host'}"
+    progress = Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[what]}"), console=Console(stderr=True), transient=True)
+    with progress:
+        task = progress.add_task("", total=None, what="")
+        doc = calibrate(name=device_name, quick=quick, base=base_device, idle_w=idle_w, active_w=active_w,
+                        total=lambda n: progress.update(task, total=n),
+                        progress=lambda what: progress.update(task, advance=1, what=what))
+    write_device(doc, out_file)
+    levels = ", ".join(f"{lv['name']} {human_bytes(lv['capacity_bytes'])} {lv['bandwidth_bytes_per_s'] / 1e9:.3g} GB/s"
+                       for lv in doc["memory"]["levels"])
+    out.print(f"wrote [bold]{out_file}[/] ({doc['name']}): {len(doc['trainer']['operators'])} trainer operators, "
+              f"memory {levels}; energy "
+              + ("unavailable (no --base or --idle-w/--active-w)" if doc["power"]["idle_w"] is None else "from "
+                 + (f"--base {base_device.name}" if base_device is not None else "--idle-w/--active-w")))
+    out.print(f"use it: bnncost predict MODEL --device {out_file}    check it: bnncost verify MODEL --device {out_file}")
 
 
 # ---------------------------------------------------------------- train (the bundled trainer)
