@@ -135,7 +135,7 @@ def memory_plan(graph: Graph, strategy: Strategy, *, retention: str = "step", wo
     index = {e: i for i, e in enumerate(events)}
     variables: list[Variable] = []
     for s in stored_variables(graph, batchnorm=strategy.batchnorm, optimizer=strategy.optimizer, retention=retention):
-        fmt = s.fixed_format or strategy.format_of(s.role)
+        fmt = s.format_in(strategy.format_of)
         if s.batched:
             fixed, per, shape = 0, batched_bytes(fmt, s.shape), ("B", *s.shape)
         else:

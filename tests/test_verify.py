@@ -14,7 +14,11 @@ from test_cli import run
 RESIDUAL = str(Path(__file__).parent / "data" / "small-residual.yaml")
 STRATEGIES = ["standard", "ladder-1-binary-activations", "ladder-2-l1-batchnorm", "ladder-3-binary-dw",
               "proposed", "proposed-po2", "bop"]
-MODELS = [("mlp", 16), ("digits-mlp", 16), ("digits-cnn", 8), (RESIDUAL, 4), ("cnv", 2)]
+DATA = Path(__file__).parent / "data"
+# odd-binary: sign outputs of 5 channels (not a multiple of 8) pooled with padding, added in a residual,
+# flattened and fed to a full-precision layer; pooled-signs: signs averaged and relu'd (METHOD 4.2)
+MODELS = [("mlp", 16), ("digits-mlp", 16), ("digits-cnn", 8), (RESIDUAL, 4), ("cnv", 2),
+          (str(DATA / "odd-binary.yaml"), 4), (str(DATA / "pooled-signs.yaml"), 3)]
 
 
 @pytest.mark.parametrize("retention", ["step", "backward"])

@@ -4,8 +4,9 @@ The context hands operators their buffers, always through the ledger:
 - `save`: what a layer keeps for its backward (names, roles and lifetimes of
   `layers.storage.stored_variables`), in the strategy's format;
 - `output`: the forward activation handed to the next layer (`<layer>.output`,
-  role `activation`, `real_input` format), freed after the forward of its
-  last consumer (layers.storage.forward_outputs);
+  role `activation`, `real_input` format, or `binary_input` when its values
+  are +1/-1 by construction: a sign's, a max-pool's of such a tensor), freed
+  after the forward of its last consumer (layers.storage.forward_outputs);
 - `scratch`: workspace of `layers.scratch`, holding `rows_held(total, row
   bytes, budget)` rows (METHOD 4.1; total = rows per sample x B + fixed
   rows, the weight rows of sign_weight, weight_signs and dw_accum, which an
@@ -109,11 +110,15 @@ class Context:
             raise RuntimeError(f"{name}: shape {shape} differs from layers.storage {full}")
         return self.ledger.alloc(name, node.name, role, fmt, full, free_at=s.free)
 
+    def out_fmt(self, node: Node) -> str:
+        """The format of this node's forward output: real_input, or binary_input for +1/-1 values."""
+        return self.stored[f"{node.name}.output"].format_in(self.fmt)
+
     def output(self, node: Node) -> np.ndarray:
-        """The forward activation this node hands on (layers.storage.forward_outputs), in real_input."""
+        """The forward activation this node hands on (layers.storage.forward_outputs), in `out_fmt`."""
         name = f"{node.name}.output"
         s = self.stored[name]
-        return self.ledger.alloc(name, node.name, "activation", self.fmt("activation"), (self.batch, *s.shape),
+        return self.ledger.alloc(name, node.name, "activation", self.out_fmt(node), (self.batch, *s.shape),
                                  free_at=s.free)
 
     def scratch(self, node: Node, short: str, total_rows: int | None = None) -> tuple[np.ndarray, str] | None:

@@ -102,6 +102,32 @@ def unpack_into(packed: np.ndarray, n: int, out: np.ndarray, mode: str = "sign")
         out[...] = table[packed].reshape(*packed.shape[:-1], nb * 8)[..., :n]
 
 
+def rows(x: np.ndarray, fmt: str, n: int) -> np.ndarray:
+    """A stored tensor whose last logical axis has n elements, as 2-D rows of that axis."""
+    return x.reshape(-1, stored_shape(fmt, (n,))[-1])
+
+
+def unpack_bits(packed: np.ndarray, n: int, group: int | None = None) -> np.ndarray:
+    """Packed rows (r, bytes) -> booleans (r, n); `group`: the bytes hold groups of `group` bits,
+    each packed on its own (a flattened packed tensor whose last axis was `group` long)."""
+    if group is None or group % 8 == 0:
+        return np.unpackbits(packed, axis=-1, count=n).view(bool)
+    per = -(-group // 8)
+    g = packed.reshape(packed.shape[0], -1, per)
+    return np.unpackbits(g, axis=-1, count=group).view(bool).reshape(packed.shape[0], n)
+
+
+def store_signs(bits: np.ndarray, dst: np.ndarray, fmt: str) -> None:
+    """Store +1 where `bits` holds, else -1, into `dst` held in `fmt` (a binary tensor: METHOD 4.2)."""
+    if fmt == "bool":
+        pack_into(bits, dst)
+    elif fmt == "po2":
+        np.copyto(dst, np.where(bits, np.int8(64), np.int8(-64)))  # the po2 code of +-1 is +-64
+    else:
+        one = dst.dtype.type(1)
+        np.copyto(dst, np.where(bits, one, -one))
+
+
 def pack_into(bits: np.ndarray, out: np.ndarray) -> None:
     """Pack a boolean array (..., n) into `out` (..., ceil(n/8))."""
     out[...] = np.packbits(bits, axis=-1)
