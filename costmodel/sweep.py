@@ -13,9 +13,11 @@ import numpy as np
 from pydantic import BaseModel
 
 from bnncost.costmodel.energy import EnergyModel
+from bnncost.costmodel.engine import Engine, as_engine
 from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.ops import count_ops, count_traffic
-from bnncost.costmodel.strategy import Strategy, as_strategy
+from bnncost.costmodel.prediction import implementation_knobs
+from bnncost.costmodel.strategy import Strategy, as_strategy, strategy_labels
 from bnncost.layers.graph import graph_of
 
 SWEEP_SCHEMA = "bnncost.sweep/1"
@@ -35,6 +37,7 @@ class SweepLine(BaseModel):
 class Sweep(BaseModel):
     model: str
     batches: list[int]
+    engine: str
     retention: str
     workspace_budget: int
     device: str | None = None
@@ -74,32 +77,36 @@ def parse_batches(spec: str, log: bool = False) -> list[int]:
     return values
 
 
-def sweep(model, strategies: list[str | Strategy], batches: list[int], *, retention: str = "step",
-          workspace_budget: int = 0, device=None) -> Sweep:
+def sweep(model, strategies: list[str | Strategy], batches: list[int], *, engine: str | Engine | None = None,
+          retention: str | None = None, workspace_budget: int | None = None, device=None) -> Sweep:
+    """Peaks (process peaks: tensors + the engine's runtime bytes) of every strategy at every batch size."""
     graph = graph_of(model)
+    eng = as_engine(engine)
+    retention, workspace_budget = implementation_knobs(eng, retention, workspace_budget)
     bs = np.asarray(batches, dtype=np.float64)
     lines = []
-    for ref in strategies:
-        strat = as_strategy(ref)
-        plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
+    strats = [as_strategy(ref) for ref in strategies]
+    for strat, label in zip(strats, strategy_labels(strats)):
+        plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget, engine=eng)
         live = plan.live_bytes(bs)
         peaks = live.max(axis=0)
         line = SweepLine(
-            strategy=strat.name,
+            strategy=label,
             peak_bytes=[int(round(p)) for p in peaks],
             peak_event=[plan.events[i] for i in live.argmax(axis=0)],
         )
         if device is not None:
             usable = device.memory.usable_bytes
             et = EnergyModel(count_ops(graph, strat), count_traffic(graph, strat, plan), device,
-                             context=f"{strat.name}: ").evaluate(bs)
+                             context=f"{label}: ").evaluate(bs)
             line.fits = [bool(p <= usable) for p in peaks]
             line.max_batch = plan.max_batch(usable)
             line.joules_per_sample = (et.joules / bs).tolist()
             line.seconds_per_sample = (et.seconds / bs).tolist()
         lines.append(line)
     return Sweep(
-        model=graph.model.name, batches=list(batches), retention=retention, workspace_budget=workspace_budget,
+        model=graph.model.name, batches=list(batches), engine=eng.name, retention=retention,
+        workspace_budget=workspace_budget,
         device=device.name if device is not None else None,
         usable_bytes=device.memory.usable_bytes if device is not None else None, lines=lines,
     )
