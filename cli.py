@@ -776,6 +776,8 @@ def print_verification(v, by: str) -> None:
             t.add_row(role, str(len(cs)), human_bytes(pb), human_bytes(mb), _diff(pb, mb),
                       ok if not wrong else f"{bad}: {esc(', '.join(wrong[:4]))}{' ...' if len(wrong) > 4 else ''}")
     out.print(t)
+    from bnncost.costmodel.verification import PROCESS_BELOW_FRACTION, PROCESS_MARGIN_BYTES, PROCESS_MARGIN_FRACTION
+
     p = v.peak
     t = Table(title="Peak of the step")
     for col, j in (("", "left"), ("bytes", "right"), ("event", "left"), ("tolerance", "left"), ("", "left")):
@@ -783,8 +785,9 @@ def print_verification(v, by: str) -> None:
     t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", esc(p.predicted_event), "", "")
     t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", esc(p.ledger_event), "exact, same event", ok if p.ledger_ok else bad)
     t.add_row("process (tracemalloc)", f"{p.process_bytes:,}", "",
-              f"{p.process_floor_bytes:,} .. {p.process_limit_bytes:,} "
-              f"({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)", ok if p.process_ok else bad)
+              f"{p.process_floor_bytes:,} .. {p.process_limit_bytes:,} (-{PROCESS_BELOW_FRACTION:.0%} .. "
+              f"+{PROCESS_MARGIN_FRACTION:.0%} + {human_bytes(PROCESS_MARGIN_BYTES)}; "
+              f"{100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)", ok if p.process_ok else bad)
     out.print(t)
     t = Table(title="Operations by phase, kind and format (must agree exactly)")
     for col in ("phase", "kind", "format", "predicted", "measured", "difference", ""):

@@ -12,9 +12,9 @@ The context hands operators their buffers, always through the ledger:
   rows, the weight rows of sign_weight, weight_signs and dw_accum, which an
   operator then works through block by block) and freed at the end of the
   operator's event. With budget 0 the model has no scratch at all; numpy
-  still needs working memory, so the operator gets the same chunk sizing from
-  the default budget as an untracked temporary (it shows in tracemalloc, not
-  in the ledger);
+  still needs working memory, so the operator gets its chunks sized under
+  UNTRACKED_WORKSPACE (4 KiB) as untracked temporaries (they show in
+  tracemalloc, not in the ledger);
 - `grad_in` / `grad_out`: activation-gradient buffers shared per
   `layers.storage.gradient_buffers` (a flatten reuses its input's buffer, a
   residual join passes its buffer by reference, an identity shortcut
@@ -39,6 +39,10 @@ from bnncost.trainer.counters import OpCounter
 from bnncost.trainer.ledger import Ledger
 
 DEFAULT_WORKSPACE = 65536  # METHOD 4.1: the trainer's default budget, bytes per operator
+# Budget 0 models an in-place engine with no scratch; numpy still needs working rows, so each scratch
+# buffer is then held untracked at this small size (it shows in tracemalloc only, well inside
+# verify's stated process margin).
+UNTRACKED_WORKSPACE = 4096
 LOSS_SCALE = 1024.0
 
 
@@ -140,7 +144,7 @@ class Context:
         if total_rows is not None and total_rows != total:
             raise RuntimeError(f"{name}: {total_rows} rows, layers.scratch says "
                                f"{w.rows_per_sample} x B + {w.fixed_rows} = {total}")
-        budget = self.budget if self.budget > 0 else DEFAULT_WORKSPACE
+        budget = self.budget if self.budget > 0 else UNTRACKED_WORKSPACE
         shape = (rows_held(total, tensor_bytes(fmt, w.row_shape), budget), *w.row_shape)
         if self.budget > 0:
             return self.ledger.alloc(name, node.name, "workspace", fmt, shape), fmt
@@ -217,7 +221,7 @@ def row_chunks(total: int, rows: int):
         yield r0, min(total, r0 + rows)
 
 
-CHUNK_BYTES = 1 << 17  # float32 temporaries of elementwise work, per chunk of rows
+CHUNK_BYTES = 1 << 14  # float32 temporaries of elementwise work, per chunk of rows (half the default budget)
 
 
 def temp_rows(row_elems: int, itemsize: int = 4, budget: int | None = None) -> int:

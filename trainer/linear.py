@@ -113,7 +113,7 @@ class Linear(Op):
             elif codec.copysign_one(src, out):
                 pass
             else:
-                codec.encode_into(out, np.where(src >= 0, 1.0, -1.0).astype(np.float32), fmt)
+                codec.store_signs(codec.nonnegative(src), out, fmt)
 
     def _weight_rows(self, short: str) -> tuple[np.ndarray, str, list[tuple[int, int]]]:
         """A weight-row scratch (sign_weight, weight_signs, dw_accum) and the blocks of K rows it takes.
@@ -293,7 +293,7 @@ class Linear(Op):
         B = src.shape[0]
         flat = src.reshape(B * self.patches.hw, -1)
         d3 = dst.reshape(r1 - r0, self.k * self.k, -1)
-        for a, b in self.patches.blocks(r0, r1):
+        for a, b in self.patches.blocks(r0, r1, self.K if (flat.dtype != dst.dtype or sf != df) else None):
             idx, inv = self.patches.rows(a, b)
             d = d3[a - r0:b - r0]
             if flat.dtype == dst.dtype and sf == df:
@@ -352,7 +352,7 @@ class Linear(Op):
             return
         C = self.node.channels
         pad = self.pad if df in codec.FLOATS else codec.encode(np.array([self.pad], np.float32), df)[0]
-        for a, b in self.patches.blocks(r0, r1):
+        for a, b in self.patches.blocks(r0, r1, self.node.channels):
             idx, inv = self.patches.rows(a, b)
             d = dst[a - r0:b - r0]
             for q, c0, c1, j in _offsets(k0, k1, C):
@@ -478,7 +478,7 @@ class Linear(Op):
     def _fold(self, flat, tf, cols, cf, r0, r1, k0, k1):
         """flat (B*H*W, C) in tf += the column gradient `cols` (r, k1 - k0) of rows r0..r1, columns k0..k1."""
         C = self.node.channels
-        for a, b in self.patches.blocks(r0, r1):
+        for a, b in self.patches.blocks(r0, r1, C):
             idx, inv = self.patches.rows(a, b)
             part = cols[a - r0:b - r0]
             for q, c0, c1, j in _offsets(k0, k1, C):
