@@ -15,9 +15,9 @@ import numpy as np
 
 from bnncost.costmodel.engine import Engine
 from bnncost.costmodel.engine_rules import RUNTIME_ROLE, apply_engine
-from bnncost.costmodel.formats import batched_bytes, tensor_bytes
+from bnncost.costmodel.formats import tensor_bytes
 from bnncost.costmodel.strategy import Strategy
-from bnncost.costmodel.variable import Variable
+from bnncost.costmodel.variable import Variable, sized
 from bnncost.layers.graph import Graph
 from bnncost.layers.scratch import rows_held, scratch_needs
 from bnncost.layers.storage import stored_variables
@@ -127,12 +127,8 @@ def memory_plan(graph: Graph, strategy: Strategy, *, retention: str = "step", wo
     index = {e: i for i, e in enumerate(events)}
     variables: list[Variable] = []
     for s in stored_variables(graph, batchnorm=strategy.batchnorm, optimizer=strategy.optimizer, retention=retention):
-        fmt = s.format_in(strategy.format_of)
-        if s.batched:
-            fixed, per, shape = 0, batched_bytes(fmt, s.shape), ("B", *s.shape)
-        else:
-            fixed, per, shape = tensor_bytes(fmt, s.shape), 0, s.shape
-        variables.append(Variable(s.name, s.layer, s.role, fmt, shape, fixed, per, index[s.alloc], index[s.free]))
+        variables.append(sized(s.name, s.layer, s.role, s.format_in(strategy.format_of), s.shape,
+                               s.batched, index[s.alloc], index[s.free]))
     if engine is not None:
         variables = apply_engine(graph, strategy, engine, variables, events, retention)
     if workspace_budget > 0:
