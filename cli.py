@@ -191,6 +191,11 @@ def strategy_option():
     return typer.Option("proposed", "--strategy", "-s", metavar="NAME|PATH", help="Strategy name or YAML path.")
 
 
+def batch_option(default: int):
+    """--batch/-b: samples per training step."""
+    return typer.Option(default, "--batch", "-b", metavar="N", help="Batch size: samples per training step.")
+
+
 def strategies_option():
     """--strategies/-S: the same option, with the same default, on every command that takes several."""
     return typer.Option(None, "--strategies", "-S", metavar="LIST", show_default=False,
@@ -317,11 +322,11 @@ def engine_rule_counts(e: Engine) -> dict[str, int]:
 def predict_cmd(
     model: str = model_argument(),
     strategy: str = strategy_option(),
-    batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(100),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
-    by: str = typer.Option("role", "--by", help="Breakdown: role, layer or variable."),
+    by: str = typer.Option("role", "--by", metavar="role|layer|variable", help="Breakdown: role, layer or variable."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -435,7 +440,7 @@ def print_device(p: Prediction) -> None:
 def summary_cmd(
     model: str = model_argument(),
     strategy: str = strategy_option(),
-    batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(100),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
@@ -487,7 +492,7 @@ def compare_cmd(
     model: str = model_argument(),
     strategies: Optional[str] = strategies_option(),
     ladder: bool = typer.Option(False, "--ladder", help="Compare the ablation ladder from standard to proposed, one change per step."),
-    batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(100),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
@@ -710,13 +715,13 @@ def print_sweep(s: Sweep) -> None:
 def verify_cmd(
     model: str = model_argument(),
     strategy: str = strategy_option(),
-    batch: int = typer.Option(32, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(32),
     steps: int = typer.Option(2, "--steps", help="Training steps to run (the first is measured)."),
     engine: str = engine_option(TRAINER_ENGINE),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
     dataset: str = typer.Option("synthetic", "--dataset", help="Data of the measured steps: synthetic (random inputs of the model's shape: memory and op counts do not depend on the values; the default), digits, mnist:DIR or cifar10:DIR."),
-    by: str = typer.Option("role", "--by", help="Variables grouped by role, or every variable."),
+    by: str = typer.Option("role", "--by", metavar="role|variable", help="Variables grouped by role, or every variable."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="A device file written by bnncost calibrate on this machine: also time the trainer's steps against the predicted step time."),
     time_steps: int = typer.Option(5, "--time-steps", help="With --device: steps timed after one warm-up step (the median is compared)."),
     clock: str = typer.Option("cpu", "--clock", help="With --device: cpu (the process's CPU time: other processes' turns on a shared machine not counted; what calibrate measures) or wall."),
@@ -742,7 +747,8 @@ def verify_cmd(
         v = run_verification(model, strategy, batch, steps=steps, dataset=dataset, on_event=on_event,
                              **implementation(engine, retention, workspace))
     if dev is not None:
-        v = with_time_check(v, model, strategy, dev, time_steps, clock)
+        with trainer_progress(f"timing {time_steps} step(s) of {model} on this machine"):
+            v = with_time_check(v, model, strategy, dev, time_steps, clock)
     if as_json:
         emit_json(v.to_json())
     else:
@@ -753,8 +759,9 @@ def verify_cmd(
 
 @contextmanager
 def trainer_progress(what: str):
-    """A progress bar on stderr over the events of the trainer's steps (stdout stays the document);
-    it disappears when done, and a terminal-less stderr shows nothing."""
+    """A progress bar on stderr over the events of the trainer's steps (stdout stays the document; a caller
+    that cannot count them gets a pulsing bar and the elapsed time); it disappears when done, and a
+    terminal-less stderr shows nothing."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
@@ -887,21 +894,23 @@ def print_verification(v, by: str) -> None:
     out.print(t)
     p = v.peak
     t = Table(title="Peak of the step")
-    for col, j in (("", "left"), ("bytes", "right"), ("event", "left"), ("tolerance", "left"), ("", "left")):
-        t.add_column(col, justify=j)
-    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", esc(p.predicted_event), "", "")
-    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", esc(p.ledger_event), "exact, same event", ok if p.ledger_ok else bad)
-    t.add_row("process (tracemalloc)", f"{p.process_bytes:,}", "",
-              f"{p.process_floor_bytes:,} .. {p.process_limit_bytes:,} "
-              f"({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)", ok if p.process_ok else bad)
+    t.add_column("", no_wrap=True)
+    t.add_column("bytes", justify="right", no_wrap=True)
+    t.add_column("event\ntolerance", no_wrap=True)
+    t.add_column("", no_wrap=True)
+    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", esc(p.predicted_event), "")
+    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", f"{esc(p.ledger_event)}\nexact, same event",
+              ok if p.ledger_ok else bad)
+    t.add_row("process (tracemalloc)", f"{p.process_bytes:,}\n({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)",
+              f"\n{p.process_floor_bytes:,} .. {p.process_limit_bytes:,}", ok if p.process_ok else bad)
     out.print(t)
-    t = Table(title="Operations by phase, kind and format (must agree exactly)")
-    for col in ("phase", "kind", "format", "predicted", "measured", "difference", ""):
-        t.add_column(col, justify="right" if col in ("predicted", "measured", "difference") else "left")
+    t = Wide("Operations by phase, kind and format (must agree exactly)", ["predicted", "measured", "difference"],
+             abbreviate=False, label_header="phase kind format")
     for o in v.ops:
-        t.add_row(esc(o.phase), o.kind, o.format, f"{o.predicted:,}", f"{o.measured:,}", _diff(o.predicted, o.measured),
-                  ok if o.ok else bad)
-    out.print(t)
+        t.row(f"{esc(o.phase)} {o.kind} {o.format}", [f"{o.predicted:,}", f"{o.measured:,}",
+                                                     f"{_diff(o.predicted, o.measured)} {ok if o.ok else bad}"])
+    for obj in t.render(None if out.markdown else out.console.width):
+        out.print(obj)
     if v.time is not None:
         from bnncost.costmodel.verification import TIME_PHASE_FLOOR, TIME_TOLERANCE
 
@@ -1042,7 +1051,7 @@ def train_cmd(
     strategy: str = strategy_option(),
     dataset: str = typer.Option("digits", "--dataset", help="Data to train on: digits (8x8 handwritten digits shipped with the package, for the digits-* models; the default), synthetic, mnist:DIR or cifar10:DIR."),
     epochs: int = typer.Option(20, "--epochs", help="Epochs in total (a resumed run continues up to this)."),
-    batch: int = typer.Option(64, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(64),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 0.01)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and of the shuffling."),
     retention: str = typer.Option("step", "--retention", help="step: saved tensors live to the step's end; backward: freed after use."),

@@ -280,3 +280,25 @@ def test_docs_are_linked_and_every_link_resolves():
     from bnncost.layers.roles import ROLES
 
     assert all(f"`{role}`" in spec for role in ROLES)  # every role is specified
+
+
+def test_the_trainer_reports_progress_event_by_event():
+    from bnncost.trainer.run import run_steps
+
+    seen = []
+    run_steps("digits-mlp", "proposed", batch=4, steps=2, on_event=lambda done, total: seen.append((done, total)))
+    total = seen[0][1]
+    assert [d for d, _ in seen] == list(range(1, total + 1)) and all(t == total for _, t in seen)
+
+
+def test_verify_draws_its_progress_on_a_terminal_stderr(capsys, monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    with cli.trainer_progress("verify digits-mlp") as on_event:
+        assert on_event is not None
+        on_event(3, 10)
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: False))
+    with cli.trainer_progress("verify digits-mlp") as on_event:
+        assert on_event is None
+    assert capsys.readouterr().out == ""
