@@ -54,34 +54,35 @@ def matmul(a: np.ndarray, af: str, b: np.ndarray, bf: str, out: np.ndarray, of: 
 
 
 class Patches:
-    """Where each k x k window of a conv or pool reads its input, for rows = (sample, output position).
+    """Where each kh x kw window of a conv or pool reads its input, for rows = (sample, output position).
 
-    `src[p, q]` is the flat input position (h * W + w) of offset q = i * k + j
+    `src[p, q]` is the flat input position (h * W + w) of offset q = i * kw + j
     of output position p, `valid[p, q]` is False where the window hangs over
     the padding. Conv and pool both use it; padding values are the caller's.
+    `window` and `stride` are (rows, cols) pairs (non-square ones allowed).
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], out_shape: tuple, k: int, stride: int,
-                 padding: tuple[int, int, int, int]):
+    def __init__(self, in_shape: tuple[int, int, int], out_shape: tuple, window: tuple[int, int],
+                 stride: tuple[int, int], padding: tuple[int, int, int, int]):
         h, w, _ = in_shape
         ho, wo = out_shape[0], out_shape[1]
+        (kh, kw), (sh, sw) = window, stride
         top, _, left, _ = padding
-        oh = np.arange(ho)[:, None] * stride - top  # (ho, 1)
-        ow = np.arange(wo)[:, None] * stride - left
-        ki = np.arange(k)[None, :]
-        rr = (oh + ki)  # (ho, k) input row of offset i
-        cc = (ow + ki)  # (wo, k)
-        r4 = np.broadcast_to(rr[:, None, :, None], (ho, wo, k, k))
-        c4 = np.broadcast_to(cc[None, :, None, :], (ho, wo, k, k))
+        oh = np.arange(ho)[:, None] * sh - top  # (ho, 1)
+        ow = np.arange(wo)[:, None] * sw - left
+        rr = (oh + np.arange(kh)[None, :])  # (ho, kh) input row of offset i
+        cc = (ow + np.arange(kw)[None, :])  # (wo, kw)
+        r4 = np.broadcast_to(rr[:, None, :, None], (ho, wo, kh, kw))
+        c4 = np.broadcast_to(cc[None, :, None, :], (ho, wo, kh, kw))
         valid = (r4 >= 0) & (r4 < h) & (c4 >= 0) & (c4 < w)
         src = np.where(valid, r4 * w + c4, 0)
-        self.k, self.stride, self.hw, self.positions = k, stride, h * w, ho * wo
-        self.src = src.reshape(ho * wo, k * k).astype(np.int32)
-        self.valid = valid.reshape(ho * wo, k * k)
+        self.taps, self.hw, self.positions = kh * kw, h * w, ho * wo
+        self.src = src.reshape(ho * wo, kh * kw).astype(np.int32)
+        self.valid = valid.reshape(ho * wo, kh * kw)
         self.all_valid = bool(self.valid.all())
 
     def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Flat (sample * H * W + position) input indices (r, k*k) of rows r0..r1, and the invalid mask."""
+        """Flat (sample * H * W + position) input indices (r, kh*kw) of rows r0..r1, and the invalid mask."""
         r = np.arange(r0, r1, dtype=np.int32)
         b, p = np.divmod(r, np.int32(self.positions))
         idx = self.src[p]
@@ -90,6 +91,6 @@ class Patches:
 
     def blocks(self, r0: int, r1: int):
         """Sub-ranges of r0..r1 small enough that their index arrays stay a few kB."""
-        step = max(1, (1 << 13) // (self.k * self.k))
+        step = max(1, (1 << 13) // self.taps)
         for a in range(r0, r1, step):
             yield a, min(r1, a + step)

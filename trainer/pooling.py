@@ -3,9 +3,10 @@
 maxpool saves a mask over its input, 1 where an input element is the first
 maximum (in window scan order) of a window; its backward scatters each
 window's dy onto the window (dy summed over the windows that contain each
-input) and multiplies by the mask. For non-overlapping windows (stride >=
-size, as in every zoo model but the ResNet stems) this is exactly the max-pool
-gradient; for overlapping windows a 1-bit mask cannot say which of the windows
+input) and multiplies by the mask. Windows and strides may be non-square
+(kh x kw, sh x sw). For non-overlapping windows (stride >= size on each
+axis, as in every zoo model but the ResNet stems) this is exactly the
+max-pool gradient; for overlapping windows a 1-bit mask cannot say which of the windows
 an element won, so an element that is the max of one window also receives the
 dy of an overlapping window whose max it is not (documented approximation).
 'same' padding pads with -inf (max) or is left out of the count (avg).
@@ -24,21 +25,21 @@ from bnncost.trainer.base import Op, row_chunks, temp_rows
 class _Window(Op):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        spec = node.spec
-        self.k = spec.size
-        self.s = spec.stride or spec.size
+        self.kh, self.kw = node.window
+        self.sh, self.sw = node.strides
+        self.taps = self.kh * self.kw
         self.H, self.W, self.C = node.in_shape
         self.Ho, self.Wo = node.out_shape[0], node.out_shape[1]
         self.pt, self.pb, self.pl, self.pr = node.padding
-        self.Hp = max(self.H + self.pt + self.pb, self.s * (self.Ho - 1) + self.k)
-        self.Wp = max(self.W + self.pl + self.pr, self.s * (self.Wo - 1) + self.k)
+        self.Hp = max(self.H + self.pt + self.pb, self.sh * (self.Ho - 1) + self.kh)
+        self.Wp = max(self.W + self.pl + self.pr, self.sw * (self.Wo - 1) + self.kw)
         self.padded = (self.Hp, self.Wp) != (self.H, self.W) or self.pt or self.pl
 
     def _slices(self):
-        s, k = self.s, self.k
-        for i in range(k):
-            for j in range(k):
-                yield (slice(None), slice(i, i + s * (self.Ho - 1) + 1, s), slice(j, j + s * (self.Wo - 1) + 1, s))
+        sh, sw = self.sh, self.sw
+        for i in range(self.kh):
+            for j in range(self.kw):
+                yield (slice(None), slice(i, i + sh * (self.Ho - 1) + 1, sh), slice(j, j + sw * (self.Wo - 1) + 1, sw))
 
     def _pad(self, xc: np.ndarray, fill: float) -> np.ndarray:
         if not self.padded:
@@ -84,7 +85,7 @@ class MaxPool(_Window):
                     found |= hit
                 keep = self._unpad(mp)
                 codec.store_mask(keep, mask[b0:b1], mf)
-        self.count("forward", "compare", ctx.fwd, B * self.Ho * self.Wo * self.C * (self.k * self.k - 1))
+        self.count("forward", "compare", ctx.fwd, B * self.Ho * self.Wo * self.C * (self.taps - 1))
         return y, ctx.fwd
 
     def backward(self):
@@ -115,7 +116,7 @@ class MaxPool(_Window):
                 g = acc[r0:r1] * keep
                 codec.store(t2[r0:r1], g, tf, accumulate)
         O = B * self.Ho * self.Wo * C
-        self.count("backward_dx", "add", ctx.counter.acc, O * self.k * self.k)
+        self.count("backward_dx", "add", ctx.counter.acc, O * self.taps)
         ctx.counter.gmul(self.name, "backward_dx", B * hw * C)
 
 
@@ -142,7 +143,7 @@ class AvgPool(_Window):
             out *= self.inv_count
             codec.encode_into(y[b0:b1], out, ctx.fwd)
         O = B * self.Ho * self.Wo * self.C
-        self.count("forward", "add", ctx.fwd, O * self.k * self.k)
+        self.count("forward", "add", ctx.fwd, O * self.taps)
         self.count("forward", "mul", ctx.fwd, O)
         return y, ctx.fwd
 
@@ -158,7 +159,7 @@ class AvgPool(_Window):
             codec.store(tgt[b0:b1], g, tf, accumulate)
         O = B * self.Ho * self.Wo * self.C
         ctx.counter.gmul(self.name, "backward_dx", O)
-        self.count("backward_dx", "add", ctx.counter.acc, O * self.k * self.k)
+        self.count("backward_dx", "add", ctx.counter.acc, O * self.taps)
 
 
 class GlobalAvgPool(Op):
