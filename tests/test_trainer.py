@@ -453,7 +453,7 @@ def test_ledger_names_shapes_and_lifetimes_follow_layers_storage_and_scratch():
             assert set(rows) == set(stored) | set(scratch)
             for name, v in stored.items():
                 r = rows[name]
-                fmt = v.fixed_format or s.format_of(v.role)
+                fmt = v.format_in(s.format_of)
                 shape = (4, *v.shape) if v.batched else v.shape
                 assert (r.role, r.format, r.alloc, r.free) == (v.role, fmt, v.alloc, v.free), name
                 assert r.bytes == tensor_bytes(fmt, shape), name
@@ -573,3 +573,17 @@ def test_every_sign_the_trainer_takes_agrees_at_zero(dtype):
     assert np.array_equal(codec.nonnegative(x), want > 0)
     assert np.array_equal(codec.decode(codec.encode(x, "bool"), "bool", len(x)), want.astype(np.float32))
     assert np.array_equal(codec.abs_at_most_one(x), np.abs(x.astype(np.float32)) <= 1)
+
+
+def test_non_square_pools_give_the_same_step_in_row_bands(monkeypatch):
+    """Tiny elementwise chunks force the pools' one-sample row bands (forward) and input-row tiles
+    (backward): with non-square windows and strides the step must not change."""
+    from bnncost.trainer import base
+    g = graph_of(FP_NONSQUARE)
+    x, y = batch_for(g, 3, seed=4)
+    loss, ref = step_grads(Network(g, load_strategy("standard"), seed=5), x, y)
+    monkeypatch.setattr(base, "CHUNK_BYTES", 64)
+    banded_loss, got = step_grads(Network(g, load_strategy("standard"), seed=5), x, y)
+    assert banded_loss == pytest.approx(loss, rel=1e-6)
+    for name in ref:  # float32 sums in another order: ~1e-6 of the largest gradient apart, no more
+        np.testing.assert_allclose(got[name], ref[name], rtol=0, atol=2e-5 * np.abs(ref[name]).max())
