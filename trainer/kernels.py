@@ -9,6 +9,8 @@ Tiles bound numpy's temporaries, which is what keeps the process peak
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from bnncost.trainer import codec
@@ -38,7 +40,8 @@ def matmul(a: np.ndarray, af: str, b: np.ndarray, bf: str, out: np.ndarray, of: 
         np.matmul(a, b, out=out)
         return
     per = TILE_BYTES // 16  # floats per temporary
-    cols = min(n, per)
+    side = max(1, math.isqrt(per))  # square-ish tiles: few, large products (not thin slivers of k)
+    cols = min(n, side if m > side else per // max(1, m))
     rows = max(1, min(m, per // cols))
     kb = max(1, min(k, per // max(rows, cols)))
     for i in range(0, m, rows):

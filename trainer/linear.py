@@ -279,7 +279,7 @@ class Linear(Op):
                 self._signs_into(wm, wf, k0, k1)
                 matmul(a[:, k0:k1], af, wm[: k1 - k0], wf, out, of, accumulate=k0 > 0)
             return
-        rows = max(1, TILE_BYTES // (16 * self.N))
+        rows = max(1, TILE_BYTES // (4 * self.N))
         for i0, i1 in row_chunks(a.shape[0], rows):
             tile = np.zeros((i1 - i0, self.N), np.float32)
             for k0, k1 in blocks:
@@ -435,7 +435,7 @@ class Linear(Op):
         # a narrow format: each block of rows summed over every chunk in a float32 tile and
         # stored once (the operand is refilled per block: expanding it is cheap,
         # accumulating a narrow format again and again is not)
-        kb = max(1, TILE_BYTES // (16 * self.N))
+        kb = max(1, TILE_BYTES // (4 * self.N))
         for t0, t1 in row_chunks(k1 - k0, kb):
             tile = np.zeros((t1 - t0, self.N), np.float32)
             for r0, r1, o in chunks(k0 + t0, k0 + t1):
