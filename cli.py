@@ -13,15 +13,17 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.markup import escape as esc  # every user string that reaches rich goes through esc()
 from rich.text import Text
 
 from bnncost.costmodel.memory import memory_plan
-from bnncost.costmodel.ops import count_ops
+from bnncost.costmodel.ops import INFORMATIONAL, KINDS, count_ops
 from bnncost.costmodel.plots import check_path, plot_comparison, plot_sweep
 from bnncost.costmodel.prediction import Comparison, Prediction, check_batch, compare, predict
 from bnncost.costmodel.strategy import StrategyError, load_strategy, strategy_names
 from bnncost.costmodel.sweep import Sweep, parse_batches, sweep
 from bnncost.hardware_profiles import Device, DeviceError, list_devices, load_device
+from bnncost.hardware_profiles.units import convert as convert_quantity
 from bnncost.layers.graph import graph_of
 from bnncost.layers.model import ModelError, zoo_names
 
@@ -31,7 +33,22 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no markup or emoji read into it (a:b:step), flags without <bool>
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from bnncost import __version__
+
+        sys.stdout.write(f"bnncost {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _app(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                      help="Print bnncost's version and exit.")) -> None:
+    """Predict the memory, operations, energy and time of training binary neural networks on edge devices."""
 
 
 class Printer:
@@ -125,7 +142,25 @@ def open_device(ref: str | None) -> Device | None:
     return None if ref is None else load_device(ref)
 
 
-def split_list(text: str) -> list[str]:
+DEFAULT_STRATEGIES = "standard,proposed"
+
+
+def strategies_option():
+    """--strategies/-S: the same option, with the same default, on every command that takes several."""
+    return typer.Option(None, "--strategies", "-S", metavar="LIST", show_default=False,
+                        help=f"Comma-separated strategy names or YAML paths; the first is the baseline "
+                             f"(default: {DEFAULT_STRATEGIES}).")
+
+
+def workspace_option(default: str):
+    """--workspace: a byte count, plain or with a unit, read by the device files' parser."""
+    return typer.Option(default, "--workspace", metavar="BYTES",
+                        help="Workspace budget per operator: bytes, or with a unit (64KiB, 1MiB, 4MB); "
+                             "0: in place, no scratch.")
+
+
+def split_list(text: str | None) -> list[str]:
+    text = DEFAULT_STRATEGIES if text is None else text
     items = [s.strip() for s in text.split(",") if s.strip()]
     if not items:
         raise BadInput("--strategies needs at least one strategy name or path")
@@ -141,16 +176,19 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
     for name in zoo_names():
         g = graph_of(name)
         rows.append({"name": name, "input": list(g.model.input), "layers": len(g.nodes),
-                     "parameters": g.parameter_count(), "classes": g.output_shape[0]})
+                     "parameters_l2_batchnorm": g.parameter_count("l2"),
+                     "parameters_l1_batchnorm": g.parameter_count("l1"), "classes": g.output_shape[0]})
     if as_json:
-        emit_json({"schema": "bnncost.models/1", "models": rows})
+        emit_json({"schema": "bnncost.models/2", "models": rows})
         return
     t = Table(title="Zoo models (pass a name, or a path to your own YAML)")
-    for col in ("model", "input", "nodes", "parameters", "classes"):
-        t.add_column(col, justify="left" if col == "model" else "right")
+    for col in ("model", "input", "nodes", "parameters (l2 BN)", "parameters (l1 BN)", "classes"):
+        t.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
     for r in rows:
-        t.add_row(r["name"], "x".join(map(str, r["input"])), str(r["layers"]), f"{r['parameters']:,}", str(r["classes"]))
+        t.add_row(r["name"], "x".join(map(str, r["input"])), str(r["layers"]), f"{r['parameters_l2_batchnorm']:,}",
+                  f"{r['parameters_l1_batchnorm']:,}", str(r["classes"]))
     out.print(t)
+    out.print("l2 batchnorm (standard) trains gamma and beta per channel; l1 batchnorm (proposed) only beta.")
 
 
 @app.command("strategies")
@@ -166,7 +204,7 @@ def strategies_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSO
     for col in ("strategy", "bn", "dW", "optimizer", "description"):
         t.add_column(col)
     for s in rows:
-        t.add_row(s.name, s.batchnorm, s.weight_grad, s.optimizer, s.description)
+        t.add_row(esc(s.name), s.batchnorm, s.weight_grad, s.optimizer, esc(s.description))
     out.print(t)
 
 
@@ -176,7 +214,7 @@ def predict_cmd(
     strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
     retention: str = typer.Option("step", "--retention", help="step: saved tensors live to the step's end; backward: freed after use."),
-    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator (0: in place, no scratch)."),
+    workspace: str = workspace_option("0"),
     by: str = typer.Option("role", "--by", help="Breakdown: role, layer or variable."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
@@ -193,9 +231,11 @@ def predict_cmd(
         emit_json(p.to_json())
         return
     m = p.memory
-    out.print(f"[bold]{p.model}[/] · strategy [bold]{p.strategy}[/] · batch {p.batch_size} · "
-              f"retention {p.retention} · workspace {human_bytes(p.workspace_budget)} · {p.parameters:,} parameters")
-    out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} B) at {m.peak_event}"
+    out.print(f"[bold]{esc(p.model)}[/] · strategy [bold]{esc(p.strategy)}[/] · batch {p.batch} · "
+              f"retention {p.retention} · workspace {human_bytes(p.workspace_budget)}"
+              f"{' (default: in place)' if p.workspace_budget == 0 else ''} · {p.parameters:,} parameters "
+              f"({p.batchnorm} batchnorm{': no gamma' if p.batchnorm == 'l1' else ''})")
+    out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} B) at {esc(m.peak_event)}"
               f"  =  {formula(m.fixed_bytes, m.per_sample_bytes)}")
     if by == "role":
         fmts = role_formats(p)
@@ -209,14 +249,14 @@ def predict_cmd(
         for col, j in (("layer", "left"), ("bytes", "right"), ("share", "right")):
             t.add_column(col, justify=j)
         for layer, n in m.by_layer.items():
-            t.add_row(layer, human_bytes(n), f"{100 * n / m.peak_bytes:.1f}%")
+            t.add_row(esc(layer), human_bytes(n), f"{100 * n / m.peak_bytes:.1f}%")
     else:
         t = Table(title="Every variable (* = alive at the peak)")
         for col in ("", "variable", "role", "format", "shape", "bytes", "alive"):
             t.add_column(col, justify="right" if col == "bytes" else "left")
         for v in m.variables:
-            t.add_row("*" if v.alive_at_peak else "", v.name, v.role, v.format,
-                      "x".join(map(str, v.shape)), human_bytes(v.bytes), f"{v.alloc_event} -> {v.free_event}")
+            t.add_row("*" if v.alive_at_peak else "", esc(v.name), v.role, v.format,
+                      "x".join(map(str, v.shape)), human_bytes(v.bytes), esc(f"{v.alloc_event} -> {v.free_event}"))
     out.print(t)
     print_ops(p)
     if p.energy is not None:
@@ -224,24 +264,29 @@ def predict_cmd(
 
 
 def print_ops(p: Prediction) -> None:
-    """Operations of the step: MACs by format, bit-MACs, and every kind by phase."""
+    """Operations of the step: every kind that costs time, then every kind by phase."""
     o = p.ops
-    macs = ", ".join(f"{count(n)} {f}" for f, n in o.macs.items()) or "none"
-    out.print(f"Operations: {count(o.bit_macs)} bit-MACs (XNOR-popcount), MACs: {macs}")
-    t = Table(title="Operations by phase (count, format)")
+    costed = [r for r in o.total if r.kind not in INFORMATIONAL]
+    out.print("Operations per step: " + ", ".join(f"{count(r.count)} {r.kind} {r.format}" for r in costed)
+              + (f" [dim](bit_mac {count(o.bit_macs)}: informational, the xnor_popcount words are what costs)[/]"
+                 if o.bit_macs else ""))
+    t = Table(title="Operations by phase (count; bit_mac is informational)")
     t.add_column("phase")
-    kinds = sorted({k for ph in o.by_phase.values() for f in ph.values() for k in f})
+    t.add_column("format")
+    kinds = [k for k in KINDS if any(r.kind == k for r in o.by_phase)]
     for k in kinds:
         t.add_column(k, justify="right")
-    for phase, fmts in o.by_phase.items():
-        for fmt, row in fmts.items():
-            t.add_row(f"{phase} [dim]{fmt}[/]", *[count(row[k]) if k in row else "" for k in kinds])
+    cells: dict[tuple, dict[str, int]] = {}
+    for r in o.by_phase:
+        cells.setdefault((r.phase, r.format), {})[r.kind] = r.count
+    for (phase, fmt), row in cells.items():
+        t.add_row(phase, fmt, *[count(row[k]) if k in row else "" for k in kinds])
     out.print(t)
 
 
 def print_device(p: Prediction) -> None:
     e, tm, f = p.energy, p.time, p.fit
-    t = Table(title=f"On {p.device}")
+    t = Table(title=f"On {esc(p.device)}")
     t.add_column("")
     t.add_column("per step", justify="right")
     t.add_column("per sample", justify="right")
@@ -263,11 +308,11 @@ def print_device(p: Prediction) -> None:
 @app.command("compare")
 def compare_cmd(
     model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
-    strategies: str = typer.Option("standard,proposed", "--strategies", help="Comma-separated strategies; the first is the baseline."),
+    strategies: Optional[str] = strategies_option(),
     ladder: bool = typer.Option(False, "--ladder", help="Compare the ablation ladder from standard to proposed, one change per step."),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
     retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator."),
+    workspace: str = workspace_option("0"),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -278,6 +323,8 @@ def compare_cmd(
     output_mode(as_json, markdown)
     if plot:
         check_path(plot)
+    if ladder and strategies is not None:
+        raise BadInput("--ladder compares the shipped ladder; leave out --strategies, or drop --ladder")
     names = LADDER if ladder else split_list(strategies)
     c = compare(model, names, batch, device=open_device(device), epoch_samples=check_samples(epoch_samples, device),
                 **knobs(retention, workspace))
@@ -292,39 +339,52 @@ def compare_cmd(
 def print_comparison(c: Comparison, stepwise: bool) -> None:
     preds = c.predictions
     p0 = preds[0]
-    out.print(f"[bold]{p0.model}[/] · batch {p0.batch_size} · retention {p0.retention} · "
-              f"workspace {human_bytes(p0.workspace_budget)} · savings against [bold]{c.baseline}[/]")
+    out.print(f"[bold]{esc(p0.model)}[/] · batch {p0.batch} · retention {p0.retention} · "
+              f"workspace {human_bytes(p0.workspace_budget)} · savings against [bold]{esc(c.baseline)}[/]")
     t = Table(title="Peak memory of one training step")
     t.add_column("")
     for p in preds:
-        t.add_column(p.strategy, justify="right")
+        t.add_column(esc(p.strategy), justify="right")
     t.add_row("[bold]peak[/]", *[f"[bold]{human_bytes(p.memory.peak_bytes)}[/]" for p in preds])
-    t.add_row(f"saving vs {c.baseline}", *[f"{c.savings[p.strategy]['peak_bytes']:.2f}x" for p in preds])
+    t.add_row(f"saving vs {esc(c.baseline)}", *[f"{c.savings[p.strategy]['peak_bytes_ratio']:.2f}x" for p in preds])
     if stepwise:
         steps = ["-"] + [f"{a.memory.peak_bytes / b.memory.peak_bytes:.2f}x" for a, b in zip(preds, preds[1:])]
         t.add_row("saving of this step", *steps)
     t.add_row("fixed + per sample", *[formula(p.memory.fixed_bytes, p.memory.per_sample_bytes) for p in preds])
-    t.add_row("peak event", *[p.memory.peak_event for p in preds])
+    t.add_row("peak event", *[esc(p.memory.peak_event) for p in preds])
     t.add_row("bit-MACs / MACs", *[f"{count(p.ops.bit_macs)} / {count(sum(p.ops.macs.values()))}" for p in preds])
     if p0.energy is not None:
         t.add_section()
-        t.add_row(f"[bold]energy per step[/] ({p0.device})", *[f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
-        t.add_row("energy saving", *[f"{c.savings[p.strategy]['joules_per_step']:.2f}x" for p in preds])
+        t.add_row(f"[bold]energy per step[/] ({esc(p0.device)})", *[f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
+        t.add_row("energy saving", *[f"{c.savings[p.strategy]['joules_per_step_ratio']:.2f}x" for p in preds])
         t.add_row("  compute / memory / static", *[
             f"{si(p.energy.compute_j, 'J')} / {si(p.energy.memory_j, 'J')} / {si(p.energy.static_j, 'J')}" for p in preds])
         t.add_row("time per step", *[si(p.time.seconds_per_step, "s") for p in preds])
-        t.add_row("time saving", *[f"{c.savings[p.strategy]['seconds_per_step']:.2f}x" for p in preds])
+        t.add_row("time saving", *[f"{c.savings[p.strategy]['seconds_per_step_ratio']:.2f}x" for p in preds])
         t.add_row(f"fits in {human_bytes(p0.fit.usable_bytes)}", *[
             "[green]yes[/]" if p.fit.fits else "[red]no[/]" for p in preds])
         t.add_row("largest batch that fits", *[f"{p.fit.max_batch:,}" for p in preds])
-    t.add_section()
-    roles = list(dict.fromkeys(r for p in preds for r in p.memory.by_role))
+    roles = list(dict.fromkeys(r for p in preds for r in p.memory.by_role_max))
     fmts = [role_formats(p) for p in preds]
+    t.add_section()
+    t.add_row("[bold]by role, at the peak event[/]", *["" for _ in preds])
     for role in roles:
-        t.add_row(role, *[
-            f"{human_bytes(p.memory.by_role[role])} [dim]{f[role]}[/]" if role in p.memory.by_role else "-"
-            for p, f in zip(preds, fmts)
-        ])
+        t.add_row(f"  {role}", *[
+            human_bytes(p.memory.by_role[role]) if role in p.memory.by_role else
+            "[dim]not live[/]" if role in p.memory.by_role_max else "[dim]none[/]" for p in preds])
+    t.add_section()
+    t.add_row(f"[bold]by role, largest over the step[/] (saving vs {c.baseline})", *["" for _ in preds])
+    base = preds[0].memory.by_role_max
+    for role in roles:
+        cells = []
+        for p, f in zip(preds, fmts):
+            n = p.memory.by_role_max.get(role)
+            if n is None:
+                cells.append("[dim]none[/]")
+                continue
+            ratio = f" ({base[role] / n:.1f}x)" if base.get(role) and n and p is not preds[0] else ""
+            cells.append(f"{human_bytes(n)} [dim]{f[role]}[/]{ratio}")
+        t.add_row(f"  {role}", *cells)
     out.print(t)
 
 
@@ -332,42 +392,39 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
 def fit_cmd(
     model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
     device: str = typer.Option(..., "--device", "-d", help="Device name or YAML path."),
-    strategies: str = typer.Option("standard,proposed", "--strategies", help="Comma-separated strategies."),
+    strategies: Optional[str] = strategies_option(),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size whose fit is also checked."),
     retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator."),
+    workspace: str = workspace_option("0"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
 ) -> None:
     """The largest batch that fits the device's usable memory, per strategy."""
     output_mode(as_json, markdown)
     dev = load_device(device)
-    c = compare(model, split_list(strategies), batch, device=dev, **knobs(retention, workspace))
-    rows = []
-    for p in c.predictions:
-        b = p.fit.max_batch
-        at_max = predict(model, p.strategy, b, **knobs(retention, workspace)).memory if b else None
-        rows.append({
-            "strategy": p.strategy, "max_batch": b, "usable_bytes": p.fit.usable_bytes,
-            "peak_bytes_at_max_batch": at_max.peak_bytes if at_max else None,
-            "fits_at_batch": p.fit.fits, "peak_bytes_at_batch": p.memory.peak_bytes,
-            "fixed_bytes": p.memory.fixed_bytes, "per_sample_bytes": p.memory.per_sample_bytes,
-        })
+    opts = knobs(retention, workspace)
+    c = compare(model, split_list(strategies), batch, device=dev, **opts)
     if as_json:
-        emit_json({"schema": "bnncost.fit/1", "model": c.predictions[0].model, "device": dev.name,
-                   "batch_size": batch, "retention": retention, "workspace_budget": workspace, "strategies": rows})
+        emit_json({"schema": "bnncost.fit/2", "model": c.model, "batch": batch, "device": dev.name,
+                   "retention": retention, "workspace_budget": opts["workspace_budget"], "strategies": [
+                       {"strategy": p.strategy, "strategy_source": p.strategy_source,
+                        "memory": {k: getattr(p.memory, k) for k in
+                                   ("peak_bytes", "peak_event", "fixed_bytes", "per_sample_bytes")},
+                        "fit": p.fit.model_dump()} for p in c.predictions]})
         return
-    out.print(f"[bold]{c.predictions[0].model}[/] on [bold]{dev.name}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
+    out.print(f"[bold]{esc(c.model)}[/] on [bold]{esc(dev.name)}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
               f"of {human_bytes(dev.memory.ram_bytes)} RAM · retention {retention}")
     t = Table(title="Largest batch that fits")
     for col, j in (("strategy", "left"), ("largest batch", "right"), ("peak there", "right"),
-                   (f"peak at B={batch}", "right"), ("fits at B", "left"), ("fixed + per sample", "right")):
+                   (f"peak at batch {batch}", "right"), (f"fits at batch {batch}", "left"),
+                   ("fixed + per sample", "right")):
         t.add_column(col, justify=j)
-    for r in rows:
-        t.add_row(r["strategy"], f"[bold]{r['max_batch']:,}[/]",
-                  human_bytes(r["peak_bytes_at_max_batch"]) if r["max_batch"] else "-",
-                  human_bytes(r["peak_bytes_at_batch"]), "[green]yes[/]" if r["fits_at_batch"] else "[red]no[/]",
-                  formula(r["fixed_bytes"], r["per_sample_bytes"]))
+    for p in c.predictions:
+        f = p.fit
+        t.add_row(esc(p.strategy), f"[bold]{f.max_batch:,}[/]",
+                  human_bytes(f.peak_bytes_at_max_batch) if f.max_batch else "-",
+                  human_bytes(p.memory.peak_bytes), "[green]yes[/]" if f.fits else "[red]no[/]",
+                  formula(p.memory.fixed_bytes, p.memory.per_sample_bytes))
     out.print(t)
 
 
@@ -393,12 +450,12 @@ def devices_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 @app.command("sweep")
 def sweep_cmd(
     model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
-    strategies: str = typer.Option("standard,proposed", "--strategies", help="Comma-separated strategies."),
+    strategies: Optional[str] = strategies_option(),
     batch: str = typer.Option("1:4096", "--batch", "-b", help="Batch sizes: a:b, a:b:step, or a list 1,8,64."),
     log: bool = typer.Option(True, "--log/--linear", help="For a:b without a step: powers of two (default) or every batch."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds fit, energy and time per sample."),
     retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: int = typer.Option(0, "--workspace", help="Workspace budget in bytes per operator."),
+    workspace: str = workspace_option("0"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Also draw memory against batch size to FILE.png."),
@@ -418,12 +475,12 @@ def sweep_cmd(
 
 
 def print_sweep(s: Sweep) -> None:
-    where = f" on {s.device} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
-    out.print(f"[bold]{s.model}[/]{where} · retention {s.retention} · workspace {human_bytes(s.workspace_budget)}")
+    where = f" on {esc(s.device)} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
+    out.print(f"[bold]{esc(s.model)}[/]{where} · retention {s.retention} · workspace {human_bytes(s.workspace_budget)}")
     t = Table(title="Peak memory of one training step against batch size" + (" (red: does not fit)" if s.device else ""))
     t.add_column("batch", justify="right")
     for line in s.lines:
-        t.add_column(line.strategy, justify="right")
+        t.add_column(esc(line.strategy), justify="right")
         if s.device:
             t.add_column("J / sample", justify="right")
             t.add_column("s / sample", justify="right")
@@ -443,7 +500,7 @@ def print_sweep(s: Sweep) -> None:
                 cells += [peak if fits else f"[red]{peak}[/]", si(line.joules_per_sample[i], "J"),
                           si(line.seconds_per_sample[i], "s")]
                 if not fits and (i == 0 or line.fits[i - 1]):  # the first batch that does not fit
-                    notes.append(f"{line.strategy} stops fitting (largest batch {line.max_batch:,})")
+                    notes.append(f"{esc(line.strategy)} stops fitting (largest batch {line.max_batch:,})")
             else:
                 cells.append(peak)
         if s.device:
@@ -451,7 +508,7 @@ def print_sweep(s: Sweep) -> None:
         t.add_row(*cells)
     out.print(t)
     if s.device:
-        out.print("Largest batch that fits: " + ", ".join(f"{ln.strategy} {ln.max_batch:,}" for ln in s.lines))
+        out.print("Largest batch that fits: " + ", ".join(f"{esc(ln.strategy)} {ln.max_batch:,}" for ln in s.lines))
 
 
 @app.command("verify")
@@ -461,8 +518,8 @@ def verify_cmd(
     batch: int = typer.Option(32, "--batch", "-b", help="Batch size B."),
     steps: int = typer.Option(2, "--steps", help="Training steps to run (the first is measured)."),
     retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: int = typer.Option(65536, "--workspace", help="Workspace budget in bytes per operator (the trainer's default)."),
-    dataset: str = typer.Option("synthetic", "--dataset", help="synthetic, digits, mnist:DIR or cifar10:DIR."),
+    workspace: str = workspace_option("64KiB"),
+    dataset: str = typer.Option("synthetic", "--dataset", help="Data of the measured steps: synthetic (random inputs of the model's shape: memory and op counts do not depend on the values; the default), digits, mnist:DIR or cifar10:DIR."),
     by: str = typer.Option("role", "--by", help="Variables grouped by role, or every variable."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (whatever the verdict)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
@@ -514,10 +571,11 @@ def _diff(a: int | None, b: int | None) -> str:
 
 
 def print_verification(v, by: str) -> None:
+    default_note = " (the trainer's default; predict's default is 0)" if v.workspace_budget == 65536 else ""
     ok = "[green]ok[/]"
     bad = "[red]MISMATCH[/]"
-    out.print(f"[bold]{v.model}[/] · strategy [bold]{v.strategy}[/] · batch {v.batch_size} · retention {v.retention} · "
-              f"workspace {human_bytes(v.workspace_budget)}: the cost model against the bundled trainer")
+    out.print(f"[bold]{esc(v.model)}[/] · strategy [bold]{esc(v.strategy)}[/] · batch {v.batch_size} · retention {v.retention} · "
+              f"workspace {human_bytes(v.workspace_budget)}{default_note}: the cost model against the bundled trainer")
     t = Table(title="Bytes of every variable (must agree exactly)" if by == "variable" else
               "Bytes by role (every variable must agree exactly)")
     cols = ["variable", "role"] if by == "variable" else ["role", "variables"]
@@ -525,10 +583,10 @@ def print_verification(v, by: str) -> None:
         t.add_column(col, justify="right" if col in ("predicted", "measured", "difference", "variables") else "left")
     if by == "variable":
         for c in v.variables:
-            t.add_row(c.name, c.role, human_bytes(c.predicted_bytes) if c.predicted_bytes is not None else "-",
+            t.add_row(esc(c.name), c.role, human_bytes(c.predicted_bytes) if c.predicted_bytes is not None else "-",
                       human_bytes(c.measured_bytes) if c.measured_bytes is not None else "-",
                       _diff(c.predicted_bytes, c.measured_bytes),
-                      ok if c.ok else f"{bad} {c.predicted_life or '-'} / {c.measured_life or '-'}")
+                      ok if c.ok else f"{bad} {esc(c.predicted_life or '-')} / {esc(c.measured_life or '-')}")
     else:
         groups: dict[str, list] = {}
         for c in v.variables:
@@ -538,14 +596,14 @@ def print_verification(v, by: str) -> None:
             mb = sum(c.measured_bytes or 0 for c in cs)
             wrong = [c.name for c in cs if not c.ok]
             t.add_row(role, str(len(cs)), human_bytes(pb), human_bytes(mb), _diff(pb, mb),
-                      ok if not wrong else f"{bad}: {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
+                      ok if not wrong else f"{bad}: {esc(', '.join(wrong[:4]))}{' ...' if len(wrong) > 4 else ''}")
     out.print(t)
     p = v.peak
     t = Table(title="Peak of the step")
     for col, j in (("", "left"), ("bytes", "right"), ("event", "left"), ("tolerance", "left"), ("", "left")):
         t.add_column(col, justify=j)
-    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", p.predicted_event, "", "")
-    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", p.ledger_event, "exact, same event", ok if p.ledger_ok else bad)
+    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", esc(p.predicted_event), "", "")
+    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", esc(p.ledger_event), "exact, same event", ok if p.ledger_ok else bad)
     t.add_row("process (tracemalloc)", f"{p.process_bytes:,}", "",
               f"{p.process_floor_bytes:,} .. {p.process_limit_bytes:,} "
               f"({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)", ok if p.process_ok else bad)
@@ -554,7 +612,7 @@ def print_verification(v, by: str) -> None:
     for col in ("phase", "kind", "format", "predicted", "measured", "difference", ""):
         t.add_column(col, justify="right" if col in ("predicted", "measured", "difference") else "left")
     for o in v.ops:
-        t.add_row(o.phase, o.kind, o.format, f"{o.predicted:,}", f"{o.measured:,}", _diff(o.predicted, o.measured),
+        t.add_row(esc(o.phase), o.kind, o.format, f"{o.predicted:,}", f"{o.measured:,}", _diff(o.predicted, o.measured),
                   ok if o.ok else bad)
     out.print(t)
     if v.ok:
@@ -605,12 +663,18 @@ def check_samples(n: int | None, device: str | None) -> int | None:
     return n
 
 
-def knobs(retention: str, workspace: int) -> dict:
+def byte_count(option: str, value: str | int) -> int:
+    """A byte count from the command line, plain or with a unit, by the parser the device files use."""
+    try:
+        return convert_quantity(value, "bytes")
+    except ValueError as exc:
+        raise BadInput(f"{option}: {exc}") from None
+
+
+def knobs(retention: str, workspace: str | int) -> dict:
     if retention not in ("step", "backward"):
         raise BadInput(f"--retention must be step or backward, not '{retention}'")
-    if workspace < 0:
-        raise BadInput(f"--workspace must be >= 0 bytes, not {workspace}")
-    return {"retention": retention, "workspace_budget": workspace}
+    return {"retention": retention, "workspace_budget": byte_count("--workspace", workspace)}
 
 
 # ---------------------------------------------------------------- train (the bundled trainer)
@@ -619,13 +683,13 @@ def knobs(retention: str, workspace: int) -> dict:
 def train_cmd(
     model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
     strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
-    dataset: str = typer.Option("digits", "--dataset", help="digits, synthetic, mnist:DIR or cifar10:DIR."),
+    dataset: str = typer.Option("digits", "--dataset", help="Data to train on: digits (8x8 handwritten digits shipped with the package, for the digits-* models; the default), synthetic, mnist:DIR or cifar10:DIR."),
     epochs: int = typer.Option(20, "--epochs", help="Epochs in total (a resumed run continues up to this)."),
     batch: int = typer.Option(64, "--batch", "-b", help="Batch size B."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 0.01)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and of the shuffling."),
     retention: str = typer.Option("step", "--retention", help="step: saved tensors live to the step's end; backward: freed after use."),
-    workspace: int = typer.Option(65536, "--workspace", help="Workspace budget in bytes per operator (0: no scratch)."),
+    workspace: str = workspace_option("64KiB"),
     save: Optional[str] = typer.Option(None, "--save", help="Write a checkpoint here after every epoch (atomically)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue from this checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else."),
@@ -680,13 +744,13 @@ def train_cmd(
     if as_json:
         emit_json(result.to_json())
         return
-    t = Table(title=f"{result.model} · {result.strategy} · {result.dataset} · batch {result.batch_size} · "
+    t = Table(title=f"{esc(result.model)} · {esc(result.strategy)} · {esc(result.dataset)} · batch {result.batch_size} · "
                     f"{result.epochs} epochs · retention {result.retention} · workspace {human_bytes(result.workspace_budget)}")
     t.add_column("")
     t.add_column("value", justify="right")
     t.add_row("[bold]test accuracy[/]", f"[bold]{100 * result.test_accuracy:.2f}%[/]")
     t.add_row("final train loss", f"{result.train_loss[-1]:.4f}")
-    t.add_row("ledger peak", f"{human_bytes(result.ledger_peak_bytes)} ({result.ledger_peak_bytes:,} B) at {result.ledger_peak_event}")
+    t.add_row("ledger peak", f"{human_bytes(result.ledger_peak_bytes)} ({result.ledger_peak_bytes:,} B) at {esc(result.ledger_peak_event)}")
     t.add_row("tracemalloc peak (first step)", f"{human_bytes(result.process_peak_bytes)} ({result.process_peak_bytes:,} B)")
     t.add_row("time per step", f"{1000 * result.seconds_per_step:.2f} ms")
     t.add_row("steps", f"{result.steps:,}")
@@ -700,9 +764,21 @@ def fail(message: str) -> int:
     return 2
 
 
+def plain_metavars(command) -> None:
+    """Name every option's value in --help by what it holds (BATCH, DEVICE), not by its Python type (<str>)."""
+    for sub in getattr(command, "commands", {}).values():
+        plain_metavars(sub)
+    for param in command.params:
+        if param.metavar is None and not getattr(param, "is_flag", False):
+            param.metavar = param.name.upper()
+        if param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx: None  # "MODEL  Zoo model name ...", not "MODEL <str>"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the CLI; bad input becomes one line on stderr and exit code 2."""
     command = typer.main.get_command(app)
+    plain_metavars(command)
     try:
         code = command.main(args=argv, prog_name="bnncost", standalone_mode=False)
     except UsageError as exc:

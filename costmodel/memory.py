@@ -95,7 +95,7 @@ class MemoryPlan:
     def peak_bytes(self, batch) -> np.ndarray:
         return self.live_bytes(batch).max(axis=0)
 
-    def peak(self, batch: int) -> tuple[int, int, int, float]:
+    def peak(self, batch: int) -> tuple[int, int, int, int]:
         """(peak bytes, peak event index, fixed bytes, per-sample bytes) at this batch size.
 
         fixed + per_sample x B equals the peak, and holds for every batch size
@@ -107,7 +107,7 @@ class MemoryPlan:
         e = int(np.argmax(live))
         slope = self.per_sample_by_event[e] + growing[e, 0]
         fixed = live[e] - slope * batch
-        return int(round(live[e])), e, int(round(fixed)), float(slope)
+        return int(round(live[e])), e, int(round(fixed)), int(round(slope))
 
     def max_batch(self, budget_bytes: int, limit: int = 1 << 40) -> int:
         """Largest B whose peak fits the budget (0 if even B = 1 does not)."""

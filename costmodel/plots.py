@@ -99,13 +99,13 @@ def plot_comparison(c: Comparison, path: str) -> Path:
         ax.bar(x, vals, bottom=bottom, color=cmap(i % 20), label=role, width=0.6)
         bottom = [b + v for b, v in zip(bottom, vals)]
     for i, pr in enumerate(preds):
-        ax.text(i, bottom[i], f"{pr.memory.peak_bytes / scale:.1f} {unit}\n{c.savings[pr.strategy]['peak_bytes']:.2f}x",
+        ax.text(i, bottom[i], f"{pr.memory.peak_bytes / scale:.1f} {unit}\n{c.savings[pr.strategy]['peak_bytes_ratio']:.2f}x",
                 ha="center", va="bottom", fontsize=8)
     ax.set_ylim(0, max(bottom) * 1.18)
     ax.set_xticks(list(x), names, rotation=20 if len(preds) > 2 else 0, ha="right" if len(preds) > 2 else "center",
                   fontsize=8)
     ax.set_ylabel(f"bytes alive at the peak ({unit})")
-    ax.set_title(f"{preds[0].model}, batch {preds[0].batch_size}: where the peak memory goes")
+    ax.set_title(f"{preds[0].model}, batch {preds[0].batch}: where the peak memory goes")
     ax.legend(fontsize=7, loc="upper right", ncol=2)
     if with_energy:
         ax2 = axes[0][1]

@@ -10,13 +10,13 @@ from pydantic import BaseModel
 
 from bnncost.costmodel.energy import EnergyModel, steps_per_epoch
 from bnncost.costmodel.memory import MemoryPlan, memory_plan
-from bnncost.costmodel.ops import by_phase, count_ops, count_traffic, totals
-from bnncost.costmodel.strategy import Strategy, as_strategy
+from bnncost.costmodel.ops import PHASES, OpCount, count_ops, count_traffic
+from bnncost.costmodel.strategy import Strategy, as_strategy, strategy_labels
 from bnncost.layers.graph import Graph, graph_of
 from bnncost.layers.model import Model
 
-PREDICTION_SCHEMA = "bnncost.prediction/1"
-COMPARISON_SCHEMA = "bnncost.comparison/1"
+PREDICTION_SCHEMA = "bnncost.prediction/2"
+COMPARISON_SCHEMA = "bnncost.comparison/2"
 
 
 class VariableReport(BaseModel):
@@ -35,17 +35,35 @@ class MemoryReport(BaseModel):
     peak_bytes: int
     peak_event: str
     fixed_bytes: int
-    per_sample_bytes: float
-    by_role: dict[str, int]
-    by_layer: dict[str, int]
+    per_sample_bytes: int
+    by_role: dict[str, int]  # bytes of each role alive at the peak event (they sum to the peak)
+    by_role_max: dict[str, int]  # each role's own largest live bytes at any event of the step
+    by_layer: dict[str, int]  # bytes of each layer alive at the peak event
     variables: list[VariableReport]
 
 
+class OpRecord(BaseModel):
+    """One operation count; aggregates leave out `layer` (total: also `phase`)."""
+
+    layer: str | None = None
+    phase: str | None = None
+    kind: str
+    format: str
+    count: int
+
+
 class OpsReport(BaseModel):
-    by_phase: dict[str, dict[str, dict[str, int]]]  # phase -> format -> kind -> count
-    total: dict[str, dict[str, int]]  # format -> kind -> count
+    counts: list[OpRecord]  # every count by layer, phase, kind and format
+    by_phase: list[OpRecord]  # summed over layers
+    total: list[OpRecord]  # summed over layers and phases
     macs: dict[str, int]  # multiply-accumulates by format
-    bit_macs: int  # binary x binary products (XNOR-popcount bit operations)
+    bit_macs: int  # binary x binary products (informational: the xnor_popcount words are what costs)
+
+    def to_json(self) -> dict:
+        doc = self.model_dump()
+        for key in ("counts", "by_phase", "total"):
+            doc[key] = [{k: v for k, v in r.items() if v is not None} for r in doc[key]]
+        return doc
 
 
 class EnergyReport(BaseModel):
@@ -73,37 +91,66 @@ class FitReport(BaseModel):
     usable_bytes: int
     max_batch: int
     headroom_bytes: int
+    peak_bytes_at_max_batch: int | None  # None when not even one sample fits
 
 
 class Prediction(BaseModel):
     schema_: str = PREDICTION_SCHEMA
     model: str
-    strategy: str
-    batch_size: int
+    strategy: str  # the label: the strategy's name, made distinct within one comparison
+    strategy_source: str  # where it was loaded from: strategy:NAME for a shipped one, else the file
+    batch: int
     retention: str
     workspace_budget: int
     memory: MemoryReport
-    parameters: int
+    batchnorm: str  # the strategy's batchnorm kind: l1 trains no gamma, so it has fewer parameters
+    parameters: int  # trainable parameters under that batchnorm
     ops: OpsReport
     device: str | None = None
     energy: EnergyReport | None = None
     time: TimeReport | None = None
     fit: FitReport | None = None
 
+    @property
+    def batch_size(self) -> int:
+        """The batch size under its former name."""
+        return self.batch
+
     def to_json(self) -> dict:
         doc = self.model_dump(exclude_none=True)
+        doc["ops"] = self.ops.to_json()
         return {"schema": doc.pop("schema_"), **doc}
 
 
 class Comparison(BaseModel):
     baseline: str
     predictions: list[Prediction]
-    savings: dict[str, dict[str, float]]
+    savings: dict[str, dict[str, float]]  # label -> {peak_bytes_ratio, ...}: baseline's figure / this one's
+
+    @property
+    def model(self) -> str:
+        return self.predictions[0].model
+
+    @property
+    def batch(self) -> int:
+        return self.predictions[0].batch
+
+    @property
+    def device(self) -> str | None:
+        return self.predictions[0].device
+
+    @property
+    def strategies(self) -> list[str]:
+        return [p.strategy for p in self.predictions]
 
     def to_json(self) -> dict:
+        p0 = self.predictions[0]
+        doc = {"schema": COMPARISON_SCHEMA, "model": p0.model, "batch": p0.batch}
+        if p0.device is not None:
+            doc["device"] = p0.device
         return {
-            "schema": COMPARISON_SCHEMA,
-            "baseline": self.baseline,
+            **doc, "retention": p0.retention, "workspace_budget": p0.workspace_budget,
+            "baseline": self.baseline, "strategies": self.strategies,
             "predictions": [p.to_json() for p in self.predictions],
             "savings": self.savings,
         }
@@ -118,12 +165,16 @@ def memory_report(plan: MemoryPlan, batch: int) -> MemoryReport:
     peak, e, fixed, per = plan.peak(batch)
     by_role: dict[str, int] = {}
     by_layer: dict[str, int] = {}
+    live_by_role: dict[str, list[int]] = {}  # role -> live bytes at each event
     rows = []
     for v in plan.variables:
         nbytes = v.bytes_at(batch)
         if v.alloc <= e <= v.free:
             by_role[v.role] = by_role.get(v.role, 0) + nbytes
             by_layer[v.layer] = by_layer.get(v.layer, 0) + nbytes
+        live = live_by_role.setdefault(v.role, [0] * len(plan.events))
+        for i in range(v.alloc, v.free + 1):
+            live[i] += nbytes
         rows.append(VariableReport(
             name=v.name, layer=v.layer, role=v.role, format=v.format, shape=v.shape_at(batch),
             bytes=nbytes, alloc_event=plan.events[v.alloc], free_event=plan.events[v.free],
@@ -132,16 +183,26 @@ def memory_report(plan: MemoryPlan, batch: int) -> MemoryReport:
     return MemoryReport(
         peak_bytes=peak, peak_event=plan.events[e], fixed_bytes=fixed, per_sample_bytes=per,
         by_role=dict(sorted(by_role.items(), key=lambda kv: -kv[1])),
+        by_role_max=dict(sorted(((r, max(live)) for r, live in live_by_role.items()), key=lambda kv: -kv[1])),
         by_layer=by_layer, variables=rows,
     )
 
 
-def ops_report(ops, batch: int) -> OpsReport:
-    total = totals(ops, batch)
+def ops_report(ops: list[OpCount], batch: int) -> OpsReport:
+    counts = [OpRecord(layer=o.layer, phase=o.phase, kind=o.kind, format=o.format, count=o.at(batch)) for o in ops]
+    phase_sums: dict[tuple, int] = {}
+    total_sums: dict[tuple, int] = {}
+    for r in counts:
+        phase_sums[(r.phase, r.kind, r.format)] = phase_sums.get((r.phase, r.kind, r.format), 0) + r.count
+        total_sums[(r.kind, r.format)] = total_sums.get((r.kind, r.format), 0) + r.count
+    phase_order = {p: i for i, p in enumerate(PHASES)}
     return OpsReport(
-        by_phase=by_phase(ops, batch), total=total,
-        macs={f: k["mac"] for f, k in total.items() if "mac" in k},
-        bit_macs=total.get("bool", {}).get("bit_mac", 0),
+        counts=counts,
+        by_phase=[OpRecord(phase=p, kind=k, format=f, count=n)
+                  for (p, k, f), n in sorted(phase_sums.items(), key=lambda kv: (phase_order[kv[0][0]], -kv[1]))],
+        total=[OpRecord(kind=k, format=f, count=n) for (k, f), n in sorted(total_sums.items(), key=lambda kv: -kv[1])],
+        macs={f: n for (k, f), n in total_sums.items() if k == "mac"},
+        bit_macs=total_sums.get(("bit_mac", "bool"), 0),
     )
 
 
@@ -159,6 +220,7 @@ def device_reports(energy: EnergyModel, plan: MemoryPlan, batch: int, epoch_samp
             per_epoch_s += float(last.seconds[0])
     usable = energy.device.memory.usable_bytes
     peak = int(plan.peak_bytes(batch)[0])
+    max_batch = plan.max_batch(usable)
     return (
         EnergyReport(
             joules_per_step=joules, compute_j=float(et.compute_j[0]), memory_j=float(et.memory_j[0]),
@@ -170,8 +232,8 @@ def device_reports(energy: EnergyModel, plan: MemoryPlan, batch: int, epoch_samp
             seconds_per_step=seconds, compute_s=float(et.compute_s[0]), memory_s=float(et.memory_s[0]),
             seconds_per_sample=seconds / batch, seconds_per_epoch=per_epoch_s, epoch_samples=epoch_samples,
         ),
-        FitReport(fits=peak <= usable, usable_bytes=usable, max_batch=plan.max_batch(usable),
-                  headroom_bytes=usable - peak),
+        FitReport(fits=peak <= usable, usable_bytes=usable, max_batch=max_batch, headroom_bytes=usable - peak,
+                  peak_bytes_at_max_batch=int(plan.peak_bytes(max_batch)[0]) if max_batch else None),
     )
 
 
@@ -184,20 +246,22 @@ def predict(
     workspace_budget: int = 0,
     device=None,
     epoch_samples: int | None = None,
+    label: str | None = None,
 ) -> Prediction:
-    """Cost one training step. `device` is a loaded Device (hardware_profiles) or None."""
+    """Cost one training step. `device` is a loaded Device (hardware_profiles) or None; `label` names the
+    strategy in the result (default: its name)."""
     check_batch(batch)
     graph = graph_of(model)
     strat = as_strategy(strategy)
     plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
     ops = count_ops(graph, strat)
     pred = Prediction(
-        model=graph.model.name, strategy=strat.name, batch_size=batch, retention=retention,
-        workspace_budget=workspace_budget, memory=memory_report(plan, batch),
-        parameters=graph.parameter_count(strat.batchnorm), ops=ops_report(ops, batch),
+        model=graph.model.name, strategy=label or strat.name, strategy_source=strat.source, batch=batch,
+        retention=retention, workspace_budget=workspace_budget, memory=memory_report(plan, batch),
+        batchnorm=strat.batchnorm, parameters=graph.parameter_count(strat.batchnorm), ops=ops_report(ops, batch),
     )
     if device is not None:
-        energy = EnergyModel(ops, count_traffic(graph, strat, plan), device, context=f"{strat.name}: ")
+        energy = EnergyModel(ops, count_traffic(graph, strat, plan), device, context=f"{pred.strategy}: ")
         pred.device = device.name
         pred.energy, pred.time, pred.fit = device_reports(
             energy, plan, batch, epoch_samples or graph.model.train_samples)
@@ -210,14 +274,18 @@ def compare(
     batch: int = 100,
     **knobs,
 ) -> Comparison:
-    """Predict every strategy; savings are the first strategy's figure over each one's."""
+    """Predict every strategy; savings are ratios, the first strategy's figure over each one's.
+
+    Each strategy is loaded once and kept: two with one name (a user's `name: proposed` file beside the
+    shipped one) stay two, with distinct labels (strategy_labels)."""
     graph = graph_of(model)
-    preds = [predict(graph, s, batch, **knobs) for s in strategies]
+    strats = [as_strategy(s) for s in strategies]
+    preds = [predict(graph, s, batch, label=label, **knobs) for s, label in zip(strats, strategy_labels(strats))]
     base = preds[0]
     savings = {}
     for p in preds:
-        savings[p.strategy] = {"peak_bytes": base.memory.peak_bytes / p.memory.peak_bytes}
+        savings[p.strategy] = {"peak_bytes_ratio": base.memory.peak_bytes / p.memory.peak_bytes}
         if p.energy is not None:
-            savings[p.strategy]["joules_per_step"] = base.energy.joules_per_step / p.energy.joules_per_step
-            savings[p.strategy]["seconds_per_step"] = base.time.seconds_per_step / p.time.seconds_per_step
+            savings[p.strategy]["joules_per_step_ratio"] = base.energy.joules_per_step / p.energy.joules_per_step
+            savings[p.strategy]["seconds_per_step_ratio"] = base.time.seconds_per_step / p.time.seconds_per_step
     return Comparison(baseline=base.strategy, predictions=preds, savings=savings)

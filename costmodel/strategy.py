@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from bnncost.costmodel.formats import FORMAT_BITS, REAL_FORMATS
 from bnncost.layers.model import looks_like_path
 from bnncost.layers.roles import DERIVED_FORMAT, FORMATTED_ROLES
-from bnncost.layers.yamlfile import parse_yaml
+from bnncost.layers.yamlfile import parse_yaml, read_text
 
 
 class StrategyError(ValueError):
@@ -41,6 +41,7 @@ class Strategy(BaseModel):
 
 _CHOICES = {"batchnorm": ("l1", "l2"), "weight_grad": ("sign", "full"), "optimizer": ("adam", "sgd", "bop")}
 _KEYS = {"name", "description", "extends", "formats", *_CHOICES}
+MAX_EXTENDS = 32  # a longer chain is a mistake, not a design
 
 
 def strategy_names() -> list[str]:
@@ -60,6 +61,18 @@ def as_strategy(strategy: "str | Strategy") -> Strategy:
     return strategy if isinstance(strategy, Strategy) else load_strategy(strategy)
 
 
+def strategy_labels(strategies: "list[Strategy]") -> list[str]:
+    """One distinct label per strategy of a command: its name, or, when two share a name, the name with
+    the stem of the file it came from (`proposed (fat-adam)`); what is still repeated is numbered (#2)."""
+    names = [s.name for s in strategies]
+    first = []
+    for s in strategies:
+        stem = Path(s.source).stem if looks_like_path(s.source) else s.name
+        first.append(s.name if names.count(s.name) == 1 or stem == s.name else f"{s.name} ({stem})")
+    return [label if first[:i].count(label) == 0 else f"{label} #{first[:i].count(label) + 1}"
+            for i, label in enumerate(first)]
+
+
 @lru_cache(maxsize=None)
 def _load_shipped(ref: str) -> Strategy:
     return _finish(_load_rows(ref, ()))
@@ -68,9 +81,7 @@ def _load_shipped(ref: str) -> Strategy:
 def _read(ref: str, base: Path | None) -> tuple[Any, str]:
     if looks_like_path(ref):
         path = Path(ref) if base is None or Path(ref).is_absolute() else base / ref
-        if not path.is_file():
-            raise StrategyError(f"{ref}: strategy file not found")
-        text, source = path.read_text(encoding="utf-8"), str(path)
+        text, source = read_text(path, StrategyError, "strategy file"), str(path)
     else:
         if ref not in strategy_names():
             raise StrategyError(
@@ -83,13 +94,19 @@ def _read(ref: str, base: Path | None) -> tuple[Any, str]:
 
 def _load_rows(ref: str, chain: tuple[str, ...], base: Path | None = None) -> dict:
     doc, source = _read(ref, base)
-    if source in chain:
-        raise StrategyError(f"{source}: 'extends' forms a cycle: {' -> '.join(chain + (source,))}")
+    identity = str(Path(source).resolve()) if looks_like_path(source) else source
+    if identity in chain:
+        raise StrategyError(f"{source}: 'extends' forms a cycle back to {Path(source).name}")
+    if len(chain) >= MAX_EXTENDS:
+        raise StrategyError(f"{source}: 'extends' chains more than {MAX_EXTENDS} files")
     if not isinstance(doc, dict):
         raise StrategyError(f"{source}: a strategy file must be a mapping")
-    unknown = set(doc) - _KEYS
+    unknown = set(map(str, doc)) - _KEYS
     if unknown:
         raise StrategyError(f"{source}: unknown field(s): {', '.join(sorted(unknown))}")
+    for key in ("name", "description", "extends"):
+        if key in doc and not isinstance(doc[key], str):
+            raise StrategyError(f"{source}: {key}: must be a string, not {type(doc[key]).__name__}")
     formats = doc.get("formats") or {}
     if not isinstance(formats, dict):
         raise StrategyError(f"{source}: formats must be a mapping of role: format")
@@ -100,15 +117,15 @@ def _load_rows(ref: str, chain: tuple[str, ...], base: Path | None = None) -> di
             raise StrategyError(f"{source}: formats.{role}: {role} takes the {DERIVED_FORMAT[role]} format, do not set it")
         if role not in FORMATTED_ROLES:
             raise StrategyError(f"{source}: formats: unknown role '{role}'; roles: {', '.join(FORMATTED_ROLES)}")
-        if fmt not in FORMAT_BITS:
+        if not isinstance(fmt, str) or fmt not in FORMAT_BITS:
             raise StrategyError(f"{source}: formats.{role}: unknown format '{fmt}'; formats: {', '.join(FORMAT_BITS)}")
     for key, allowed in _CHOICES.items():
-        if key in doc and doc[key] not in allowed:
+        if key in doc and (not isinstance(doc[key], str) or doc[key] not in allowed):
             raise StrategyError(f"{source}: {key}: '{doc[key]}' is not one of {', '.join(allowed)}")
     rows: dict = {}
     if doc.get("extends"):
         parent_base = Path(source).parent if looks_like_path(source) else None
-        rows = _load_rows(str(doc["extends"]), chain + (source,), parent_base)
+        rows = _load_rows(doc["extends"], chain + (identity,), parent_base)
     rows = {**rows, **{k: v for k, v in doc.items() if k not in ("formats", "extends")}}
     rows["formats"] = {**rows.get("formats", {}), **formats}
     rows["source"] = source

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from bnncost.costmodel.energy import EnergyModel
 from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.ops import count_ops, count_traffic
-from bnncost.costmodel.strategy import Strategy, as_strategy
+from bnncost.costmodel.strategy import Strategy, as_strategy, strategy_labels
 from bnncost.layers.graph import graph_of
 
 SWEEP_SCHEMA = "bnncost.sweep/1"
@@ -79,20 +79,20 @@ def sweep(model, strategies: list[str | Strategy], batches: list[int], *, retent
     graph = graph_of(model)
     bs = np.asarray(batches, dtype=np.float64)
     lines = []
-    for ref in strategies:
-        strat = as_strategy(ref)
+    strats = [as_strategy(ref) for ref in strategies]
+    for strat, label in zip(strats, strategy_labels(strats)):
         plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
         live = plan.live_bytes(bs)
         peaks = live.max(axis=0)
         line = SweepLine(
-            strategy=strat.name,
+            strategy=label,
             peak_bytes=[int(round(p)) for p in peaks],
             peak_event=[plan.events[i] for i in live.argmax(axis=0)],
         )
         if device is not None:
             usable = device.memory.usable_bytes
             et = EnergyModel(count_ops(graph, strat), count_traffic(graph, strat, plan), device,
-                             context=f"{strat.name}: ").evaluate(bs)
+                             context=f"{label}: ").evaluate(bs)
             line.fits = [bool(p <= usable) for p in peaks]
             line.max_batch = plan.max_batch(usable)
             line.joules_per_sample = (et.joules / bs).tolist()

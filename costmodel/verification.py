@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from bnncost.costmodel.memory import MemoryPlan
 from bnncost.costmodel.ops import OpCount
 
-VERIFICATION_SCHEMA = "bnncost.verification/1"
+VERIFICATION_SCHEMA = "bnncost.verification/2"
 # numpy's own temporaries: the trainer bounds them by its tile and chunk sizes
 # (float32 tiles of one product, 512 KiB in all; elementwise chunks of 128 KiB;
 # the optimizer's work buffers), plus the labels and small arrays. Over the
@@ -96,13 +96,21 @@ class Verification(BaseModel):
     op_mismatches: list[dict]
 
     def to_json(self) -> dict:
+        """The JSON reference's shape: the prediction under `memory`, the trainer's measurement under
+        `measured`, op counts as records."""
+        p = self.peak
         return {
             "schema": VERIFICATION_SCHEMA,
-            "model": self.model, "strategy": self.strategy, "batch_size": self.batch_size,
+            "model": self.model, "strategy": self.strategy, "batch": self.batch_size,
             "retention": self.retention, "workspace_budget": self.workspace_budget, "ok": self.ok,
+            "memory": {"peak_bytes": p.predicted_bytes, "peak_event": p.predicted_event},
+            "measured": {"peak_bytes": p.ledger_bytes, "peak_event": p.ledger_event,
+                         "process_peak_bytes": p.process_bytes},
+            "peak": {"ledger_ok": p.ledger_ok, "process_ok": p.process_ok,
+                     "process_floor_bytes": p.process_floor_bytes, "process_limit_bytes": p.process_limit_bytes},
             "variables": [v.model_dump() for v in self.variables],
-            "peak": self.peak.model_dump(),
-            "ops": {"by_phase_kind_format": [o.model_dump() for o in self.ops], "mismatches": self.op_mismatches},
+            "ops": [o.model_dump() for o in self.ops],
+            "op_mismatches": self.op_mismatches,
             "tolerance": {
                 "variable_bytes": "exact", "ledger_peak": "exact", "op_counts": "exact",
                 "process_peak_above_fraction": PROCESS_MARGIN_FRACTION,

@@ -23,30 +23,10 @@ from pydantic import ValidationError
 
 from bnncost.hardware_profiles.schema import Device
 from bnncost.hardware_profiles.units import DeviceError
+from bnncost.layers.yamlfile import load_yaml, read_text, yaml_problem
 
 PACKAGE = "bnncost.hardware_profiles"
 _SUFFIXES = (".yaml", ".yml")
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses a key written twice in one mapping."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in mapping:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", mark
-            )
-        mapping[key] = loader.construct_object(value_node, deep=deep)
-    return mapping
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _shipped() -> dict[str, Any]:
@@ -70,15 +50,6 @@ def _is_path(name_or_path: Union[str, os.PathLike]) -> bool:
         return True
     text = str(name_or_path)
     return os.sep in text or "/" in text or (os.altsep is not None and os.altsep in text) or text.lower().endswith(_SUFFIXES)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, str]:
-    """(location, problem) of a YAML error, on one line."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "<document>"
-    parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
-    problem = "; ".join(str(p) for p in parts if p) or str(exc)
-    return where, f"malformed YAML: {problem}"
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -136,29 +107,20 @@ def parse_device(data: Any, file: str = "<memory>") -> Device:
 def parse_device_text(text: str, file: str = "<string>") -> Device:
     """Read a device from YAML text; errors name ``file``."""
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
-        where, problem = _yaml_problem(exc)
-        raise DeviceError.at(file, where, problem) from None
+        line, problem = yaml_problem(exc)
+        raise DeviceError.at(file, f"line {line}" if line else "<document>", f"malformed YAML: {problem}") from None
+    except RecursionError:
+        raise DeviceError.at(file, "<document>", "malformed YAML: nested too deeply") from None
     return parse_device(data, file)
 
 
 def load_device(name_or_path: Union[str, os.PathLike]) -> Device:
     """Load a shipped device by name, or a user's device file by path."""
     if _is_path(name_or_path):
-        path = Path(name_or_path)
         file = str(name_or_path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise DeviceError.at(file, "<file>", "no such file") from None
-        except IsADirectoryError:
-            raise DeviceError.at(file, "<file>", "is a directory, not a device file") from None
-        except UnicodeDecodeError as exc:
-            raise DeviceError.at(file, "<file>", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        except OSError as exc:
-            raise DeviceError.at(file, "<file>", f"cannot read: {exc.strerror or exc}") from None
-        return parse_device_text(text, file)
+        return parse_device_text(read_text(file, DeviceError, "device file"), file)
 
     name = str(name_or_path).strip()
     shipped = _shipped()

@@ -30,6 +30,8 @@ into one-line :class:`~hardware_profiles.units.DeviceError` messages.
 
 from __future__ import annotations
 
+import math
+
 from typing import Annotated, Any, Final, Literal, Optional, get_args
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
@@ -52,6 +54,8 @@ def _quantity(kind: str):
 
 
 def _positive(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
     if value <= 0:
         raise ValueError(f"must be greater than 0, got {value!r}")
     return value

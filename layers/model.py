@@ -15,7 +15,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bnncost.layers.spec import LAYER_CLASSES, LayerSpec, Residual
-from bnncost.layers.yamlfile import parse_yaml
+from bnncost.layers.yamlfile import parse_yaml, read_text, read_yaml
+
+
+MAX_LAYERS = 20_000  # ResNet-152 has about 500; more is a mistake or an attack, not a model
 
 
 class ModelError(ValueError):
@@ -45,7 +48,7 @@ def load_model(ref: str) -> Model:
     if looks_like_path(ref):
         path = Path(ref)
         if not path.is_file():
-            raise ModelError(f"{ref}: model file not found")
+            read_text(path, ModelError, "model file")  # says what is wrong with it
         stat = path.stat()
         if path.suffix.lower() == ".onnx":
             return _load_onnx_file(str(path), stat.st_mtime_ns, stat.st_size)
@@ -62,7 +65,7 @@ def _load_onnx_file(path: str, mtime_ns: int, size: int) -> Model:
 
 @lru_cache(maxsize=64)
 def _load_model_file(path: str, mtime_ns: int, size: int) -> Model:
-    return parse_model(parse_yaml(Path(path).read_text(encoding="utf-8"), path, ModelError), path)
+    return parse_model(read_yaml(path, ModelError, "model file"), path)
 
 
 @lru_cache(maxsize=None)
@@ -77,7 +80,7 @@ def parse_model(doc: Any, source: str = "<memory>") -> Model:
     """Validate a model document (the parsed YAML) and name its layers."""
     if not isinstance(doc, dict):
         raise ModelError(f"{source}: a model file must be a mapping with name, input and layers")
-    unknown = set(doc) - {"name", "input", "layers", "description", "train_samples"}
+    unknown = set(map(str, doc)) - {"name", "input", "layers", "description", "train_samples"}
     if unknown:
         raise ModelError(f"{source}: unknown top-level field(s): {', '.join(sorted(unknown))}")
     for key in ("input", "layers"):
@@ -99,6 +102,9 @@ def parse_model(doc: Any, source: str = "<memory>") -> Model:
     if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool) or samples < 1):
         raise ModelError(f"{source}: train_samples must be a positive integer")
     name = doc.get("name") or Path(source).stem
+    for key in ("name", "description"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise ModelError(f"{source}: {key}: must be a string, not {type(doc[key]).__name__}")
     return Model(name=str(name), input=tuple(shape), layers=layers, train_samples=samples, source=source)
 
 
@@ -109,13 +115,18 @@ def _parse_layers(items: list, source: str, prefix: str, counters: dict, seen: s
         if not isinstance(item, dict) or len(item) != 1:
             raise ModelError(f"{where}: each layer is a one-key mapping such as '- dense: {{units: 256}}'")
         (kind, fields), = item.items()
-        if kind not in LAYER_CLASSES:
+        if not isinstance(kind, str) or kind not in LAYER_CLASSES:
             raise ModelError(f"{where}: unknown layer kind '{kind}'; known: {', '.join(LAYER_CLASSES)}")
+        if fields is not None and not isinstance(fields, dict):
+            raise ModelError(f"{where} ({kind}): its fields must be a mapping such as "
+                             f"'- {kind}: {{...}}', not {type(fields).__name__} {fields!r:.40}")
         fields = dict(fields or {})
-        if not isinstance(fields, dict):
-            raise ModelError(f"{where} ({kind}): fields must be a mapping")
+        if len(seen) >= MAX_LAYERS:
+            raise ModelError(f"{where}: more than {MAX_LAYERS:,} layers")
         counters[kind] = counters.get(kind, 0) + 1
         name = fields.pop("name", None) or f"{kind}_{counters[kind]}"
+        if not isinstance(name, str):
+            raise ModelError(f"{where} ({kind}): name: must be a string, not {type(name).__name__}")
         where = f"{source}: layer {prefix}{i} ({name})"
         if name in seen:
             raise ModelError(f"{where}: duplicate layer name '{name}'")

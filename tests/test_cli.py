@@ -31,8 +31,8 @@ def test_predict_json_is_one_document(capsys):
     code, out, err = run(capsys, "predict", "mlp", "--batch", "100", "--json")
     assert code == 0 and err == ""
     doc = json.loads(out)
-    assert doc["schema"] == "bnncost.prediction/1"
-    assert doc["model"] == "mlp" and doc["strategy"] == "proposed" and doc["batch_size"] == 100
+    assert doc["schema"] == "bnncost.prediction/2"
+    assert doc["model"] == "mlp" and doc["strategy"] == "proposed" and doc["batch"] == 100
     assert doc["retention"] == "step" and doc["workspace_budget"] == 0
     m = doc["memory"]
     assert isinstance(m["peak_bytes"], int) and m["peak_event"].startswith("backward:")
@@ -47,10 +47,11 @@ def test_predict_json_is_one_document(capsys):
 def test_compare_json(capsys):
     code, out, _ = run(capsys, "compare", "mlp", "--strategies", "standard,proposed,bop", "--json")
     doc = json.loads(out)
-    assert doc["schema"] == "bnncost.comparison/1" and doc["baseline"] == "standard"
+    assert doc["schema"] == "bnncost.comparison/2" and doc["baseline"] == "standard"
+    assert doc["model"] == "mlp" and doc["batch"] == 100 and "device" not in doc
     assert [p["strategy"] for p in doc["predictions"]] == ["standard", "proposed", "bop"]
-    assert doc["savings"]["standard"]["peak_bytes"] == 1.0
-    assert doc["savings"]["proposed"]["peak_bytes"] > 2
+    assert doc["savings"]["standard"]["peak_bytes_ratio"] == 1.0
+    assert doc["savings"]["proposed"]["peak_bytes_ratio"] > 2
 
 
 @pytest.mark.parametrize("by, needle", [("role", "by role"), ("layer", "dense_1"), ("variable", "dense_1.adam_m")])
@@ -114,7 +115,7 @@ def test_compare_on_a_device_shows_energy_time_and_savings(capsys):
 def test_compare_json_gains_energy_savings(capsys):
     code, out, _ = run(capsys, "compare", "mlp", "--device", "jetson-nano", "--json")
     doc = json.loads(out)
-    assert doc["savings"]["proposed"]["joules_per_step"] > 1
+    assert doc["savings"]["proposed"]["joules_per_step_ratio"] > 1 and doc["device"] == "jetson-nano"
     p = doc["predictions"][1]
     assert p["device"] == "jetson-nano"
     assert set(p["energy"]) >= {"joules_per_step", "compute_j", "memory_j", "static_j"}
@@ -126,7 +127,7 @@ def test_compare_json_gains_energy_savings(capsys):
 def test_predict_on_a_device_table(capsys):
     code, out, _ = run(capsys, "predict", "mlp", "--batch", "200", "--device", "raspberry-pi-3b-plus")
     assert code == 0 and "On raspberry-pi-3b-plus" in out and "per epoch (60,000 samples)" in out
-    assert "bit-MACs" in out
+    assert "xnor_popcount" in out and "add float16" in out
 
 
 def test_fit_and_devices(capsys):
@@ -134,7 +135,8 @@ def test_fit_and_devices(capsys):
     assert code == 0 and "Largest batch that fits" in out
     code, out, _ = run(capsys, "fit", "mlp", "--device", "raspberry-pi-3b-plus", "--json")
     doc = json.loads(out)
-    assert doc["schema"] == "bnncost.fit/1" and doc["strategies"][1]["max_batch"] > doc["strategies"][0]["max_batch"]
+    assert doc["schema"] == "bnncost.fit/2"
+    assert doc["strategies"][1]["fit"]["max_batch"] > doc["strategies"][0]["fit"]["max_batch"]
     code, out, _ = run(capsys, "devices", "--json")
     assert "raspberry-pi-3b-plus" in [d["name"] for d in json.loads(out)["devices"]]
 
@@ -159,7 +161,7 @@ def test_device_lacking_an_op_the_model_needs(capsys, tmp_path):
 def test_fit_when_nothing_fits(capsys):
     code, out, _ = run(capsys, "fit", "mlp", "--device", TOY, "--json")
     doc = json.loads(out)
-    assert [s["max_batch"] for s in doc["strategies"]] == [0, 0]
+    assert [s["fit"]["max_batch"] for s in doc["strategies"]] == [0, 0]
     code, out, _ = run(capsys, "fit", "mlp", "--device", TOY)
     assert code == 0 and "no" in out
 

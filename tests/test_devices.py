@@ -315,7 +315,7 @@ def test_missing_file(tmp_path):
     path = tmp_path / "nowhere" / "board.yaml"
     with pytest.raises(DeviceError) as excinfo:
         load_device(path)
-    assert_one_line_error(excinfo, str(path), "no such file")
+    assert_one_line_error(excinfo, str(path), "not found")
 
 
 def test_malformed_yaml(tmp_path):

@@ -191,11 +191,13 @@ def test_train_json_is_one_document(capsys):
     code, out, err = run_cli(capsys, "train", "digits-mlp", "--epochs", "2", "--json")
     assert code == 0 and err == ""
     doc = json.loads(out)
-    assert doc["schema"] == "bnncost.training/1"
-    assert doc["strategy"] == "proposed" and len(doc["train_loss"]) == 2
-    for key in ("test_accuracy", "ledger_peak_bytes", "process_peak_bytes", "seconds_per_step", "ledger", "ops"):
-        assert key in doc
-    assert isinstance(doc["ledger_peak_bytes"], int) and doc["ledger_peak_event"].startswith("backward:")
+    assert doc["schema"] == "bnncost.training/2"
+    assert doc["strategy"] == "proposed" and len(doc["train_loss"]) == 2 and doc["batch"] == 64
+    assert "test_accuracy" in doc and "seconds_per_step" in doc
+    m = doc["measured"]
+    assert isinstance(m["peak_bytes"], int) and m["peak_event"].startswith("backward:") and m["process_peak_bytes"] > 0
+    assert set(m["variables"][0]) >= {"name", "role", "format", "bytes"}
+    assert set(m["ops"][0]) == {"layer", "phase", "kind", "format", "count"}
 
 
 def test_train_table_and_progress(capsys):

@@ -57,10 +57,13 @@ def test_verify_cli_table_json_and_exit_codes(capsys):
     assert code == 0 and "verified" in out and "Peak of the step" in out and err == ""
     code, out, _ = run(capsys, "verify", "digits-cnn", "--batch", "4", "--steps", "1", "--json", "--by", "variable")
     doc = json.loads(out)
-    assert doc["schema"] == "bnncost.verification/1" and doc["ok"] is True
+    assert doc["schema"] == "bnncost.verification/2" and doc["ok"] is True and doc["batch"] == 4
     assert set(doc["variables"][0]) >= {"name", "role", "predicted_bytes", "measured_bytes"}
-    assert set(doc["peak"]) >= {"predicted_bytes", "ledger_bytes", "process_bytes", "predicted_event", "ledger_event"}
-    assert doc["ops"]["mismatches"] == [] and "process_peak_above_fraction" in doc["tolerance"]
+    assert doc["memory"]["peak_bytes"] == doc["measured"]["peak_bytes"] > 0
+    assert doc["memory"]["peak_event"] == doc["measured"]["peak_event"]
+    assert doc["measured"]["process_peak_bytes"] > 0 and doc["peak"]["ledger_ok"] and doc["peak"]["process_ok"]
+    assert set(doc["ops"][0]) == {"phase", "kind", "format", "predicted", "measured", "ok"}
+    assert doc["op_mismatches"] == [] and "process_peak_above_fraction" in doc["tolerance"]
 
 
 def test_verify_exit_1_when_something_disagrees(capsys, monkeypatch):

@@ -37,7 +37,7 @@ from bnncost.trainer.datasets import Dataset, load_dataset
 from bnncost.trainer.errors import TrainerError, TrainingDiverged
 from bnncost.trainer.network import Network
 
-TRAINING_SCHEMA = "bnncost.training/1"
+TRAINING_SCHEMA = "bnncost.training/2"
 DEFAULT_LR = 0.01
 
 
@@ -122,7 +122,15 @@ class TrainingResult(BaseModel):
     resumed_from_epoch: int | None = None
 
     def to_json(self) -> dict:
-        return {"schema": TRAINING_SCHEMA, **self.model_dump()}
+        """The JSON reference's shape: `batch`, and what the trainer measured under `measured`."""
+        doc = self.model_dump(exclude={"batch_size", "ledger_peak_bytes", "ledger_peak_event",
+                                       "process_peak_bytes", "ledger", "ops"})
+        return {"schema": TRAINING_SCHEMA, "model": doc.pop("model"), "strategy": doc.pop("strategy"),
+                "batch": self.batch_size, **doc,
+                "measured": {"peak_bytes": self.ledger_peak_bytes, "peak_event": self.ledger_peak_event,
+                             "process_peak_bytes": self.process_peak_bytes,
+                             "variables": [r.model_dump() for r in self.ledger],
+                             "ops": [o.model_dump() for o in self.ops]}}
 
 
 def _ledger_entries(net: Network) -> list[LedgerEntry]:
