@@ -63,6 +63,11 @@ class Interpreter:
     def error(self, problem: str) -> ModelError:
         return self.g.error(self.node, problem)
 
+    def unsupported(self) -> ModelError:
+        domain = f" (domain {self.node.domain})" if self.node.domain not in ("", "ai.onnx") else ""
+        return self.error(f"unsupported op{domain} on activations; bnncost models Conv, Gemm, MatMul, "
+                          "BatchNormalization, the sign idioms, Relu, pooling, Flatten/Reshape, Add joins and Softmax")
+
     @property
     def where(self) -> str:
         return self.g.labels[id(self.node)]
@@ -91,13 +96,14 @@ class Interpreter:
                 continue
             self.node = node
             handler: Callable | None = getattr(self, f"op_{node.op_type}", None)
-            if node.domain not in ("", "ai.onnx") or handler is None:
-                raise self.error("unsupported op" + (f" (domain {node.domain})" if node.domain else "")
-                                 + "; bnncost models Conv, Gemm, MatMul, BatchNormalization, the sign idioms, "
-                                 "Relu, pooling, Flatten/Reshape, Add joins and Softmax")
+            if node.domain not in ("", "ai.onnx") or (handler is None and node.op_type not in _CONST_OPS
+                                                      and node.op_type != "Constant"):
+                raise self.unsupported()
             attrs = {a.name: self._attr(a) for a in node.attribute}
             ins = [self.value(name) for name in node.input]
             folded = self._fold(node.op_type, ins, attrs)
+            if folded is None and handler is None:
+                raise self.unsupported()
             result = folded if folded is not None else handler(ins, attrs)
             results = result if isinstance(result, tuple) else (result,)
             for name, value in zip(node.output, results):
@@ -179,7 +185,8 @@ class Interpreter:
         if fold is None:
             raise self.error("unsupported op on constants")
         try:
-            return fold(ins, attrs)
+            out = fold(ins, attrs)
+            return out if isinstance(out, np.ndarray) else np.asarray(out)
         except (TypeError, ValueError, IndexError) as exc:
             raise self.error(f"cannot fold its constant inputs ({exc})") from None
 
