@@ -270,11 +270,15 @@ class Interpreter:
     def _show(target: list) -> str:
         return "[" + ", ".join(str(d) for d in target) + "]"
 
+    def _axes_of(self, ins: list, attrs: dict) -> list[int] | None:
+        """Reduce/Squeeze axes: an attribute before opset 13/18, an input after."""
+        if len(ins) > 1 and ins[1] is not None:
+            return self.const(ins[1], "the axes").reshape(-1).tolist()
+        return attrs.get("axes")
+
     def op_Squeeze(self, ins, attrs):
         x = self.act(ins[0])
-        axes = attrs.get("axes")
-        if len(ins) > 1 and ins[1] is not None:
-            axes = self.const(ins[1], "the axes").reshape(-1).tolist()
+        axes = self._axes_of(ins, attrs)
         rank = len(x.labels)
         axes = sorted(a % rank for a in axes) if axes is not None else \
             [i for i, a in enumerate(x.labels) if i and x.sizes[a] == 1]
@@ -567,9 +571,7 @@ class Interpreter:
 
     def op_ReduceMean(self, ins, attrs):
         x = self.act(ins[0])
-        axes = attrs.get("axes")
-        if len(ins) > 1 and ins[1] is not None:
-            axes = self.const(ins[1], "the axes").reshape(-1).tolist()
+        axes = self._axes_of(ins, attrs)
         rank = len(x.labels)
         reduced = {x.labels[a % rank] for a in axes} if axes else set(x.labels)
         if x.flat or reduced != {"H", "W"}:
