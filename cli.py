@@ -17,9 +17,12 @@ from rich.markup import escape as esc  # every user string that reaches rich goe
 from rich.text import Text
 
 from bnncost.costmodel.memory import memory_plan
+from bnncost.costmodel.engine import DEFAULT_ENGINE, Engine, EngineError, as_engine, engine_names, load_engine
 from bnncost.costmodel.ops import INFORMATIONAL, KINDS, count_ops
 from bnncost.costmodel.plots import check_path, plot_comparison, plot_sweep
-from bnncost.costmodel.prediction import Comparison, Prediction, check_batch, compare, predict
+from bnncost.costmodel.prediction import (
+    Comparison, Prediction, check_batch, compare, implementation_knobs, predict,
+)
 from bnncost.costmodel.strategy import StrategyError, load_strategy, strategy_names
 from bnncost.costmodel.sweep import Sweep, parse_batches, sweep
 from bnncost.hardware_profiles import Device, DeviceError, list_devices, load_device
@@ -85,7 +88,8 @@ def table_markdown(t: Table) -> str:
 out = Printer()
 
 LADDER = ["standard", "ladder-1-binary-activations", "ladder-2-l1-batchnorm", "ladder-3-binary-dw", "proposed"]
-USER_ERRORS = (ModelError, StrategyError, DeviceError, ValueError, OSError)  # PlotError is a ValueError
+USER_ERRORS = (ModelError, StrategyError, EngineError, DeviceError, ValueError, OSError)
+TRAINER_ENGINE = "bnncost-trainer"  # what verify predicts by default: the trainer it runs  # PlotError is a ValueError
 
 # Typer may bundle its own copy of click; take its exception classes from Typer itself.
 _CLICK_EXC = sys.modules[typer.BadParameter.__module__]
@@ -152,11 +156,25 @@ def strategies_option():
                              f"(default: {DEFAULT_STRATEGIES}).")
 
 
-def workspace_option(default: str):
-    """--workspace: a byte count, plain or with a unit, read by the device files' parser."""
+def workspace_option(default: str | None):
+    """--workspace: a byte count, plain or with a unit, read by the device files' parser (None: the engine's)."""
     return typer.Option(default, "--workspace", metavar="BYTES",
                         help="Workspace budget per operator: bytes, or with a unit (64KiB, 1MiB, 4MB); "
-                             "0: in place, no scratch.")
+                             "0: in place, no scratch." + (" Default: the engine's." if default is None else ""))
+
+
+def retention_option():
+    """--retention, defaulting to the engine's."""
+    return typer.Option(None, "--retention", metavar="step|backward",
+                        help="step: saved tensors live to the step's end; backward: freed after use. "
+                             "Default: the engine's.")
+
+
+def engine_option(default: str | None):
+    """--engine: how the implementation holds the step (costmodel.engine)."""
+    return typer.Option(default, "--engine", metavar="NAME|PATH",
+                        help="Engine name or YAML path: how the implementation holds the step "
+                             f"(default {default or DEFAULT_ENGINE}; see 'bnncost engines').")
 
 
 def split_list(text: str | None) -> list[str]:
@@ -208,13 +226,39 @@ def strategies_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSO
     out.print(t)
 
 
+@app.command("engines")
+def engines_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the shipped engines: how an implementation holds a training step."""
+    rows = [load_engine(n) for n in engine_names()]
+    if as_json:
+        emit_json({"schema": "bnncost.engines/1", "default": DEFAULT_ENGINE, "engines": [
+            {"name": e.name, "description": e.description, "retention": e.retention,
+             "workspace_budget": e.workspace.budget, "rules": engine_rule_counts(e), "source": e.file}
+            for e in rows]})
+        return
+    t = Table(title=f"Engines (pass a name, or a path to your own YAML; default {DEFAULT_ENGINE})")
+    for col in ("engine", "retention", "workspace", "rules", "description"):
+        t.add_column(col, justify="right" if col == "workspace" else "left")
+    for e in rows:
+        counts = engine_rule_counts(e)
+        t.add_row(esc(e.name), e.retention, human_bytes(e.workspace.budget),
+                  ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "-", esc(e.description))
+    out.print(t)
+
+
+def engine_rule_counts(e: Engine) -> dict[str, int]:
+    return {k: len(getattr(e, k)) for k in ("variables", "temporaries", "optimizer_temporaries", "drop", "shares",
+                                             "lifetimes", "runtime")}
+
+
 @app.command("predict")
 def predict_cmd(
     model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
     strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
-    retention: str = typer.Option("step", "--retention", help="step: saved tensors live to the step's end; backward: freed after use."),
-    workspace: str = workspace_option("0"),
+    engine: Optional[str] = engine_option(None),
+    retention: Optional[str] = retention_option(),
+    workspace: Optional[str] = workspace_option(None),
     by: str = typer.Option("role", "--by", help="Breakdown: role, layer or variable."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
@@ -226,17 +270,19 @@ def predict_cmd(
     if by not in ("role", "layer", "variable"):
         raise BadInput(f"--by must be role, layer or variable, not '{by}'")
     p = predict(model, strategy, batch, device=open_device(device),
-                epoch_samples=check_samples(epoch_samples, device), **knobs(retention, workspace))
+                epoch_samples=check_samples(epoch_samples, device), **implementation(engine, retention, workspace))
     if as_json:
         emit_json(p.to_json())
         return
     m = p.memory
-    out.print(f"[bold]{esc(p.model)}[/] · strategy [bold]{esc(p.strategy)}[/] · batch {p.batch} · "
-              f"retention {p.retention} · workspace {human_bytes(p.workspace_budget)}"
-              f"{' (default: in place)' if p.workspace_budget == 0 else ''} · {p.parameters:,} parameters "
+    out.print(f"[bold]{esc(p.model)}[/] · strategy [bold]{esc(p.strategy)}[/] · engine [bold]{esc(p.engine)}[/] · "
+              f"batch {p.batch} · retention {p.retention} · workspace {human_bytes(p.workspace_budget)}"
+              f"{' (in place)' if p.workspace_budget == 0 else ''} · {p.parameters:,} parameters "
               f"({p.batchnorm} batchnorm{': no gamma' if p.batchnorm == 'l1' else ''})")
     out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} B) at {esc(m.peak_event)}"
               f"  =  {formula(m.fixed_bytes, m.per_sample_bytes)}")
+    if m.runtime_bytes:
+        out.print(f"  = tensors {human_bytes(m.tensor_peak_bytes)} + the engine's runtime {human_bytes(m.runtime_bytes)}")
     if by == "role":
         fmts = role_formats(p)
         t = Table(title="Bytes at the peak, by role")
@@ -311,8 +357,9 @@ def compare_cmd(
     strategies: Optional[str] = strategies_option(),
     ladder: bool = typer.Option(False, "--ladder", help="Compare the ablation ladder from standard to proposed, one change per step."),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
-    retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: str = workspace_option("0"),
+    engine: Optional[str] = engine_option(None),
+    retention: Optional[str] = retention_option(),
+    workspace: Optional[str] = workspace_option(None),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -327,7 +374,7 @@ def compare_cmd(
         raise BadInput("--ladder compares the shipped ladder; leave out --strategies, or drop --ladder")
     names = LADDER if ladder else split_list(strategies)
     c = compare(model, names, batch, device=open_device(device), epoch_samples=check_samples(epoch_samples, device),
-                **knobs(retention, workspace))
+                **implementation(engine, retention, workspace))
     if as_json:
         emit_json(c.to_json())
     else:
@@ -339,8 +386,9 @@ def compare_cmd(
 def print_comparison(c: Comparison, stepwise: bool) -> None:
     preds = c.predictions
     p0 = preds[0]
-    out.print(f"[bold]{esc(p0.model)}[/] · batch {p0.batch} · retention {p0.retention} · "
-              f"workspace {human_bytes(p0.workspace_budget)} · savings against [bold]{esc(c.baseline)}[/]")
+    out.print(f"[bold]{esc(p0.model)}[/] · engine [bold]{esc(p0.engine)}[/] · batch {p0.batch} · "
+              f"retention {p0.retention} · workspace {human_bytes(p0.workspace_budget)} · "
+              f"savings against [bold]{esc(c.baseline)}[/]")
     t = Table(title="Peak memory of one training step")
     t.add_column("")
     for p in preds:
@@ -394,26 +442,31 @@ def fit_cmd(
     device: str = typer.Option(..., "--device", "-d", help="Device name or YAML path."),
     strategies: Optional[str] = strategies_option(),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size whose fit is also checked."),
-    retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: str = workspace_option("0"),
+    engine: Optional[str] = engine_option(None),
+    retention: Optional[str] = retention_option(),
+    workspace: Optional[str] = workspace_option(None),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
 ) -> None:
     """The largest batch that fits the device's usable memory, per strategy."""
     output_mode(as_json, markdown)
     dev = load_device(device)
-    opts = knobs(retention, workspace)
+    opts = implementation(engine, retention, workspace)
     c = compare(model, split_list(strategies), batch, device=dev, **opts)
+    p0 = c.predictions[0]
     if as_json:
         emit_json({"schema": "bnncost.fit/2", "model": c.model, "batch": batch, "device": dev.name,
-                   "retention": retention, "workspace_budget": opts["workspace_budget"], "strategies": [
+                   "engine": p0.engine, "retention": p0.retention, "workspace_budget": p0.workspace_budget,
+                   "strategies": [
                        {"strategy": p.strategy, "strategy_source": p.strategy_source,
                         "memory": {k: getattr(p.memory, k) for k in
-                                   ("peak_bytes", "peak_event", "fixed_bytes", "per_sample_bytes")},
+                                   ("peak_bytes", "peak_event", "fixed_bytes", "per_sample_bytes",
+                                    "tensor_peak_bytes", "runtime_bytes", "process_peak_bytes")},
                         "fit": p.fit.model_dump()} for p in c.predictions]})
         return
     out.print(f"[bold]{esc(c.model)}[/] on [bold]{esc(dev.name)}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
-              f"of {human_bytes(dev.memory.ram_bytes)} RAM · retention {retention}")
+              f"of {human_bytes(dev.memory.ram_bytes)} RAM · engine [bold]{esc(p0.engine)}[/] · "
+              f"retention {p0.retention} · workspace {human_bytes(p0.workspace_budget)}")
     t = Table(title="Largest batch that fits")
     for col, j in (("strategy", "left"), ("largest batch", "right"), ("peak there", "right"),
                    (f"peak at batch {batch}", "right"), (f"fits at batch {batch}", "left"),
@@ -454,8 +507,9 @@ def sweep_cmd(
     batch: str = typer.Option("1:4096", "--batch", "-b", help="Batch sizes: a:b, a:b:step, or a list 1,8,64."),
     log: bool = typer.Option(True, "--log/--linear", help="For a:b without a step: powers of two (default) or every batch."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds fit, energy and time per sample."),
-    retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: str = workspace_option("0"),
+    engine: Optional[str] = engine_option(None),
+    retention: Optional[str] = retention_option(),
+    workspace: Optional[str] = workspace_option(None),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Also draw memory against batch size to FILE.png."),
@@ -465,7 +519,8 @@ def sweep_cmd(
     if plot:
         check_path(plot)
     batches = parse_batches(batch, log)
-    s = sweep(model, split_list(strategies), batches, device=open_device(device), **knobs(retention, workspace))
+    s = sweep(model, split_list(strategies), batches, device=open_device(device),
+              **implementation(engine, retention, workspace))
     if as_json:
         emit_json(s.to_json())
     else:
@@ -476,7 +531,8 @@ def sweep_cmd(
 
 def print_sweep(s: Sweep) -> None:
     where = f" on {esc(s.device)} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
-    out.print(f"[bold]{esc(s.model)}[/]{where} · retention {s.retention} · workspace {human_bytes(s.workspace_budget)}")
+    out.print(f"[bold]{esc(s.model)}[/]{where} · engine [bold]{esc(s.engine)}[/] · retention {s.retention} · "
+              f"workspace {human_bytes(s.workspace_budget)}")
     t = Table(title="Peak memory of one training step against batch size" + (" (red: does not fit)" if s.device else ""))
     t.add_column("batch", justify="right")
     for line in s.lines:
@@ -517,8 +573,9 @@ def verify_cmd(
     strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
     batch: int = typer.Option(32, "--batch", "-b", help="Batch size B."),
     steps: int = typer.Option(2, "--steps", help="Training steps to run (the first is measured)."),
-    retention: str = typer.Option("step", "--retention", help="step or backward."),
-    workspace: str = workspace_option("64KiB"),
+    engine: str = engine_option(TRAINER_ENGINE),
+    retention: Optional[str] = retention_option(),
+    workspace: Optional[str] = workspace_option(None),
     dataset: str = typer.Option("synthetic", "--dataset", help="Data of the measured steps: synthetic (random inputs of the model's shape: memory and op counts do not depend on the values; the default), digits, mnist:DIR or cifar10:DIR."),
     by: str = typer.Option("role", "--by", help="Variables grouped by role, or every variable."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (whatever the verdict)."),
@@ -531,7 +588,8 @@ def verify_cmd(
     output_mode(as_json, markdown)
     if by not in ("role", "variable"):
         raise BadInput(f"--by must be role or variable, not '{by}'")
-    v = run_verification(model, strategy, batch, steps=steps, dataset=dataset, **knobs(retention, workspace))
+    v = run_verification(model, strategy, batch, steps=steps, dataset=dataset,
+                         **implementation(engine, retention, workspace))
     if as_json:
         emit_json(v.to_json())
     else:
@@ -541,10 +599,13 @@ def verify_cmd(
 
 
 def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, dataset: str = "synthetic",
-                     retention: str = "step", workspace_budget: int = 65536, plan_hook=None):
+                     engine: "str | Engine" = TRAINER_ENGINE, retention: str | None = None,
+                     workspace_budget: int | None = None, plan_hook=None):
     """Predict, run the trainer for `steps` steps, and compare (the trainer is imported only here).
 
-    `plan_hook(plan)` may alter the prediction before the comparison (the tests break it on purpose).
+    The trainer runs with the retention and budget of `engine` (the bundled
+    trainer's by default) unless they are given. `plan_hook(plan)` may alter
+    the prediction before the comparison (the tests break it on purpose).
     """
     from bnncost.costmodel.verification import Measurement, verify_against
     from bnncost.trainer.run import run_steps
@@ -554,13 +615,15 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
     check_batch(batch)
     graph = graph_of(model)
     strat = load_strategy(strategy)
-    plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
+    eng = as_engine(engine)
+    retention, workspace_budget = implementation_knobs(eng, retention, workspace_budget)
+    plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget, engine=eng)
     if plan_hook is not None:
         plan = plan_hook(plan)
     measured = run_steps(graph, strat, batch=batch, steps=steps, dataset=dataset, retention=retention,
                          workspace_budget=workspace_budget)
     return verify_against(plan, count_ops(graph, strat), batch, Measurement(**measured.measurement()),
-                          model=graph.model.name, strategy=strat.name, retention=retention,
+                          model=graph.model.name, strategy=strat.name, engine=eng.name, retention=retention,
                           workspace_budget=workspace_budget)
 
 
@@ -571,11 +634,11 @@ def _diff(a: int | None, b: int | None) -> str:
 
 
 def print_verification(v, by: str) -> None:
-    default_note = " (the trainer's default; predict's default is 0)" if v.workspace_budget == 65536 else ""
     ok = "[green]ok[/]"
     bad = "[red]MISMATCH[/]"
-    out.print(f"[bold]{esc(v.model)}[/] · strategy [bold]{esc(v.strategy)}[/] · batch {v.batch_size} · retention {v.retention} · "
-              f"workspace {human_bytes(v.workspace_budget)}{default_note}: the cost model against the bundled trainer")
+    out.print(f"[bold]{esc(v.model)}[/] · strategy [bold]{esc(v.strategy)}[/] · engine [bold]{esc(v.engine)}[/] · "
+              f"batch {v.batch_size} · retention {v.retention} · workspace {human_bytes(v.workspace_budget)}: "
+              f"the cost model against the bundled trainer")
     t = Table(title="Bytes of every variable (must agree exactly)" if by == "variable" else
               "Bytes by role (every variable must agree exactly)")
     cols = ["variable", "role"] if by == "variable" else ["role", "variables"]
@@ -671,10 +734,17 @@ def byte_count(option: str, value: str | int) -> int:
         raise BadInput(f"{option}: {exc}") from None
 
 
-def knobs(retention: str, workspace: str | int) -> dict:
-    if retention not in ("step", "backward"):
+def knobs(retention: str | None, workspace: str | int | None) -> dict:
+    """--retention and --workspace checked; None stays None (the engine's then)."""
+    if retention is not None and retention not in ("step", "backward"):
         raise BadInput(f"--retention must be step or backward, not '{retention}'")
-    return {"retention": retention, "workspace_budget": byte_count("--workspace", workspace)}
+    return {"retention": retention,
+            "workspace_budget": None if workspace is None else byte_count("--workspace", workspace)}
+
+
+def implementation(engine: str | None, retention: str | None, workspace: "str | int | None") -> dict:
+    """The engine (loaded, so a bad one is refused before any work) and the knobs that override it."""
+    return {"engine": load_engine(engine or DEFAULT_ENGINE), **knobs(retention, workspace)}
 
 
 # ---------------------------------------------------------------- train (the bundled trainer)

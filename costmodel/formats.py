@@ -23,6 +23,10 @@ FORMAT_BITS: dict[str, int] = {
 
 REAL_FORMATS = ("float32", "float16", "bfloat16")
 
+# Formats a tensor may be held in but a strategy never computes in: an engine's
+# own bookkeeping (PyTorch's max-pool indices and class labels are int64).
+STORAGE_BITS: dict[str, int] = {**FORMAT_BITS, "int64": 64}
+
 
 def tensor_bytes(fmt: str, shape: tuple[int, ...]) -> int:
     """Bytes of a tensor of this shape stored in this format (bool packed along the last axis)."""
@@ -30,7 +34,7 @@ def tensor_bytes(fmt: str, shape: tuple[int, ...]) -> int:
         if not shape:
             return 1
         return math.prod(shape[:-1]) * -(-shape[-1] // 8)
-    return math.prod(shape) * FORMAT_BITS[fmt] // 8
+    return math.prod(shape) * STORAGE_BITS[fmt] // 8
 
 
 def batched_bytes(fmt: str, shape: tuple[int, ...]) -> int:
@@ -39,4 +43,4 @@ def batched_bytes(fmt: str, shape: tuple[int, ...]) -> int:
     The batch axis is never the last one, so bool packing happens within a
     sample and the total is exactly B times this.
     """
-    return tensor_bytes(fmt, shape) if shape else FORMAT_BITS[fmt] // 8
+    return tensor_bytes(fmt, shape) if shape else STORAGE_BITS[fmt] // 8

@@ -9,43 +9,19 @@ solved on these coefficients without rebuilding any variable.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from bnncost.costmodel.engine import Engine
+from bnncost.costmodel.engine_rules import RUNTIME_ROLE, apply_engine
 from bnncost.costmodel.formats import batched_bytes, tensor_bytes
 from bnncost.costmodel.strategy import Strategy
+from bnncost.costmodel.variable import Variable
 from bnncost.layers.graph import Graph
 from bnncost.layers.scratch import rows_held, scratch_needs
 from bnncost.layers.storage import stored_variables
 from bnncost.layers.timeline import step_events
-
-
-@dataclass(frozen=True)
-class Variable:
-    name: str
-    layer: str
-    role: str
-    format: str
-    shape: tuple  # per-sample dims after a leading "B" when batched
-    fixed: int  # a: bytes that do not scale with the batch
-    per_sample: int  # b: bytes per sample
-    alloc: int  # event index, inclusive
-    free: int  # event index, inclusive
-    cap: float = math.inf  # workspace growing with the batch: bytes = min(cap, slope * B) ...
-    slope: int = 0
-    rows_per_sample: int = 0  # ... in rows of shape[1:], rows_per_sample x B of them in all
-
-    def bytes_at(self, batch: int) -> int:
-        ws = 0 if self.slope == 0 else int(min(self.cap, self.slope * batch))
-        return self.fixed + self.per_sample * batch + ws
-
-    def shape_at(self, batch: int) -> list:
-        """Concrete shape at a batch size (growing workspace: rows held x row)."""
-        if self.slope:
-            return [self.bytes_at(batch) // (self.slope // self.rows_per_sample), *self.shape[1:]]
-        return [batch if d == "B" else d for d in self.shape]
 
 
 @dataclass
@@ -73,6 +49,11 @@ class MemoryPlan:
         self._ws_event = np.array(ws_event, dtype=np.int64)
         self._ws_cap = np.array(ws_cap, dtype=np.float64)
         self._ws_slope = np.array(ws_slope, dtype=np.float64)
+
+    @property
+    def runtime_bytes(self) -> int:
+        """Constant bytes of the engine that are not tensors; the rest of the peak is tensors."""
+        return sum(v.fixed for v in self.variables if v.role == RUNTIME_ROLE)
 
     def _workspace(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per event and batch: workspace bytes, and the part of it still growing with B."""
@@ -127,8 +108,14 @@ class MemoryPlan:
         return lo
 
 
-def memory_plan(graph: Graph, strategy: Strategy, *, retention: str = "step", workspace_budget: int = 0) -> MemoryPlan:
-    """Give every stored variable and scratch of the step its format, bytes and lifetime."""
+def memory_plan(graph: Graph, strategy: Strategy, *, retention: str = "step", workspace_budget: int = 0,
+                engine: Engine | None = None) -> MemoryPlan:
+    """Give every stored variable and scratch of the step its format, bytes and lifetime.
+
+    `engine` changes METHOD's variables the way an implementation holds them
+    (costmodel.engine_rules); None is the reference engine, METHOD itself.
+    Retention and budget are passed resolved (an engine's, or the caller's).
+    """
     if workspace_budget < 0:
         raise ValueError("workspace budget must be >= 0 bytes")
     events = step_events(graph)
@@ -141,6 +128,8 @@ def memory_plan(graph: Graph, strategy: Strategy, *, retention: str = "step", wo
         else:
             fixed, per, shape = tensor_bytes(fmt, s.shape), 0, s.shape
         variables.append(Variable(s.name, s.layer, s.role, fmt, shape, fixed, per, index[s.alloc], index[s.free]))
+    if engine is not None:
+        variables = apply_engine(graph, strategy, engine, variables, events, retention)
     if workspace_budget > 0:
         for w in scratch_needs(graph):
             if w.only_if_packed and strategy.format_of(w.only_if_packed) != "bool":

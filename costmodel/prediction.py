@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from bnncost.costmodel.energy import EnergyModel, steps_per_epoch
+from bnncost.costmodel.engine import Engine, as_engine
 from bnncost.costmodel.memory import MemoryPlan, memory_plan
 from bnncost.costmodel.ops import PHASES, OpCount, count_ops, count_traffic
 from bnncost.costmodel.strategy import Strategy, as_strategy, strategy_labels
@@ -32,7 +33,10 @@ class VariableReport(BaseModel):
 
 
 class MemoryReport(BaseModel):
-    peak_bytes: int
+    peak_bytes: int  # the process peak: what fit compares with a device's usable memory
+    tensor_peak_bytes: int  # the engine's tensors at the peak event
+    runtime_bytes: int  # the engine's constant bytes that are not tensors
+    process_peak_bytes: int  # tensor peak + runtime bytes
     peak_event: str
     fixed_bytes: int
     per_sample_bytes: int
@@ -100,6 +104,7 @@ class Prediction(BaseModel):
     strategy: str  # the label: the strategy's name, made distinct within one comparison
     strategy_source: str  # where it was loaded from: strategy:NAME for a shipped one, else the file
     batch: int
+    engine: str
     retention: str
     workspace_budget: int
     memory: MemoryReport
@@ -149,7 +154,7 @@ class Comparison(BaseModel):
         if p0.device is not None:
             doc["device"] = p0.device
         return {
-            **doc, "retention": p0.retention, "workspace_budget": p0.workspace_budget,
+            **doc, "engine": p0.engine, "retention": p0.retention, "workspace_budget": p0.workspace_budget,
             "baseline": self.baseline, "strategies": self.strategies,
             "predictions": [p.to_json() for p in self.predictions],
             "savings": self.savings,
@@ -159,6 +164,12 @@ class Comparison(BaseModel):
 def check_batch(batch: int) -> None:
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch size must be a positive integer, not {batch!r}")
+
+
+def implementation_knobs(engine: Engine, retention: str | None, workspace_budget: int | None) -> tuple[str, int]:
+    """Retention and workspace budget: the caller's where given, else the engine's."""
+    return (engine.retention if retention is None else retention,
+            engine.workspace.budget if workspace_budget is None else workspace_budget)
 
 
 def memory_report(plan: MemoryPlan, batch: int) -> MemoryReport:
@@ -180,8 +191,10 @@ def memory_report(plan: MemoryPlan, batch: int) -> MemoryReport:
             bytes=nbytes, alloc_event=plan.events[v.alloc], free_event=plan.events[v.free],
             alive_at_peak=v.alloc <= e <= v.free,
         ))
+    runtime = plan.runtime_bytes
     return MemoryReport(
-        peak_bytes=peak, peak_event=plan.events[e], fixed_bytes=fixed, per_sample_bytes=per,
+        peak_bytes=peak, tensor_peak_bytes=peak - runtime, runtime_bytes=runtime, process_peak_bytes=peak,
+        peak_event=plan.events[e], fixed_bytes=fixed, per_sample_bytes=per,
         by_role=dict(sorted(by_role.items(), key=lambda kv: -kv[1])),
         by_role_max=dict(sorted(((r, max(live)) for r, live in live_by_role.items()), key=lambda kv: -kv[1])),
         by_layer=by_layer, variables=rows,
@@ -242,22 +255,30 @@ def predict(
     strategy: str | Strategy = "proposed",
     batch: int = 100,
     *,
-    retention: str = "step",
-    workspace_budget: int = 0,
+    engine: str | Engine | None = None,
+    retention: str | None = None,
+    workspace_budget: int | None = None,
     device=None,
     epoch_samples: int | None = None,
     label: str | None = None,
 ) -> Prediction:
     """Cost one training step. `device` is a loaded Device (hardware_profiles) or None; `label` names the
-    strategy in the result (default: its name)."""
+    strategy in the result (default: its name).
+
+    `engine` (a name, a path or an Engine; default reference) says how the
+    implementation holds the step; `retention` and `workspace_budget`, when
+    given, override the engine's.
+    """
     check_batch(batch)
     graph = graph_of(model)
     strat = as_strategy(strategy)
-    plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
+    eng = as_engine(engine)
+    retention, workspace_budget = implementation_knobs(eng, retention, workspace_budget)
+    plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget, engine=eng)
     ops = count_ops(graph, strat)
     pred = Prediction(
         model=graph.model.name, strategy=label or strat.name, strategy_source=strat.source, batch=batch,
-        retention=retention, workspace_budget=workspace_budget, memory=memory_report(plan, batch),
+        engine=eng.name, retention=retention, workspace_budget=workspace_budget, memory=memory_report(plan, batch),
         batchnorm=strat.batchnorm, parameters=graph.parameter_count(strat.batchnorm), ops=ops_report(ops, batch),
     )
     if device is not None:
@@ -279,6 +300,7 @@ def compare(
     Each strategy is loaded once and kept: two with one name (a user's `name: proposed` file beside the
     shipped one) stay two, with distinct labels (strategy_labels)."""
     graph = graph_of(model)
+    knobs["engine"] = as_engine(knobs.get("engine"))  # read a user's file once
     strats = [as_strategy(s) for s in strategies]
     preds = [predict(graph, s, batch, label=label, **knobs) for s, label in zip(strats, strategy_labels(strats))]
     base = preds[0]

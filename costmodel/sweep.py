@@ -13,8 +13,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from bnncost.costmodel.energy import EnergyModel
+from bnncost.costmodel.engine import Engine, as_engine
 from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.ops import count_ops, count_traffic
+from bnncost.costmodel.prediction import implementation_knobs
 from bnncost.costmodel.strategy import Strategy, as_strategy, strategy_labels
 from bnncost.layers.graph import graph_of
 
@@ -35,6 +37,7 @@ class SweepLine(BaseModel):
 class Sweep(BaseModel):
     model: str
     batches: list[int]
+    engine: str
     retention: str
     workspace_budget: int
     device: str | None = None
@@ -74,14 +77,17 @@ def parse_batches(spec: str, log: bool = False) -> list[int]:
     return values
 
 
-def sweep(model, strategies: list[str | Strategy], batches: list[int], *, retention: str = "step",
-          workspace_budget: int = 0, device=None) -> Sweep:
+def sweep(model, strategies: list[str | Strategy], batches: list[int], *, engine: str | Engine | None = None,
+          retention: str | None = None, workspace_budget: int | None = None, device=None) -> Sweep:
+    """Peaks (process peaks: tensors + the engine's runtime bytes) of every strategy at every batch size."""
     graph = graph_of(model)
+    eng = as_engine(engine)
+    retention, workspace_budget = implementation_knobs(eng, retention, workspace_budget)
     bs = np.asarray(batches, dtype=np.float64)
     lines = []
     strats = [as_strategy(ref) for ref in strategies]
     for strat, label in zip(strats, strategy_labels(strats)):
-        plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget)
+        plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget, engine=eng)
         live = plan.live_bytes(bs)
         peaks = live.max(axis=0)
         line = SweepLine(
@@ -99,7 +105,8 @@ def sweep(model, strategies: list[str | Strategy], batches: list[int], *, retent
             line.seconds_per_sample = (et.seconds / bs).tolist()
         lines.append(line)
     return Sweep(
-        model=graph.model.name, batches=list(batches), retention=retention, workspace_budget=workspace_budget,
+        model=graph.model.name, batches=list(batches), engine=eng.name, retention=retention,
+        workspace_budget=workspace_budget,
         device=device.name if device is not None else None,
         usable_bytes=device.memory.usable_bytes if device is not None else None, lines=lines,
     )

@@ -87,6 +87,7 @@ class Verification(BaseModel):
     model: str
     strategy: str
     batch_size: int
+    engine: str
     retention: str
     workspace_budget: int
     ok: bool
@@ -101,7 +102,7 @@ class Verification(BaseModel):
         p = self.peak
         return {
             "schema": VERIFICATION_SCHEMA,
-            "model": self.model, "strategy": self.strategy, "batch": self.batch_size,
+            "model": self.model, "strategy": self.strategy, "batch": self.batch_size, "engine": self.engine,
             "retention": self.retention, "workspace_budget": self.workspace_budget, "ok": self.ok,
             "memory": {"peak_bytes": p.predicted_bytes, "peak_event": p.predicted_event},
             "measured": {"peak_bytes": p.ledger_bytes, "peak_event": p.ledger_event,
@@ -121,7 +122,7 @@ class Verification(BaseModel):
 
 
 def verify_against(plan: MemoryPlan, ops: list[OpCount], batch: int, measured: Measurement, *,
-                   model: str, strategy: str, retention: str, workspace_budget: int) -> Verification:
+                   model: str, strategy: str, engine: str, retention: str, workspace_budget: int) -> Verification:
     """Compare a memory plan and op listing at this batch with a measurement, item by item."""
     predicted = {v.name: v for v in plan.variables}
     got = {v.name: v for v in measured.variables}
@@ -164,6 +165,7 @@ def verify_against(plan: MemoryPlan, ops: list[OpCount], batch: int, measured: M
                  for (p, k, f), (a, b) in sorted(grouped.items())]
     ok = all(c.ok for c in checks) and peak_check.ledger_ok and peak_check.process_ok and not mismatches
     return Verification(
-        model=model, strategy=strategy, batch_size=batch, retention=retention, workspace_budget=workspace_budget,
+        model=model, strategy=strategy, batch_size=batch, engine=engine, retention=retention,
+        workspace_budget=workspace_budget,
         ok=ok, variables=checks, peak=peak_check, ops=op_checks, op_mismatches=mismatches,
     )

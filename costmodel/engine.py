@@ -1,0 +1,384 @@
+"""Engines: how an implementation holds a training step, as data (METHOD 4.2).
+
+METHOD 4 describes one implementation: per role exactly what a layer's
+backward needs. A real engine (PyTorch's autograd, Keras on TensorFlow, the
+bundled trainer) holds a step differently, mechanism by mechanism. An engine
+file says so without code:
+
+- `retention` and `workspace.budget`: the two knobs of METHOD 4.1;
+- `variables`: what it keeps beyond METHOD's roles, per layer kind, with a
+  shape relative to the layer, a format and a lifetime (new roles allowed);
+- `temporaries`: buffers an operator makes while one event of a layer runs;
+- `optimizer_temporaries`: buffers the optimizer makes during `update`, one
+  parameter at a time (`largest_parameter`) or all at once (`each_parameter`);
+- `drop`: METHOD variables it does not hold (an op that saves nothing);
+- `shares`: a saved variable that is the layer's input or output tensor itself
+  whenever their formats agree (held once, the tensor kept alive meanwhile);
+- `lifetimes`: METHOD variables it holds from or until other events;
+- `runtime`: constant bytes that are not tensors (allocator caches, a traced
+  graph), each with its source.
+
+Every rule carries `source`: the measurement or document behind it. `extends`
+inherits another engine: scalars are overridden, named rules (variables,
+temporaries, optimizer_temporaries, runtime) are replaced by name, the other
+lists are appended. Shipped engines live in `costmodel/engines/`; a user
+passes a path to their own. The rules are applied in `costmodel.engine_rules`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+from bnncost.costmodel.formats import STORAGE_BITS
+from bnncost.hardware_profiles.units import QuantityError, convert
+from bnncost.layers.model import looks_like_path
+from bnncost.layers.relative import END_EVENTS, EVENTS, LAYER_KINDS, SHAPES
+from bnncost.layers.roles import DERIVED_FORMAT, FORMATTED_ROLES, ROLES
+from bnncost.layers.spec import WEIGHTED_KINDS
+from bnncost.layers.yamlfile import parse_yaml, read_text
+
+DEFAULT_ENGINE = "reference"
+MAX_EXTENDS = 32  # a longer chain is a mistake, not a design
+STRATEGY_FORMAT = "strategy:"  # format: strategy:<role> takes the strategy's format for that role
+STRATEGY_ROLES = (*FORMATTED_ROLES, *DERIVED_FORMAT)
+OPTIMIZERS = ("adam", "sgd", "bop")
+PARAMETER_SHAPES = ("largest_parameter", "each_parameter")
+NAMED_LISTS = ("variables", "temporaries", "optimizer_temporaries", "runtime")
+APPENDED_LISTS = ("drop", "shares", "lifetimes")
+FILE_KEYS = {"name", "description", "extends", "retention", "workspace", *NAMED_LISTS, *APPENDED_LISTS}
+
+
+class EngineError(ValueError):
+    """An engine file or name that cannot be used; the message is one line naming the file and field."""
+
+
+def _bytes(value: Any) -> int:
+    try:
+        return int(convert(value, "bytes"))
+    except QuantityError as exc:
+        raise ValueError(str(exc)) from None
+
+
+ByteCount = Annotated[int, BeforeValidator(_bytes)]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+def _one_or_many(v: Any) -> Any:
+    return (v,) if isinstance(v, str) else v
+
+
+def _known_kinds(v: tuple[str, ...]) -> tuple[str, ...]:
+    for k in v:
+        if k not in LAYER_KINDS:
+            raise ValueError(f"unknown layer kind '{k}'; kinds: {', '.join(LAYER_KINDS)}")
+    return v
+
+
+Kinds = Annotated[tuple[str, ...], BeforeValidator(_one_or_many), Field(min_length=1), AfterValidator(_known_kinds)]
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    source: Annotated[str, Field(min_length=1)]  # the measurement or document behind the rule
+
+    @field_validator("source")
+    @classmethod
+    def _nonblank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must say where the rule comes from (a measurement or a document)")
+        return v
+
+
+class When(BaseModel):
+    """Conditions on a layer (unset: any)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    binary: bool | None = None  # dense / conv2d with binary: true
+    first: bool | None = None  # its input is the data batch
+    needs_input_grad: bool | None = None  # its backward computes dX
+
+
+class _LayerRule(_Rule):
+    kinds: Kinds  # layer kinds this rule applies to (a residual's join is `add`)
+    when: When = When()
+
+
+def _check_format(fmt: str | None) -> str | None:
+    if fmt is None:
+        return None
+    if fmt.startswith(STRATEGY_FORMAT):
+        role = fmt[len(STRATEGY_FORMAT):]
+        if role not in STRATEGY_ROLES:
+            raise ValueError(f"'{fmt}': a strategy has no format for role '{role}'; roles: {', '.join(STRATEGY_ROLES)}")
+        return fmt
+    if fmt not in STORAGE_BITS:
+        raise ValueError(f"unknown format '{fmt}'; formats: {', '.join(STORAGE_BITS)}, or strategy:<role>")
+    return fmt
+
+
+class _Buffer(BaseModel):
+    """Name, role, count and format of a buffer an engine adds."""
+
+    name: Identifier
+    role: Identifier = "workspace"
+    count: PositiveInt = 1  # how many such buffers
+    format: str | None = None  # a storage format, or strategy:<role>; default: strategy:<role> of a strategy role
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str | None) -> str | None:
+        return _check_format(v)
+
+    def resolved_format(self) -> str:
+        return self.format or f"{STRATEGY_FORMAT}{self.role}"
+
+
+class LayerVariable(_LayerRule, _Buffer):
+    """A variable an engine keeps per layer of some kinds, from `alloc` to `free` (both included)."""
+
+    role: Identifier
+    shape: Literal[tuple(SHAPES)]
+    alloc: Literal[EVENTS]
+    free: Literal[END_EVENTS]
+
+
+class LayerTemporary(_LayerRule, _Buffer):
+    """A buffer an operator makes while one event of a layer runs."""
+
+    shape: Literal[tuple(SHAPES)]
+    during: Literal["forward", "backward"]
+
+
+class OptimizerTemporary(_Rule, _Buffer):
+    """A buffer the optimizer makes during `update`, per parameter tensor it updates."""
+
+    # only for parameters these optimizers update
+    optimizers: Annotated[tuple[Literal[OPTIMIZERS], ...], BeforeValidator(_one_or_many)] = OPTIMIZERS
+    shape: Literal[PARAMETER_SHAPES]
+
+
+class Drop(_LayerRule):
+    """METHOD variables of this role that the engine does not hold at all."""
+
+    role: Identifier
+
+
+class Share(_LayerRule):
+    """A saved variable of this role is the layer's input or output tensor, when their formats agree."""
+
+    role: Identifier
+    tensor: Literal["input", "output"]
+
+
+class Lifetime(_LayerRule):
+    """METHOD variables of this role live from `alloc` and/or until `free` instead."""
+
+    role: Identifier
+    alloc: Literal[EVENTS] | None = None
+    free: Literal[END_EVENTS] | None = None
+
+
+class RuntimeBytes(_Rule):
+    """Bytes that are not tensors (framework state, allocator caches), whatever the batch size.
+
+    Without `kinds`, `bytes` once; with `kinds`, `bytes` for each layer of those
+    kinds that passes `when` (a traced graph grows with the ops it holds).
+    """
+
+    name: Identifier
+    bytes: ByteCount
+    kinds: Kinds | None = None
+    when: When = When()
+
+
+
+class Workspace(_Rule):
+    """Scratch per operator (METHOD 4.1): 0 computes in place; else chunks that fit the budget."""
+
+    budget: ByteCount
+
+
+class Engine(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    description: str = ""
+    retention: Literal["step", "backward"]
+    workspace: Workspace
+    variables: tuple[LayerVariable, ...] = ()
+    temporaries: tuple[LayerTemporary, ...] = ()
+    optimizer_temporaries: tuple[OptimizerTemporary, ...] = ()
+    drop: tuple[Drop, ...] = ()
+    shares: tuple[Share, ...] = ()
+    lifetimes: tuple[Lifetime, ...] = ()
+    runtime: tuple[RuntimeBytes, ...] = ()
+    file: str = "<memory>"  # where it was loaded from, for error messages
+
+
+class _EngineFile(BaseModel):
+    """One file as written: every field optional, so that `extends` can supply the rest."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    description: str | None = None
+    extends: str | None = None
+    retention: Literal["step", "backward"] | None = None
+    workspace: Workspace | None = None
+    variables: list[LayerVariable] = []
+    temporaries: list[LayerTemporary] = []
+    optimizer_temporaries: list[OptimizerTemporary] = []
+    drop: list[Drop] = []
+    shares: list[Share] = []
+    lifetimes: list[Lifetime] = []
+    runtime: list[RuntimeBytes] = []
+
+
+# ---------------------------------------------------------------- loading
+
+def engine_names() -> list[str]:
+    folder = resources.files("bnncost.costmodel.engines")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_engine(ref: str) -> Engine:
+    """Load a shipped engine by name or a user's engine from a YAML path."""
+    if looks_like_path(ref):  # a user's file may change between calls: read it every time
+        return _resolve(ref, (), None)
+    return _load_shipped(ref)
+
+
+def as_engine(engine: "str | Engine | None") -> Engine:
+    """An Engine as is, one loaded by name or path, or the default (reference) for None."""
+    if isinstance(engine, Engine):
+        return engine
+    return load_engine(DEFAULT_ENGINE if engine is None else engine)
+
+
+@lru_cache(maxsize=None)
+def _load_shipped(ref: str) -> Engine:
+    return _resolve(ref, (), None)
+
+
+def _read(ref: str, base: Path | None) -> tuple[Any, str]:
+    if looks_like_path(ref):
+        path = Path(ref).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+        text = read_text(path, EngineError, "engine file")
+        source = str(path.resolve())
+    else:
+        if ref not in engine_names():
+            raise EngineError(f"unknown engine '{ref}'; shipped: {', '.join(engine_names())} (or pass a YAML path)")
+        text = resources.files("bnncost.costmodel.engines").joinpath(f"{ref}.yaml").read_text(encoding="utf-8")
+        source = f"engine:{ref}"
+    return parse_yaml(text, source, EngineError), source
+
+
+def _where(loc: tuple) -> str:
+    path = ""
+    for item in loc:
+        path += f"[{item}]" if isinstance(item, int) else ("." if path else "") + str(item)
+    return path
+
+
+def _validation_problem(exc: ValidationError) -> str:
+    """'field.path: problem' of the first validation error, on one line."""
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(p for p in err.get("loc", ()) if not str(p).startswith(("function-", "literal[")))
+    msg = str(err.get("msg", "invalid value"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    kind = err.get("type")
+    if kind == "missing":
+        msg = "missing (this field is required)"
+    elif kind == "extra_forbidden":
+        msg = "unknown field"
+    elif kind == "literal_error":
+        msg = f"{err.get('input')!r} is not one of {msg.removeprefix('Input should be ')}"
+    return f"{_where(loc) or '<root>'}: {' '.join(msg.split())}"
+
+
+def _parse_file(doc: Any, source: str) -> _EngineFile:
+    if not isinstance(doc, dict):
+        raise EngineError(f"{source}: an engine file must be a mapping of fields (name, retention, workspace, ...)")
+    unknown = sorted(set(map(str, doc)) - FILE_KEYS)
+    if unknown:
+        raise EngineError(f"{source}: {unknown[0]}: unknown field; fields: {', '.join(sorted(FILE_KEYS))}")
+    for key in (*NAMED_LISTS, *APPENDED_LISTS):
+        if doc.get(key) is None:
+            doc.pop(key, None)
+    try:
+        return _EngineFile.model_validate(doc)
+    except ValidationError as exc:
+        raise EngineError(f"{source}: {_validation_problem(exc)}") from None
+
+
+def _check_rules(f: _EngineFile, source: str, inherited_roles: set[str]) -> set[str]:
+    """Checks that need more than one field; returns the roles known after this file."""
+    roles = set(inherited_roles) | {v.role for v in f.variables} | {t.role for t in f.temporaries} \
+        | {t.role for t in f.optimizer_temporaries}
+    for key in ("variables", "temporaries"):
+        for i, rule in enumerate(getattr(f, key)):
+            if rule.shape == "weight" and set(rule.kinds) - set(WEIGHTED_KINDS):
+                raise EngineError(f"{source}: {key}[{i}].shape: weight needs kinds among {', '.join(WEIGHTED_KINDS)}, "
+                                  f"not {', '.join(k for k in rule.kinds if k not in WEIGHTED_KINDS)}")
+    for key in ("variables", "temporaries", "optimizer_temporaries"):
+        for i, rule in enumerate(getattr(f, key)):
+            if rule.format is None and rule.role not in STRATEGY_ROLES:
+                raise EngineError(f"{source}: {key}[{i}].format: role '{rule.role}' has no strategy format; "
+                                  f"give one ({', '.join(STORAGE_BITS)}, or strategy:<role>)")
+    for key in APPENDED_LISTS:
+        for i, rule in enumerate(getattr(f, key)):
+            if rule.role not in roles:
+                raise EngineError(f"{source}: {key}[{i}].role: unknown role '{rule.role}'; roles: "
+                                  f"{', '.join(sorted(roles))}")
+    for i, rule in enumerate(f.lifetimes):
+        if rule.alloc is None and rule.free is None:
+            raise EngineError(f"{source}: lifetimes[{i}]: give alloc, free or both")
+    return roles
+
+
+def _merge(parent: dict, child: _EngineFile) -> dict:
+    merged = dict(parent)
+    for key in ("name", "description", "retention", "workspace"):
+        value = getattr(child, key)
+        if value is not None:
+            merged[key] = value
+    for key in NAMED_LISTS:
+        mine = getattr(child, key)
+        names = {r.name for r in mine}
+        merged[key] = [r for r in merged.get(key, []) if r.name not in names] + list(mine)
+    for key in APPENDED_LISTS:
+        merged[key] = list(merged.get(key, [])) + list(getattr(child, key))
+    return merged
+
+
+def _chain(ref: str, chain: tuple[str, ...], base: Path | None) -> tuple[dict, str, set[str]]:
+    doc, source = _read(ref, base)
+    if source in chain:
+        raise EngineError(f"{source}: extends: forms a cycle: {' -> '.join(chain + (source,))}")
+    if len(chain) >= MAX_EXTENDS:
+        raise EngineError(f"{source}: extends: chains more than {MAX_EXTENDS} files")
+    f = _parse_file(doc, source)
+    parent: dict = {}
+    roles = set(ROLES)
+    if f.extends:
+        parent_base = Path(source).parent if looks_like_path(source) else None
+        parent, _, roles = _chain(f.extends, chain + (source,), parent_base)
+    roles = _check_rules(f, source, roles)
+    merged = _merge(parent, f)
+    if f.name is None:
+        merged["name"] = Path(source).stem if looks_like_path(source) else ref
+    return merged, source, roles
+
+
+def _resolve(ref: str, chain: tuple[str, ...], base: Path | None) -> Engine:
+    rows, source, _ = _chain(ref, chain, base)
+    for key in ("retention", "workspace"):
+        if key not in rows:
+            raise EngineError(f"{source}: {key}: missing (this field is required, here or in the engine it extends)")
+    return Engine(file=source, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in rows.items()})

@@ -1,0 +1,151 @@
+"""An engine's rules applied to the variables of a step (METHOD 4.2).
+
+`memory_plan` builds METHOD's variables with their formats; this module
+changes them the way an engine holds a step, in this order:
+1. `lifetimes` move the alloc or free event of METHOD variables of a role;
+2. `drop` removes METHOD variables of a role;
+3. `variables` add what the engine keeps per layer;
+4. `shares` fold a saved variable into the layer's input or output tensor
+   when both have the same format (their bytes must then agree): the tensor
+   is held once, alive from the earlier alloc to the later free;
+5. `temporaries` and `optimizer_temporaries` add buffers alive at one event;
+6. `runtime` adds bytes that are not tensors, once or per layer of some
+   kinds, alive the whole step (role `runtime`).
+
+Every byte count stays affine in the batch size, so the peak keeps its
+a + b x B form and the largest batch that fits is still solved exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from bnncost.costmodel.engine import STRATEGY_FORMAT, Engine, EngineError
+from bnncost.costmodel.formats import batched_bytes, tensor_bytes
+from bnncost.costmodel.variable import Variable
+from bnncost.costmodel.strategy import Strategy
+from bnncost.layers.graph import Graph, Node
+from bnncost.layers.relative import matching_nodes, parameter_tensors, relative_event, relative_shape
+
+RUNTIME_ROLE = "runtime"
+
+
+def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: list[Variable], events: list[str],
+                 retention: str) -> list[Variable]:
+    """The variables of the step as this engine holds them."""
+    index = {e: i for i, e in enumerate(events)}
+    out = list(variables)
+
+    def where(key: str, i: int) -> str:
+        return f"{engine.file}: {key}[{i}]"
+
+    def nodes(rule) -> list[Node]:
+        w = rule.when
+        return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad)
+
+    def event(node: Node, word: str) -> int:
+        return index[relative_event(node, word, retention)]
+
+    def fmt(rule) -> str:
+        f = rule.resolved_format()
+        return strategy.format_of(f[len(STRATEGY_FORMAT):]) if f.startswith(STRATEGY_FORMAT) else f
+
+    def check_order(v: Variable, at: str) -> Variable:
+        if v.alloc > v.free:
+            raise EngineError(f"{at}: {v.name} would be freed at {events[v.free]}, before it is allocated at "
+                              f"{events[v.alloc]}")
+        return v
+
+    def buffer(name: str, layer: str, role: str, form: str, shape: tuple, batched: bool, count: int,
+               alloc: int, free: int) -> Variable:
+        full = (count, *shape) if count > 1 else tuple(shape)
+        if batched:
+            return Variable(name, layer, role, form, ("B", *full), 0, batched_bytes(form, full), alloc, free)
+        return Variable(name, layer, role, form, full, tensor_bytes(form, full), 0, alloc, free)
+
+    # 1. lifetimes
+    for i, rule in enumerate(engine.lifetimes):
+        for node in nodes(rule):
+            for j, v in enumerate(out):
+                if v.layer == node.name and v.role == rule.role:
+                    moved = replace(v, alloc=event(node, rule.alloc) if rule.alloc else v.alloc,
+                                    free=event(node, rule.free) if rule.free else v.free)
+                    out[j] = check_order(moved, f"{where('lifetimes', i)}.{'free' if rule.free else 'alloc'}")
+    # 2. drop
+    for rule in engine.drop:
+        names = {n.name for n in nodes(rule)}
+        out = [v for v in out if not (v.layer in names and v.role == rule.role)]
+    # 3. variables
+    taken = {v.name for v in out}
+
+    def add(v: Variable, at: str) -> None:
+        if v.name in taken:
+            raise EngineError(f"{at}.name: {v.name} is already a variable of the step; choose another name")
+        taken.add(v.name)
+        out.append(v)
+
+    for i, rule in enumerate(engine.variables):
+        for node in nodes(rule):
+            shape, batched = relative_shape(node, rule.shape)
+            v = buffer(f"{node.name}.{rule.name}", node.name, rule.role, fmt(rule), shape, batched, rule.count,
+                       event(node, rule.alloc), event(node, rule.free))
+            add(check_order(v, f"{where('variables', i)}.free"), where("variables", i))
+    # 4. shares
+    holder = _tensor_holders(graph, out)
+    for i, rule in enumerate(engine.shares):
+        for node in nodes(rule):
+            tensor = node.inputs[0] if rule.tensor == "input" else node.output
+            mine = [v for v in out if v.layer == node.name and v.role == rule.role]
+            if not mine:
+                continue
+            held = holder.get(tensor)
+            if held is None:
+                raise EngineError(f"{where('shares', i)}.tensor: {node.name}'s {rule.tensor} is not held as a tensor "
+                                  f"of the step (a flatten's or the loss's output), nothing to share with")
+            for v in mine:
+                h = out[held]
+                if v.name == h.name or v.format != h.format:
+                    continue
+                if (v.fixed, v.per_sample) != (h.fixed, h.per_sample):
+                    raise EngineError(
+                        f"{where('shares', i)}.tensor: {v.name} ({v.format} {list(v.shape)}) is not the size of "
+                        f"{node.name}'s {rule.tensor} {h.name} ({h.format} {list(h.shape)})")
+                out[held] = replace(h, alloc=min(h.alloc, v.alloc), free=max(h.free, v.free))
+                out.remove(v)
+                holder = _tensor_holders(graph, out)
+                held = holder[tensor]
+    # 5. temporaries
+    for i, rule in enumerate(engine.temporaries):
+        for node in nodes(rule):
+            shape, batched = relative_shape(node, rule.shape)
+            at = event(node, rule.during)
+            add(buffer(f"{node.name}.{rule.name}", node.name, rule.role, fmt(rule), shape, batched, rule.count,
+                       at, at), where("temporaries", i))
+    update = index["update"]
+    params = parameter_tensors(graph, strategy.batchnorm, strategy.optimizer)
+    for i, rule in enumerate(engine.optimizer_temporaries):
+        mine = [(layer, name, shape) for layer, name, shape, opt in params if opt in rule.optimizers]
+        if rule.shape == "largest_parameter" and mine:
+            mine = [max(mine, key=lambda p: math.prod(p[2]))]  # first of the largest, in forward order
+        for layer, name, shape in mine:
+            add(buffer(f"{layer}.{name}.{rule.name}", layer, rule.role, fmt(rule), shape, False, rule.count,
+                       update, update), where("optimizer_temporaries", i))
+    # 6. runtime
+    for i, r in enumerate(engine.runtime):
+        n = 1 if r.kinds is None else len(nodes(r))
+        add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
+                     0, len(events) - 1), where("runtime", i))
+    return out
+
+
+def _tensor_holders(graph: Graph, variables: list[Variable]) -> dict[int, int]:
+    """Graph tensor id -> index of the variable holding it (the data batch, or a layer's output)."""
+    by_name = {v.name: j for j, v in enumerate(variables)}
+    out: dict[int, int] = {}
+    for t in graph.tensors:
+        base = graph.tensors[t.alias_of] if t.alias_of is not None else t
+        name = "data" if base.producer is None else f"{base.producer}.output"
+        if name in by_name:
+            out[t.id] = by_name[name]
+    return out

@@ -1,0 +1,1 @@
+"""Shipped engines (YAML): how an implementation holds a training step (costmodel.engine)."""

@@ -1,0 +1,32 @@
+"""One variable of a training step: its format, bytes as a + b x B (or growing workspace), and lifetime."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    layer: str
+    role: str
+    format: str
+    shape: tuple  # per-sample dims after a leading "B" when batched
+    fixed: int  # a: bytes that do not scale with the batch
+    per_sample: int  # b: bytes per sample
+    alloc: int  # event index, inclusive
+    free: int  # event index, inclusive
+    cap: float = math.inf  # workspace growing with the batch: bytes = min(cap, slope * B) ...
+    slope: int = 0
+    rows_per_sample: int = 0  # ... in rows of shape[1:], rows_per_sample x B of them in all
+
+    def bytes_at(self, batch: int) -> int:
+        ws = 0 if self.slope == 0 else int(min(self.cap, self.slope * batch))
+        return self.fixed + self.per_sample * batch + ws
+
+    def shape_at(self, batch: int) -> list:
+        """Concrete shape at a batch size (growing workspace: rows held x row)."""
+        if self.slope:
+            return [self.bytes_at(batch) // (self.slope // self.rows_per_sample), *self.shape[1:]]
+        return [batch if d == "B" else d for d in self.shape]

@@ -1,0 +1,104 @@
+"""A layer's own terms: shapes and events named relative to a layer, for rules written once per layer kind.
+
+An engine (costmodel.engine) says things like "every binary conv2d keeps a
+weight-shaped copy from its forward until its backward". This module turns
+such words into a concrete shape and event for one node of a graph, without
+knowing any number format (formats are the cost model's business).
+
+Shapes (`SHAPES`): `input` and `output` are the layer's per-sample tensors
+(batched: B in front); `weight` is its kernel (dense and conv2d only);
+`channels` is one value per input channel, `out_channels` one per output
+channel; `sample` is one value per sample (e.g. a label).
+
+Events (`EVENTS`): `forward` and `backward` are the layer's own; `step_start`,
+`loss`, `update` and `step_end` are the step's; `saved` (as an end only) is
+when the layer's saved tensors are freed under the retention (its own
+backward under `backward`, the step's end under `step`).
+"""
+
+from __future__ import annotations
+
+from bnncost.layers.graph import Graph, Node, Shape
+from bnncost.layers.spec import LAYER_CLASSES, WEIGHTED_KINDS
+
+# A residual contributes its inner layers and one `add` node (its join).
+LAYER_KINDS: tuple[str, ...] = tuple(k for k in LAYER_CLASSES if k != "residual") + ("add",)
+SHAPES: dict[str, str] = {
+    "input": "the layer's input, per sample",
+    "output": "the layer's output, per sample",
+    "weight": "the layer's kernel (dense and conv2d only)",
+    "channels": "one value per input channel",
+    "out_channels": "one value per output channel",
+    "sample": "one value per sample",
+}
+SHAPES_OF_WEIGHTED = ("weight",)
+STEP_EVENTS = ("step_start", "loss", "update", "step_end")
+EVENTS = ("forward", "backward", *STEP_EVENTS)
+END_EVENTS = (*EVENTS, "saved")
+
+
+def relative_shape(node: Node, word: str) -> tuple[Shape, bool]:
+    """(shape, batched) of a shape word for this node; batched shapes are per sample."""
+    if word == "input":
+        return tuple(node.in_shape), True
+    if word == "output":
+        return tuple(node.out_shape), True
+    if word == "weight":
+        if node.kind not in WEIGHTED_KINDS:
+            raise ValueError(f"{node.name} ({node.kind}) has no weight")
+        return tuple(node.weight_shape), False
+    if word == "channels":
+        return (node.in_shape[-1],), False
+    if word == "out_channels":
+        return (node.out_shape[-1],), False
+    if word == "sample":
+        return (1,), True
+    raise ValueError(f"unknown shape word {word!r}; shapes: {', '.join(SHAPES)}")
+
+
+def relative_event(node: Node, word: str, retention: str) -> str:
+    """The step event a word names for this node."""
+    if word in ("forward", "backward"):
+        return f"{word}:{node.name}"
+    if word == "saved":
+        return "step_end" if retention == "step" else f"backward:{node.name}"
+    if word in STEP_EVENTS:
+        return word
+    raise ValueError(f"unknown event word {word!r}; events: {', '.join(END_EVENTS)}")
+
+
+def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = None, first: bool | None = None,
+                   needs_input_grad: bool | None = None) -> list[Node]:
+    """The nodes of these kinds that pass the optional conditions, in forward order."""
+    out = []
+    for node in graph.nodes:
+        if node.kind not in kinds:
+            continue
+        if binary is not None and node.binary != binary:
+            continue
+        if first is not None and node.first != first:
+            continue
+        if needs_input_grad is not None and graph.tensors[node.inputs[0]].requires_grad != needs_input_grad:
+            continue
+        out.append(node)
+    return out
+
+
+def parameter_tensors(graph: Graph, batchnorm: str, optimizer: str) -> list[tuple[str, str, Shape, str]]:
+    """(layer, name, shape, optimizer) of every trainable tensor, one tensor each, with what updates it.
+
+    A kernel is one tensor; batchnorm's parameters are one tensor per kind of
+    parameter (gamma and beta for l2, beta alone for l1), one value per channel.
+    Bop updates binary kernels only; the other tensors of a Bop strategy use
+    Adam (as layers.storage keeps their state).
+    """
+    out = []
+    for node in graph.nodes:
+        if node.kind in WEIGHTED_KINDS:
+            by = "adam" if optimizer == "bop" and not node.binary else optimizer
+            out.append((node.name, "weight", tuple(node.weight_shape), by))
+        elif node.kind == "batchnorm":
+            by = "adam" if optimizer == "bop" else optimizer
+            names = ("gamma", "beta") if batchnorm == "l2" else ("beta",)
+            out.extend((node.name, p, (node.channels,), by) for p in names)
+    return out

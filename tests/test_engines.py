@@ -1,0 +1,325 @@
+"""Engines (METHOD 4.2): each mechanism changes the step by exactly the bytes it should; bad engines are refused."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnncost import cli
+from bnncost.costmodel.engine import EngineError, engine_names, load_engine
+from bnncost.costmodel.memory import memory_plan
+from bnncost.costmodel.prediction import predict
+from bnncost.costmodel.strategy import load_strategy, strategy_names
+from bnncost.layers.graph import graph_of
+from bnncost.layers.model import zoo_names
+
+DATA = Path(__file__).parent / "data"
+TINY = str(DATA / "tiny-mlp.yaml")  # dense 8->4, bn, sign, dense 4->2, bn, softmax_ce
+EXAMPLE = str(DATA / "engine-example.yaml")
+BASE = "retention: step\nworkspace: {budget: 0, source: in place}\n"
+B = 5
+
+
+def engine(tmp_path, text, name="e.yaml"):
+    path = tmp_path / name
+    path.write_text(BASE + text)
+    return load_engine(str(path))
+
+
+def plans(tmp_path, text, strategy="standard", model=TINY):
+    """(plan without the rules, plan with them) of one model and strategy."""
+    graph, strat = graph_of(model), load_strategy(strategy)
+    eng = engine(tmp_path, text)
+    return (memory_plan(graph, strat, retention=eng.retention, workspace_budget=0),
+            memory_plan(graph, strat, retention=eng.retention, workspace_budget=0, engine=eng))
+
+
+def delta(before, after, batch=B):
+    return dict(zip(before.events, (after.live_bytes(batch) - before.live_bytes(batch))[:, 0].astype(int)))
+
+
+def only(events: dict, plan, **at):
+    """Expected live-byte change: `at` bytes at the named events (':' written as '__'), 0 elsewhere."""
+    want = {e: 0 for e in plan.events}
+    for k, v in at.items():
+        want[k.replace("__", ":")] = v
+    return want
+
+
+def span(plan, first: str, last: str, nbytes: int) -> dict:
+    i, j = plan.events.index(first), plan.events.index(last)
+    return {e: (nbytes if i <= k <= j else 0) for k, e in enumerate(plan.events)}
+
+
+def add(*ds):
+    out = {}
+    for d in ds:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+# ---------------------------------------------------------------- the shipped engines
+
+@pytest.mark.parametrize("model", zoo_names())
+def test_reference_engine_is_method_itself(model):
+    """The reference engine changes nothing: every variable of every strategy, retention and budget is as METHOD's."""
+    graph, ref = graph_of(model), load_engine("reference")
+    assert ref.retention == "step" and ref.workspace.budget == 0
+    for s in strategy_names():
+        strat = load_strategy(s)
+        for retention in ("step", "backward"):
+            for budget in (0, 65536):
+                a = memory_plan(graph, strat, retention=retention, workspace_budget=budget)
+                b = memory_plan(graph, strat, retention=retention, workspace_budget=budget, engine=ref)
+                assert a.variables == b.variables
+
+
+def test_reference_is_the_default_and_trainer_engine_has_its_budget():
+    assert {"reference", "bnncost-trainer"} <= set(engine_names())
+    p = predict("mlp", "proposed", 16)
+    assert p.engine == "reference" and p.workspace_budget == 0 and p.retention == "step"
+    t = predict("mlp", "proposed", 16, engine="bnncost-trainer")
+    assert t.engine == "bnncost-trainer" and t.workspace_budget == 65536
+    assert t.memory.peak_bytes == predict("mlp", "proposed", 16, workspace_budget=65536).memory.peak_bytes
+    assert predict("mlp", "proposed", 16, engine="bnncost-trainer", workspace_budget=0).memory == p.memory
+
+
+# ---------------------------------------------------------------- each mechanism, bytes by hand
+
+def test_variables_per_layer_with_saved_lifetime(tmp_path):
+    rule = ("variables:\n  - {kinds: [dense, conv2d], when: {binary: true}, name: weight_sign, role: weight_sign_copy,"
+            " shape: weight, format: float32, alloc: forward, free: saved, source: t}\n")
+    a, b = plans(tmp_path, rule)  # retention step: saved until step_end
+    # sign(W) float32: dense_1 8x4 -> 128 B, dense_2 4x2 -> 32 B
+    assert delta(a, b) == add(span(a, "forward:dense_1", "step_end", 128), span(a, "forward:dense_2", "step_end", 32))
+    a, b = plans(tmp_path, rule.replace("free: saved", "free: backward"))
+    assert delta(a, b) == add(span(a, "forward:dense_1", "backward:dense_1", 128),
+                              span(a, "forward:dense_2", "backward:dense_2", 32))
+    v = {x.name: x for x in b.variables}["dense_2.weight_sign"]
+    assert (v.role, v.format, v.shape, v.fixed) == ("weight_sign_copy", "float32", (4, 2), 32)
+
+
+def test_variable_per_sample_and_strategy_format(tmp_path):
+    a, b = plans(tmp_path, "variables:\n  - {kinds: softmax_ce, name: targets, role: targets, shape: sample,"
+                           " format: int64, alloc: step_start, free: step_end, source: t}\n")
+    assert delta(a, b) == span(a, "step_start", "step_end", 8 * B)
+    assert b.peak(B)[3] == a.peak(B)[3] + 8  # 8 more bytes per sample
+    # strategy:<role>: proposed's latent_weight is float16 -> dense_1's 32 weights are 64 B
+    a, b = plans(tmp_path, "variables:\n  - {kinds: dense, when: {first: true}, name: w, role: copy, shape: weight,"
+                           " format: 'strategy:latent_weight', alloc: update, free: update, source: t}\n", "proposed")
+    assert delta(a, b) == span(a, "update", "update", 64)
+
+
+def test_temporaries_live_during_one_event(tmp_path):
+    a, b = plans(tmp_path, "temporaries:\n  - {kinds: [dense], name: ste_mask, shape: weight, format: uint8,"
+                           " during: backward, source: t}\n")
+    assert delta(a, b) == add(span(a, "backward:dense_1", "backward:dense_1", 32),
+                              span(a, "backward:dense_2", "backward:dense_2", 8))
+    assert {v.role for v in b.variables if v.name.endswith("ste_mask")} == {"workspace"}
+
+
+def test_optimizer_temporaries(tmp_path):
+    rule = ("optimizer_temporaries:\n  - {name: tmp, shape: largest_parameter, count: 2,"
+            " format: 'strategy:optimizer_state', optimizers: adam, source: t}\n")
+    a, b = plans(tmp_path, rule)  # largest: dense_1's 32 weights, float32, twice
+    assert delta(a, b) == span(a, "update", "update", 2 * 32 * 4)
+    a, b = plans(tmp_path, rule.replace("largest_parameter, count: 2", "each_parameter"))
+    # standard (l2): 32 + 8 weights, gamma and beta of 4 and of 2 channels = 52 values, float32
+    assert delta(a, b) == span(a, "update", "update", 52 * 4)
+    a, b = plans(tmp_path, rule.replace("largest_parameter, count: 2", "each_parameter"), "proposed")
+    # proposed (l1: beta only): 32 + 8 + 4 + 2 = 46 values, float16
+    assert delta(a, b) == span(a, "update", "update", 46 * 2)
+    a, b = plans(tmp_path, rule.replace("optimizers: adam", "optimizers: sgd"))
+    assert b.variables == a.variables  # an Adam strategy: nothing for SGD
+
+
+def test_drop(tmp_path):
+    a, b = plans(tmp_path, "drop:\n  - {kinds: batchnorm, role: norm_output, source: t}\n")
+    # float32 normalised outputs, 4 and 2 channels, saved until step_end
+    assert delta(a, b) == add(span(a, "forward:batchnorm_1", "step_end", -16 * B),
+                              span(a, "forward:batchnorm_2", "step_end", -8 * B))
+
+
+def test_shares_fold_a_saved_tensor_into_the_activation_when_formats_agree(tmp_path):
+    rule = "shares:\n  - {kinds: sign, role: activation_mask, tensor: input, source: t}\n"
+    a, b = plans(tmp_path, rule)
+    # standard: the sign's float32 mask (16 B/sample) is batchnorm_1's output, already alive at forward:sign_1
+    assert delta(a, b) == span(a, "forward:sign_1", "forward:sign_1", -16 * B)
+    out = {v.name: v for v in b.variables}
+    assert "sign_1.mask" not in out and b.events[out["batchnorm_1.output"].free] == "step_end"
+    a, b = plans(tmp_path, rule, "proposed")  # bool mask, float16 activation: two buffers
+    assert b.variables == a.variables
+
+
+def test_shares_of_different_sizes_are_refused(tmp_path):
+    with pytest.raises(EngineError, match=r"shares\[0\]\.tensor: .*maxpool_1.mask"):
+        plans(tmp_path, "shares:\n  - {kinds: maxpool, role: pool_mask, tensor: output, source: t}\n", model="cnv")
+
+
+def test_lifetimes(tmp_path):
+    a, b = plans(tmp_path, "lifetimes:\n  - {kinds: dense, role: weight_grad, free: step_end, source: t}\n")
+    assert delta(a, b) == span(a, "step_end", "step_end", 128 + 32)
+    with pytest.raises(EngineError, match=r"lifetimes\[0\]\.free: .*before it is allocated"):
+        plans(tmp_path, "lifetimes:\n  - {kinds: dense, role: weight_grad, free: forward, source: t}\n")
+
+
+def test_runtime_bytes_once_and_per_layer(tmp_path):
+    a, b = plans(tmp_path, "runtime:\n  - {name: cache, bytes: 1 MiB, source: t}\n"
+                           "  - {name: kernels, kinds: dense, bytes: 3KiB, source: t}\n")
+    extra = (1 << 20) + 2 * 3072
+    assert delta(a, b) == span(a, "step_start", "step_end", extra)
+    assert b.runtime_bytes == extra and a.runtime_bytes == 0
+    usable = 5 << 20
+    assert b.max_batch(usable) == a.max_batch(usable - extra)  # exact, affine
+
+
+def test_prediction_reports_tensor_and_process_peaks(tmp_path):
+    eng = engine(tmp_path, "runtime:\n  - {name: cache, bytes: 1000, source: t}\n")
+    p, q = predict(TINY, "standard", B), predict(TINY, "standard", B, engine=eng)
+    m = q.memory
+    assert m.tensor_peak_bytes == p.memory.peak_bytes and m.runtime_bytes == 1000
+    assert m.process_peak_bytes == m.peak_bytes == p.memory.peak_bytes + 1000
+    assert m.fixed_bytes + m.per_sample_bytes * B == m.peak_bytes and m.by_role["runtime"] == 1000
+
+
+def test_example_engine_every_mechanism_at_once():
+    """The documented example loads and applies every mechanism together."""
+    eng = load_engine(EXAMPLE)
+    p = predict("cnv", "standard", 32, engine=eng)
+    assert p.retention == "backward" and p.memory.runtime_bytes == (2 << 20) + 9 * 1024
+    roles = {v.role for v in p.memory.variables}
+    assert {"weight_sign_copy", "pool_indices", "targets", "runtime"} <= roles
+    idx = {v.name: v for v in p.memory.variables}["maxpool_1.indices"]
+    assert idx.format == "int64" and idx.bytes == 32 * 14 * 14 * 64 * 8
+
+
+# ---------------------------------------------------------------- extends
+
+def test_extends_overrides_by_name_and_appends(tmp_path):
+    (tmp_path / "child.yaml").write_text(
+        f"extends: {EXAMPLE}\nretention: step\nworkspace: {{budget: 64KiB, source: t}}\n"
+        "runtime:\n  - {name: allocator, bytes: 1 MiB, source: child}\n"
+        "drop:\n  - {kinds: avgpool, role: pool_indices, source: t}\n")
+    e = load_engine(str(tmp_path / "child.yaml"))
+    assert e.name == "child" and e.retention == "step" and e.workspace.budget == 65536
+    assert [(r.name, r.bytes) for r in e.runtime] == [("kernels", 1024), ("allocator", 1 << 20)]
+    assert len(e.shares) == 6 and len(e.drop) == 1 and len(e.variables) == 3
+    # a relative extends is read beside the file that names it
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "grandchild.yaml").write_text("extends: ../child.yaml\nname: gc\n")
+    assert load_engine(str(tmp_path / "sub" / "grandchild.yaml")).workspace.budget == 65536
+
+
+# ---------------------------------------------------------------- bad input: one line naming file and field, exit 2
+
+def run(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(list(args))
+    got = capsys.readouterr()
+    return exc.value.code, got.out, got.err
+
+
+BAD = {
+    "malformed": ("retention: [step\n", "malformed YAML"),
+    "not-a-mapping": ("- 1\n", "must be a mapping"),
+    "unknown-field": (BASE + "colour: red\n", "colour: unknown field"),
+    "missing-source": (BASE + "runtime:\n  - {name: x, bytes: 1}\n", "runtime[0].source: missing"),
+    "blank-source": (BASE + "runtime:\n  - {name: x, bytes: 1, source: ' '}\n", "runtime[0].source"),
+    "unknown-kind": (BASE + "drop:\n  - {kinds: [dense, lstm], role: weight_grad, source: t}\n",
+                     "drop[0].kinds: unknown layer kind 'lstm'"),
+    "unknown-role": (BASE + "drop:\n  - {kinds: dense, role: weight_gradient, source: t}\n",
+                     "drop[0].role: unknown role 'weight_gradient'"),
+    "unknown-strategy-role": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, during: backward,"
+                              " format: 'strategy:nope', source: t}\n", "temporaries[0].format"),
+    "new-role-without-format": (BASE + "variables:\n  - {kinds: dense, name: c, role: copy, shape: weight,"
+                                " alloc: forward, free: saved, source: t}\n", "variables[0].format: role 'copy'"),
+    "unknown-format": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, during: backward,"
+                       " format: float64, source: t}\n", "unknown format 'float64'"),
+    "weight-of-a-sign": (BASE + "temporaries:\n  - {kinds: sign, name: t, shape: weight, during: backward,"
+                         " format: uint8, source: t}\n", "temporaries[0].shape: weight needs kinds"),
+    "bad-event": (BASE + "lifetimes:\n  - {kinds: dense, role: weight_grad, free: later, source: t}\n",
+                  "lifetimes[0].free"),
+    "negative-bytes": (BASE + "runtime:\n  - {name: x, bytes: -4, source: t}\n", "runtime[0].bytes: -4 is negative"),
+    "fractional-bytes": (BASE + "runtime:\n  - {name: x, bytes: 1.5, source: t}\n",
+                         "runtime[0].bytes: 1.5 is not a whole number"),
+    "bad-unit": ("retention: step\nworkspace: {budget: 64 KJ, source: t}\n", "workspace.budget"),
+    "bad-retention": ("retention: forever\nworkspace: {budget: 0, source: t}\n", "retention: 'forever' is not"),
+    "no-retention": ("workspace: {budget: 0, source: t}\n", "retention: missing"),
+    "zero-count": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, during: backward,"
+                   " format: uint8, count: 0, source: t}\n", "temporaries[0].count"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_engine_file_is_one_line_naming_file_and_field(capsys, tmp_path, case):
+    text, needle = BAD[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    code, out, err = run(capsys, "predict", "mlp", "--engine", str(path))
+    assert code == 2 and out == "", err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{case}.yaml" in err and needle in err, err
+
+
+def test_unknown_engine_and_missing_file(capsys, tmp_path):
+    code, _, err = run(capsys, "predict", "mlp", "--engine", "tensorrt")
+    assert code == 2 and "unknown engine 'tensorrt'" in err and "reference" in err
+    code, _, err = run(capsys, "predict", "mlp", "--engine", str(tmp_path / "none.yaml"))
+    assert code == 2 and "none.yaml" in err and "not found" in err
+
+
+def test_extends_cycle_is_refused(capsys, tmp_path):
+    (tmp_path / "a.yaml").write_text(BASE + "extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text(BASE + "extends: ./a.yaml\n")
+    code, _, err = run(capsys, "predict", "mlp", "--engine", str(tmp_path / "a.yaml"))
+    assert code == 2 and "extends: forms a cycle" in err and "a.yaml" in err and err.count("\n") == 1
+    (tmp_path / "self.yaml").write_text(BASE + "extends: self.yaml\n")
+    with pytest.raises(EngineError, match="cycle"):
+        load_engine(str(tmp_path / "self.yaml"))
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_engine_flag_on_every_command(capsys):
+    for args in (["predict", "mlp"], ["compare", "mlp"], ["fit", "mlp", "-d", "raspberry-pi-4b"],
+                 ["sweep", "mlp", "-b", "1,8"]):
+        code, out, err = run(capsys, *args, "--engine", EXAMPLE, "--json")
+        assert code == 0, err
+        doc = json.loads(out)
+        assert doc["engine"] == "example" and doc["retention"] == "backward", args
+        code, out, _ = run(capsys, *args, "--engine", EXAMPLE)
+        assert code == 0 and "engine example" in out, args
+    code, out, _ = run(capsys, "predict", "mlp", "--engine", EXAMPLE, "--json")
+    m = json.loads(out)["memory"]
+    assert m["process_peak_bytes"] == m["tensor_peak_bytes"] + m["runtime_bytes"] == m["peak_bytes"]
+    # explicit knobs override the engine's
+    code, out, _ = run(capsys, "predict", "mlp", "--engine", EXAMPLE, "--retention", "step", "--workspace", "1KiB",
+                       "--json")
+    doc = json.loads(out)
+    assert doc["retention"] == "step" and doc["workspace_budget"] == 1024
+
+
+def test_fit_compares_the_process_peak(capsys):
+    code, out, _ = run(capsys, "fit", "mlp", "-d", "raspberry-pi-4b", "-S", "standard", "--engine", EXAMPLE, "--json")
+    s = json.loads(out)["strategies"][0]
+    assert s["memory"]["runtime_bytes"] > 0
+    f = s["fit"]
+    assert f["headroom_bytes"] == f["usable_bytes"] - s["memory"]["process_peak_bytes"]
+    assert f["peak_bytes_at_max_batch"] <= f["usable_bytes"]
+
+
+def test_engines_listing(capsys):
+    code, out, _ = run(capsys, "engines", "--json")
+    doc = json.loads(out)
+    assert doc["default"] == "reference"
+    assert {e["name"] for e in doc["engines"]} >= {"reference", "bnncost-trainer"}
+    code, out, _ = run(capsys, "engines")
+    assert code == 0 and "bnncost-trainer" in out and "64.00 KiB" in out
+
+
+def test_verify_uses_the_trainer_engine(capsys):
+    code, out, err = run(capsys, "verify", "digits-mlp", "-b", "8", "--steps", "1", "--json")
+    doc = json.loads(out)
+    assert doc["engine"] == "bnncost-trainer" and doc["workspace_budget"] == 65536 and code == 0, err
