@@ -205,6 +205,8 @@ class Interpreter:
     def op_Cast(self, ins, attrs):
         return ins[0]
 
+    op_CastLike = op_Cast
+
     def op_Dropout(self, ins, attrs):
         x = self.act(ins[0])
         if not supports("dropout"):
@@ -263,8 +265,18 @@ class Interpreter:
             return self._flatten(x)
         if rest == dims:
             return x
+        if [d for d in rest if d != 1] == [d for d in dims if d != 1]:  # a transpose of size-1 axes (tf2onnx)
+            return self._relabel(x, rest)
         raise self.error(f"reshape of {dims} to {rest} (per sample) is not a flatten; bnncost reshapes only "
                          "to [batch, features]")
+
+    @staticmethod
+    def _relabel(x: Act, rest: list[int]) -> Act:
+        """The same tensor with its size-1 axes moved: the other axes keep their order and labels."""
+        big = iter(a for a in x.labels[1:] if x.sizes[a] != 1)
+        ones = iter(a for a in x.labels[1:] if x.sizes[a] == 1)
+        labels = ("N", *(next(ones) if d == 1 else next(big) for d in rest))
+        return Act(x.node, labels, dict(x.sizes), x.flat, x.binarised, x.data)
 
     @staticmethod
     def _show(target: list) -> str:
@@ -389,7 +401,8 @@ class Interpreter:
 
     def op_Where(self, ins, attrs):
         cond, hi, lo = ins
-        if isinstance(cond, Cmp) and all(isinstance(v, np.ndarray) and v.size == 1 for v in (hi, lo)):
+        uniform = [isinstance(v, np.ndarray) and v.size > 0 and (v == v.reshape(-1)[0]).all() for v in (hi, lo)]
+        if isinstance(cond, Cmp) and all(uniform):
             hi, lo = float(hi.reshape(-1)[0]), float(lo.reshape(-1)[0])
             if cond.op in ("le", "lt"):
                 hi, lo = lo, hi
@@ -440,14 +453,20 @@ class Interpreter:
         top = mag.max(axis=1, keepdims=True)
         return bool((top > 0).all() and (np.abs(mag - top) <= _BINARY_RTOL * top).all())
 
+    def _bias(self, bias: Any) -> np.ndarray | None:
+        """A layer's bias, or None when it has none or it is all zeros (dynamo writes zeros for bias=False)."""
+        if bias is None:
+            return None
+        bias = self.const(bias, "the bias")
+        return None if not bias.any() else bias
+
     def _dense(self, x: Act, w: np.ndarray, bias: Any) -> Act:
         """x [batch, K] times w [K, N]."""
         if not x.flat:
             raise self.error(f"a matrix product on a {x.dims} tensor; flatten it first")
         if w.ndim != 2 or w.shape[0] != x.sizes["C"]:
             raise self.error(f"weight {list(w.shape)} does not fit an input of {x.sizes['C']} features")
-        if bias is not None:
-            self.const(bias, "the bias")
+        bias = self._bias(bias)
         binary = self._weight_binary(w, 1) and (x.binarised or x.data)
         fields = {"units": int(w.shape[1])} | ({} if binary else {"binary": False})
         node = ENode("dense", (x.node,), self.where, fields, bias=bias is not None)
@@ -470,9 +489,7 @@ class Interpreter:
     def op_Conv(self, ins, attrs):
         x = self.act(ins[0])
         w = self.const(ins[1], "the weight")
-        bias = ins[2] if len(ins) > 2 else None
-        if bias is not None:
-            self.const(bias, "the bias")
+        bias = self._bias(ins[2] if len(ins) > 2 else None)
         if w.ndim != 4:
             raise self.error(f"a {w.ndim - 2}-D convolution; bnncost models 2-D ones")
         if x.labels != ("N", "C", "H", "W"):
@@ -624,6 +641,10 @@ def _squeeze(ins: list, attrs: dict) -> np.ndarray:
     return np.squeeze(ins[0], axis=None if axes is None else tuple(axes))
 
 
+def _batch_as_one(shape: np.ndarray) -> list[int]:
+    return [1 if d is BATCH else int(d) for d in shape.reshape(-1)]
+
+
 def _binary(fn: Callable) -> Callable:
     return lambda ins, attrs: fn(ins[0], ins[1])
 
@@ -631,6 +652,7 @@ def _binary(fn: Callable) -> Callable:
 _CONST_OPS: dict[str, Callable[[list, dict], np.ndarray]] = {
     "Identity": lambda ins, a: ins[0],
     "Cast": lambda ins, a: ins[0],
+    "CastLike": lambda ins, a: ins[0].astype(ins[1].dtype) if ins[0].dtype != object else ins[0],
     "Sign": lambda ins, a: np.sign(ins[0]),
     "Neg": lambda ins, a: -ins[0],
     "Abs": lambda ins, a: np.abs(ins[0]),
@@ -658,8 +680,11 @@ _CONST_OPS: dict[str, Callable[[list, dict], np.ndarray]] = {
     "Gather": lambda ins, a: np.take(ins[0], ins[1], axis=a.get("axis", 0)),
     "Slice": _slice,
     "Shape": lambda ins, a: np.array(ins[0].shape, dtype=np.int64)[a.get("start", 0): a.get("end", None)],
-    "ConstantOfShape": lambda ins, a: np.full([int(d) for d in ins[0].reshape(-1)],
+    # A constant the size of an activation (ones_like(x)) keeps a batch axis of 1: its values are
+    # uniform, so broadcasting over the batch is the same thing.
+    "ConstantOfShape": lambda ins, a: np.full(_batch_as_one(ins[0]),
                                               a["value"].reshape(-1)[0] if "value" in a else 0.0),
+    "Expand": lambda ins, a: ins[0] * np.ones(_batch_as_one(ins[1]), dtype=ins[0].dtype),
     "Size": lambda ins, a: np.array(ins[0].size, dtype=np.int64),
 }
 
@@ -678,5 +703,10 @@ def _channels_last(g: OnnxGraph) -> bool:
         if user.op_type == "Transpose":
             perm = [list(a.ints) for a in user.attribute if a.name == "perm"]
             return bool(perm) and perm[0] == [0, 3, 1, 2]
+        if user.op_type == "Reshape" and len(user.input) > 1 and user.input[1] in g.initializers:
+            from onnx import numpy_helper  # a one-channel NHWC input is made NCHW by a Reshape
+            target = numpy_helper.to_array(g.initializers[user.input[1]]).reshape(-1).tolist()
+            d = g.input_dims
+            return d[3] == 1 and d[1] != 1 and target[1:] == [1, d[1], d[2]]
         return False
     return False

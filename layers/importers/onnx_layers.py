@@ -185,13 +185,19 @@ class _Linearise:
                     merged.append((run[i], {"batchnorm": {}}))
                     i += 1
                     continue
-                raise self.error(node, "a per-channel scale that is not followed by a shift (not a batchnorm)")
+                merged.append((node, {"batchnorm": {}}))
+                self.notes.append((node.seq, f"{node.where}: a per-channel scale with no shift after it, read as "
+                                             "a batchnorm whose shift folded away (zero mean and beta)"))
+                continue
             if node.kind == "shift":
                 prev = merged[-1][0] if merged else None
                 if prev is not None and prev.kind in WEIGHTED and not prev.bias:
                     prev.bias = True
                     continue
-                raise self.error(node, "a per-channel shift that is neither a layer's bias nor part of a batchnorm")
+                merged.append((node, {"batchnorm": {}}))
+                self.notes.append((node.seq, f"{node.where}: a per-channel shift that is not a layer's bias, read "
+                                             "as a batchnorm whose scale folded away (unit scale)"))
+                continue
             if node.kind == "clip":
                 raise self.error(node, "a clip (hardtanh) on the data path is not a bnncost layer")
             if node.kind in WEIGHTED:
