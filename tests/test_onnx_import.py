@@ -504,3 +504,37 @@ def test_without_the_onnx_package(capsys, monkeypatch, tmp_path):
 def test_graph_of_accepts_an_onnx_path():
     g = graph_of(str(DATA / "digits-cnn.torchscript-opset13.onnx"))
     assert g.model.name == "digits-cnn" and g.output_shape == (10,)
+
+
+def test_tf2onnx_and_dynamo_details(tmp_path):
+    """One-channel NHWC input made NCHW by a Reshape (tf2onnx); Where on ones_like/-ones_like constants with
+    CastLike (dynamo optimize=False); an all-zero bias is no bias; a lone per-channel Mul is a batchnorm."""
+    n = helper.make_node
+    nodes = [n("Reshape", ["x", "nchw"], ["t0"], name="to_nchw")]
+    c, inits = conv("t0", "c0", RNG.normal(size=(4, 1, 3, 3)), "stem", bias=np.zeros(4), pads=[1, 1, 1, 1])
+    nodes += c + [n("Mul", ["c0", "bn.scale"], ["m0"], name="bn_mul"),
+                  n("Shape", ["m0"], ["shp"]), n("ConstantOfShape", ["shp"], ["ones"],
+                                                 value=numpy_helper.from_array(np.array([1.0], np.float32))),
+                  n("Neg", ["ones"], ["mones"]), n("CastLike", ["zero", "m0"], ["zero_like"]),
+                  n("GreaterOrEqual", ["m0", "zero_like"], ["ge"]), n("Where", ["ge", "ones", "mones"], ["s0"]),
+                  n("MaxPool", ["s0"], ["p0"], kernel_shape=[2, 2], strides=[2, 2])]
+    c1, c1i = conv("p0", "c1", np.sign(RNG.uniform(-1, 1, (8, 4, 3, 3))), "bconv", bias=RNG.normal(size=8))
+    nodes += c1 + [n("Flatten", ["c1"], ["f"])]
+    head, hi = gemm_head("f", 8 * 2 * 2, 10, bias=False)
+    inits += c1i + hi + [const("nchw", np.array([-1, 1, 8, 8])), const("bn.scale", RNG.uniform(0.5, 2, (4, 1, 1))),
+                         const("zero", 0.0)]
+    got = import_onnx(save(tmp_path, nodes + head, inits, ["N", 8, 8, 1], opset=18))
+    assert got.model.input == (8, 8, 1)
+    assert kinds(got.model) == expected("""
+- conv2d: {filters: 4, kernel: 3, padding: same, binary: false}
+- batchnorm: {}
+- sign: {}
+- maxpool: {size: 2}
+- conv2d: {filters: 8, kernel: 3}
+- batchnorm: {}
+- flatten: {}
+- dense: {units: 10, binary: false}
+- softmax_ce: {}
+""", [8, 8, 1])
+    assert any("node 'bn_mul' (Mul): a per-channel scale" in note for note in got.notes)
+    assert not any("stem" in note for note in got.notes)  # its zero bias is no bias: nothing restored
