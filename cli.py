@@ -7,7 +7,9 @@ JSON document and nothing else. Bad input is one line on stderr, exit code 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from contextlib import contextmanager
 from typing import Optional
 
 import typer
@@ -29,6 +31,8 @@ from bnncost.hardware_profiles import Device, DeviceError, list_devices, load_de
 from bnncost.hardware_profiles.units import convert as convert_quantity
 from bnncost.layers.graph import graph_of
 from bnncost.layers.model import ModelError, zoo_names
+from bnncost.layers.roles import FORMATTED_ROLES
+from bnncost.tables import Wide, name_column
 
 app = typer.Typer(
     name="bnncost",
@@ -59,10 +63,15 @@ class Printer:
 
     def __init__(self) -> None:
         # A terminal gets its own width; a pipe or file gets room for side-by-side tables.
-        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+        self.console = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS")
+                                else 160)
         self.markdown = False
 
     def print(self, obj: object = "") -> None:
+        if isinstance(obj, Table):
+            for column in obj.columns:  # a cell too wide for the terminal folds; nothing ends in an ellipsis
+                if column.overflow == "ellipsis":
+                    column.overflow = "fold"
         if not self.markdown:
             self.console.print(obj)
         elif isinstance(obj, Table):
@@ -72,8 +81,10 @@ class Printer:
 
 
 def _plain(cell: object) -> str:
+    """A cell as Markdown: pipes escaped, lines joined by <br>, leading spaces kept (indented sub-rows)."""
     text = cell.plain if isinstance(cell, Text) else Text.from_markup(str(cell)).plain
-    return text.replace("|", "\\|").replace("\n", " ")
+    lines = [line.replace("|", "\\|") for line in text.split("\n")]
+    return "<br>".join("&nbsp;" * (len(line) - len(line.lstrip(" "))) + line.lstrip(" ") for line in lines)
 
 
 def table_markdown(t: Table) -> str:
@@ -111,7 +122,8 @@ def human_bytes(n: float) -> str:
 
 
 def formula(fixed: float, per_sample: float) -> str:
-    return f"{human_bytes(fixed)} + {human_bytes(per_sample)} x B"
+    """fixed + per-sample bytes; the batch is spelled out, so no `B` can be read as bytes."""
+    return f"{human_bytes(fixed)} + {human_bytes(per_sample)} x batch"
 
 
 def emit_json(doc: dict) -> None:
@@ -209,21 +221,41 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
     out.print("l2 batchnorm (standard) trains gamma and beta per channel; l1 batchnorm (proposed) only beta.")
 
 
+def shipped_in_ladder_order() -> list[str]:
+    """The ladder from standard to proposed first, one change per step, then every other shipped strategy."""
+    names = strategy_names()
+    return [n for n in LADDER if n in names] + [n for n in names if n not in LADDER]
+
+
 @app.command("strategies")
-def strategies_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List the shipped training strategies."""
-    rows = [load_strategy(n) for n in strategy_names()]
+def strategies_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+                   markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown.")) -> None:
+    """The shipped training strategies: the format of every role, in the ladder's order."""
+    output_mode(as_json, markdown)
+    rows = [load_strategy(n) for n in shipped_in_ladder_order()]
     if as_json:
         emit_json({"schema": "bnncost.strategies/1", "strategies": [
             {"name": s.name, "description": s.description, "batchnorm": s.batchnorm,
              "weight_grad": s.weight_grad, "optimizer": s.optimizer, "formats": s.formats} for s in rows]})
         return
-    t = Table(title="Training strategies (pass a name, or a path to your own YAML)")
-    for col in ("strategy", "bn", "dW", "optimizer", "description"):
-        t.add_column(col)
+    t = Wide("Role -> format, strategy by strategy (pass a name, or a path to your own YAML)",
+             [esc(s.name) for s in rows])
+    t.row("batchnorm", [s.batchnorm for s in rows])
+    t.row("weight_grad (form)", [s.weight_grad for s in rows])
+    t.row("optimizer", [s.optimizer for s in rows])
+    t.section()
+    for role in FORMATTED_ROLES:
+        formats = [s.formats[role] for s in rows]
+        changed = [i > 0 and formats[i] != formats[i - 1] and rows[i - 1].name in LADDER for i in range(len(rows))]
+        t.row(role, [f"[bold]{f}[/]" if c else f for f, c in zip(formats, changed)])
+    for obj in t.render(None if out.markdown else out.console.width):
+        out.print(obj)
+    d = Table(title="What each strategy is")
+    name_column(d, "strategy", [s.name for s in rows])
+    d.add_column("description")
     for s in rows:
-        t.add_row(esc(s.name), s.batchnorm, s.weight_grad, s.optimizer, esc(s.description))
-    out.print(t)
+        d.add_row(esc(s.name), esc(s.description))
+    out.print(d)
 
 
 @app.command("engines")
@@ -279,30 +311,34 @@ def predict_cmd(
               f"batch {p.batch} · retention {p.retention} · workspace {human_bytes(p.workspace_budget)}"
               f"{' (in place)' if p.workspace_budget == 0 else ''} · {p.parameters:,} parameters "
               f"({p.batchnorm} batchnorm{': no gamma' if p.batchnorm == 'l1' else ''})")
-    out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} B) at {esc(m.peak_event)}"
-              f"  =  {formula(m.fixed_bytes, m.per_sample_bytes)}")
+    out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} bytes) at {esc(m.peak_event)}")
+    out.print(f"  = {formula(m.fixed_bytes, m.per_sample_bytes)} (fixed + per sample x batch)")
     if m.runtime_bytes:
         out.print(f"  = tensors {human_bytes(m.tensor_peak_bytes)} + the engine's runtime {human_bytes(m.runtime_bytes)}")
     if by == "role":
         fmts = role_formats(p)
         t = Table(title="Bytes at the peak, by role")
-        for col, j in (("role", "left"), ("format", "left"), ("bytes", "right"), ("share", "right")):
+        name_column(t, "role", list(m.by_role))
+        for col, j in (("format", "left"), ("bytes", "right"), ("share", "right")):
             t.add_column(col, justify=j)
         for role, n in m.by_role.items():
             t.add_row(role, fmts[role], human_bytes(n), f"{100 * n / m.peak_bytes:.1f}%")
     elif by == "layer":
         t = Table(title="Bytes at the peak, by layer")
-        for col, j in (("layer", "left"), ("bytes", "right"), ("share", "right")):
+        name_column(t, "layer", list(m.by_layer))
+        for col, j in (("bytes", "right"), ("share", "right")):
             t.add_column(col, justify=j)
         for layer, n in m.by_layer.items():
             t.add_row(esc(layer), human_bytes(n), f"{100 * n / m.peak_bytes:.1f}%")
     else:
         t = Table(title="Every variable (* = alive at the peak)")
-        for col in ("", "variable", "role", "format", "shape", "bytes", "alive"):
-            t.add_column(col, justify="right" if col == "bytes" else "left")
+        name_column(t, "variable\n  role format", [f"* {v.name}" for v in m.variables])
+        t.add_column("shape\nbytes", justify="right")
+        t.add_column("alive from\nto")
         for v in m.variables:
-            t.add_row("*" if v.alive_at_peak else "", esc(v.name), v.role, v.format,
-                      "x".join(map(str, v.shape)), human_bytes(v.bytes), esc(f"{v.alloc_event} -> {v.free_event}"))
+            t.add_row(f"{'*' if v.alive_at_peak else ' '} {esc(v.name)}\n  [dim]{v.role} {v.format}[/]",
+                      f"{'x'.join(map(str, v.shape))}\n{human_bytes(v.bytes)}",
+                      f"{esc(v.alloc_event)}\n{esc(v.free_event)}")
     out.print(t)
     print_ops(p)
     if p.energy is not None:
@@ -339,10 +375,10 @@ def print_device(p: Prediction) -> None:
     t.add_column(f"per epoch ({tm.epoch_samples:,} samples)" if tm.epoch_samples else "per epoch", justify="right")
     t.add_row("[bold]energy[/]", f"[bold]{si(e.joules_per_step, 'J')}[/]", si(e.joules_per_sample, "J"),
               si(e.joules_per_epoch, "J") if e.joules_per_epoch is not None else "-")
-    t.add_row("  compute", si(e.compute_j, "J"), "", "")
-    t.add_row("  memory traffic", si(e.memory_j, "J"), "", "")
-    t.add_row("  static (idle power x time)", si(e.static_j, "J"), "", "")
-    t.add_row("  dynamic (above idle)", si(e.dynamic_j, "J"), "", "")
+    t.add_row("├─ compute", si(e.compute_j, "J"), "", "")
+    t.add_row("├─ memory traffic", si(e.memory_j, "J"), "", "")
+    t.add_row("└─ static (idle power x time)", si(e.static_j, "J"), "", "")
+    t.add_row("dynamic = compute + memory", si(e.dynamic_j, "J"), "", "")
     t.add_row("[bold]time[/]", f"[bold]{si(tm.seconds_per_step, 's')}[/]", si(tm.seconds_per_sample, "s"),
               si(tm.seconds_per_epoch, "s") if tm.seconds_per_epoch is not None else "-")
     out.print(t)
@@ -364,7 +400,7 @@ def compare_cmd(
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="Also draw bytes by role (and energy) per strategy to FILE.png."),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="FILE", help="Also draw bytes by role (and energy) per strategy to FILE (.png, .svg or .pdf)."),
 ) -> None:
     """Compare strategies side by side: peak memory, where it goes, energy and time, and the savings."""
     output_mode(as_json, markdown)
@@ -388,52 +424,61 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
     p0 = preds[0]
     out.print(f"[bold]{esc(p0.model)}[/] · engine [bold]{esc(p0.engine)}[/] · batch {p0.batch} · "
               f"retention {p0.retention} · workspace {human_bytes(p0.workspace_budget)} · "
-              f"savings against [bold]{esc(c.baseline)}[/]")
-    t = Table(title="Peak memory of one training step")
-    t.add_column("")
-    for p in preds:
-        t.add_column(esc(p.strategy), justify="right")
-    t.add_row("[bold]peak[/]", *[f"[bold]{human_bytes(p.memory.peak_bytes)}[/]" for p in preds])
-    t.add_row(f"saving vs {esc(c.baseline)}", *[f"{c.savings[p.strategy]['peak_bytes_ratio']:.2f}x" for p in preds])
+              f"savings against [bold]{esc(c.baseline)}[/]" + (f" · on [bold]{esc(p0.device)}[/]" if p0.device else ""))
+    t = Wide("One training step, strategy by strategy", [esc(p.strategy) for p in preds])
+    t.row("[bold]peak[/]", [f"[bold]{human_bytes(p.memory.peak_bytes)}[/]" for p in preds])
+    t.row(f"saving vs {esc(c.baseline)}", [f"{c.savings[p.strategy]['peak_bytes_ratio']:.2f}x" for p in preds])
     if stepwise:
-        steps = ["-"] + [f"{a.memory.peak_bytes / b.memory.peak_bytes:.2f}x" for a, b in zip(preds, preds[1:])]
-        t.add_row("saving of this step", *steps)
-    t.add_row("fixed + per sample", *[formula(p.memory.fixed_bytes, p.memory.per_sample_bytes) for p in preds])
-    t.add_row("peak event", *[esc(p.memory.peak_event) for p in preds])
-    t.add_row("bit-MACs / MACs", *[f"{count(p.ops.bit_macs)} / {count(sum(p.ops.macs.values()))}" for p in preds])
+        t.row("saving of this step", ["-"] + [f"{a.memory.peak_bytes / b.memory.peak_bytes:.2f}x"
+                                              for a, b in zip(preds, preds[1:])])
+    t.row("peak = fixed", [human_bytes(p.memory.fixed_bytes) for p in preds])
+    t.row("  + per sample x batch", [human_bytes(p.memory.per_sample_bytes) for p in preds])
+    t.row("peak event", [esc(p.memory.peak_event).replace(":", ":\n", 1) for p in preds])
     if p0.energy is not None:
-        t.add_section()
-        t.add_row(f"[bold]energy per step[/] ({esc(p0.device)})", *[f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
-        t.add_row("energy saving", *[f"{c.savings[p.strategy]['joules_per_step_ratio']:.2f}x" for p in preds])
-        t.add_row("  compute / memory / static", *[
-            f"{si(p.energy.compute_j, 'J')} / {si(p.energy.memory_j, 'J')} / {si(p.energy.static_j, 'J')}" for p in preds])
-        t.add_row("time per step", *[si(p.time.seconds_per_step, "s") for p in preds])
-        t.add_row("time saving", *[f"{c.savings[p.strategy]['seconds_per_step_ratio']:.2f}x" for p in preds])
-        t.add_row(f"fits in {human_bytes(p0.fit.usable_bytes)}", *[
-            "[green]yes[/]" if p.fit.fits else "[red]no[/]" for p in preds])
-        t.add_row("largest batch that fits", *[f"{p.fit.max_batch:,}" for p in preds])
+        t.section()
+        t.row("[bold]energy per step[/]", [f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
+        t.row("├─ compute", [si(p.energy.compute_j, "J") for p in preds])
+        t.row("├─ memory traffic", [si(p.energy.memory_j, "J") for p in preds])
+        t.row("└─ static (idle x time)", [si(p.energy.static_j, "J") for p in preds])
+        t.row("energy saving", [f"{c.savings[p.strategy]['joules_per_step_ratio']:.2f}x" for p in preds])
+        t.row("[bold]time per step[/]", [f"[bold]{si(p.time.seconds_per_step, 's')}[/]" for p in preds])
+        t.row("time saving", [f"{c.savings[p.strategy]['seconds_per_step_ratio']:.2f}x" for p in preds])
+        t.row(f"fits in {human_bytes(p0.fit.usable_bytes)}", ["[green]yes[/]" if p.fit.fits else "[red]no[/]"
+                                                             for p in preds])
+        t.row("largest batch that fits", [f"{p.fit.max_batch:,}" for p in preds])
+    t.section()
+    t.row("[bold]operations per step[/]", ["" for _ in preds])
+    totals = [{(r.kind, r.format): r.count for r in p.ops.total} for p in preds]
+    for kind, fmt in dict.fromkeys(k for tot in totals for k in tot):
+        note = " (info)" if kind in INFORMATIONAL else ""
+        t.row(f"  {kind} {fmt}{note}", [count(tot[(kind, fmt)]) if (kind, fmt) in tot else "" for tot in totals])
     roles = list(dict.fromkeys(r for p in preds for r in p.memory.by_role_max))
     fmts = [role_formats(p) for p in preds]
-    t.add_section()
-    t.add_row("[bold]by role, at the peak event[/]", *["" for _ in preds])
+    t.section()
+    t.row("[bold]format by role[/]", ["" for _ in preds])
     for role in roles:
-        t.add_row(f"  {role}", *[
-            human_bytes(p.memory.by_role[role]) if role in p.memory.by_role else
-            "[dim]not live[/]" if role in p.memory.by_role_max else "[dim]none[/]" for p in preds])
-    t.add_section()
-    t.add_row(f"[bold]by role, largest over the step[/] (saving vs {c.baseline})", *["" for _ in preds])
-    base = preds[0].memory.by_role_max
+        t.row(f"  {role}", [f.get(role, "") for f in fmts])
+    t.section()
+    t.row("[bold]by role at the peak[/]", ["" for _ in preds])
     for role in roles:
-        cells = []
-        for p, f in zip(preds, fmts):
-            n = p.memory.by_role_max.get(role)
-            if n is None:
-                cells.append("[dim]none[/]")
-                continue
-            ratio = f" ({base[role] / n:.1f}x)" if base.get(role) and n and p is not preds[0] else ""
-            cells.append(f"{human_bytes(n)} [dim]{f[role]}[/]{ratio}")
-        t.add_row(f"  {role}", *cells)
-    out.print(t)
+        t.row(f"  {role}", [human_bytes(p.memory.by_role[role]) if role in p.memory.by_role else
+                            "[dim]not live[/]" if role in p.memory.by_role_max else "" for p in preds])
+    t.section()
+    t.row("[bold]largest in the step[/]", ["" for _ in preds])
+    for role in roles:
+        t.row(f"  {role}", [human_bytes(p.memory.by_role_max[role]) if role in p.memory.by_role_max else ""
+                            for p in preds])
+    t.section()
+    t.row(f"[bold]saving of the largest[/]", ["" for _ in preds])
+    base = p0.memory.by_role_max
+    for role in roles:
+        t.row(f"  {role}", [f"{base[role] / p.memory.by_role_max[role]:.3g}x"
+                            if base.get(role) and p.memory.by_role_max.get(role) else "" for p in preds])
+    for obj in t.render(None if out.markdown else out.console.width):
+        out.print(obj)
+    if any(kind in INFORMATIONAL for tot in totals for kind, _ in tot):
+        out.print("[dim](info): bit_mac counts the bit products inside the xnor_popcount words; "
+                  "it is not charged time or energy.[/]")
 
 
 @app.command("fit")
@@ -467,18 +512,16 @@ def fit_cmd(
     out.print(f"[bold]{esc(c.model)}[/] on [bold]{esc(dev.name)}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
               f"of {human_bytes(dev.memory.ram_bytes)} RAM · engine [bold]{esc(p0.engine)}[/] · "
               f"retention {p0.retention} · workspace {human_bytes(p0.workspace_budget)}")
-    t = Table(title="Largest batch that fits")
-    for col, j in (("strategy", "left"), ("largest batch", "right"), ("peak there", "right"),
-                   (f"peak at batch {batch}", "right"), (f"fits at batch {batch}", "left"),
-                   ("fixed + per sample", "right")):
-        t.add_column(col, justify=j)
-    for p in c.predictions:
-        f = p.fit
-        t.add_row(esc(p.strategy), f"[bold]{f.max_batch:,}[/]",
-                  human_bytes(f.peak_bytes_at_max_batch) if f.max_batch else "-",
-                  human_bytes(p.memory.peak_bytes), "[green]yes[/]" if f.fits else "[red]no[/]",
-                  formula(p.memory.fixed_bytes, p.memory.per_sample_bytes))
-    out.print(t)
+    t = Wide("Largest batch that fits", [esc(label) for label in c.strategies])
+    t.row("[bold]largest batch[/]", [f"[bold]{p.fit.max_batch:,}[/]" for p in c.predictions])
+    t.row("peak there", [human_bytes(p.fit.peak_bytes_at_max_batch) if p.fit.max_batch else "-"
+                         for p in c.predictions])
+    t.row(f"peak at batch {batch}", [human_bytes(p.memory.peak_bytes) for p in c.predictions])
+    t.row(f"fits at batch {batch}", ["[green]yes[/]" if p.fit.fits else "[red]no[/]" for p in c.predictions])
+    t.row("peak = fixed", [human_bytes(p.memory.fixed_bytes) for p in c.predictions])
+    t.row("  + per sample x batch", [human_bytes(p.memory.per_sample_bytes) for p in c.predictions])
+    for obj in t.render(None if out.markdown else out.console.width):
+        out.print(obj)
 
 
 @app.command("devices")
@@ -492,7 +535,8 @@ def devices_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
              "levels": [lv.name for lv in d.memory.levels]} for d in devs]})
         return
     t = Table(title="Devices (pass a name, or a path to your own YAML)")
-    for col in ("device", "RAM", "usable", "idle", "active", "description"):
+    name_column(t, "device", [d.name for d in devs])
+    for col in ("RAM", "usable", "idle", "active", "description"):
         t.add_column(col, justify="right" if col in ("RAM", "usable", "idle", "active") else "left")
     for d in devs:
         t.add_row(d.name, human_bytes(d.memory.ram_bytes), human_bytes(d.memory.usable_bytes),
@@ -512,7 +556,7 @@ def sweep_cmd(
     workspace: Optional[str] = workspace_option(None),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="Also draw memory against batch size to FILE.png."),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="FILE", help="Also draw memory against batch size to FILE (.png, .svg or .pdf)."),
 ) -> None:
     """Peak memory (and energy and time per sample on a device) over a range of batch sizes."""
     output_mode(as_json, markdown)
@@ -533,7 +577,7 @@ def print_sweep(s: Sweep) -> None:
     where = f" on {esc(s.device)} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
     out.print(f"[bold]{esc(s.model)}[/]{where} · engine [bold]{esc(s.engine)}[/] · retention {s.retention} · "
               f"workspace {human_bytes(s.workspace_budget)}")
-    t = Table(title="Peak memory of one training step against batch size" + (" (red: does not fit)" if s.device else ""))
+    t = Table(title="Peak memory of one training step against batch size" + (" (x: does not fit)" if s.device else ""))
     t.add_column("batch", justify="right")
     for line in s.lines:
         t.add_column(esc(line.strategy), justify="right")
@@ -553,7 +597,7 @@ def print_sweep(s: Sweep) -> None:
             peak = human_bytes(line.peak_bytes[i])
             if s.device:
                 fits = line.fits[i]
-                cells += [peak if fits else f"[red]{peak}[/]", si(line.joules_per_sample[i], "J"),
+                cells += [peak if fits else f"[red]{peak} x[/]", si(line.joules_per_sample[i], "J"),
                           si(line.seconds_per_sample[i], "s")]
                 if not fits and (i == 0 or line.fits[i - 1]):  # the first batch that does not fit
                     notes.append(f"{esc(line.strategy)} stops fitting (largest batch {line.max_batch:,})")
@@ -588,8 +632,9 @@ def verify_cmd(
     output_mode(as_json, markdown)
     if by not in ("role", "variable"):
         raise BadInput(f"--by must be role or variable, not '{by}'")
-    v = run_verification(model, strategy, batch, steps=steps, dataset=dataset,
-                         **implementation(engine, retention, workspace))
+    with trainer_progress(f"verify {model}: {steps} step(s) of batch {batch}") as on_event:
+        v = run_verification(model, strategy, batch, steps=steps, dataset=dataset, on_event=on_event,
+                             **implementation(engine, retention, workspace))
     if as_json:
         emit_json(v.to_json())
     else:
@@ -598,9 +643,25 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
+@contextmanager
+def trainer_progress(what: str):
+    """A progress bar on stderr over the events of the trainer's steps (stdout stays the document);
+    it disappears when done, and a terminal-less stderr shows nothing."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("events"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("", total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
 def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, dataset: str = "synthetic",
                      engine: "str | Engine" = TRAINER_ENGINE, retention: str | None = None,
-                     workspace_budget: int | None = None, plan_hook=None):
+                     workspace_budget: int | None = None, plan_hook=None, on_event=None):
     """Predict, run the trainer for `steps` steps, and compare (the trainer is imported only here).
 
     The trainer runs with the retention and budget of `engine` (the bundled
@@ -621,7 +682,7 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
     if plan_hook is not None:
         plan = plan_hook(plan)
     measured = run_steps(graph, strat, batch=batch, steps=steps, dataset=dataset, retention=retention,
-                         workspace_budget=workspace_budget)
+                         workspace_budget=workspace_budget, on_event=on_event)
     return verify_against(plan, count_ops(graph, strat), batch, Measurement(**measured.measurement()),
                           model=graph.model.name, strategy=strat.name, engine=eng.name, retention=retention,
                           workspace_budget=workspace_budget)
@@ -641,7 +702,12 @@ def print_verification(v, by: str) -> None:
               f"the cost model against the bundled trainer")
     t = Table(title="Bytes of every variable (must agree exactly)" if by == "variable" else
               "Bytes by role (every variable must agree exactly)")
-    cols = ["variable", "role"] if by == "variable" else ["role", "variables"]
+    if by == "variable":
+        name_column(t, "variable", [c.name for c in v.variables])
+        cols = ["role"]
+    else:
+        name_column(t, "role", list(dict.fromkeys(c.role for c in v.variables)))
+        cols = ["variables"]
     for col in cols + ["predicted", "measured", "difference", ""]:
         t.add_column(col, justify="right" if col in ("predicted", "measured", "difference", "variables") else "left")
     if by == "variable":
@@ -711,8 +777,8 @@ def output_mode(as_json: bool, markdown: bool) -> None:
 
 
 def wrote(path, as_json: bool) -> None:
-    """Say where a plot went: on stderr when stdout carries JSON."""
-    if as_json:
+    """Say where a plot went: on stderr when stdout carries a document (JSON or Markdown)."""
+    if as_json or out.markdown:
         sys.stderr.write(f"wrote {path}\n")
     else:
         out.print(f"wrote {path}")

@@ -10,6 +10,16 @@ from pathlib import Path
 
 from bnncost.costmodel.prediction import Comparison
 from bnncost.costmodel.sweep import Sweep
+from bnncost.layers.roles import ROLES
+
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")  # matplotlib picks the format from the suffix
+
+
+def role_colour(plt, role: str):
+    """One colour per role, the same in every plot: the role's place in layers.roles.ROLES on tab20."""
+    order = list(ROLES)
+    return plt.get_cmap("tab20")(order.index(role) % 20 if role in order else 19)
 
 
 class PlotError(ValueError):
@@ -30,8 +40,8 @@ def _pyplot():
 def check_path(path: str) -> Path:
     """Refuse a plot before any work is done: wrong suffix, missing folder, or no matplotlib."""
     p = Path(path)
-    if p.suffix.lower() != ".png":
-        raise PlotError(f"--plot: '{path}' must end in .png")
+    if p.suffix.lower() not in PLOT_SUFFIXES:
+        raise PlotError(f"--plot: '{path}' must end in {', '.join(PLOT_SUFFIXES)}")
     if not p.parent.is_dir():
         raise PlotError(f"--plot: folder '{p.parent}' does not exist")
     _pyplot()
@@ -92,11 +102,10 @@ def plot_comparison(c: Comparison, path: str) -> Path:
     ax = axes[0][0]
     names = [pr.strategy for pr in preds]
     x = range(len(preds))
-    cmap = plt.get_cmap("tab20")
     bottom = [0.0] * len(preds)
-    for i, role in enumerate(roles):
+    for role in roles:
         vals = [pr.memory.by_role.get(role, 0) / scale for pr in preds]
-        ax.bar(x, vals, bottom=bottom, color=cmap(i % 20), label=role, width=0.6)
+        ax.bar(x, vals, bottom=bottom, color=role_colour(plt, role), label=role, width=0.6)
         bottom = [b + v for b, v in zip(bottom, vals)]
     for i, pr in enumerate(preds):
         ax.text(i, bottom[i], f"{pr.memory.peak_bytes / scale:.1f} {unit}\n{c.savings[pr.strategy]['peak_bytes_ratio']:.2f}x",

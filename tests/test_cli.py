@@ -18,7 +18,7 @@ def test_compare_table(capsys):
     code, out, err = run(capsys, "compare", "mlp")
     assert code == 0 and err == ""
     assert "standard" in out and "proposed" in out and "saving vs standard" in out
-    assert "MiB" in out and "x B" in out and "optimizer_state" in out
+    assert "MiB" in out and "per sample x batch" in out and "optimizer_state" in out
 
 
 def test_compare_ladder_shows_each_step(capsys):

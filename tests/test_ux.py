@@ -74,7 +74,7 @@ def test_compare_by_role_shows_the_peak_and_each_roles_own_largest(capsys):
         assert sum(m["by_role"].values()) == m["peak_bytes"]
         assert all(m["by_role_max"][r] >= n for r, n in m["by_role"].items())
     code, out, _ = run(capsys, "compare", "mlp")
-    assert "at the peak" in out and "largest over the step" in out
+    assert "by role at the peak" in out and "largest in the step" in out and "saving of the largest" in out
 
 
 # ---------------------------------------------------------------- one vocabulary
@@ -137,3 +137,51 @@ def test_parameter_counts_say_which_batchnorm(capsys):
     assert json.loads(out)["parameters"] == mlp["parameters_l1_batchnorm"]
     code, out, _ = run(capsys, "predict", "mlp")
     assert "parameters (l1 batchnorm" in out
+
+
+# ---------------------------------------------------------------- tables and output
+
+def test_markdown_writes_only_markdown_to_stdout(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    f = tmp_path / "ladder.svg"
+    code, out, err = run(capsys, "compare", "cnv", "--ladder", "--device", "raspberry-pi-4b", "--plot", str(f),
+                         "--markdown")
+    assert code == 0 and f.read_text().lstrip().startswith("<?xml") and err == f"wrote {f}\n"
+    assert "wrote" not in out and "\x1b" not in out
+    assert "| &nbsp;&nbsp;+ per sample x batch |" in out and "| ├─ compute |" in out
+    code, out, _ = run(capsys, "sweep", "mlp", "--batch", "1:100000", "--device", "raspberry-pi-3b-plus", "--markdown")
+    assert "red" not in out and "x: does not fit" in out
+
+
+@pytest.mark.parametrize("suffix, magic", [(".pdf", b"%PDF"), (".svg", b"<?xml"), (".png", b"\x89PNG")])
+def test_plots_in_every_format(capsys, tmp_path, suffix, magic):
+    pytest.importorskip("matplotlib")
+    f = tmp_path / f"cnv{suffix}"
+    code, _, err = run(capsys, "sweep", "cnv", "--batch", "1,8,64", "--plot", str(f))
+    assert code == 0, err
+    assert f.read_bytes().startswith(magic)
+
+
+def test_each_role_has_one_colour_in_every_plot():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from bnncost.costmodel.plots import role_colour
+    from bnncost.layers.roles import ROLES
+
+    colours = [role_colour(plt, r) for r in ROLES]
+    assert len(set(colours)) == len(colours)
+
+
+def test_a_narrow_terminal_cuts_no_name(capsys, monkeypatch):
+    monkeypatch.setattr(cli.out.console, "_width", 80)
+    code, out, _ = run(capsys, "compare", "binarynet", "--ladder", "--device", "raspberry-pi-4b")
+    assert code == 0 and "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    assert all(name in out for name in ("ladder-1-binary-activations", "ladder-3-binary-dw", "optimizer_state"))
+    for args in (["predict", "resnete18", "--by", "variable"], ["strategies"], ["fit", "mlp", "-d", "jetson-nano"],
+                 ["predict", "cnv", "--device", "raspberry-pi-3b-plus"], ["models"], ["devices"]):
+        code, out, _ = run(capsys, *args)
+        assert code == 0 and "…" not in out, args
+        assert max(len(line) for line in out.splitlines()) <= 80, args
+    code, out, _ = run(capsys, "predict", "cnv")
+    assert "x batch" in out and "x B" not in out
+    formula_line = next(line for line in out.splitlines() if "x batch" in line)
+    assert "MiB + " in formula_line  # the formula is on one line, not wrapped mid-term

@@ -22,6 +22,7 @@ bytes of the arrays really allocated.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -60,6 +61,7 @@ class Ledger:
         self.events = events
         self.index = {e: i for i, e in enumerate(events)}
         self.enabled = enabled
+        self.on_event: Callable[[str], None] | None = None  # told each event as the step reaches it (progress)
         self.persistent: dict[str, _Live] = {}
         self.live: dict[str, _Live] = {}
         self.rows: list[LedgerRow] = []
@@ -89,6 +91,8 @@ class Ledger:
         if self.enabled and self.index[name] < self.index[self.current]:
             raise RuntimeError(f"ledger: event {name} after {self.current}")
         self.current = name
+        if self.on_event is not None:
+            self.on_event(name)
 
     def alloc(self, name: str, layer: str, role: str, fmt: str, shape: tuple, *,
               free_at: str | None = None, zero: bool = False) -> np.ndarray:

@@ -163,8 +163,11 @@ class _Tracer:
 
 def run_steps(model: str | Model | Graph, strategy: str | Strategy, *, batch: int = 32, steps: int = 2,
               retention: str = "step", workspace_budget: int = DEFAULT_WORKSPACE, dataset: str = "synthetic",
-              seed: int = 0, lr: float = DEFAULT_LR) -> StepMeasurement:
-    """Run `steps` training steps of `batch` samples and measure the first (ledger, ops, tracemalloc)."""
+              seed: int = 0, lr: float = DEFAULT_LR,
+              on_event: Callable[[int, int], None] | None = None) -> StepMeasurement:
+    """Run `steps` training steps of `batch` samples and measure the first (ledger, ops, tracemalloc).
+
+    `on_event(done, total)` is told each event of each step as the trainer reaches it (a progress bar)."""
     if batch < 1 or steps < 1:
         raise TrainerError("batch and steps must be >= 1")
     graph, strat = graph_of(model), as_strategy(strategy)
@@ -178,6 +181,14 @@ def run_steps(model: str | Model | Graph, strategy: str | Strategy, *, batch: in
     tracer = _Tracer()
     try:
         net = Network(graph, strat, retention=retention, workspace_budget=workspace_budget, seed=seed, lr=lr)
+        if on_event is not None:
+            total, done = steps * len(net.ledger.events), [0]
+
+            def tick(_event: str) -> None:
+                done[0] = min(done[0] + 1, total)
+                on_event(done[0], total)
+
+            net.ledger.on_event = tick
         (loss, _), peak = tracer.peak_of(lambda: net.train_step(X, idx, y))
     finally:
         tracer.stop()

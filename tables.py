@@ -1,0 +1,80 @@
+"""Tables that neither cut nor mislead: the layout rules of bnncost's terminal output (cli.py prints them).
+
+- A name a user types (strategy, device, layer, variable) is never cut: its column does not wrap and,
+  if the terminal is narrower than the name, folds instead of ending in an ellipsis.
+- A comparison wider than the terminal is first given short column headers (1, 2, ...) with a legend
+  that spells every name out; if it is still too wide, its columns are stacked into several tables,
+  each repeating the row labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rich.table import Table
+from rich.text import Text
+
+# a rich table with the default box spends 3 characters per column (two spaces of padding and a rule),
+# plus one for the closing rule
+COLUMN_COST = 3
+
+
+def plain_width(cell: object) -> int:
+    """Width of the longest line of a cell as printed (markup removed)."""
+    text = cell.plain if isinstance(cell, Text) else Text.from_markup(str(cell)).plain
+    return max((len(line) for line in text.split("\n")), default=0)
+
+
+def name_column(table: Table, header: str, names: list[str], **kw) -> None:
+    """A column of names a user types: never wrapped, never cut (folded only if the terminal is narrower)."""
+    table.add_column(header, no_wrap=True, overflow="fold",
+                     min_width=max([len(header), *(len(n) for n in names)]), **kw)
+
+
+@dataclass
+class Wide:
+    """Rows of labelled cells, one column per compared item (strategy), laid out to fit a width."""
+
+    title: str
+    headers: list[str]
+    rows: list[tuple[str, list[str]] | None] = field(default_factory=list)  # None: a section break
+
+    def row(self, label: str, cells: list[str]) -> None:
+        self.rows.append((label, cells))
+
+    def section(self) -> None:
+        self.rows.append(None)
+
+    def _width(self, headers: list[str], columns: list[int]) -> int:
+        label = max(plain_width(r[0]) for r in self.rows if r)
+        cols = [max([plain_width(headers[i]), *(plain_width(r[1][i]) for r in self.rows if r)]) for i in columns]
+        return 1 + label + COLUMN_COST + sum(w + COLUMN_COST for w in cols)
+
+    def _table(self, title: str, headers: list[str], columns: list[int]) -> Table:
+        t = Table(title=title)
+        t.add_column("", no_wrap=True, overflow="fold")
+        for i in columns:
+            t.add_column(headers[i], justify="right", no_wrap=True, overflow="fold")
+        for r in self.rows:
+            if r is None:
+                t.add_section()
+            else:
+                t.add_row(r[0], *[r[1][i] for i in columns])
+        return t
+
+    def render(self, width: int | None) -> list[Table | str]:
+        """One table if it fits `width` (None: any width); else short headers with a legend; else stacked."""
+        every = list(range(len(self.headers)))
+        if width is None or self._width(self.headers, every) <= width:
+            return [self._table(self.title, self.headers, every)]
+        short = [str(i + 1) for i in every]
+        legend = "columns:\n" + "\n".join(f"  {s} = {h}" for s, h in zip(short, self.headers))
+        if self._width(short, every) <= width:
+            return [self._table(self.title, short, every), legend]
+        groups: list[list[int]] = [[]]
+        for i in every:
+            if groups[-1] and self._width(short, groups[-1] + [i]) > width:
+                groups.append([])
+            groups[-1].append(i)
+        return [self._table(f"{self.title} ({k + 1} of {len(groups)})", short, g)
+                for k, g in enumerate(groups)] + [legend]
