@@ -6,7 +6,7 @@ costmodel, hardware_profiles, trainer) are installed as bnncost's subpackages.
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from bnncost.costmodel import compare, load_strategy, predict
+from bnncost.costmodel import compare, load_engine, load_strategy, predict
 from bnncost.hardware_profiles import load_device
 from bnncost.layers import load_model
 
@@ -19,4 +19,4 @@ except PackageNotFoundError:  # a checkout used without installing it: the versi
     __version__ = _re.search(r'^version = "([^"]+)"', (_Path(__file__).parent / "pyproject.toml").read_text(),
                              _re.M).group(1)
 
-__all__ = ["__version__", "compare", "load_device", "load_model", "load_strategy", "predict"]
+__all__ = ["__version__", "compare", "load_device", "load_engine", "load_model", "load_strategy", "predict"]

@@ -7,6 +7,7 @@ JSON document and nothing else. Bad input is one line on stderr, exit code 2.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -37,6 +38,8 @@ from bnncost.tables import Wide, name_column
 app = typer.Typer(
     name="bnncost",
     help="Predict the memory and energy of training binary neural networks on edge devices.",
+    epilog="Exit codes: 0 ok; 1 not verified (verify) or training diverged (train); 2 bad input "
+           "(one line on stderr naming the problem and where).",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -127,7 +130,22 @@ def formula(fixed: float, per_sample: float) -> str:
 
 
 def emit_json(doc: dict) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    """Strict JSON: a value that is not a finite number (undefined, not measured) is null, never NaN."""
+    sys.stdout.write(json.dumps(_finite(doc), indent=2, allow_nan=False) + "\n")
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def percent(fraction: float | None) -> str:
+    return "- (no test samples)" if fraction is None else f"{100 * fraction:.2f}%"
 
 
 def role_formats(p: Prediction) -> dict[str, str]:
@@ -285,7 +303,7 @@ def engine_rule_counts(e: Engine) -> dict[str, int]:
 
 @app.command("predict")
 def predict_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    model: str = typer.Argument(..., help="Zoo model name, or a path to a model YAML or an .onnx file."),
     strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
     engine: Optional[str] = engine_option(None),
@@ -314,7 +332,8 @@ def predict_cmd(
     out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} bytes) at {esc(m.peak_event)}")
     out.print(f"  = {formula(m.fixed_bytes, m.per_sample_bytes)} (fixed + per sample x batch)")
     if m.runtime_bytes:
-        out.print(f"  = tensors {human_bytes(m.tensor_peak_bytes)} + the engine's runtime {human_bytes(m.runtime_bytes)}")
+        out.print(f"  = tensors {human_bytes(m.tensor_peak_bytes)} + the engine's runtime "
+                  f"{human_bytes(m.runtime_bytes)}")
     if by == "role":
         fmts = role_formats(p)
         t = Table(title="Bytes at the peak, by role")
@@ -389,7 +408,7 @@ def print_device(p: Prediction) -> None:
 
 @app.command("compare")
 def compare_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    model: str = typer.Argument(..., help="Zoo model name, or a path to a model YAML or an .onnx file."),
     strategies: Optional[str] = strategies_option(),
     ladder: bool = typer.Option(False, "--ladder", help="Compare the ablation ladder from standard to proposed, one change per step."),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
@@ -483,7 +502,7 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
 
 @app.command("fit")
 def fit_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    model: str = typer.Argument(..., help="Zoo model name, or a path to a model YAML or an .onnx file."),
     device: str = typer.Option(..., "--device", "-d", help="Device name or YAML path."),
     strategies: Optional[str] = strategies_option(),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size whose fit is also checked."),
@@ -546,7 +565,7 @@ def devices_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 
 @app.command("sweep")
 def sweep_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    model: str = typer.Argument(..., help="Zoo model name, or a path to a model YAML or an .onnx file."),
     strategies: Optional[str] = strategies_option(),
     batch: str = typer.Option("1:4096", "--batch", "-b", help="Batch sizes: a:b, a:b:step, or a list 1,8,64."),
     log: bool = typer.Option(True, "--log/--linear", help="For a:b without a step: powers of two (default) or every batch."),
@@ -613,7 +632,7 @@ def print_sweep(s: Sweep) -> None:
 
 @app.command("verify")
 def verify_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    model: str = typer.Argument(..., help="Zoo model name, or a path to a model YAML or an .onnx file."),
     strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
     batch: int = typer.Option(32, "--batch", "-b", help="Batch size B."),
     steps: int = typer.Option(2, "--steps", help="Training steps to run (the first is measured)."),
@@ -679,6 +698,7 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
     eng = as_engine(engine)
     retention, workspace_budget = implementation_knobs(eng, retention, workspace_budget)
     plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget, engine=eng)
+    refuse_beyond_this_machine(graph, plan, batch, dataset)
     if plan_hook is not None:
         plan = plan_hook(plan)
     measured = run_steps(graph, strat, batch=batch, steps=steps, dataset=dataset, retention=retention,
@@ -686,6 +706,36 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
     return verify_against(plan, count_ops(graph, strat), batch, Measurement(**measured.measurement()),
                           model=graph.model.name, strategy=strat.name, engine=eng.name, retention=retention,
                           workspace_budget=workspace_budget)
+
+
+def available_memory_bytes() -> int | None:
+    """What this machine can still give a process (Linux MemAvailable, else free physical pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def refuse_beyond_this_machine(graph, plan, batch: int, dataset: str) -> None:
+    """Before the trainer allocates anything: refuse a step (and its data) that cannot fit in this machine."""
+    step = plan.peak(batch)[0]
+    samples = math.prod(graph.model.input)
+    data = 0
+    if dataset.partition(":")[0] == "synthetic":  # 640 float32 samples and a float64 teacher, made in memory
+        data = 640 * samples * 4 + samples * graph.output_shape[0] * 8
+    need = step + data
+    have = available_memory_bytes()
+    if have is not None and need > have:
+        raise BadInput(f"{graph.model.name}: training needs about {human_bytes(need)} of memory (predicted step peak "
+                       f"{human_bytes(step)} at batch {batch:,}{f' + data {human_bytes(data)}' if data else ''}) "
+                       f"but this machine has {human_bytes(have)} available")
 
 
 def _diff(a: int | None, b: int | None) -> str:
@@ -817,7 +867,7 @@ def implementation(engine: str | None, retention: str | None, workspace: "str | 
 
 @app.command("train")
 def train_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    model: str = typer.Argument(..., help="Zoo model name, or a path to a model YAML or an .onnx file."),
     strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
     dataset: str = typer.Option("digits", "--dataset", help="Data to train on: digits (8x8 handwritten digits shipped with the package, for the digits-* models; the default), synthetic, mnist:DIR or cifar10:DIR."),
     epochs: int = typer.Option(20, "--epochs", help="Epochs in total (a resumed run continues up to this)."),
@@ -840,6 +890,9 @@ def train_cmd(
     if lr is not None and not lr > 0:
         raise BadInput(f"--lr must be a positive number, not {lr}")
     opts = knobs(retention, workspace)
+    check_batch(batch)
+    graph, strat = graph_of(model), load_strategy(strategy)
+    refuse_beyond_this_machine(graph, memory_plan(graph, strat, **opts), batch, dataset)
     progress = None if as_json else Progress(
         TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[note]}"),
@@ -858,18 +911,18 @@ def train_cmd(
         if task["id"] is None:
             return
         progress.update(task["id"], epoch=f"{r.epoch}/{r.epochs}", loss=r.train_loss,
-                        note=f"train acc {100 * r.train_accuracy:.1f}%  test acc {100 * r.test_accuracy:.1f}%  "
+                        note=f"train acc {100 * r.train_accuracy:.1f}%  test acc {percent(r.test_accuracy)}  "
                              f"{r.samples_per_second:,.0f} samples/s")
         task["id"] = None
         task["epoch"] = r.epoch
 
     try:
         if progress is None:
-            result = train(model, strategy, dataset=dataset, epochs=epochs, batch=batch, lr=lr, seed=seed,
+            result = train(graph, strat, dataset=dataset, epochs=epochs, batch=batch, lr=lr, seed=seed,
                            save=save, resume=resume, **opts)
         else:
             try:
-                result = train(model, strategy, dataset=dataset, epochs=epochs, batch=batch, lr=lr, seed=seed,
+                result = train(graph, strat, dataset=dataset, epochs=epochs, batch=batch, lr=lr, seed=seed,
                                save=save, resume=resume, on_step=on_step, on_epoch=on_epoch, **opts)
             finally:
                 if progress.live.is_started:
@@ -884,11 +937,11 @@ def train_cmd(
                     f"{result.epochs} epochs · retention {result.retention} · workspace {human_bytes(result.workspace_budget)}")
     t.add_column("")
     t.add_column("value", justify="right")
-    t.add_row("[bold]test accuracy[/]", f"[bold]{100 * result.test_accuracy:.2f}%[/]")
+    t.add_row("[bold]test accuracy[/]", f"[bold]{percent(result.test_accuracy)}[/]")
     t.add_row("final train loss", f"{result.train_loss[-1]:.4f}")
     t.add_row("ledger peak", f"{human_bytes(result.ledger_peak_bytes)} ({result.ledger_peak_bytes:,} B) at {esc(result.ledger_peak_event)}")
     t.add_row("tracemalloc peak (first step)", f"{human_bytes(result.process_peak_bytes)} ({result.process_peak_bytes:,} B)")
-    t.add_row("time per step", f"{1000 * result.seconds_per_step:.2f} ms")
+    t.add_row("time per step", f"{1000 * result.seconds_per_step:.2f} ms" if result.seconds_per_step else "-")
     t.add_row("steps", f"{result.steps:,}")
     out.print(t)
 

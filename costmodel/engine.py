@@ -15,6 +15,7 @@ file says so without code:
 - `shares`: a saved variable that is the layer's input or output tensor itself
   whenever their formats agree (held once, the tensor kept alive meanwhile);
 - `lifetimes`: METHOD variables it holds from or until other events;
+- `in_place_grads`: elementwise layers whose backward writes dX over dY;
 - `runtime`: constant bytes that are not tensors (allocator caches, a traced
   graph), each with its source.
 
@@ -32,12 +33,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationError, field_validator,
+)
 
 from bnncost.costmodel.formats import STORAGE_BITS
 from bnncost.hardware_profiles.units import QuantityError, convert
 from bnncost.layers.model import looks_like_path
-from bnncost.layers.relative import END_EVENTS, EVENTS, LAYER_KINDS, SHAPES
+from bnncost.layers.relative import (
+    END_EVENTS, EVENTS, LAYER_KINDS, SHAPES, SHAPES_OF_WEIGHTED,
+)
 from bnncost.layers.roles import DERIVED_FORMAT, FORMATTED_ROLES, ROLES
 from bnncost.layers.spec import WEIGHTED_KINDS
 from bnncost.layers.yamlfile import parse_yaml, read_text
@@ -49,7 +54,7 @@ STRATEGY_ROLES = (*FORMATTED_ROLES, *DERIVED_FORMAT)
 OPTIMIZERS = ("adam", "sgd", "bop")
 PARAMETER_SHAPES = ("largest_parameter", "each_parameter")
 NAMED_LISTS = ("variables", "temporaries", "optimizer_temporaries", "runtime")
-APPENDED_LISTS = ("drop", "shares", "lifetimes")
+APPENDED_LISTS = ("drop", "shares", "lifetimes", "in_place_grads")
 FILE_KEYS = {"name", "description", "extends", "retention", "workspace", *NAMED_LISTS, *APPENDED_LISTS}
 
 
@@ -183,6 +188,22 @@ class Lifetime(_LayerRule):
     free: Literal[END_EVENTS] | None = None
 
 
+ELEMENTWISE_KINDS = ("batchnorm", "sign", "relu")
+
+
+class InPlaceGrad(_LayerRule):
+    """Layers whose backward writes dX over dY: one gradient buffer where METHOD has two."""
+
+    @field_validator("kinds")
+    @classmethod
+    def _elementwise(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for k in v:
+            if k not in ELEMENTWISE_KINDS:
+                raise ValueError(f"'{k}' changes the shape or passes gradients on already; "
+                                 f"in place only for {', '.join(ELEMENTWISE_KINDS)}")
+        return v
+
+
 class RuntimeBytes(_Rule):
     """Bytes that are not tensors (framework state, allocator caches), whatever the batch size.
 
@@ -215,6 +236,7 @@ class Engine(BaseModel):
     drop: tuple[Drop, ...] = ()
     shares: tuple[Share, ...] = ()
     lifetimes: tuple[Lifetime, ...] = ()
+    in_place_grads: tuple[InPlaceGrad, ...] = ()
     runtime: tuple[RuntimeBytes, ...] = ()
     file: str = "<memory>"  # where it was loaded from, for error messages
 
@@ -234,6 +256,7 @@ class _EngineFile(BaseModel):
     drop: list[Drop] = []
     shares: list[Share] = []
     lifetimes: list[Lifetime] = []
+    in_place_grads: list[InPlaceGrad] = []
     runtime: list[RuntimeBytes] = []
 
 
@@ -323,15 +346,16 @@ def _check_rules(f: _EngineFile, source: str, inherited_roles: set[str]) -> set[
         | {t.role for t in f.optimizer_temporaries}
     for key in ("variables", "temporaries"):
         for i, rule in enumerate(getattr(f, key)):
-            if rule.shape == "weight" and set(rule.kinds) - set(WEIGHTED_KINDS):
-                raise EngineError(f"{source}: {key}[{i}].shape: weight needs kinds among {', '.join(WEIGHTED_KINDS)}, "
+            if rule.shape in SHAPES_OF_WEIGHTED and set(rule.kinds) - set(WEIGHTED_KINDS):
+                raise EngineError(f"{source}: {key}[{i}].shape: {rule.shape} needs kinds among "
+                                  f"{', '.join(WEIGHTED_KINDS)}, "
                                   f"not {', '.join(k for k in rule.kinds if k not in WEIGHTED_KINDS)}")
     for key in ("variables", "temporaries", "optimizer_temporaries"):
         for i, rule in enumerate(getattr(f, key)):
             if rule.format is None and rule.role not in STRATEGY_ROLES:
                 raise EngineError(f"{source}: {key}[{i}].format: role '{rule.role}' has no strategy format; "
                                   f"give one ({', '.join(STORAGE_BITS)}, or strategy:<role>)")
-    for key in APPENDED_LISTS:
+    for key in ("drop", "shares", "lifetimes"):
         for i, rule in enumerate(getattr(f, key)):
             if rule.role not in roles:
                 raise EngineError(f"{source}: {key}[{i}].role: unknown role '{rule.role}'; roles: "

@@ -2,6 +2,7 @@
 
 `memory_plan` builds METHOD's variables with their formats; this module
 changes them the way an engine holds a step, in this order:
+0. `in_place_grads` regroup the activation-gradient buffers (layers.storage);
 1. `lifetimes` move the alloc or free event of METHOD variables of a role;
 2. `drop` removes METHOD variables of a role;
 3. `variables` add what the engine keeps per layer;
@@ -22,11 +23,11 @@ import math
 from dataclasses import replace
 
 from bnncost.costmodel.engine import STRATEGY_FORMAT, Engine, EngineError
-from bnncost.costmodel.formats import batched_bytes, tensor_bytes
-from bnncost.costmodel.variable import Variable
+from bnncost.costmodel.variable import Variable, sized
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
 from bnncost.layers.relative import matching_nodes, parameter_tensors, relative_event, relative_shape
+from bnncost.layers.storage import gradient_buffers
 
 RUNTIME_ROLE = "runtime"
 
@@ -59,11 +60,15 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
 
     def buffer(name: str, layer: str, role: str, form: str, shape: tuple, batched: bool, count: int,
                alloc: int, free: int) -> Variable:
-        full = (count, *shape) if count > 1 else tuple(shape)
-        if batched:
-            return Variable(name, layer, role, form, ("B", *full), 0, batched_bytes(form, full), alloc, free)
-        return Variable(name, layer, role, form, full, tensor_bytes(form, full), 0, alloc, free)
+        return sized(name, layer, role, form, (count, *shape) if count > 1 else tuple(shape), batched, alloc, free)
 
+    # 0. in-place gradients: the activation-gradient buffers are regrouped
+    in_place = frozenset(n.name for rule in engine.in_place_grads for n in nodes(rule))
+    if in_place:
+        grad_format = strategy.format_of("activation_grad")
+        out = [v for v in out if v.role != "activation_grad"] + [
+            sized(g.name, g.layer, g.role, grad_format, g.shape, g.batched, index[g.alloc], index[g.free])
+            for g in gradient_buffers(graph, in_place)]
     # 1. lifetimes
     for i, rule in enumerate(engine.lifetimes):
         for node in nodes(rule):

@@ -15,9 +15,9 @@ import numpy as np
 
 from bnncost.costmodel.engine import Engine
 from bnncost.costmodel.engine_rules import RUNTIME_ROLE, apply_engine
-from bnncost.costmodel.formats import batched_bytes, tensor_bytes
+from bnncost.costmodel.formats import tensor_bytes
 from bnncost.costmodel.strategy import Strategy
-from bnncost.costmodel.variable import Variable
+from bnncost.costmodel.variable import Variable, sized
 from bnncost.layers.graph import Graph
 from bnncost.layers.scratch import rows_held, scratch_needs
 from bnncost.layers.storage import stored_variables
@@ -33,7 +33,7 @@ class MemoryPlan:
 
     def __post_init__(self) -> None:
         n = len(self.events)
-        a, b = np.zeros(n + 1), np.zeros(n + 1)
+        a, b = np.zeros(n + 1, dtype=np.int64), np.zeros(n + 1, dtype=np.int64)
         ws_event, ws_cap, ws_slope = [], [], []
         for v in self.variables:
             a[v.alloc] += v.fixed
@@ -81,14 +81,19 @@ class MemoryPlan:
 
         fixed + per_sample x B equals the peak, and holds for every batch size
         whose peak falls on the same event with its workspace in the same regime.
+        Computed in Python integers, so no byte is lost at any batch size.
         """
-        bs = np.array([float(batch)])
-        ws, growing = self._workspace(bs)
-        live = self.fixed_by_event + self.per_sample_by_event * batch + ws[:, 0]
-        e = int(np.argmax(live))
-        slope = self.per_sample_by_event[e] + growing[e, 0]
-        fixed = live[e] - slope * batch
-        return int(round(live[e])), e, int(round(fixed)), int(round(slope))
+        held = [0] * len(self.events)
+        growing = [0] * len(self.events)
+        for e, cap, slope in zip(self._ws_event.tolist(), self._ws_cap.tolist(), self._ws_slope.tolist()):
+            grow = int(slope) * batch
+            held[e] += grow if grow < cap else int(cap)
+            growing[e] += int(slope) if grow < cap else 0
+        fixed_by_event, per_by_event = self.fixed_by_event.tolist(), self.per_sample_by_event.tolist()
+        live = [f + p * batch + w for f, p, w in zip(fixed_by_event, per_by_event, held)]
+        e = max(range(len(live)), key=live.__getitem__)  # the first event that holds the peak
+        slope = per_by_event[e] + growing[e]
+        return live[e], e, live[e] - slope * batch, slope
 
     def max_batch(self, budget_bytes: int, limit: int = 1 << 40) -> int:
         """Largest B whose peak fits the budget (0 if even B = 1 does not)."""
@@ -122,12 +127,8 @@ def memory_plan(graph: Graph, strategy: Strategy, *, retention: str = "step", wo
     index = {e: i for i, e in enumerate(events)}
     variables: list[Variable] = []
     for s in stored_variables(graph, batchnorm=strategy.batchnorm, optimizer=strategy.optimizer, retention=retention):
-        fmt = s.fixed_format or strategy.format_of(s.role)
-        if s.batched:
-            fixed, per, shape = 0, batched_bytes(fmt, s.shape), ("B", *s.shape)
-        else:
-            fixed, per, shape = tensor_bytes(fmt, s.shape), 0, s.shape
-        variables.append(Variable(s.name, s.layer, s.role, fmt, shape, fixed, per, index[s.alloc], index[s.free]))
+        variables.append(sized(s.name, s.layer, s.role, s.fixed_format or strategy.format_of(s.role), s.shape,
+                               s.batched, index[s.alloc], index[s.free]))
     if engine is not None:
         variables = apply_engine(graph, strategy, engine, variables, events, retention)
     if workspace_budget > 0:

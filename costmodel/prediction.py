@@ -161,9 +161,15 @@ class Comparison(BaseModel):
         }
 
 
+MAX_BATCH = 10 ** 30  # bytes stay exact integers up to here; energy and time stay finite floats
+
+
 def check_batch(batch: int) -> None:
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch size must be a positive integer, not {batch!r}")
+        raise ValueError(f"batch size must be a positive integer, not {batch!r:.40}")
+    if batch > MAX_BATCH:
+        raise ValueError(f"batch size {str(batch)[:12]}... ({len(str(batch))} digits) is larger than "
+                         f"the 10^30 bnncost computes with")
 
 
 def implementation_knobs(engine: Engine, retention: str | None, workspace_budget: int | None) -> tuple[str, int]:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from bnncost.costmodel.energy import EnergyModel
 from bnncost.costmodel.engine import Engine, as_engine
 from bnncost.costmodel.memory import memory_plan
+from bnncost.costmodel.prediction import MAX_BATCH
 from bnncost.costmodel.ops import count_ops, count_traffic
 from bnncost.costmodel.prediction import implementation_knobs
 from bnncost.costmodel.strategy import Strategy, as_strategy, strategy_labels
@@ -22,6 +23,7 @@ from bnncost.layers.graph import graph_of
 
 SWEEP_SCHEMA = "bnncost.sweep/1"
 MAX_POINTS = 1_000_000
+EXACT_FLOAT = 2 ** 53  # below this a float64 holds a byte count exactly
 
 
 class SweepLine(BaseModel):
@@ -49,32 +51,53 @@ class Sweep(BaseModel):
 
 
 def parse_batches(spec: str, log: bool = False) -> list[int]:
-    """'a:b' (every batch, or powers of two with log), 'a:b:step', or a list '1,8,64'."""
+    """'a:b' (every batch, or powers of two with log), 'a:b:step', or a list '1,8,64'.
+
+    The number of points is checked from the range's arithmetic before any list is built.
+    """
     text = spec.strip()
     if re.fullmatch(r"\d+(\s*,\s*\d+)*", text):
-        values = sorted({int(v) for v in text.split(",")})
+        parts = text.split(",")
+        if len(parts) > MAX_POINTS:
+            raise ValueError(f"--batch: '{spec:.40}...' has {len(parts):,} points; at most {MAX_POINTS:,}")
+        values = sorted({_batch_value(v, spec) for v in parts})
     else:
         m = re.fullmatch(r"(\d+):(\d+)(?::(\d+))?", text)
         if not m:
             raise ValueError(f"--batch: '{spec}' is not a range a:b, a:b:step or a list 1,8,64")
-        a, b, step = int(m.group(1)), int(m.group(2)), m.group(3)
-        if a < 1:
-            raise ValueError(f"--batch: '{spec}': batch sizes start at 1")
+        a, b = _batch_value(m.group(1), spec), _batch_value(m.group(2), spec)
+        step = m.group(3)
         if b < a:
             raise ValueError(f"--batch: '{spec}': the range ends before it starts")
         if step is not None:
-            if int(step) < 1:
+            step = int(step)
+            if step < 1:
                 raise ValueError(f"--batch: '{spec}': the step must be at least 1")
-            values = list(range(a, b + 1, int(step)))
+            points = (b - a) // step + 1
+        elif log:
+            points = b.bit_length() - a.bit_length() + 2
+        else:
+            points = b - a + 1
+        if points > MAX_POINTS:
+            raise ValueError(f"--batch: '{spec}' has {points:,} points; at most {MAX_POINTS:,}")
+        if step is not None:
+            values = list(range(a, b + 1, step))
         elif log:
             values = sorted({a, b} | {1 << k for k in range(a.bit_length(), b.bit_length()) if a <= 1 << k <= b})
         else:
             values = list(range(a, b + 1))
-    if not values or values[0] < 1:
-        raise ValueError(f"--batch: '{spec}': batch sizes must be positive integers")
-    if len(values) > MAX_POINTS:
-        raise ValueError(f"--batch: '{spec}' has {len(values):,} points; at most {MAX_POINTS:,}")
     return values
+
+
+def _batch_value(text: str, spec: str) -> int:
+    if len(text.strip()) > 40:
+        raise ValueError(f"--batch: '{spec:.60}': batch sizes are at most 10^30")
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"--batch: '{spec}': batch sizes start at 1")
+    if value > MAX_BATCH:
+        raise ValueError(f"--batch: '{spec:.60}': batch sizes are at most 10^30")
+    return value
 
 
 def sweep(model, strategies: list[str | Strategy], batches: list[int], *, engine: str | Engine | None = None,
@@ -90,16 +113,17 @@ def sweep(model, strategies: list[str | Strategy], batches: list[int], *, engine
         plan = memory_plan(graph, strat, retention=retention, workspace_budget=workspace_budget, engine=eng)
         live = plan.live_bytes(bs)
         peaks = live.max(axis=0)
+        exact = [int(p) if p < EXACT_FLOAT else plan.peak(b)[0] for p, b in zip(peaks, batches)]
         line = SweepLine(
             strategy=label,
-            peak_bytes=[int(round(p)) for p in peaks],
+            peak_bytes=exact,
             peak_event=[plan.events[i] for i in live.argmax(axis=0)],
         )
         if device is not None:
             usable = device.memory.usable_bytes
             et = EnergyModel(count_ops(graph, strat), count_traffic(graph, strat, plan), device,
                              context=f"{label}: ").evaluate(bs)
-            line.fits = [bool(p <= usable) for p in peaks]
+            line.fits = [p <= usable for p in exact]
             line.max_batch = plan.max_batch(usable)
             line.joules_per_sample = (et.joules / bs).tolist()
             line.seconds_per_sample = (et.seconds / bs).tolist()

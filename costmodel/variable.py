@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from bnncost.costmodel.formats import batched_bytes, tensor_bytes
+
 
 @dataclass(frozen=True)
 class Variable:
@@ -30,3 +32,10 @@ class Variable:
         if self.slope:
             return [self.bytes_at(batch) // (self.slope // self.rows_per_sample), *self.shape[1:]]
         return [batch if d == "B" else d for d in self.shape]
+
+
+def sized(name: str, layer: str, role: str, fmt: str, shape: tuple, batched: bool, alloc: int, free: int) -> Variable:
+    """A variable of this format and shape (per sample, B in front, when batched), alive alloc..free."""
+    if batched:
+        return Variable(name, layer, role, fmt, ("B", *shape), 0, batched_bytes(fmt, shape), alloc, free)
+    return Variable(name, layer, role, fmt, tuple(shape), tensor_bytes(fmt, shape), 0, alloc, free)

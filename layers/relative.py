@@ -6,7 +6,8 @@ such words into a concrete shape and event for one node of a graph, without
 knowing any number format (formats are the cost model's business).
 
 Shapes (`SHAPES`): `input` and `output` are the layer's per-sample tensors
-(batched: B in front); `weight` is its kernel (dense and conv2d only);
+(batched: B in front); `weight` is its kernel and `lowered_input` its
+input as im2col columns, positions x inputs per output (dense and conv2d only);
 `channels` is one value per input channel, `out_channels` one per output
 channel; `sample` is one value per sample (e.g. a label).
 
@@ -27,11 +28,13 @@ SHAPES: dict[str, str] = {
     "input": "the layer's input, per sample",
     "output": "the layer's output, per sample",
     "weight": "the layer's kernel (dense and conv2d only)",
+    "lowered_input": "the layer's input lowered to columns, per sample: output positions x inputs per output "
+                     "(im2col; dense and conv2d only)",
     "channels": "one value per input channel",
     "out_channels": "one value per output channel",
     "sample": "one value per sample",
 }
-SHAPES_OF_WEIGHTED = ("weight",)
+SHAPES_OF_WEIGHTED = ("weight", "lowered_input")
 STEP_EVENTS = ("step_start", "loss", "update", "step_end")
 EVENTS = ("forward", "backward", *STEP_EVENTS)
 END_EVENTS = (*EVENTS, "saved")
@@ -47,6 +50,10 @@ def relative_shape(node: Node, word: str) -> tuple[Shape, bool]:
         if node.kind not in WEIGHTED_KINDS:
             raise ValueError(f"{node.name} ({node.kind}) has no weight")
         return tuple(node.weight_shape), False
+    if word == "lowered_input":
+        if node.kind not in WEIGHTED_KINDS:
+            raise ValueError(f"{node.name} ({node.kind}) lowers no input")
+        return (node.positions, node.fan_in), True
     if word == "channels":
         return (node.in_shape[-1],), False
     if word == "out_channels":

@@ -133,11 +133,13 @@ def forward_outputs(graph: Graph) -> list[Stored]:
     ]
 
 
-def gradient_buffer_names(graph: Graph) -> dict[int, str]:
+def gradient_buffer_names(graph: Graph, in_place: frozenset[str] = frozenset()) -> dict[int, str]:
     """Tensor id -> the name of the gradient buffer it shares, for every tensor that needs a gradient.
 
     Tensors share a buffer when a flatten aliases one to the other or a
-    residual join passes its gradient on by reference; the buffer is named
+    residual join passes its gradient on by reference, and, for the layers
+    named in `in_place` (an engine's choice; elementwise layers only), when a
+    layer writes its input's gradient over its output's. The buffer is named
     after the earliest-produced member, `<layer>.output_grad`.
     """
     parent = list(range(len(graph.tensors)))
@@ -160,6 +162,10 @@ def gradient_buffer_names(graph: Graph) -> dict[int, str]:
         if node.kind == "add":
             for i in node.inputs:
                 union(node.output, i)
+        elif node.name in in_place:
+            if tuple(node.in_shape) != tuple(node.out_shape):
+                raise ValueError(f"{node.name} ({node.kind}) changes the shape: its gradient cannot be in place")
+            union(node.output, node.inputs[0])
     first_member: dict[int, int] = {}  # class root -> lowest tensor id with a producer
     for t in graph.tensors:
         if t.producer is not None:
@@ -171,10 +177,10 @@ def gradient_buffer_names(graph: Graph) -> dict[int, str]:
     }
 
 
-def gradient_buffers(graph: Graph) -> list[Stored]:
+def gradient_buffers(graph: Graph, in_place: frozenset[str] = frozenset()) -> list[Stored]:
     """Activation-gradient buffers: written by a consumer's backward, read by the producer's."""
     events = step_events(graph)
-    buffer_of = gradient_buffer_names(graph)
+    buffer_of = gradient_buffer_names(graph, in_place)
     writers: dict[str, list[int]] = {}
     readers: dict[str, list[int]] = {}
     for node in graph.nodes:

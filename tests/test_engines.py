@@ -112,6 +112,13 @@ def test_variable_per_sample_and_strategy_format(tmp_path):
     assert delta(a, b) == span(a, "update", "update", 64)
 
 
+def test_lowered_input_shape(tmp_path):
+    a, b = plans(tmp_path, "temporaries:\n  - {kinds: conv2d, when: {first: true}, name: columns, shape: lowered_input,"
+                           " format: float32, during: forward, source: t}\n", model="cnv")
+    # cnv's first conv: 3x3x3 inputs per output at 30x30 positions, float32
+    assert delta(a, b) == span(a, "forward:conv2d_1", "forward:conv2d_1", 30 * 30 * 27 * 4 * B)
+
+
 def test_temporaries_live_during_one_event(tmp_path):
     a, b = plans(tmp_path, "temporaries:\n  - {kinds: [dense], name: ste_mask, shape: weight, format: uint8,"
                            " during: backward, source: t}\n")
@@ -163,6 +170,20 @@ def test_lifetimes(tmp_path):
     assert delta(a, b) == span(a, "step_end", "step_end", 128 + 32)
     with pytest.raises(EngineError, match=r"lifetimes\[0\]\.free: .*before it is allocated"):
         plans(tmp_path, "lifetimes:\n  - {kinds: dense, role: weight_grad, free: forward, source: t}\n")
+
+
+def test_in_place_gradients(tmp_path):
+    a, b = plans(tmp_path, "in_place_grads:\n  - {kinds: sign, source: t}\n")
+    # sign_1's dX (4 float32 = 16 B/sample) is written over its dY: one buffer less while sign_1's backward runs
+    assert delta(a, b) == span(a, "backward:sign_1", "backward:sign_1", -16 * B)
+    names = {v.name: v for v in b.variables if v.role == "activation_grad"}
+    assert "sign_1.output_grad" not in names
+    g = names["batchnorm_1.output_grad"]
+    assert (b.events[g.alloc], b.events[g.free]) == ("backward:dense_2", "backward:batchnorm_1")
+    a, b = plans(tmp_path, "in_place_grads:\n  - {kinds: [batchnorm], source: t}\n")
+    # batchnorm_2 (2 channels, 8 B/sample) and batchnorm_1 (4 channels, 16 B/sample), each at its own backward
+    assert delta(a, b) == add(span(a, "backward:batchnorm_2", "backward:batchnorm_2", -8 * B),
+                              span(a, "backward:batchnorm_1", "backward:batchnorm_1", -16 * B))
 
 
 def test_runtime_bytes_once_and_per_layer(tmp_path):
@@ -247,6 +268,8 @@ BAD = {
     "bad-unit": ("retention: step\nworkspace: {budget: 64 KJ, source: t}\n", "workspace.budget"),
     "bad-retention": ("retention: forever\nworkspace: {budget: 0, source: t}\n", "retention: 'forever' is not"),
     "no-retention": ("workspace: {budget: 0, source: t}\n", "retention: missing"),
+    "in-place-maxpool": (BASE + "in_place_grads:\n  - {kinds: maxpool, source: t}\n",
+                         "in_place_grads[0].kinds: 'maxpool'"),
     "zero-count": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, during: backward,"
                    " format: uint8, count: 0, source: t}\n", "temporaries[0].count"),
 }

@@ -15,6 +15,9 @@ from bnncost import cli
 from bnncost.costmodel.strategy import load_strategy
 from bnncost.trainer import TrainerError, TrainingDiverged, run_steps, train
 from bnncost.trainer.checkpoint import load_checkpoint
+from bnncost.trainer.network import Network
+from bnncost.layers.graph import graph_of
+from bnncost.costmodel.strategy import load_strategy
 from bnncost.trainer.datasets import load_dataset, read_idx
 
 # ---------------------------------------------------------------- files the tests write
@@ -146,8 +149,9 @@ def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path):
     assert rest.resumed_from_epoch == 1
     assert first.train_loss == whole.train_loss[:1]
     assert rest.train_loss == whole.train_loss and rest.test_accuracy == whole.test_accuracy
-    _, a = load_checkpoint(tmp_path / "whole.npz")
-    _, b = load_checkpoint(ckpt)
+    state = Network(graph_of("digits-mlp"), load_strategy("proposed")).state()  # what the model holds
+    _, a = load_checkpoint(tmp_path / "whole.npz", state)
+    _, b = load_checkpoint(ckpt, state)
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # nothing left from atomic writes
 

@@ -25,9 +25,11 @@ Every problem with the files is a TrainerError naming the file.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -37,6 +39,8 @@ import numpy as np
 from bnncost.trainer.errors import TrainerError
 
 DIGITS_SPLIT_SEED = 20210601
+MAX_DATA_BYTES = 1 << 30  # one IDX file: MNIST's largest is 47 MB
+MAX_BATCH_FILE_BYTES = 256 << 20  # one CIFAR-10 batch: 31 MB
 DIGITS_TRAIN = 1437
 
 
@@ -112,25 +116,35 @@ def _find(folder: Path, stem: str) -> Path:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (unsigned bytes) as a numpy array; truncated or malformed files raise TrainerError."""
+    """An IDX file (unsigned bytes) as a numpy array; truncated, malformed or oversized files raise TrainerError.
+
+    The header's dimensions are checked against MAX_DATA_BYTES before the data is read, and only the
+    bytes the header declares are read (a gzip bomb behind a small header is not inflated in full).
+    """
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-            data = f.read()
-    except (OSError, EOFError) as exc:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise TrainerError(f"{path}: not an IDX file (bad magic number)")
+            if head[2] != 0x08:
+                raise TrainerError(f"{path}: IDX data type {head[2]:#x} is not unsigned bytes")
+            ndim = head[3]
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise TrainerError(f"{path}: truncated IDX header")
+            dims = struct.unpack(f">{ndim}I", raw_dims)
+            need = math.prod(dims)
+            if need > MAX_DATA_BYTES:
+                raise TrainerError(f"{path}: IDX header declares {need:,} bytes ({'x'.join(map(str, dims))}); "
+                                   f"at most {MAX_DATA_BYTES:,} are read")
+            data = f.read(need)
+    except TrainerError:
+        raise
+    except (OSError, EOFError, zlib.error) as exc:
         raise TrainerError(f"{path}: cannot read IDX file ({exc})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise TrainerError(f"{path}: not an IDX file (bad magic number)")
-    if data[2] != 0x08:
-        raise TrainerError(f"{path}: IDX data type {data[2]:#x} is not unsigned bytes")
-    ndim = data[3]
-    head = 4 + 4 * ndim
-    if len(data) < head:
-        raise TrainerError(f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", data[4:head])
-    need = math.prod(dims)
-    if len(data) - head < need:
-        raise TrainerError(f"{path}: truncated IDX file: {len(data) - head} of {need} data bytes")
-    return np.frombuffer(data, np.uint8, count=need, offset=head).reshape(dims)
+    if len(data) < need:
+        raise TrainerError(f"{path}: truncated IDX file: {len(data)} of {need} data bytes")
+    return np.frombuffer(data, np.uint8).reshape(dims)
 
 
 def _mnist(folder: Path):
@@ -143,6 +157,8 @@ def _mnist(folder: Path):
     for x, y, which in ((parts["xs"], parts["ys"], "train"), (parts["xt"], parts["yt"], "t10k")):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise TrainerError(f"{folder}: MNIST {which} images {x.shape} and labels {y.shape} do not match")
+    if len(parts["xs"]) == 0:
+        raise TrainerError(f"{folder}: MNIST train-images-idx3-ubyte holds no images")
     native = (*parts["xs"].shape[1:], 1)
     scale = lambda a: a.astype(np.float32) / 127.5 - 1.0  # noqa: E731
     return scale(parts["xs"]), parts["ys"], scale(parts["xt"]), parts["yt"], native
@@ -168,25 +184,45 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch, unpickled from at most MAX_BATCH_FILE_BYTES held in memory (so a field
+    that declares more bytes than the file has fails as truncated), then checked: N x 3072 pixels of
+    0..255 and N integer labels of 0..255."""
     if not path.is_file():
         raise TrainerError(f"{path}: missing CIFAR-10 batch")
+    size = path.stat().st_size
+    if size > MAX_BATCH_FILE_BYTES:
+        raise TrainerError(f"{path}: {size:,} bytes is larger than a CIFAR-10 batch can be "
+                           f"({MAX_BATCH_FILE_BYTES:,})")
     try:
-        with open(path, "rb") as f:
-            d = _BatchUnpickler(f, encoding="bytes").load()
+        d = _BatchUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError, KeyError, OSError) as exc:
-        raise TrainerError(f"{path}: truncated or not a CIFAR-10 python batch ({exc})") from None
+            IndexError, KeyError, OSError, MemoryError, OverflowError, RecursionError) as exc:
+        why = " ".join(str(exc).split())[:100] or type(exc).__name__
+        raise TrainerError(f"{path}: truncated or not a CIFAR-10 python batch ({why})") from None
     if not isinstance(d, dict):
         raise TrainerError(f"{path}: not a CIFAR-10 python batch")
     data = d.get(b"data", d.get("data"))
     labels = d.get(b"labels", d.get("labels"))
     if not isinstance(data, np.ndarray) or labels is None:
         raise TrainerError(f"{path}: CIFAR-10 batch without data and labels")
-    labels = np.asarray(labels, dtype=np.int64)
+    if not isinstance(labels, (list, tuple, np.ndarray)):
+        raise TrainerError(f"{path}: CIFAR-10 labels must be a list of integers, not {type(labels).__name__}")
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise TrainerError(f"{path}: CIFAR-10 labels must be a list of integers (got {labels.dtype}, "
+                           f"{labels.ndim}-d)")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise TrainerError(f"{path}: CIFAR-10 labels must be class numbers 0..255, "
+                           f"found {labels.min()}..{labels.max()}")
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise TrainerError(f"{path}: CIFAR-10 batch has data {data.shape} and {len(labels)} labels; "
                            "expected N x 3072 and N")
-    return data.astype(np.uint8, copy=False), labels
+    if data.dtype != np.uint8:
+        if data.dtype.kind not in "iu" or (data.size and (data.min() < 0 or data.max() > 255)):
+            raise TrainerError(f"{path}: CIFAR-10 pixels must be integers 0..255, not {data.dtype}"
+                               + (" with NaN" if data.dtype.kind == "f" and np.isnan(data).any() else ""))
+        data = data.astype(np.uint8)
+    return data, labels.astype(np.int64)
 
 
 def _cifar10(folder: Path):

@@ -11,9 +11,11 @@ class TrainerError(ValueError):
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; training stopped (the CLI exits with code 1)."""
+    """Training diverged: the loss became NaN, infinite or exploded, or a parameter or optimizer state
+    became non-finite; training stopped (the CLI exits with code 1)."""
 
-    def __init__(self, step: int, epoch: int, loss: float, checkpoint: str | None = None):
+    def __init__(self, step: int, epoch: int, loss: float, checkpoint: str | None = None, why: str | None = None):
         self.step, self.epoch, self.loss, self.checkpoint = step, epoch, loss, checkpoint
-        kept = f"; last good checkpoint kept at {checkpoint}" if checkpoint else ""
-        super().__init__(f"loss became {loss} at step {step} (epoch {epoch}); training stopped{kept}")
+        kept = f"; last good checkpoint kept at {checkpoint}" if checkpoint else "; no checkpoint written"
+        why = why or f"loss became {loss:.4g}"
+        super().__init__(f"training diverged: {why} at step {step} (epoch {epoch}); training stopped{kept}")

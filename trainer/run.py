@@ -31,8 +31,8 @@ from bnncost.layers.graph import Graph, graph_of
 from bnncost.layers.model import Model
 from bnncost.trainer import codec
 from bnncost.trainer.base import DEFAULT_WORKSPACE
-from bnncost.trainer.checkpoint import (check_compatible, load_checkpoint, model_fingerprint, save_checkpoint,
-                                strategy_fingerprint)
+from bnncost.trainer.checkpoint import (load_checkpoint, model_fingerprint,
+                                        prepare_checkpoint_path, save_checkpoint, strategy_fingerprint)
 from bnncost.trainer.datasets import Dataset, load_dataset
 from bnncost.trainer.errors import TrainerError, TrainingDiverged
 from bnncost.trainer.network import Network
@@ -73,7 +73,7 @@ class StepMeasurement(BaseModel):
     ledger: list[LedgerEntry]
     ops: list[OpEntry]
     process_peak_bytes: int
-    seconds_per_step: float
+    seconds_per_step: float | None  # None: a single step, nothing timed after the measured one
     losses: list[float]
 
     def measurement(self) -> dict:
@@ -93,7 +93,7 @@ class EpochReport(BaseModel):
     epochs: int
     train_loss: float
     train_accuracy: float
-    test_accuracy: float
+    test_accuracy: float | None  # None: the dataset has no test samples
     seconds: float
     samples_per_second: float
 
@@ -109,14 +109,14 @@ class TrainingResult(BaseModel):
     retention: str
     workspace_budget: int
     steps: int
-    test_accuracy: float
+    test_accuracy: float | None  # None: the dataset has no test samples
     train_loss: list[float]
     train_accuracy: list[float]
-    test_accuracy_per_epoch: list[float]
+    test_accuracy_per_epoch: list[float | None]
     ledger_peak_bytes: int
     ledger_peak_event: str
     process_peak_bytes: int
-    seconds_per_step: float
+    seconds_per_step: float | None  # None: a single step, nothing timed after the measured one
     ledger: list[LedgerEntry]
     ops: list[OpEntry]
     resumed_from_epoch: int | None = None
@@ -127,6 +127,7 @@ class TrainingResult(BaseModel):
                                        "process_peak_bytes", "ledger", "ops"})
         return {"schema": TRAINING_SCHEMA, "model": doc.pop("model"), "strategy": doc.pop("strategy"),
                 "batch": self.batch_size, **doc,
+                **({"test_accuracy_note": "the dataset has no test samples"} if self.test_accuracy is None else {}),
                 "measured": {"peak_bytes": self.ledger_peak_bytes, "peak_event": self.ledger_peak_event,
                              "process_peak_bytes": self.process_peak_bytes,
                              "variables": [r.model_dump() for r in self.ledger],
@@ -159,6 +160,11 @@ class _Tracer:
         if self.owner and tracemalloc.is_tracing():
             tracemalloc.stop()
             self.owner = False
+
+
+# A loss this many times that of guessing uniformly (ln of the number of classes) is not training: it has
+# exploded, even while it is still a finite number.
+EXPLODING = 100
 
 
 def run_steps(model: str | Model | Graph, strategy: str | Strategy, *, batch: int = 32, steps: int = 2,
@@ -204,7 +210,7 @@ def run_steps(model: str | Model | Graph, strategy: str | Strategy, *, batch: in
         model=graph.model.name, strategy=strat.name, batch_size=batch, retention=retention,
         workspace_budget=workspace_budget, ledger_peak_bytes=led_peak, ledger_peak_event=led_event,
         ledger=ledger, ops=ops,
-        process_peak_bytes=int(peak), seconds_per_step=float(np.median(times)) if times else float("nan"),
+        process_peak_bytes=int(peak), seconds_per_step=float(np.median(times)) if times else None,
         losses=[float(v) for v in losses])
 
 
@@ -234,14 +240,14 @@ def train(model: str | Model | Graph, strategy: str | Strategy = "proposed", *, 
     history = {"train_loss": [], "train_accuracy": [], "test_accuracy": []}
     start_epoch = 0
     meta = None
-    if resume:
-        meta, arrays = load_checkpoint(resume)
-        check_compatible(resume, meta, graph, strat)
+    if save:
+        prepare_checkpoint_path(save)
     tracer = _Tracer()
     try:
         net = Network(graph, strat, retention=retention, workspace_budget=workspace_budget, seed=seed, lr=lr,
                       bop_gamma=bop_gamma, bop_threshold=bop_threshold)
-        if meta is not None:
+        if resume:
+            meta, arrays = load_checkpoint(resume, net.state(), graph, strat)
             net.load_state(arrays)
             net.optimizer.t = int(meta["adam_t"])
             net.steps = int(meta["steps"])
@@ -252,6 +258,7 @@ def train(model: str | Model | Graph, strategy: str | Strategy = "proposed", *, 
         if start_epoch >= epochs:
             raise TrainerError(f"{resume}: checkpoint has already done {start_epoch} epochs (asked for {epochs})")
         measured = None
+        explodes = EXPLODING * math.log(graph.output_shape[0])
         times: list[float] = []
         last_good = resume  # the newest checkpoint known good: the one resumed from, then each one saved
         for epoch in range(start_epoch, epochs):
@@ -269,14 +276,20 @@ def train(model: str | Model | Graph, strategy: str | Strategy = "proposed", *, 
                     t0 = time.perf_counter()
                     loss, c = net.train_step(X, idx, y[idx])
                     times.append(time.perf_counter() - t0)
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(net.steps + 1, epoch + 1, loss, str(last_good) if last_good else None)
+                if not math.isfinite(loss) or loss > explodes:
+                    raise TrainingDiverged(net.steps + 1, epoch + 1, loss, str(last_good) if last_good else None,
+                                           None if not math.isfinite(loss) else
+                                           f"loss {loss:.4g} exceeds {EXPLODING:g} x that of guessing ({explodes:.4g})")
                 losses.append(loss)
                 correct += c
                 if on_step is not None:
                     on_step(s_i + 1, n_steps, loss)
             seconds = time.perf_counter() - t_epoch
-            test_acc = float((net.predict(Xt) == yt).mean()) if len(Xt) else float("nan")
+            bad = next((k for k, a in net.state().items() if a.dtype.kind == "f" and not np.isfinite(a).all()), None)
+            if bad is not None:
+                raise TrainingDiverged(net.steps, epoch + 1, losses[-1], str(last_good) if last_good else None,
+                                       f"{bad} holds non-finite values")
+            test_acc = float((net.predict(Xt) == yt).mean()) if len(Xt) else None
             history["train_loss"].append(float(np.mean(losses)))
             history["train_accuracy"].append(correct / n)
             history["test_accuracy"].append(test_acc)
@@ -301,5 +314,5 @@ def train(model: str | Model | Graph, strategy: str | Strategy = "proposed", *, 
         test_accuracy=history["test_accuracy"][-1], train_loss=history["train_loss"],
         train_accuracy=history["train_accuracy"], test_accuracy_per_epoch=history["test_accuracy"],
         ledger_peak_bytes=led_peak, ledger_peak_event=led_event, process_peak_bytes=int(peak),
-        seconds_per_step=float(np.median(times)) if times else float("nan"),
+        seconds_per_step=float(np.median(times)) if times else None,
         ledger=ledger, ops=ops, resumed_from_epoch=start_epoch if resume else None)
