@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.markup import escape as esc  # every user string that reaches rich goes through esc()
 from rich.text import Text
 
+from bnncost.costmodel.fitting import fit
 from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.engine import DEFAULT_ENGINE, Engine, EngineError, as_engine, engine_names, load_engine
 from bnncost.costmodel.ops import INFORMATIONAL, KINDS, count_ops
@@ -27,6 +28,7 @@ from bnncost.costmodel.prediction import (
     Comparison, Prediction, check_batch, compare, implementation_knobs, predict,
 )
 from bnncost.costmodel.strategy import StrategyError, load_strategy, strategy_names
+from bnncost.costmodel.summary import summary
 from bnncost.costmodel.sweep import Sweep, parse_batches, sweep
 from bnncost.hardware_profiles import Device, DeviceError, list_devices, load_device
 from bnncost.hardware_profiles.units import convert as convert_quantity
@@ -179,6 +181,21 @@ def open_device(ref: str | None) -> Device | None:
 DEFAULT_STRATEGIES = "standard,proposed"
 
 
+def model_argument():
+    """MODEL: the same argument on every command."""
+    return typer.Argument(..., metavar="MODEL", help="Zoo model name, or a path to a model YAML or an .onnx file.")
+
+
+def strategy_option():
+    """--strategy/-s: one strategy, the same option on every command that takes one."""
+    return typer.Option("proposed", "--strategy", "-s", metavar="NAME|PATH", help="Strategy name or YAML path.")
+
+
+def batch_option(default: int):
+    """--batch/-b: samples per training step."""
+    return typer.Option(default, "--batch", "-b", metavar="N", help="Batch size: samples per training step.")
+
+
 def strategies_option():
     """--strategies/-S: the same option, with the same default, on every command that takes several."""
     return typer.Option(None, "--strategies", "-S", metavar="LIST", show_default=False,
@@ -303,13 +320,13 @@ def engine_rule_counts(e: Engine) -> dict[str, int]:
 
 @app.command("predict")
 def predict_cmd(
-    model: str = typer.Argument(..., help="Zoo model name, or a path to a model YAML or an .onnx file."),
-    strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
-    batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
+    model: str = model_argument(),
+    strategy: str = strategy_option(),
+    batch: int = batch_option(100),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
-    by: str = typer.Option("role", "--by", help="Breakdown: role, layer or variable."),
+    by: str = typer.Option("role", "--by", metavar="role|layer|variable", help="Breakdown: role, layer or variable."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -360,29 +377,33 @@ def predict_cmd(
                       f"{esc(v.alloc_event)}\n{esc(v.free_event)}")
     out.print(t)
     print_ops(p)
-    if p.energy is not None:
+    if p.time is not None:
         print_device(p)
 
 
 def print_ops(p: Prediction) -> None:
-    """Operations of the step: every kind that costs time, then every kind by phase."""
+    """Operations of the step: every kind and format, per phase and in total (bit_mac marked informational)."""
     o = p.ops
-    costed = [r for r in o.total if r.kind not in INFORMATIONAL]
-    out.print("Operations per step: " + ", ".join(f"{count(r.count)} {r.kind} {r.format}" for r in costed)
-              + (f" [dim](bit_mac {count(o.bit_macs)}: informational, the xnor_popcount words are what costs)[/]"
-                 if o.bit_macs else ""))
-    t = Table(title="Operations by phase (count; bit_mac is informational)")
-    t.add_column("phase")
-    t.add_column("format")
-    kinds = [k for k in KINDS if any(r.kind == k for r in o.by_phase)]
-    for k in kinds:
-        t.add_column(k, justify="right")
+    phases = [ph for ph in ("forward", "backward_dx", "backward_dw", "update") if any(r.phase == ph for r in o.by_phase)]
+    t = Wide("Operations per step, by phase", [*phases, "total"], abbreviate=False, label_header="kind format")
     cells: dict[tuple, dict[str, int]] = {}
     for r in o.by_phase:
-        cells.setdefault((r.phase, r.format), {})[r.kind] = r.count
-    for (phase, fmt), row in cells.items():
-        t.add_row(phase, fmt, *[count(row[k]) if k in row else "" for k in kinds])
-    out.print(t)
+        cells.setdefault((r.kind, r.format), {})[r.phase] = r.count
+    for r in o.total:  # largest first; informational bit products last
+        if r.kind in INFORMATIONAL:
+            continue
+        row = cells[(r.kind, r.format)]
+        t.row(f"{r.kind} {r.format}", [count(row[ph]) if ph in row else "" for ph in phases] + [f"[bold]{count(r.count)}[/]"])
+    for r in o.total:
+        if r.kind in INFORMATIONAL:
+            row = cells[(r.kind, r.format)]
+            t.row(f"[dim]{r.kind} {r.format} (info)[/]",
+                  [f"[dim]{count(row[ph])}[/]" if ph in row else "" for ph in phases] + [f"[dim]{count(r.count)}[/]"])
+    for obj in t.render(None if out.markdown else out.console.width):
+        out.print(obj)
+    if o.bit_macs:
+        out.print("[dim](info): bit_mac counts the bit products inside the xnor_popcount words; "
+                  "it is not charged time or energy.[/]")
 
 
 def print_device(p: Prediction) -> None:
@@ -392,26 +413,86 @@ def print_device(p: Prediction) -> None:
     t.add_column("per step", justify="right")
     t.add_column("per sample", justify="right")
     t.add_column(f"per epoch ({tm.epoch_samples:,} samples)" if tm.epoch_samples else "per epoch", justify="right")
-    t.add_row("[bold]energy[/]", f"[bold]{si(e.joules_per_step, 'J')}[/]", si(e.joules_per_sample, "J"),
-              si(e.joules_per_epoch, "J") if e.joules_per_epoch is not None else "-")
-    t.add_row("├─ compute", si(e.compute_j, "J"), "", "")
-    t.add_row("├─ memory traffic", si(e.memory_j, "J"), "", "")
-    t.add_row("└─ static (idle power x time)", si(e.static_j, "J"), "", "")
-    t.add_row("dynamic = compute + memory", si(e.dynamic_j, "J"), "", "")
+    if e is None:
+        t.add_row("[bold]energy[/]", "unavailable", "unavailable", "unavailable")
+    else:
+        t.add_row("[bold]energy[/]", f"[bold]{si(e.joules_per_step, 'J')}[/]", si(e.joules_per_sample, "J"),
+                  si(e.joules_per_epoch, "J") if e.joules_per_epoch is not None else "-")
+        t.add_row("├─ compute", si(e.compute_j, "J"), "", "")
+        t.add_row("├─ memory traffic", si(e.memory_j, "J"), "", "")
+        t.add_row("└─ static (idle x time)", si(e.static_j, "J"), "", "")
+        t.add_row("dynamic (compute+memory)", si(e.dynamic_j, "J"), "", "")
     t.add_row("[bold]time[/]", f"[bold]{si(tm.seconds_per_step, 's')}[/]", si(tm.seconds_per_sample, "s"),
               si(tm.seconds_per_epoch, "s") if tm.seconds_per_epoch is not None else "-")
+    for event, sec in (tm.seconds_by_event or {}).items():
+        t.add_row(f"  {event}", si(sec, "s"), "", "")
     out.print(t)
+    out.print(f"Time: {tm.basis}" + (" (the trainer's operator costs measured on this machine)"
+                                     if tm.seconds_by_event else " (counts over peak rates: real code is slower)"))
+    if p.energy_unavailable:
+        out.print(f"Energy: {p.energy_unavailable}")
     verdict = "[green]fits[/]" if f.fits else "[red]does not fit[/]"
     out.print(f"Memory: peak {human_bytes(p.memory.peak_bytes)} {verdict} in {human_bytes(f.usable_bytes)} usable; "
               f"largest batch that fits: [bold]{f.max_batch:,}[/]")
 
 
+@app.command("summary")
+def summary_cmd(
+    model: str = model_argument(),
+    strategy: str = strategy_option(),
+    batch: int = batch_option(100),
+    engine: Optional[str] = engine_option(None),
+    retention: Optional[str] = retention_option(),
+    workspace: Optional[str] = workspace_option(None),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy and time per layer."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
+) -> None:
+    """Layer by layer, as Larq's summary: output shape, 1-bit and real parameters, forward MACs, bytes kept
+    for backward, operations per phase (and energy and time with --device), with totals."""
+    output_mode(as_json, markdown)
+    sm = summary(model, strategy, batch, device=open_device(device), **implementation(engine, retention, workspace))
+    if as_json:
+        emit_json(sm.to_json())
+        return
+    out.print(f"[bold]{esc(sm.model)}[/] · strategy [bold]{esc(sm.strategy)}[/] · engine [bold]{esc(sm.engine)}[/] · "
+              f"batch {sm.batch} · retention {sm.retention} · workspace {human_bytes(sm.workspace_budget)}"
+              + (f" · on [bold]{esc(sm.device)}[/]" if sm.device else ""))
+    headers = ["kind", "output", "1-bit params", "real params", "param bytes", "fwd bit-MACs", "fwd MACs",
+               "kept for bwd", "ops forward", "ops dX", "ops dW", "ops update"]
+    if sm.device:
+        headers += ["energy", "time"]
+    t = Wide("Layer by layer (one training step)", headers, abbreviate=False, label_header="layer")
+
+    def cells(r) -> list[str]:
+        row = [r.kind + (f" {r.precision}" if r.precision else ""), "x".join(map(str, r.output_shape)),
+               count(r.params_1bit) if r.params_1bit else "", count(r.params_real) if r.params_real else "",
+               human_bytes(r.param_bytes) if r.param_bytes else "",
+               count(r.forward_bit_macs) if r.forward_bit_macs else "",
+               count(r.forward_macs) if r.forward_macs else "",
+               human_bytes(r.saved_bytes) if r.saved_bytes else "",
+               *[count(r.ops[ph]) if r.ops.get(ph) else "" for ph in ("forward", "backward_dx", "backward_dw", "update")]]
+        if sm.device:
+            row += [si(r.joules_per_step, "J"), si(r.seconds_per_step, "s")]
+        return row
+
+    for r in sm.layers:
+        t.row(esc(r.layer), cells(r))
+    t.section()
+    t.row("[bold]total[/]", [f"[bold]{c}[/]" if c else "" for c in cells(sm.total)])
+    for obj in t.render(None if out.markdown else out.console.width):
+        out.print(obj)
+    out.print(f"Parameters: {sm.total.params_1bit:,} 1-bit (binary kernels) + {sm.total.params_real:,} real "
+              f"= {sm.total.params_1bit + sm.total.params_real:,}; param bytes are what training holds "
+              f"(latent weights, batchnorm parameters) at the strategy's formats.")
+
+
 @app.command("compare")
 def compare_cmd(
-    model: str = typer.Argument(..., help="Zoo model name, or a path to a model YAML or an .onnx file."),
+    model: str = model_argument(),
     strategies: Optional[str] = strategies_option(),
     ladder: bool = typer.Option(False, "--ladder", help="Compare the ablation ladder from standard to proposed, one change per step."),
-    batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(100),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
@@ -453,13 +534,16 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
     t.row("peak = fixed", [human_bytes(p.memory.fixed_bytes) for p in preds])
     t.row("  + per sample x batch", [human_bytes(p.memory.per_sample_bytes) for p in preds])
     t.row("peak event", [esc(p.memory.peak_event).replace(":", ":\n", 1) for p in preds])
-    if p0.energy is not None:
+    if p0.time is not None:
         t.section()
-        t.row("[bold]energy per step[/]", [f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
-        t.row("├─ compute", [si(p.energy.compute_j, "J") for p in preds])
-        t.row("├─ memory traffic", [si(p.energy.memory_j, "J") for p in preds])
-        t.row("└─ static (idle x time)", [si(p.energy.static_j, "J") for p in preds])
-        t.row("energy saving", [f"{c.savings[p.strategy]['joules_per_step_ratio']:.2f}x" for p in preds])
+        if p0.energy is None:
+            t.row("[bold]energy per step[/]", ["unavailable" for _ in preds])
+        else:
+            t.row("[bold]energy per step[/]", [f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
+            t.row("├─ compute", [si(p.energy.compute_j, "J") for p in preds])
+            t.row("├─ memory traffic", [si(p.energy.memory_j, "J") for p in preds])
+            t.row("└─ static (idle x time)", [si(p.energy.static_j, "J") for p in preds])
+            t.row("energy saving", [f"{c.savings[p.strategy]['joules_per_step_ratio']:.2f}x" for p in preds])
         t.row("[bold]time per step[/]", [f"[bold]{si(p.time.seconds_per_step, 's')}[/]" for p in preds])
         t.row("time saving", [f"{c.savings[p.strategy]['seconds_per_step_ratio']:.2f}x" for p in preds])
         t.row(f"fits in {human_bytes(p0.fit.usable_bytes)}", ["[green]yes[/]" if p.fit.fits else "[red]no[/]"
@@ -502,7 +586,7 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
 
 @app.command("fit")
 def fit_cmd(
-    model: str = typer.Argument(..., help="Zoo model name, or a path to a model YAML or an .onnx file."),
+    model: str = model_argument(),
     device: str = typer.Option(..., "--device", "-d", help="Device name or YAML path."),
     strategies: Optional[str] = strategies_option(),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size whose fit is also checked."),
@@ -514,31 +598,21 @@ def fit_cmd(
 ) -> None:
     """The largest batch that fits the device's usable memory, per strategy."""
     output_mode(as_json, markdown)
-    dev = load_device(device)
-    opts = implementation(engine, retention, workspace)
-    c = compare(model, split_list(strategies), batch, device=dev, **opts)
-    p0 = c.predictions[0]
+    f = fit(model, split_list(strategies), load_device(device), batch, **implementation(engine, retention, workspace))
     if as_json:
-        emit_json({"schema": "bnncost.fit/2", "model": c.model, "batch": batch, "device": dev.name,
-                   "engine": p0.engine, "retention": p0.retention, "workspace_budget": p0.workspace_budget,
-                   "strategies": [
-                       {"strategy": p.strategy, "strategy_source": p.strategy_source,
-                        "memory": {k: getattr(p.memory, k) for k in
-                                   ("peak_bytes", "peak_event", "fixed_bytes", "per_sample_bytes",
-                                    "tensor_peak_bytes", "runtime_bytes", "process_peak_bytes")},
-                        "fit": p.fit.model_dump()} for p in c.predictions]})
+        emit_json(f.to_json())
         return
-    out.print(f"[bold]{esc(c.model)}[/] on [bold]{esc(dev.name)}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
-              f"of {human_bytes(dev.memory.ram_bytes)} RAM · engine [bold]{esc(p0.engine)}[/] · "
-              f"retention {p0.retention} · workspace {human_bytes(p0.workspace_budget)}")
-    t = Wide("Largest batch that fits", [esc(label) for label in c.strategies])
-    t.row("[bold]largest batch[/]", [f"[bold]{p.fit.max_batch:,}[/]" for p in c.predictions])
-    t.row("peak there", [human_bytes(p.fit.peak_bytes_at_max_batch) if p.fit.max_batch else "-"
-                         for p in c.predictions])
-    t.row(f"peak at batch {batch}", [human_bytes(p.memory.peak_bytes) for p in c.predictions])
-    t.row(f"fits at batch {batch}", ["[green]yes[/]" if p.fit.fits else "[red]no[/]" for p in c.predictions])
-    t.row("peak = fixed", [human_bytes(p.memory.fixed_bytes) for p in c.predictions])
-    t.row("  + per sample x batch", [human_bytes(p.memory.per_sample_bytes) for p in c.predictions])
+    out.print(f"[bold]{esc(f.model)}[/] on [bold]{esc(f.device)}[/]: {human_bytes(f.usable_bytes)} usable "
+              f"of {human_bytes(f.ram_bytes)} RAM · engine [bold]{esc(f.engine)}[/] · "
+              f"retention {f.retention} · workspace {human_bytes(f.workspace_budget)}")
+    rows = f.strategies
+    t = Wide("Largest batch that fits", [esc(r.strategy) for r in rows])
+    t.row("[bold]largest batch[/]", [f"[bold]{r.fit.max_batch:,}[/]" for r in rows])
+    t.row("peak there", [human_bytes(r.fit.peak_bytes_at_max_batch) if r.fit.max_batch else "-" for r in rows])
+    t.row(f"peak at batch {batch}", [human_bytes(r.memory["peak_bytes"]) for r in rows])
+    t.row(f"fits at batch {batch}", ["[green]yes[/]" if r.fit.fits else "[red]no[/]" for r in rows])
+    t.row("peak = fixed", [human_bytes(r.memory["fixed_bytes"]) for r in rows])
+    t.row("  + per sample x batch", [human_bytes(r.memory["per_sample_bytes"]) for r in rows])
     for obj in t.render(None if out.markdown else out.console.width):
         out.print(obj)
 
@@ -565,7 +639,7 @@ def devices_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 
 @app.command("sweep")
 def sweep_cmd(
-    model: str = typer.Argument(..., help="Zoo model name, or a path to a model YAML or an .onnx file."),
+    model: str = model_argument(),
     strategies: Optional[str] = strategies_option(),
     batch: str = typer.Option("1:4096", "--batch", "-b", help="Batch sizes: a:b, a:b:step, or a list 1,8,64."),
     log: bool = typer.Option(True, "--log/--linear", help="For a:b without a step: powers of two (default) or every batch."),
@@ -596,51 +670,61 @@ def print_sweep(s: Sweep) -> None:
     where = f" on {esc(s.device)} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
     out.print(f"[bold]{esc(s.model)}[/]{where} · engine [bold]{esc(s.engine)}[/] · retention {s.retention} · "
               f"workspace {human_bytes(s.workspace_budget)}")
-    t = Table(title="Peak memory of one training step against batch size" + (" (x: does not fit)" if s.device else ""))
-    t.add_column("batch", justify="right")
-    for line in s.lines:
-        t.add_column(esc(line.strategy), justify="right")
-        if s.device:
-            t.add_column("J / sample", justify="right")
-            t.add_column("s / sample", justify="right")
-    if s.device:
-        t.add_column("note")
     shown = table_rows(s)
     if len(shown) < len(s.batches):
         out.print(f"showing {len(shown)} of {len(s.batches):,} batch sizes (every row where a strategy stops "
                   f"fitting included); --json or --plot give them all")
-    for i in shown:
-        b = s.batches[i]
-        cells, notes = [f"{b:,}"], []
-        for line in s.lines:
-            peak = human_bytes(line.peak_bytes[i])
-            if s.device:
+    title = "Peak memory of one training step against batch size" + (" (x: does not fit)" if s.device else "")
+
+    def table(lines, with_notes: bool) -> Wide:
+        headers = []
+        for line in lines:
+            headers += [esc(line.strategy)] + (["J / sample", "s / sample"] if s.device else [])
+        noted = bool(s.device) and with_notes
+        t = Wide(title, headers + (["note"] if noted else []), abbreviate=False, label_header="batch")
+        for i in shown:
+            cells, notes = [], []
+            for line in lines:
+                peak = human_bytes(line.peak_bytes[i])
+                if not s.device:
+                    cells.append(peak)
+                    continue
                 fits = line.fits[i]
-                cells += [peak if fits else f"[red]{peak} x[/]", si(line.joules_per_sample[i], "J"),
+                joules = "unavailable" if line.joules_per_sample is None else si(line.joules_per_sample[i], "J")
+                cells += [peak if fits else f"[red]{peak} x[/]", joules,
                           si(line.seconds_per_sample[i], "s")]
                 if not fits and (i == 0 or line.fits[i - 1]):  # the first batch that does not fit
                     notes.append(f"{esc(line.strategy)} stops fitting (largest batch {line.max_batch:,})")
-            else:
-                cells.append(peak)
-        if s.device:
-            cells.append("; ".join(notes))
-        t.add_row(*cells)
-    out.print(t)
+            t.row(f"{s.batches[i]:,}", cells + (["; ".join(notes)] if noted else []))
+        return t
+
+    width = None if out.markdown else out.console.width
+    together = table(s.lines, True)
+    if width is None or together.fits(width) or len(s.lines) == 1:
+        for obj in together.render(width):
+            out.print(obj)
+    else:  # too wide for the terminal: one table per strategy ("x" marks where it stops fitting)
+        for line in s.lines:
+            for obj in table([line], False).render(width):
+                out.print(obj)
     if s.device:
         out.print("Largest batch that fits: " + ", ".join(f"{esc(ln.strategy)} {ln.max_batch:,}" for ln in s.lines))
 
 
 @app.command("verify")
 def verify_cmd(
-    model: str = typer.Argument(..., help="Zoo model name, or a path to a model YAML or an .onnx file."),
-    strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
-    batch: int = typer.Option(32, "--batch", "-b", help="Batch size B."),
+    model: str = model_argument(),
+    strategy: str = strategy_option(),
+    batch: int = batch_option(32),
     steps: int = typer.Option(2, "--steps", help="Training steps to run (the first is measured)."),
     engine: str = engine_option(TRAINER_ENGINE),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
     dataset: str = typer.Option("synthetic", "--dataset", help="Data of the measured steps: synthetic (random inputs of the model's shape: memory and op counts do not depend on the values; the default), digits, mnist:DIR or cifar10:DIR."),
-    by: str = typer.Option("role", "--by", help="Variables grouped by role, or every variable."),
+    by: str = typer.Option("role", "--by", metavar="role|variable", help="Variables grouped by role, or every variable."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="A device file written by bnncost calibrate on this machine: also time the trainer's steps against the predicted step time."),
+    time_steps: int = typer.Option(5, "--time-steps", help="With --device: steps timed after one warm-up step (the median is compared)."),
+    clock: str = typer.Option("cpu", "--clock", help="With --device: cpu (the process's CPU time: other processes' turns on a shared machine not counted; what calibrate measures) or wall."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (whatever the verdict)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
 ) -> None:
@@ -651,9 +735,19 @@ def verify_cmd(
     output_mode(as_json, markdown)
     if by not in ("role", "variable"):
         raise BadInput(f"--by must be role or variable, not '{by}'")
+    dev = open_device(device)
+    if dev is not None and dev.trainer is None:
+        raise BadInput(f"--device {device}: has no measured trainer costs (a shipped board's times are peak-rate "
+                       "lower bounds); run bnncost calibrate on this machine and pass its file")
+    if time_steps < 1:
+        raise BadInput(f"--time-steps must be a positive integer, not {time_steps}")
+    if clock not in ("cpu", "wall"):
+        raise BadInput(f"--clock must be cpu or wall, not '{clock}'")
     with trainer_progress(f"verify {model}: {steps} step(s) of batch {batch}") as on_event:
         v = run_verification(model, strategy, batch, steps=steps, dataset=dataset, on_event=on_event,
                              **implementation(engine, retention, workspace))
+    if dev is not None:
+        v = with_time_check(v, model, strategy, dev, time_steps, clock)
     if as_json:
         emit_json(v.to_json())
     else:
@@ -706,6 +800,25 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
     return verify_against(plan, count_ops(graph, strat), batch, Measurement(**measured.measurement()),
                           model=graph.model.name, strategy=strat.name, engine=eng.name, retention=retention,
                           workspace_budget=workspace_budget)
+
+
+def with_time_check(v, model: str, strategy: str, device: Device, steps: int, clock: str = "cpu"):
+    """The verification with the trainer's median step time (and per phase) against the prediction."""
+    from bnncost.costmodel.verification import check_time
+    from bnncost.trainer.timing import time_steps as time_trainer
+
+    p = predict(model, strategy, v.batch_size, device=device, retention=v.retention,
+                workspace_budget=v.workspace_budget)
+    t = time_trainer(model, strategy, batch=v.batch_size, steps=steps, warmup=1,
+                     workspace_budget=v.workspace_budget or 65536, retention=v.retention, clock=clock)
+    measured = {"forward": 0.0, "backward": 0.0, "update": 0.0}
+    for event, sec in t.events_s.items():
+        phase = event.split(":", 1)[0]
+        if phase in measured:
+            measured[phase] += sec
+    measured["step"] = t.step_s
+    tc = check_time(device.name, p.time.seconds_by_event, measured, t.steps, t.warmup, clock, t.wall_step_s)
+    return v.model_copy(update={"time": tc, "ok": v.ok and tc.ok})
 
 
 def available_memory_bytes() -> int | None:
@@ -779,28 +892,48 @@ def print_verification(v, by: str) -> None:
     out.print(t)
     p = v.peak
     t = Table(title="Peak of the step")
-    for col, j in (("", "left"), ("bytes", "right"), ("event", "left"), ("tolerance", "left"), ("", "left")):
-        t.add_column(col, justify=j)
-    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", esc(p.predicted_event), "", "")
-    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", esc(p.ledger_event), "exact, same event", ok if p.ledger_ok else bad)
-    t.add_row("process (tracemalloc)", f"{p.process_bytes:,}", "",
-              f"{p.process_floor_bytes:,} .. {p.process_limit_bytes:,} "
-              f"({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)", ok if p.process_ok else bad)
+    t.add_column("", no_wrap=True)
+    t.add_column("bytes", justify="right", no_wrap=True)
+    t.add_column("event\ntolerance", no_wrap=True)
+    t.add_column("", no_wrap=True)
+    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", esc(p.predicted_event), "")
+    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", f"{esc(p.ledger_event)}\nexact, same event",
+              ok if p.ledger_ok else bad)
+    t.add_row("process (tracemalloc)", f"{p.process_bytes:,}\n({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)",
+              f"\n{p.process_floor_bytes:,} .. {p.process_limit_bytes:,}", ok if p.process_ok else bad)
     out.print(t)
-    t = Table(title="Operations by phase, kind and format (must agree exactly)")
-    for col in ("phase", "kind", "format", "predicted", "measured", "difference", ""):
-        t.add_column(col, justify="right" if col in ("predicted", "measured", "difference") else "left")
+    t = Wide("Operations by phase, kind and format (must agree exactly)", ["predicted", "measured", "difference"],
+             abbreviate=False, label_header="phase kind format")
     for o in v.ops:
-        t.add_row(esc(o.phase), o.kind, o.format, f"{o.predicted:,}", f"{o.measured:,}", _diff(o.predicted, o.measured),
-                  ok if o.ok else bad)
-    out.print(t)
+        t.row(f"{esc(o.phase)} {o.kind} {o.format}", [f"{o.predicted:,}", f"{o.measured:,}",
+                                                     f"{_diff(o.predicted, o.measured)} {ok if o.ok else bad}"])
+    for obj in t.render(None if out.markdown else out.console.width):
+        out.print(obj)
+    if v.time is not None:
+        from bnncost.costmodel.verification import TIME_PHASE_FLOOR, TIME_TOLERANCE
+
+        tc = v.time
+        t = Table(title=f"Time per step on {tc.device} ({tc.clock} time, median of {tc.steps} steps after {tc.warmup} warm-up; "
+                        f"tolerance: step ±{100 * TIME_TOLERANCE:.0f}%, each phase ±{100 * TIME_TOLERANCE:.0f}% "
+                        f"or ±{100 * TIME_PHASE_FLOOR:.0f}% of the step)")
+        for col in ("phase", "predicted", "measured", "error", ""):
+            t.add_column(col, justify="left" if col in ("phase", "") else "right")
+        for r in tc.phases:
+            t.add_row(r.phase, si(r.predicted_s, "s"), si(r.measured_s, "s"), f"{100 * r.error:+.1f}%",
+                      ok if r.ok else bad)
+        out.print(t)
+        if tc.clock == "cpu":
+            out.print(f"[dim]wall time of the step: {si(tc.wall_step_s, 's')} (load average "
+                      f"{tc.load_average:.1f}: other processes' turns on the cores count there, not in CPU time)[/]")
     if v.ok:
-        out.print("[green bold]verified[/]: every variable, the peak and every operation count agree within tolerance")
+        out.print("[green bold]verified[/]: every variable, the peak and every operation count agree within tolerance"
+                  + (", and so does the step time" if v.time is not None else ""))
     else:
         n = sum(not c.ok for c in v.variables)
         out.print(f"[red bold]not verified[/]: {n} variable(s), "
                   f"{'the ledger peak, ' if not p.ledger_ok else ''}{'the process peak, ' if not p.process_ok else ''}"
-                  f"{len(v.op_mismatches)} op count(s) disagree")
+                  f"{len(v.op_mismatches)} op count(s) disagree"
+                  + ("" if v.time is None or v.time.ok else "; the step time is outside its tolerance"))
 
 
 SWEEP_TABLE_ROWS = 64
@@ -863,15 +996,60 @@ def implementation(engine: str | None, retention: str | None, workspace: "str | 
     return {"engine": load_engine(engine or DEFAULT_ENGINE), **knobs(retention, workspace)}
 
 
+# ---------------------------------------------------------------- calibrate (this machine)
+
+@app.command("calibrate")
+def calibrate_cmd(
+    out_file: str = typer.Option("calibrated.yaml", "--out", "-o", help="Device YAML to write (atomically)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Device name in the file (default: calibrated-HOSTNAME)."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer strategies, batches and repeats: under a minute on a quiet machine."),
+    base: Optional[str] = typer.Option(None, "--base", help="A shipped board (or device YAML) whose power and energy per byte to take, sources kept."),
+    idle_w: Optional[float] = typer.Option(None, "--idle-w", help="This machine's idle power in W (with --active-w)."),
+    active_w: Optional[float] = typer.Option(None, "--active-w", help="This machine's power with every core busy, in W."),
+) -> None:
+    """Measure this machine running the bundled trainer and write a device YAML of what it sustains.
+
+    Pass the file with --device: predict/compare/sweep then predict the trainer's real step time here
+    (and verify --device checks it). Without --base or --idle-w/--active-w, energy is unavailable.
+    """
+    import platform
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bnncost.calibrate import CalibrationError, calibrate, write_device
+    from bnncost.calibrate.device import check_inputs
+
+    try:
+        base_device = check_inputs(out_file, base, idle_w, active_w)
+    except CalibrationError as exc:
+        raise BadInput(str(exc)) from None
+    device_name = name or f"calibrated-{platform.node() or 'host'}"
+    progress = Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[what]}"), console=Console(stderr=True), transient=True)
+    with progress:
+        task = progress.add_task("", total=None, what="")
+        doc = calibrate(name=device_name, quick=quick, base=base_device, idle_w=idle_w, active_w=active_w,
+                        total=lambda n: progress.update(task, total=n),
+                        progress=lambda what: progress.update(task, advance=1, what=what))
+    write_device(doc, out_file)
+    levels = ", ".join(f"{lv['name']} {human_bytes(lv['capacity_bytes'])} {lv['bandwidth_bytes_per_s'] / 1e9:.3g} GB/s"
+                       for lv in doc["memory"]["levels"])
+    out.print(f"wrote [bold]{out_file}[/] ({doc['name']}): {len(doc['trainer']['operators'])} trainer operators, "
+              f"memory {levels}; energy "
+              + ("unavailable (no --base or --idle-w/--active-w)" if doc["power"]["idle_w"] is None else "from "
+                 + (f"--base {base_device.name}" if base_device is not None else "--idle-w/--active-w")))
+    out.print(f"use it: bnncost predict MODEL --device {out_file}    check it: bnncost verify MODEL --device {out_file}")
+
+
 # ---------------------------------------------------------------- train (the bundled trainer)
 
 @app.command("train")
 def train_cmd(
-    model: str = typer.Argument(..., help="Zoo model name, or a path to a model YAML or an .onnx file."),
-    strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
+    model: str = model_argument(),
+    strategy: str = strategy_option(),
     dataset: str = typer.Option("digits", "--dataset", help="Data to train on: digits (8x8 handwritten digits shipped with the package, for the digits-* models; the default), synthetic, mnist:DIR or cifar10:DIR."),
     epochs: int = typer.Option(20, "--epochs", help="Epochs in total (a resumed run continues up to this)."),
-    batch: int = typer.Option(64, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(64),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 0.01)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and of the shuffling."),
     retention: str = typer.Option("step", "--retention", help="step: saved tensors live to the step's end; backward: freed after use."),

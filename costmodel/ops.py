@@ -296,7 +296,7 @@ def count_traffic(graph: Graph, strategy: Strategy, plan: MemoryPlan) -> list[Tr
     for v in plan.variables:
         if v.role in ("activation", "workspace"):
             continue  # the forward output is counted below as what the forward writes; scratch stays on chip
-        alloc, free = plan.events[v.alloc], plan.events[v.free]
+        alloc = plan.events[v.alloc]
         if alloc.startswith("forward:"):
             cell = saved.setdefault(v.layer, [0, 0])
             cell[0] += v.fixed
@@ -305,7 +305,7 @@ def count_traffic(graph: Graph, strategy: Strategy, plan: MemoryPlan) -> list[Tr
             params[v.layer] = params.get(v.layer, 0) + v.fixed
         elif v.role == "optimizer_state":
             state[v.layer] = state.get(v.layer, 0) + v.fixed
-        elif alloc.startswith("backward:") and free == "update":
+        elif v.role == "weight_grad" or v.name.endswith(".param_grad"):  # whatever an engine's lifetime
             grads[v.layer] = grads.get(v.layer, 0) + v.fixed
     out = []
     for node in graph.nodes:

@@ -18,7 +18,9 @@ from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.prediction import MAX_BATCH
 from bnncost.costmodel.ops import count_ops, count_traffic
 from bnncost.costmodel.prediction import implementation_knobs
+from bnncost.costmodel.results import Presentable
 from bnncost.costmodel.strategy import Strategy, as_strategy, strategy_labels
+from bnncost.costmodel.timing import operator_work
 from bnncost.layers.graph import graph_of
 
 SWEEP_SCHEMA = "bnncost.sweep/1"
@@ -36,7 +38,7 @@ class SweepLine(BaseModel):
     seconds_per_sample: list[float] | None = None
 
 
-class Sweep(BaseModel):
+class Sweep(Presentable, BaseModel):
     model: str
     batches: list[int]
     engine: str
@@ -48,6 +50,23 @@ class Sweep(BaseModel):
 
     def to_json(self) -> dict:
         return {"schema": SWEEP_SCHEMA, **self.model_dump(exclude_none=True)}
+
+    def title(self) -> str:
+        where = f" on {self.device}" if self.device else ""
+        return f"{self.model}{where}: peak memory of one training step against batch size"
+
+    def records(self) -> list[dict]:
+        """One row per batch size and strategy."""
+        rows = []
+        for line in self.lines:
+            for i, b in enumerate(self.batches):
+                row = {"batch": b, "strategy": line.strategy, "peak_bytes": line.peak_bytes[i],
+                       "peak_event": line.peak_event[i]}
+                if line.fits is not None:
+                    row.update(fits=line.fits[i], joules_per_sample=line.joules_per_sample[i],
+                               seconds_per_sample=line.seconds_per_sample[i])
+                rows.append(row)
+        return rows
 
 
 def parse_batches(spec: str, log: bool = False) -> list[int]:
@@ -121,11 +140,13 @@ def sweep(model, strategies: list[str | Strategy], batches: list[int], *, engine
         )
         if device is not None:
             usable = device.memory.usable_bytes
-            et = EnergyModel(count_ops(graph, strat), count_traffic(graph, strat, plan), device,
-                             context=f"{label}: ").evaluate(bs)
+            model = EnergyModel(count_ops(graph, strat), count_traffic(graph, strat, plan), device,
+                                context=f"{label}: ",
+                                work=operator_work(graph, strat) if device.trainer is not None else None)
+            et = model.evaluate(bs)
             line.fits = [p <= usable for p in exact]
             line.max_batch = plan.max_batch(usable)
-            line.joules_per_sample = (et.joules / bs).tolist()
+            line.joules_per_sample = (et.joules / bs).tolist() if model.energy_known else None
             line.seconds_per_sample = (et.seconds / bs).tolist()
         lines.append(line)
     return Sweep(

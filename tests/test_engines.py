@@ -11,6 +11,7 @@ from bnncost.costmodel.engine import EngineError, engine_names, load_engine
 from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.prediction import predict
 from bnncost.costmodel.strategy import load_strategy, strategy_names
+from bnncost.hardware_profiles import load_device
 from bnncost.layers.graph import graph_of
 from bnncost.layers.model import zoo_names
 
@@ -170,6 +171,16 @@ def test_lifetimes(tmp_path):
     assert delta(a, b) == span(a, "step_end", "step_end", 128 + 32)
     with pytest.raises(EngineError, match=r"lifetimes\[0\]\.free: .*before it is allocated"):
         plans(tmp_path, "lifetimes:\n  - {kinds: dense, role: weight_grad, free: forward, source: t}\n")
+
+
+def test_lifetimes_do_not_change_what_a_phase_moves(tmp_path):
+    """Energy and time price the bytes each phase reads and writes; how long a gradient lives does not change them."""
+    eng = engine(tmp_path, "lifetimes:\n  - {kinds: [dense, batchnorm], role: weight_grad, free: step_end, source: t}\n"
+                           "  - {kinds: batchnorm, role: bn_param, free: step_end, source: t}\n")
+    dev = load_device("raspberry-pi-4b")
+    a, b = predict("mlp", "standard", 32, device=dev), predict("mlp", "standard", 32, device=dev, engine=eng)
+    assert b.memory.peak_bytes >= a.memory.peak_bytes
+    assert (b.energy.memory_j, b.time.memory_s) == (a.energy.memory_j, a.time.memory_s)
 
 
 def test_in_place_gradients(tmp_path):

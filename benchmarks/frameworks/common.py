@@ -1,0 +1,110 @@
+"""What every framework measurement shares: the machine, the markers in memray's stream, the replay, the record.
+
+A measured run puts one memray tracker around everything after the
+framework's import (the model, the optimizer, the data, the warm-up steps,
+the measured steps). Between phases of a measured step the driver makes one
+malloc of an odd, recognisable size (`mark`); `replay` walks every allocation
+and free memray recorded, in order, and returns for each measured step the
+heap at its start (the baseline) and the peak heap of each phase. Replaying
+the whole run (not a tracker started at the step) subtracts buffers that were
+allocated before the step and freed inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MEASUREMENTS = HERE / "measurements"
+SCHEMA = "bnncost.framework-measurement/1"
+
+# Odd malloc sizes no framework buffer has: they mark the phases of a measured step.
+MARKS = {3_141_593: "step_start", 2_718_283: "forward_end", 1_414_213: "backward_end", 1_732_051: "step_end"}
+MARK_OF = {v: k for k, v in MARKS.items()}
+_FREES = {"FREE", "MUNMAP", "PYMALLOC_FREE"}  # memray.AllocatorType names that release memory
+
+
+def mark(event: str) -> None:
+    """One malloc and free of the event's marker size through numpy (whose malloc memray intercepts)."""
+    import numpy as np
+
+    marker = np.empty(MARK_OF[event], dtype=np.uint8)
+    del marker
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    return {"python": sys.version.split()[0], "cpu": cpu_name(), "platform": platform.platform()}
+
+
+def replay(path: Path, *, keep_at_peak: bool = False) -> dict:
+    """Per measured step: `baseline` (heap at step_start), `peak` and the peak of each phase.
+
+    With keep_at_peak, also the memray records of the allocations made inside
+    the first measured step that are still live at its peak (for attribution).
+    """
+    import memray
+
+    frees = {int(getattr(memray.AllocatorType, n)) for n in _FREES}
+    live: dict[int, int] = {}
+    born: dict[int, object] = {}
+    heap = 0
+    steps: list[dict] = []
+    phase = None
+    at_peak: list = []
+    for rec in memray.FileReader(path).get_allocation_records():
+        if int(rec.allocator) in frees:
+            gone = live.pop(rec.address, None)
+            if gone is not None:
+                heap -= gone
+                born.pop(rec.address, None)
+            continue
+        event = MARKS.get(rec.size)
+        if event is not None:
+            if event == "step_start":
+                steps.append({"baseline": heap, "peak": heap, "phases": {}})
+                born, phase = {}, "forward"
+            elif event == "forward_end":
+                phase = "backward"
+            elif event == "backward_end":
+                phase = "update"
+            else:
+                steps[-1]["end"] = heap
+                phase = None
+            continue
+        live[rec.address] = rec.size
+        heap += rec.size
+        if phase is not None:
+            step = steps[-1]
+            born[rec.address] = rec
+            step["phases"][phase] = max(step["phases"].get(phase, 0), heap)
+            if heap > step["peak"]:
+                step["peak"] = heap
+                step["peak_phase"] = phase
+                if keep_at_peak and len(steps) == 1:
+                    at_peak = list(born.values())
+    if not steps or "end" not in steps[-1]:
+        raise RuntimeError(f"{path}: the step markers are missing from memray's records")
+    out: dict = {"steps": steps}
+    if keep_at_peak:
+        out["at_peak"] = at_peak
+    return out
+
+
+def write_record(record: dict, name: str) -> Path:
+    MEASUREMENTS.mkdir(parents=True, exist_ok=True)
+    path = MEASUREMENTS / f"{name}.json"
+    path.write_text(json.dumps(record, indent=1, sort_keys=False) + "\n")
+    return path

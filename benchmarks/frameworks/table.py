@@ -1,0 +1,49 @@
+"""Predicted vs measured for every framework recording: `python benchmarks/frameworks/table.py [ENGINE]`.
+
+Prints one markdown row per recording in measurements/ (of that engine's
+framework): the engine's tensor and process peaks beside memray's, and the error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def recordings(engine: str) -> list[dict]:
+    out = []
+    for path in sorted((HERE / "measurements").glob("*.json")):
+        rec = json.loads(path.read_text())
+        if rec.get("engine") == engine:
+            rec["file"] = path.name
+            out.append(rec)
+    return out
+
+
+def model_ref(rec: dict) -> str:
+    """A recording's model as bnncost loads it: a zoo name, or a YAML path relative to the repository."""
+    ref = rec["model_ref"]
+    return ref if ref.endswith((".yaml", ".yml")) is False else str(HERE.parent.parent / ref)
+
+
+def main(argv: list[str]) -> int:
+    from bnncost import predict
+
+    engine = argv[0] if argv else "pytorch"
+    print("| model | strategy | batch | tensor measured | tensor predicted | error | process measured | "
+          "process predicted | error |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for rec in recordings(engine):
+        p = predict(model_ref(rec), strategy=rec["strategy"], batch=rec["batch"], engine=engine).memory
+        t, pr = rec["tensor_peak_bytes"], rec["process_peak_bytes"]
+        print(f"| {rec['model']} | {rec['strategy']} | {rec['batch']} | {t:,} | {p.tensor_peak_bytes:,} | "
+              f"{(p.tensor_peak_bytes - t) / t:+.1%} | {pr:,} | {p.process_peak_bytes:,} | "
+              f"{(p.process_peak_bytes - pr) / pr:+.1%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
