@@ -747,7 +747,8 @@ def verify_cmd(
         v = run_verification(model, strategy, batch, steps=steps, dataset=dataset, on_event=on_event,
                              **implementation(engine, retention, workspace))
     if dev is not None:
-        v = with_time_check(v, model, strategy, dev, time_steps, clock)
+        with trainer_progress(f"timing {time_steps} step(s) of {model} on this machine"):
+            v = with_time_check(v, model, strategy, dev, time_steps, clock)
     if as_json:
         emit_json(v.to_json())
     else:
@@ -758,8 +759,9 @@ def verify_cmd(
 
 @contextmanager
 def trainer_progress(what: str):
-    """A progress bar on stderr over the events of the trainer's steps (stdout stays the document);
-    it disappears when done, and a terminal-less stderr shows nothing."""
+    """A progress bar on stderr over the events of the trainer's steps (stdout stays the document; a caller
+    that cannot count them gets a pulsing bar and the elapsed time); it disappears when done, and a
+    terminal-less stderr shows nothing."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
