@@ -186,10 +186,19 @@ def sign_idiom(kind: str, x: str, out: str, p: str) -> tuple[list, list]:
     if kind == "larq":  # sign(sign(x) + 0.1): zero goes to +1
         return [n("Sign", [x], [f"{p}s"]), n("Add", [f"{p}s", f"{p}e"], [f"{p}a"]), n("Sign", [f"{p}a"], [out])], \
             [const(f"{p}e", 0.1)]
+    if kind == "bireal":  # sign(x).detach() - p(x).detach() + p(x), p piecewise polynomial (Bi-Real Net)
+        return [n("Sign", [x], [f"{p}s"]), n("Less", [x, f"{p}m1"], [f"{p}lt"]),
+                n("Cast", [f"{p}lt"], [f"{p}f"], to=TensorProto.FLOAT), n("Mul", [x, x], [f"{p}xx"]),
+                n("Mul", [x, f"{p}2"], [f"{p}x2"]), n("Add", [f"{p}xx", f"{p}x2"], [f"{p}poly"]),
+                n("Sub", [f"{p}1", f"{p}f"], [f"{p}not"]), n("Mul", [f"{p}m1", f"{p}f"], [f"{p}lo"]),
+                n("Mul", [f"{p}poly", f"{p}not"], [f"{p}hi"]), n("Add", [f"{p}lo", f"{p}hi"], [f"{p}approx"]),
+                n("Identity", [f"{p}approx"], [f"{p}detached"]), n("Sub", [f"{p}s", f"{p}detached"], [f"{p}d"]),
+                n("Add", [f"{p}d", f"{p}approx"], [out])], \
+            [const(f"{p}m1", -1.0), const(f"{p}1", 1.0), const(f"{p}2", 2.0)]
     raise AssertionError(kind)
 
 
-IDIOMS = ["sign", "ste", "ste-identity", "ste-sum-first", "ste-clipped", "where", "where-less", "larq"]
+IDIOMS = ["sign", "ste", "ste-identity", "ste-sum-first", "ste-clipped", "where", "where-less", "larq", "bireal"]
 
 
 def binary_mlp(idiom: str, opset: int = 17) -> tuple[list, list]:
@@ -538,3 +547,29 @@ def test_tf2onnx_and_dynamo_details(tmp_path):
 """, [8, 8, 1])
     assert any("node 'bn_mul' (Mul): a per-channel scale" in note for note in got.notes)
     assert not any("stem" in note for note in got.notes)  # its zero bias is no bias: nothing restored
+
+
+def test_explicit_pad_is_folded_into_the_conv_or_pool_after_it(tmp_path):
+    """Larq's pad_values=1 and Keras ZeroPadding2D arrive as a Pad before a 'valid' conv or pool."""
+    n = helper.make_node
+
+    def graph(dangling: bool) -> str:
+        nodes = [n("Sign", ["x"], ["s"]), n("Pad", ["s", "pads", "one"], ["p"], name="pad_ones")]
+        c, inits = conv("p", "c", np.sign(RNG.uniform(-1, 1, (4, 3, 3, 3))), "qconv")
+        nodes += c + [n("Pad", ["c", "pads"], ["q"]), n("MaxPool", ["q"], ["m"], kernel_shape=[3, 3], strides=[2, 2]),
+                      n("Pad", ["m", "pads"], ["d"], name="pad_alone") if dangling else n("Identity", ["m"], ["d"]),
+                      n("Flatten", ["d"], ["f"])]
+        head, hi = gemm_head("f", 4 * (6 * 6 if dangling else 4 * 4), 10, bias=False)
+        inits += hi + [const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1])), const("one", 1.0)]
+        return save(tmp_path, nodes + head, inits, ["batch", 3, 8, 8], name=f"pad{int(dangling)}.onnx")
+
+    with pytest.raises(ModelError, match=r"node 'pad_alone' \(Pad\): explicit padding"):
+        import_onnx(graph(dangling=True))
+    assert kinds(import_onnx(graph(dangling=False)).model) == expected("""
+- sign: {}
+- conv2d: {filters: 4, kernel: 3, padding: same}
+- maxpool: {size: 3, stride: 2, padding: same}
+- flatten: {}
+- dense: {units: 10, binary: false}
+- softmax_ce: {}
+""", [8, 8, 3])

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bnncost.layers.importers.onnx_file import OnnxGraph
-from bnncost.layers.importers.onnx_values import BATCH, Act, Cmp, ENode, Lin
+from bnncost.layers.importers.onnx_values import BATCH, Act, Cmp, ENode, Lin, family
 from bnncost.layers.model import ModelError
 from bnncost.layers.spec import LAYER_CLASSES, Conv2D, Dense
 
@@ -203,7 +203,7 @@ class Interpreter:
         return ins[0]
 
     def op_Cast(self, ins, attrs):
-        return ins[0]
+        return self._pointwise([ins[0]]) if isinstance(ins[0], Cmp) else ins[0]
 
     op_CastLike = op_Cast
 
@@ -332,6 +332,7 @@ class Interpreter:
                 x = self.act(act_side)
                 self._per_channel(x, const_side, "the added constant")
                 return x.view(ENode("shift", (x.node,), self.where))
+        a, b = (self._pointwise([v]) if isinstance(v, Cmp) else v for v in (a, b))
         la, lb = (v if isinstance(v, Lin) else Lin.of(self._scalar_or_act(v), self.where) for v in (a, b))
         joined = la.plus(lb, scale, self.where)
         if len(joined.families()) <= 1:
@@ -341,11 +342,24 @@ class Interpreter:
         raise self.error("arithmetic on activations that is neither a sign idiom nor a residual join")
 
     def _scalar_or_act(self, v: Any) -> Any:
-        if isinstance(v, np.ndarray):
-            return float(v.reshape(-1)[0])
-        if isinstance(v, Cmp):
-            raise self.error("arithmetic on a comparison")
-        return v
+        return float(v.reshape(-1)[0]) if isinstance(v, np.ndarray) else v
+
+    def _pointwise(self, operands: list) -> Act:
+        """A pointwise function of one activation x (x * x, a comparison as 0/1, c * x): it may only
+        cancel inside a straight-through estimator; materialised, the layer builder refuses it."""
+        views = []
+        for v in operands:
+            if isinstance(v, Act):
+                views.append(v)
+            elif isinstance(v, Lin):
+                views.extend(v.views.values())
+            elif isinstance(v, Cmp):
+                views.append(v.act)
+        families = {id(family(v.node)): v for v in views}
+        if len(families) != 1:
+            raise self.error("elementwise arithmetic that mixes activations (neither a sign idiom nor a residual join)")
+        x = next(iter(families.values()))
+        return x.view(ENode("pointwise", (family(x.node),), self.where))
 
     def _join(self, a: Act, b: Act) -> Act:
         if a.shape != b.shape:
@@ -356,16 +370,17 @@ class Interpreter:
         a, b = ins
         if isinstance(a, np.ndarray):
             a, b = b, a
-        if not isinstance(b, np.ndarray):
-            raise self.error("multiplies two activations")
-        x = self.act(a)
-        self._per_channel(x, b, "the factor")
-        return x.view(ENode("scale", (x.node,), self.where))
+        if not isinstance(b, np.ndarray) or b.size == 1 or not isinstance(a, Act):
+            return self._pointwise([a, b])  # x * x, c * x, mask * x: only inside a sign idiom
+        self._per_channel(a, b, "the factor")
+        return a.view(ENode("scale", (a.node,), self.where))
 
-    def op_Div(self, ins, attrs):
-        if not isinstance(ins[1], np.ndarray):
-            raise self.error("divides by an activation")
-        return self.op_Mul(ins, attrs)
+    op_Div = op_Mul
+
+    def op_Abs(self, ins, attrs):
+        return self._pointwise(ins)
+
+    op_Pow = op_Abs
 
     def _per_channel(self, x: Act, c: np.ndarray, what: str) -> None:
         if c.size == 1:
@@ -383,9 +398,9 @@ class Interpreter:
         a, b = ins
         if isinstance(a, np.ndarray) and not isinstance(b, np.ndarray):
             a, b, op = b, a, flipped
-        if not isinstance(b, np.ndarray) or b.size != 1 or float(b.reshape(-1)[0]) != 0.0:
-            raise self.error("a comparison of an activation with something other than 0")
-        return Cmp(self.act(a), op, self.where)
+        if not isinstance(b, np.ndarray) or b.size != 1:
+            raise self.error("a comparison of an activation with something other than a number")
+        return Cmp(self.act(a), op, self.where, float(b.reshape(-1)[0]))
 
     def op_GreaterOrEqual(self, ins, attrs):
         return self._compare(ins, "ge", "le")
@@ -402,12 +417,14 @@ class Interpreter:
     def op_Where(self, ins, attrs):
         cond, hi, lo = ins
         uniform = [isinstance(v, np.ndarray) and v.size > 0 and (v == v.reshape(-1)[0]).all() for v in (hi, lo)]
-        if isinstance(cond, Cmp) and all(uniform):
+        if isinstance(cond, Cmp) and all(uniform) and cond.threshold == 0.0:
             hi, lo = float(hi.reshape(-1)[0]), float(lo.reshape(-1)[0])
             if cond.op in ("le", "lt"):
                 hi, lo = lo, hi
             if hi > 0 > lo:
                 return self._sign(cond.act)
+        if isinstance(cond, Cmp):
+            return self._pointwise([cond, hi, lo])  # a piecewise function of x (Bi-Real's approximation)
         raise self.error("a Where that is not the sign idiom Where(x >= 0, 1, -1)")
 
     def op_Clip(self, ins, attrs):
@@ -415,6 +432,37 @@ class Interpreter:
         return x.view(ENode("clip", (x.node,), self.where))
 
     # ------------------------------------------------------------ layers
+
+    def op_Pad(self, ins, attrs):
+        """Explicit padding (Larq's pad_values=1, Keras ZeroPadding2D): folded into the conv or pool after it."""
+        x = self.act(ins[0])
+        if attrs.get("mode", "constant") != "constant":
+            raise self.error(f"{attrs['mode']} padding is not modelled")
+        pads = attrs.get("pads")
+        if len(ins) > 1 and ins[1] is not None:
+            pads = self.const(ins[1], "the pads").reshape(-1).tolist()
+        rank = len(x.labels)
+        if len(ins) > 3 and ins[3] is not None:  # opset 18: pads for these axes only
+            axes = [a % rank for a in self.const(ins[3], "the axes").reshape(-1).tolist()]
+            full = [0] * (2 * rank)
+            for i, a in enumerate(axes):
+                full[a], full[rank + a] = pads[i], pads[len(axes) + i]
+            pads = full
+        per = {x.labels[a]: (int(pads[a]), int(pads[rank + a])) for a in range(rank)}
+        if x.flat or any(per.get(a, (0, 0)) != (0, 0) for a in ("N", "C")) or min(pads) < 0:
+            raise self.error(f"pads {pads} pad more than height and width")
+        h, w = per.get("H", (0, 0)), per.get("W", (0, 0))
+        sizes = {"C": x.sizes["C"], "H": x.sizes["H"] + sum(h), "W": x.sizes["W"] + sum(w)}
+        node = ENode("pad", (x.node,), self.where, {"pads": (h[0], w[0], h[1], w[1])})
+        return x.view(node, sizes=sizes, binarised=x.binarised, data=x.data)
+
+    def _unpad(self, x: Act) -> tuple[Act, tuple[int, int, int, int]]:
+        """The tensor before an explicit Pad, and its pads (top, left, bottom, right); or x and zeros."""
+        if x.node.kind != "pad":
+            return x, (0, 0, 0, 0)
+        t, l, b, r = x.node.fields["pads"]
+        sizes = {"C": x.sizes["C"], "H": x.sizes["H"] - t - b, "W": x.sizes["W"] - l - r}
+        return Act(x.node.inputs[0], x.labels, sizes, x.flat, x.binarised, x.data), (t, l, b, r)
 
     def op_Relu(self, ins, attrs):
         x = self.act(ins[0])
@@ -487,7 +535,7 @@ class Interpreter:
         return self._dense(self.act(ins[0]), ins[1], None)
 
     def op_Conv(self, ins, attrs):
-        x = self.act(ins[0])
+        x, extra = self._unpad(self.act(ins[0]))
         w = self.const(ins[1], "the weight")
         bias = self._bias(ins[2] if len(ins) > 2 else None)
         if w.ndim != 4:
@@ -503,7 +551,7 @@ class Interpreter:
             raise self.error(f"dilated convolution (dilations {list(attrs['dilations'])}) is not modelled")
         kernel = tuple(int(k) for k in w.shape[2:])
         strides = tuple(int(s) for s in attrs.get("strides", [1, 1]))
-        padding, ho, wo = self._window(x, kernel, strides, attrs)
+        padding, ho, wo = self._window(x, kernel, strides, attrs, extra=extra)
         fields: dict = {"filters": int(w.shape[0]), "kernel": self._pair(kernel, Conv2D, "kernel", "kernel")}
         if strides != (1, 1):
             fields["stride"] = self._pair(strides, Conv2D, "stride", "stride")
@@ -526,14 +574,19 @@ class Interpreter:
             raise self.error(f"non-square {what} {list(pair)} is not a bnncost layer yet")
         return list(pair)
 
-    def _window(self, x: Act, kernel: tuple, strides: tuple, attrs: dict, ceil: bool = False):
-        """('same' | 'valid', Ho, Wo) of a conv or pool window; other paddings are refused."""
+    def _window(self, x: Act, kernel: tuple, strides: tuple, attrs: dict, ceil: bool = False,
+                extra: tuple = (0, 0, 0, 0)):
+        """('same' | 'valid', Ho, Wo) of a conv or pool window (with any explicit Pad before it in
+        `extra`); other paddings are refused."""
         h, w = x.sizes["H"], x.sizes["W"]
         auto = attrs.get("auto_pad", "NOTSET")
         same = (-(-h // strides[0]), -(-w // strides[1]))
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
+        if auto in ("SAME_UPPER", "SAME_LOWER") and not any(extra):
             return "same", *same
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            raise self.error("SAME auto-padding after an explicit Pad is not modelled")
         pads = [0, 0, 0, 0] if auto == "VALID" else list(attrs.get("pads", [0, 0, 0, 0]))
+        pads = [p + e for p, e in zip(pads, extra)]
         top, left, bottom, right = pads
         rounding = math.ceil if ceil else math.floor
         out = (rounding((h + top + bottom - kernel[0]) / strides[0]) + 1,
@@ -547,7 +600,7 @@ class Interpreter:
                          f"{list(kernel)} window with stride {list(strides)} on {h}x{w}")
 
     def _pool(self, ins, attrs, kind: str) -> Act:
-        x = self.act(ins[0])
+        x, extra = self._unpad(self.act(ins[0]))
         if x.labels != ("N", "C", "H", "W") or x.flat:
             raise self.error(f"pools a tensor laid out {''.join(x.labels)}, not NCHW")
         kernel = tuple(int(k) for k in attrs["kernel_shape"])
@@ -556,7 +609,7 @@ class Interpreter:
             raise self.error("dilated pooling is not modelled")
         if kernel[0] != kernel[1] or strides[0] != strides[1]:
             raise self.error(f"non-square pooling (kernel {list(kernel)}, stride {list(strides)}) is not modelled")
-        padding, ho, wo = self._window(x, kernel, strides, attrs, ceil=bool(attrs.get("ceil_mode", 0)))
+        padding, ho, wo = self._window(x, kernel, strides, attrs, ceil=bool(attrs.get("ceil_mode", 0)), extra=extra)
         fields: dict = {"size": kernel[0]}
         if strides[0] != kernel[0]:
             fields["stride"] = strides[0]

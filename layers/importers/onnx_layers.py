@@ -200,6 +200,11 @@ class _Linearise:
                 continue
             if node.kind == "clip":
                 raise self.error(node, "a clip (hardtanh) on the data path is not a bnncost layer")
+            if node.kind == "pad":
+                raise self.error(node, "explicit padding that no convolution or pooling reads is not modelled")
+            if node.kind == "pointwise":
+                raise self.error(node, "elementwise arithmetic on activations that is not part of a sign idiom "
+                                       "is not a bnncost layer")
             if node.kind in WEIGHTED:
                 merged.append((node, {node.kind: dict(node.fields)}))
             elif node.kind in _PLAIN:

@@ -67,8 +67,9 @@ class Act:
 
 
 def family(node: ENode) -> ENode:
-    """sign(x) and clip(x) belong to x's family: the straight-through trick mixes only these."""
-    return node.inputs[0] if node.kind in ("sign", "clip") else node
+    """sign(x), clip(x) and other pointwise functions of x belong to x's family: a straight-through
+    estimator (x + (sign(x) - x), or Bi-Real's polynomial: sign(x) - p(x) + p(x)) mixes only these."""
+    return node.inputs[0] if node.kind in ("sign", "clip", "pointwise") else node
 
 
 @dataclass(eq=False)
@@ -107,7 +108,8 @@ class Lin:
 
 @dataclass(eq=False)
 class Cmp:
-    """x compared with zero: 'ge' / 'gt' (x >= 0, x > 0) or 'le' / 'lt'."""
+    """x compared with a threshold: 'ge' / 'gt' (x >= t, x > t) or 'le' / 'lt'."""
     act: Act
     op: str
     where: str
+    threshold: float = 0.0
