@@ -892,6 +892,8 @@ def print_verification(v, by: str) -> None:
             t.add_row(role, str(len(cs)), human_bytes(pb), human_bytes(mb), _diff(pb, mb),
                       ok if not wrong else f"{bad}: {esc(', '.join(wrong[:4]))}{' ...' if len(wrong) > 4 else ''}")
     out.print(t)
+    from bnncost.costmodel.verification import PROCESS_BELOW_FRACTION, PROCESS_MARGIN_BYTES, PROCESS_MARGIN_FRACTION
+
     p = v.peak
     t = Table(title="Peak of the step")
     t.add_column("", no_wrap=True)
@@ -902,7 +904,8 @@ def print_verification(v, by: str) -> None:
     t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", f"{esc(p.ledger_event)}\nexact, same event",
               ok if p.ledger_ok else bad)
     t.add_row("process (tracemalloc)", f"{p.process_bytes:,}\n({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)",
-              f"\n{p.process_floor_bytes:,} .. {p.process_limit_bytes:,}", ok if p.process_ok else bad)
+              f"-{PROCESS_BELOW_FRACTION:.0%} .. +{PROCESS_MARGIN_FRACTION:.0%} + {human_bytes(PROCESS_MARGIN_BYTES)}:\n"
+              f"{p.process_floor_bytes:,} .. {p.process_limit_bytes:,}", ok if p.process_ok else bad)
     out.print(t)
     t = Wide("Operations by phase, kind and format (must agree exactly)", ["predicted", "measured", "difference"],
              abbreviate=False, label_header="phase kind format")

@@ -67,7 +67,8 @@ Not counted: encoding a gradient into po2 codes, packing bits, index
 arithmetic, per-layer scalar constants.
 
 BYTES MOVED per layer-phase, at stored formats (the input and output of a
-layer at `fwd`, or at `input` for the data batch):
+layer at `fwd`, at `input` for the data batch, at `binary_input` for a tensor
+that is +1/-1 by construction, such as a sign's output):
   forward      reads its input and its parameters (weights at latent_weight,
                batchnorm params at bn_param), writes its output and what it saves
   backward_dx  reads its output gradient, what it saved and its parameters,
@@ -86,6 +87,7 @@ from bnncost.costmodel.formats import batched_bytes
 from bnncost.costmodel.memory import MemoryPlan
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
+from bnncost.layers.storage import activation_format_role
 
 PHASES = ("forward", "backward_dx", "backward_dw", "update")
 KINDS = ("mac", "add", "mul", "div", "sqrt", "abs", "compare", "exp", "shift", "xnor_popcount", "bit_mac")
@@ -288,7 +290,7 @@ def count_traffic(graph: Graph, strategy: Strategy, plan: MemoryPlan) -> list[Tr
     change what a phase touches, only how long it is kept).
     """
     s = strategy
-    fwd, g = s.format_of("real_input"), s.format_of("activation_grad")
+    g = s.format_of("activation_grad")
     saved: dict[str, list[int]] = {}  # layer -> [const, per]
     params: dict[str, int] = {}
     grads: dict[str, int] = {}
@@ -310,9 +312,9 @@ def count_traffic(graph: Graph, strategy: Strategy, plan: MemoryPlan) -> list[Tr
     out = []
     for node in graph.nodes:
         n = node.name
-        in_fmt = s.format_of("input") if graph.tensors[node.inputs[0]].is_data else fwd
-        x = sum(batched_bytes(in_fmt, graph.tensors[i].shape) for i in node.inputs)
-        y = batched_bytes(fwd, node.out_shape)
+        x = sum(batched_bytes(s.format_of(activation_format_role(graph, i)), graph.tensors[i].shape)
+                for i in node.inputs)
+        y = batched_bytes(s.format_of(activation_format_role(graph, node.output)), node.out_shape)
         dy = batched_bytes(g, node.out_shape) if node.kind != "softmax_ce" else 0
         dx = sum(batched_bytes(g, graph.tensors[i].shape) for i in node.inputs if graph.tensors[i].requires_grad)
         sv_c, kept = saved.get(n, [0, 0])  # written by its forward

@@ -28,6 +28,8 @@ class Tensor:
     is_data: bool = False  # the data batch or a reshape of it
     requires_grad: bool = False  # some parameter lies upstream
     alias_of: int | None = None  # flatten output: same buffer as this tensor
+    binary: bool = False  # every value is +1 or -1 by construction (METHOD 4.2): a sign's output, or a
+    # max-pool or flatten of such a tensor; held in the strategy's binary_input format
 
 
 @dataclass
@@ -173,7 +175,7 @@ class _Builder:
         elif isinstance(spec, Flatten):
             node.out_shape = (math.prod(shape),)
             node.output = self.new_tensor(node.out_shape, name, is_data=t.is_data,
-                                          requires_grad=t.requires_grad, alias_of=x)
+                                          requires_grad=t.requires_grad, alias_of=x, binary=t.binary)
             self.nodes.append(node)
             return node.output
         elif isinstance(spec, SoftmaxCE):
@@ -189,7 +191,8 @@ class _Builder:
     def add_node(self, node: Node) -> int:
         ins = [self.tensors[i] for i in node.inputs]
         requires = node.has_params or any(t.requires_grad for t in ins)
-        node.output = self.new_tensor(node.out_shape, node.name, requires_grad=requires)
+        binary = node.kind == "sign" or (node.kind == "maxpool" and ins[0].binary)
+        node.output = self.new_tensor(node.out_shape, node.name, requires_grad=requires, binary=binary)
         self.nodes.append(node)
         return node.output
 

@@ -425,7 +425,7 @@ def test_ledger_names_shapes_and_lifetimes_follow_layers_storage_and_scratch():
             assert set(rows) == set(stored) | set(scratch)
             for name, v in stored.items():
                 r = rows[name]
-                fmt = v.fixed_format or s.format_of(v.role)
+                fmt = v.format_in(s.format_of)
                 shape = (4, *v.shape) if v.batched else v.shape
                 assert (r.role, r.format, r.alloc, r.free) == (v.role, fmt, v.alloc, v.free), name
                 assert r.bytes == tensor_bytes(fmt, shape), name
