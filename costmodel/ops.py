@@ -7,7 +7,7 @@ THE COUNTING CONVENTION (the bundled trainer counts the same from the shapes
 it processes; keep the two in step). Notation, per node: B batch; E = B x
 elements of its input per sample; O = B x elements of its output; C channels
 (last axis of the input); for dense/conv: K inputs per output (units in, or
-k*k*Cin), N outputs per position, R = B x output positions, M = R x N, W = K x N
+kh*kw*Cin), N outputs per position, R = B x output positions, M = R x N, W = K x N
 weights. Formats:
   fwd  = the `real_input` format: real forward arithmetic outside dense/conv;
   bn   = the `bn_param` format: batchnorm forward arithmetic;
@@ -47,6 +47,7 @@ relu           forward compare E at fwd; backward_dx gmul E
 maxpool k, s   forward compare O x (k*k - 1) at fwd;
                backward_dx add O x k*k at acc (scatter), gmul E (mask)
 avgpool k, s   forward add O x k*k, mul O at fwd; backward_dx gmul O, add O x k*k at acc
+               (k*k is the window's size kh*kw; non-square windows and strides count alike)
 global_avgpool forward add E, mul O at fwd; backward_dx gmul O
 flatten        nothing
 residual join  forward add O at fwd; backward_dx add O at acc (the two
@@ -245,18 +246,18 @@ def _count_node(c: _Counter, graph: Graph, node: Node, fwd: str) -> None:
         if needs_dx:
             c.gmul(n, "backward_dx", per=e)
     elif node.kind in ("maxpool", "avgpool"):
-        k = node.spec.size
+        kk = node.window[0] * node.window[1]
         if node.kind == "maxpool":
-            c.add(n, "forward", "compare", fwd, per=o * (k * k - 1))
+            c.add(n, "forward", "compare", fwd, per=o * (kk - 1))
             if needs_dx:
-                c.add(n, "backward_dx", "add", acc, per=o * k * k)
+                c.add(n, "backward_dx", "add", acc, per=o * kk)
                 c.gmul(n, "backward_dx", per=e)
         else:
-            c.add(n, "forward", "add", fwd, per=o * k * k)
+            c.add(n, "forward", "add", fwd, per=o * kk)
             c.add(n, "forward", "mul", fwd, per=o)
             if needs_dx:
                 c.gmul(n, "backward_dx", per=o)
-                c.add(n, "backward_dx", "add", acc, per=o * k * k)
+                c.add(n, "backward_dx", "add", acc, per=o * kk)
     elif node.kind == "global_avgpool":
         c.add(n, "forward", "add", fwd, per=e)
         c.add(n, "forward", "mul", fwd, per=o)

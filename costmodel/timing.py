@@ -176,10 +176,10 @@ def _node_work(graph: Graph, node: Node, s: Strategy) -> list[OperatorWork]:
                                   {"values": (n, 0)}))
         return works
     if kind in ("maxpool", "avgpool"):
-        k = node.spec.size
-        add("forward", kind, {"values": (0, e), "window_values": (0, o * k * k)})
+        kk = node.window[0] * node.window[1]
+        add("forward", kind, {"values": (0, e), "window_values": (0, o * kk)})
         if needs_dx:
-            add("backward", kind, {"values": (0, e), "window_values": (0, o * k * k)})
+            add("backward", kind, {"values": (0, e), "window_values": (0, o * kk)})
         return works
     units = {"values": (0, e if kind != "add" else o)}
     if kind == "global_avgpool":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from bnncost.layers.model import Model, ModelError, load_model
 from bnncost.layers.spec import (
     AvgPool, BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU,
-    Residual, Sign, SoftmaxCE,
+    Residual, Sign, SoftmaxCE, pair,
 )
 
 Shape = tuple[int, ...]
@@ -44,12 +44,15 @@ class Node:
     out_shape: Shape
     # dense / conv2d only
     binary: bool = False
-    fan_in: int = 0  # K: inputs per output (units in, or k*k*Cin)
+    fan_in: int = 0  # K: inputs per output (units in, or kh*kw*Cin)
     units: int = 0  # N: outputs per position (units or filters)
     positions: int = 1  # output positions per sample (Ho*Wo; 1 for dense)
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, bottom, left, right
     first: bool = False  # its input is the data batch: it saves the data, computes no dX
     weight_shape: Shape = ()
+    # conv2d / maxpool / avgpool only: window (rows, cols) and stride (rows, cols)
+    window: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
     residual: str | None = None  # name of the enclosing residual block, if any
 
     @property
@@ -148,26 +151,28 @@ class _Builder:
             if len(shape) != 3:
                 raise self.error(path, name, f"conv2d needs an [H, W, C] input, got {list(shape)}")
             h, w, c = shape
-            k, s = spec.kernel, spec.stride
-            if spec.padding == "valid" and (h < k or w < k):
-                raise self.error(path, name, f"{k}x{k} valid conv on a {h}x{w} map")
-            ho, wo = _pool_out(h, k, s, spec.padding), _pool_out(w, k, s, spec.padding)
+            (kh, kw), (sh, sw) = pair(spec.kernel), pair(spec.stride)
+            if spec.padding == "valid" and (h < kh or w < kw):
+                raise self.error(path, name, f"{kh}x{kw} valid conv on a {h}x{w} map")
+            ho, wo = _pool_out(h, kh, sh, spec.padding), _pool_out(w, kw, sw, spec.padding)
             if spec.padding == "same":
-                node.padding = (*_same_pad(h, k, s), *_same_pad(w, k, s))
+                node.padding = (*_same_pad(h, kh, sh), *_same_pad(w, kw, sw))
             node.out_shape = (ho, wo, spec.filters)
-            node.binary, node.fan_in, node.units = spec.binary, k * k * c, spec.filters
+            node.binary, node.fan_in, node.units = spec.binary, kh * kw * c, spec.filters
             node.positions = ho * wo
-            node.weight_shape = (k, k, c, spec.filters)
+            node.weight_shape = (kh, kw, c, spec.filters)
+            node.window, node.strides = (kh, kw), (sh, sw)
         elif isinstance(spec, (MaxPool, AvgPool)):
             if len(shape) != 3:
                 raise self.error(path, name, f"{spec.kind} needs an [H, W, C] input, got {list(shape)}")
             h, w, c = shape
-            k, s = spec.size, spec.stride or spec.size
-            if spec.padding == "valid" and (h < k or w < k):
-                raise self.error(path, name, f"{k}x{k} valid pool on a {h}x{w} map")
+            (kh, kw), (sh, sw) = pair(spec.size), pair(spec.stride or spec.size)
+            if spec.padding == "valid" and (h < kh or w < kw):
+                raise self.error(path, name, f"{kh}x{kw} valid pool on a {h}x{w} map")
             if spec.padding == "same":
-                node.padding = (*_same_pad(h, k, s), *_same_pad(w, k, s))
-            node.out_shape = (_pool_out(h, k, s, spec.padding), _pool_out(w, k, s, spec.padding), c)
+                node.padding = (*_same_pad(h, kh, sh), *_same_pad(w, kw, sw))
+            node.out_shape = (_pool_out(h, kh, sh, spec.padding), _pool_out(w, kw, sw, spec.padding), c)
+            node.window, node.strides = (kh, kw), (sh, sw)
         elif isinstance(spec, GlobalAvgPool):
             if len(shape) != 3:
                 raise self.error(path, name, f"global_avgpool needs an [H, W, C] input, got {list(shape)}")

@@ -72,9 +72,8 @@ class Linear(Op):
         self.needs_dx = ctx.needs_grad(node.inputs[0]) and not node.first
         self.patches = None
         if self.conv:
-            k = node.spec.kernel
-            self.k = k
-            self.patches = Patches(node.in_shape, node.out_shape, k, node.spec.stride, node.padding)
+            self.window = node.window
+            self.patches = Patches(node.in_shape, node.out_shape, node.window, node.strides, node.padding)
         self.pad = -1.0 if (node.binary and not node.first) else 0.0
 
     # -------------------------------------------------------------- parameters
@@ -143,7 +142,7 @@ class Linear(Op):
         w = self._w2()
         N, K = self.N, self.K
         c_in = self.node.channels if self.conv else K
-        lead = (self.k, self.k, c_in) if self.conv else (K,)
+        lead = (*self.window, c_in) if self.conv else (K,)
         step = 8 * max(1, (1 << 16) // (8 * K))
         for j0, j1 in row_chunks(N, step):
             if self.bits:
@@ -194,7 +193,7 @@ class Linear(Op):
                 return packed.reshape(packed.shape[0], -1)[r0:r1]
             return np.packbits(codec.nonnegative(x[r0:r1]), axis=-1)
         B = x.shape[0]
-        kk = self.k * self.k
+        kk = self.patches.taps
         cb = -(-self.node.channels // 8)
         pat = np.empty((r1 - r0, kk, cb), np.uint8)
         for a, b in self.patches.blocks(r0, r1):
@@ -280,7 +279,7 @@ class Linear(Op):
                 self._signs_into(wm, wf, k0, k1)
                 matmul(a[:, k0:k1], af, wm[: k1 - k0], wf, out, of, accumulate=k0 > 0)
             return
-        rows = max(1, TILE_BYTES // (16 * self.N))
+        rows = max(1, TILE_BYTES // (4 * self.N))
         for i0, i1 in row_chunks(a.shape[0], rows):
             tile = np.zeros((i1 - i0, self.N), np.float32)
             for k0, k1 in blocks:
@@ -292,7 +291,7 @@ class Linear(Op):
         """dst (r, K) in df <- the input patches of rows r0..r1 (real values; padding = pad)."""
         B = src.shape[0]
         flat = src.reshape(B * self.patches.hw, -1)
-        d3 = dst.reshape(r1 - r0, self.k * self.k, -1)
+        d3 = dst.reshape(r1 - r0, self.patches.taps, -1)
         for a, b in self.patches.blocks(r0, r1, self.K if (flat.dtype != dst.dtype or sf != df) else None):
             idx, inv = self.patches.rows(a, b)
             d = d3[a - r0:b - r0]
@@ -340,7 +339,7 @@ class Linear(Op):
         flat = saved.reshape(B * self.patches.hw, -1)
         if (k0, k1) == (0, self.K):
             if sf == "bool":
-                d3 = dst.reshape(r1 - r0, self.k * self.k, -1)
+                d3 = dst.reshape(r1 - r0, self.patches.taps, -1)
                 for a, b in self.patches.blocks(r0, r1):
                     idx, inv = self.patches.rows(a, b)
                     pat = np.take(flat, idx, axis=0)
@@ -436,7 +435,7 @@ class Linear(Op):
         # a narrow format: each block of rows summed over every chunk in a float32 tile and
         # stored once (the operand is refilled per block: expanding it is cheap,
         # accumulating a narrow format again and again is not)
-        kb = max(1, TILE_BYTES // (16 * self.N))
+        kb = max(1, TILE_BYTES // (4 * self.N))
         for t0, t1 in row_chunks(k1 - k0, kb):
             tile = np.zeros((t1 - t0, self.N), np.float32)
             for r0, r1, o in chunks(k0 + t0, k0 + t1):

@@ -3,9 +3,10 @@
 maxpool saves a mask over its input, 1 where an input element is the first
 maximum (in window scan order) of a window; its backward scatters each
 window's dy onto the window (dy summed over the windows that contain each
-input) and multiplies by the mask. For non-overlapping windows (stride >=
-size, as in every zoo model but the ResNet stems) this is exactly the max-pool
-gradient; for overlapping windows a 1-bit mask cannot say which of the windows
+input) and multiplies by the mask. Windows and strides may be non-square
+(kh x kw, sh x sw). For non-overlapping windows (stride >= size on each
+axis, as in every zoo model but the ResNet stems) this is exactly the
+max-pool gradient; for overlapping windows a 1-bit mask cannot say which of the windows
 an element won, so an element that is the max of one window also receives the
 dy of an overlapping window whose max it is not (documented approximation).
 'same' padding pads with -inf (max) or is left out of the count (avg).
@@ -39,13 +40,13 @@ def _first_multiple(lo: int, offset: int, s: int) -> int:
 class _Window(Op):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        spec = node.spec
-        self.k = spec.size
-        self.s = spec.stride or spec.size
+        self.kh, self.kw = node.window  # rows x cols; non-square windows and strides are allowed
+        self.sh, self.sw = node.strides
+        self.taps = self.kh * self.kw
         self.H, self.W, self.C = node.in_shape
         self.Ho, self.Wo = node.out_shape[0], node.out_shape[1]
         self.pt, self.pb, self.pl, self.pr = node.padding
-        self.Wp = max(self.W + self.pl + self.pr, self.s * (self.Wo - 1) + self.k)
+        self.Wp = max(self.W + self.pl + self.pr, self.sw * (self.Wo - 1) + self.kw)
         self.padded = any(node.padding) or self.Wp != self.W
 
     # ---------------------------------------------------------------- tiles
@@ -53,12 +54,12 @@ class _Window(Op):
     def _out_tiles(self, B: int):
         """(b0, b1, i0, i1): samples b0..b1, output rows i0..i1, each tile's padded input under a chunk."""
         row = self.Wp * self.C
-        span = (self.Ho - 1) * self.s + self.k  # padded input rows of a whole sample
+        span = (self.Ho - 1) * self.sh + self.kh  # padded input rows of a whole sample
         if temp_rows(row) >= span:  # a whole padded sample fits a chunk
             for b0, b1 in row_chunks(B, temp_rows(span * row)):
                 yield b0, b1, 0, self.Ho
             return
-        band = max(1, (temp_rows(row) - self.k) // self.s + 1)
+        band = max(1, (temp_rows(row) - self.kh) // self.sh + 1)
         for b in range(B):
             for i0, i1 in row_chunks(self.Ho, band):
                 yield b, b + 1, i0, i1
@@ -76,9 +77,9 @@ class _Window(Op):
                 yield b, b + 1, h0, h1
 
     def _padded_tile(self, x, xf, b0, b1, i0, i1, fill) -> np.ndarray:
-        """Float32 padded input rows of output rows i0..i1: (nb, (i1-i0-1)*s + k, Wp, C)."""
-        p0 = i0 * self.s
-        rows = (i1 - i0 - 1) * self.s + self.k
+        """Float32 padded input rows of output rows i0..i1: (nb, (i1-i0-1)*sh + kh, Wp, C)."""
+        p0 = i0 * self.sh
+        rows = (i1 - i0 - 1) * self.sh + self.kh
         h0, h1 = max(0, p0 - self.pt), min(self.H, p0 + rows - self.pt)
         if not self.padded and h1 - h0 == rows:
             return codec.decode(x[b0:b1, h0:h1], xf, self.C).astype(np.float32, copy=False)
@@ -89,14 +90,14 @@ class _Window(Op):
         return xp
 
     def _tile_slices(self, n_out_rows: int):
-        s, k = self.s, self.k
-        for i in range(k):
-            for j in range(k):
-                yield (slice(None), slice(i, i + s * (n_out_rows - 1) + 1, s), slice(j, j + s * (self.Wo - 1) + 1, s))
+        sh, sw = self.sh, self.sw
+        for i in range(self.kh):
+            for j in range(self.kw):
+                yield (slice(None), slice(i, i + sh * (n_out_rows - 1) + 1, sh), slice(j, j + sw * (self.Wo - 1) + 1, sw))
 
     def _unpadded(self, tile: np.ndarray, i0: int) -> tuple[np.ndarray, int, int]:
         """The part of a padded tile (of output rows from i0) that lies on the input: (view, h0, h1)."""
-        p0 = i0 * self.s
+        p0 = i0 * self.sh
         h0, h1 = max(0, p0 - self.pt), min(self.H, p0 + tile.shape[1] - self.pt)
         return tile[:, h0 + self.pt - p0:h1 + self.pt - p0, self.pl:self.pl + self.W], h0, h1
 
@@ -105,26 +106,26 @@ class _Window(Op):
 
         `dyt(o0, o1)` gives float32 dy of output rows o0..o1 of samples b0..b1.
         """
-        s, k = self.s, self.k
+        s, t = self.sh, self.sw  # row and column strides
         acc = np.zeros((b1 - b0, h1 - h0, self.W, self.C), np.float32)
-        o_lo = _first_multiple(h0 + self.pt, k - 1, s)  # the first window reaching row h0
+        o_lo = _first_multiple(h0 + self.pt, self.kh - 1, s)  # the first window reaching row h0
         o_hi = min(self.Ho, (h1 - 1 + self.pt) // s + 1)
         if o_hi <= o_lo:
             return acc
         dy = dyt(o_lo, o_hi)
-        for i in range(k):
+        for i in range(self.kh):
             a = max(o_lo, _first_multiple(h0 + self.pt, i, s))
             b = min(o_hi, (h1 - 1 + self.pt - i) // s + 1)
             if b <= a:
                 continue
             r0 = a * s + i - self.pt - h0
-            for j in range(k):
-                c = _first_multiple(self.pl, j, s)
-                d = min(self.Wo, (self.W - 1 + self.pl - j) // s + 1)
+            for j in range(self.kw):
+                c = _first_multiple(self.pl, j, t)
+                d = min(self.Wo, (self.W - 1 + self.pl - j) // t + 1)
                 if d <= c:
                     continue
-                w0 = c * s + j - self.pl
-                acc[:, r0:r0 + s * (b - a - 1) + 1:s, w0:w0 + s * (d - c - 1) + 1:s] += dy[:, a - o_lo:b - o_lo, c:d]
+                w0 = c * t + j - self.pl
+                acc[:, r0:r0 + s * (b - a - 1) + 1:s, w0:w0 + t * (d - c - 1) + 1:t] += dy[:, a - o_lo:b - o_lo, c:d]
         return acc
 
 
@@ -164,12 +165,12 @@ class MaxPool(_Window):
                     found |= hit
                 keep, h0, h1 = self._unpadded(mp, i0)
                 self._or_mask(mask[b0:b1, h0:h1], keep, mf)
-        self.count("forward", "compare", ctx.fwd, B * self.Ho * self.Wo * self.C * (self.k * self.k - 1))
+        self.count("forward", "compare", ctx.fwd, B * self.Ho * self.Wo * self.C * (self.taps - 1))
         return y, of
 
     def _forward_bits(self, x, y, mask, mf, b0, b1, i0, i1):
         """A max-pool of packed +1/-1 bits: the max is the OR of a window's bits; no padding."""
-        p0, rows = i0 * self.s, (i1 - i0 - 1) * self.s + self.k
+        p0, rows = i0 * self.sh, (i1 - i0 - 1) * self.sh + self.kh
         xb = x[b0:b1, p0:p0 + rows]
         out = None
         for sl in self._tile_slices(i1 - i0):
@@ -228,7 +229,7 @@ class MaxPool(_Window):
                 g = acc[r0:r1] * keep
                 codec.store(t2[r0:r1], g, tf, accumulate)
         O = B * self.Ho * self.Wo * C
-        self.count("backward_dx", "add", ctx.counter.acc, O * self.k * self.k)
+        self.count("backward_dx", "add", ctx.counter.acc, O * self.taps)
         ctx.counter.gmul(self.name, "backward_dx", B * hw * C)
 
 
@@ -236,10 +237,10 @@ class AvgPool(_Window):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         counts = np.zeros((self.Ho, self.Wo), np.float32)  # input positions (not padding) in each window
-        for i in range(self.k):
-            rows = np.arange(self.Ho) * self.s + i - self.pt
-            for j in range(self.k):
-                cols = np.arange(self.Wo) * self.s + j - self.pl
+        for i in range(self.kh):
+            rows = np.arange(self.Ho) * self.sh + i - self.pt
+            for j in range(self.kw):
+                cols = np.arange(self.Wo) * self.sw + j - self.pl
                 counts += ((rows >= 0) & (rows < self.H))[:, None] & ((cols >= 0) & (cols < self.W))[None, :]
         self.inv_count = (1.0 / counts)[None, :, :, None].astype(np.float32)  # (1, Ho, Wo, 1)
 
@@ -256,7 +257,7 @@ class AvgPool(_Window):
             out *= self.inv_count[:, i0:i1]
             codec.encode_into(y[b0:b1, i0:i1], out, ctx.fwd)
         O = B * self.Ho * self.Wo * self.C
-        self.count("forward", "add", ctx.fwd, O * self.k * self.k)
+        self.count("forward", "add", ctx.fwd, O * self.taps)
         self.count("forward", "mul", ctx.fwd, O)
         return y, ctx.fwd
 
@@ -273,7 +274,7 @@ class AvgPool(_Window):
             codec.store(tgt[b0:b1, h0:h1], g, tf, accumulate)
         O = B * self.Ho * self.Wo * self.C
         ctx.counter.gmul(self.name, "backward_dx", O)
-        self.count("backward_dx", "add", ctx.counter.acc, O * self.k * self.k)
+        self.count("backward_dx", "add", ctx.counter.acc, O * self.taps)
 
 
 class GlobalAvgPool(Op):
