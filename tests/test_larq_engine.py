@@ -24,15 +24,24 @@ TENSOR_TOLERANCE = 0.05
 PROCESS_TOLERANCE = 0.10
 
 # recording stem -> why the engine misses it (kept honest: strict xfail). The runtime (what is not a
-# tensor) is per layer kind from small probes (costmodel/engines/larq.yaml); it is dominated by
-# oneDNN's per-shape kernels and caches, which the probes' tiny shapes overstate for dense models and
-# understate for the 32x32 residual model.
+# tensor) is per layer kind from small probes (costmodel/engines/larq.yaml); measured, it is mostly
+# oneDNN's per-primitive state made inside the Mkl kernels (attribution in
+# measurements/attribution/), which depends on the layers' shapes and, for convolutions, grows with
+# the batch: the probes' tiny shapes overstate it for dense models and understate it for conv nets.
 TENSOR_MISSES: dict[str, str] = {
+    "larq-cnv-standard-b128": "tensor peak +11.3%; cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)",
     "larq-digits-cnn-standard-b16": "tensor peak -10.4%; cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)",
     "larq-digits-mlp-standard-b64": "tensor peak +6.0%; cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)",
     "larq-larq-resnet-b-standard-b64": "tensor peak -5.4%; cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)",
 }
 PROCESS_MISSES: dict[str, str] = {
+    "larq-binarynet-standard-b32": "process peak -18.1%: runtime measured 154.7 MiB, predicted 54.6 MiB",
+    "larq-binarynet-standard-b64": "process peak -17.2%: runtime measured 189.8 MiB, predicted 54.6 MiB",
+    "larq-binarynet-standard-b8": "process peak -17.1%: runtime measured 139.8 MiB, predicted 54.6 MiB",
+    "larq-bireal18-standard-b2": "process peak -13.0%: runtime measured 148.3 MiB, predicted 99.4 MiB",
+    "larq-cnv-standard-b128": "process peak -17.9%: runtime measured 144.5 MiB, predicted 54.5 MiB",
+    "larq-cnv-standard-b16": "process peak -21.9%: runtime measured 84.8 MiB, predicted 54.5 MiB",
+    "larq-cnv-standard-b64": "process peak -23.0%: runtime measured 110.8 MiB, predicted 54.5 MiB",
     "larq-digits-cnn-standard-b16": "process peak +12.8%: runtime measured 28.7 MiB, predicted 32.6 MiB",
     "larq-digits-cnn-standard-b64": "process peak +10.8%: runtime measured 29.2 MiB, predicted 32.6 MiB",
     "larq-digits-mlp-standard-b16": "process peak +39.1%: runtime measured 21.6 MiB, predicted 30.8 MiB",
