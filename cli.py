@@ -183,7 +183,7 @@ DEFAULT_STRATEGIES = "standard,proposed"
 
 def model_argument():
     """MODEL: the same argument on every command."""
-    return typer.Argument(..., metavar="MODEL", help="Zoo model name or path to a model YAML.")
+    return typer.Argument(..., metavar="MODEL", help="Zoo model name, or a path to a model YAML or an .onnx file.")
 
 
 def strategy_option():
@@ -1126,6 +1126,37 @@ def train_cmd(
     t.add_row("time per step", f"{1000 * result.seconds_per_step:.2f} ms" if result.seconds_per_step else "-")
     t.add_row("steps", f"{result.steps:,}")
     out.print(t)
+
+
+@app.command("import")
+def import_cmd(
+    model: str = typer.Argument(..., help="An .onnx file (exported from PyTorch, Keras/Larq via tf2onnx, ...)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the model YAML to this file "
+                                         "(default: print it)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name (default: the file name up to its first dot)."),
+    keep_bias: bool = typer.Option(False, "--keep-bias", help="Keep a full-precision layer's bias as a plain bias "
+                                   "instead of restoring the batchnorm an exporter fused into it."),
+) -> None:
+    """Turn an ONNX model into the equivalent bnncost model YAML; what was restored or added goes to stderr."""
+    from bnncost.layers.importers import import_onnx
+    from bnncost.layers.importers.writer import model_yaml, write_atomically
+
+    if not model.lower().endswith(".onnx"):
+        raise BadInput(f"{model}: import reads .onnx files (a model YAML is used as it is)")
+    result = import_onnx(model, name=name, keep_bias=keep_bias)
+    graph = graph_of(result.model)  # every shape checked before anything is written
+    header = [f"Imported by bnncost from {model}: {result.document['description'].split('(', 1)[-1].rstrip(')')}.",
+              f"{graph.parameter_count('l2'):,} parameters with l2 batchnorm, {graph.parameter_count('l1'):,} "
+              "with l1 (kernels + batchnorm gamma/beta).", *result.notes]
+    text = model_yaml(result.document, header)
+    if output:
+        write_atomically(output, text)
+    else:
+        sys.stdout.write(text)
+    for note in result.notes:
+        sys.stderr.write(f"bnncost: note: {note}\n")
+    if output:
+        sys.stderr.write(f"wrote {output}\n")
 
 
 # ---------------------------------------------------------------- entry point
