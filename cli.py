@@ -866,17 +866,19 @@ def print_verification(v, by: str) -> None:
               f"the cost model against the bundled trainer")
     t = Table(title="Bytes of every variable (must agree exactly)" if by == "variable" else
               "Bytes by role (every variable must agree exactly)")
-    if by == "variable":
-        name_column(t, "variable", [c.name for c in v.variables])
-        cols = ["role"]
+    if by == "variable":  # the role under the name, as predict --by variable: fits 80 columns, nothing cut
+        name_column(t, "variable\n  role", [c.name for c in v.variables] + [f"  {c.role}" for c in v.variables])
+        cols = []
     else:
         name_column(t, "role", list(dict.fromkeys(c.role for c in v.variables)))
         cols = ["variables"]
-    for col in cols + ["predicted", "measured", "difference", ""]:
-        t.add_column(col, justify="right" if col in ("predicted", "measured", "difference", "variables") else "left")
+    for col in cols + ["predicted", "measured", "diff", ""]:
+        t.add_column(col, justify="right" if col in ("predicted", "measured", "diff", "variables") else "left",
+                     no_wrap=col != "")
     if by == "variable":
         for c in v.variables:
-            t.add_row(esc(c.name), c.role, human_bytes(c.predicted_bytes) if c.predicted_bytes is not None else "-",
+            t.add_row(f"{esc(c.name)}\n  [dim]{c.role}[/]",
+                      human_bytes(c.predicted_bytes) if c.predicted_bytes is not None else "-",
                       human_bytes(c.measured_bytes) if c.measured_bytes is not None else "-",
                       _diff(c.predicted_bytes, c.measured_bytes),
                       ok if c.ok else f"{bad} {esc(c.predicted_life or '-')} / {esc(c.measured_life or '-')}")

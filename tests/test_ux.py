@@ -179,10 +179,13 @@ def test_a_narrow_terminal_cuts_no_name(capsys, monkeypatch):
     for args in (["predict", "resnete18", "--by", "variable"], ["strategies"], ["fit", "mlp", "-d", "jetson-nano"],
                  ["predict", "cnv", "--device", "raspberry-pi-3b-plus"], ["models"], ["devices"],
                  ["sweep", "cnv", "--batch", "1:100000", "--linear", "--device", "raspberry-pi-3b-plus"],
-                 ["summary", "resnete18", "--device", "raspberry-pi-4b"]):
+                 ["summary", "resnete18", "--device", "raspberry-pi-4b"],
+                 ["verify", "digits-mlp", "--by", "variable"], ["verify", "digits-mlp"]):
         code, out, _ = run(capsys, *args)
         assert code == 0 and "…" not in out, args
         assert max(len(line) for line in out.splitlines()) <= 80, args
+        if args[0] == "verify":  # role names are words a user types: never split across lines
+            assert all(role in out for role in ("latent_weight", "optimizer_state", "activation_mask")), args
     code, out, _ = run(capsys, "predict", "cnv")
     assert "x batch" in out and "x B" not in out
     formula_line = next(line for line in out.splitlines() if "x batch" in line)
