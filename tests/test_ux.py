@@ -305,3 +305,14 @@ def test_verify_draws_its_progress_on_a_terminal_stderr(capsys, monkeypatch):
     with cli.trainer_progress("verify digits-mlp") as on_event:
         assert on_event is None
     assert capsys.readouterr().out == ""
+
+
+def test_stacked_tables_share_the_columns_evenly():
+    """Seven strategies at 80 columns: two tables of 4 and 3 columns, not 5 and a narrow 2 whose title wraps."""
+    from bnncost.tables import Wide
+
+    w = Wide("Role -> format", [f"strategy-{i}" for i in range(7)])
+    for r in range(3):
+        w.row(f"role_{r}", ["float32"] * 7)
+    parts = [p for p in w.render(62) if not isinstance(p, str)]
+    assert [len(p.columns) - 1 for p in parts] == [4, 3]
