@@ -38,8 +38,14 @@ def check_inputs(out: str, base: str | None, idle_w: float | None, active_w: flo
         raise CalibrationError(f"--out {out}: is a directory; give a file name")
     if not folder.is_dir():
         raise CalibrationError(f"--out {out}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+    if target.exists() and not os.access(target, os.W_OK):
         raise CalibrationError(f"--out {out}: not writable")
+    try:  # permission bits do not tell (root, read-only mounts, /proc): create the temporary file write_device will
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CalibrationError(f"--out {out}: cannot write in {folder} ({exc.strerror or exc})") from None
     if (idle_w is None) != (active_w is None):
         raise CalibrationError("--idle-w and --active-w go together: give both, or neither")
     if idle_w is not None:
