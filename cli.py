@@ -1142,9 +1142,12 @@ def import_cmd(
     """Turn an ONNX model into the equivalent bnncost model YAML; what was restored or added goes to stderr."""
     from bnncost.layers.importers import import_onnx
     from bnncost.layers.importers.writer import model_yaml, write_atomically
+    from bnncost.layers.outfile import check_output
 
     if not model.lower().endswith(".onnx"):
         raise BadInput(f"{model}: import reads .onnx files (a model YAML is used as it is)")
+    if output:
+        check_output(output, "--output")  # before the import's work
     result = import_onnx(model, name=name, keep_bias=keep_bias)
     graph = graph_of(result.model)  # every shape checked before anything is written
     header = [f"Imported by bnncost from {model}: {result.document['description'].split('(', 1)[-1].rstrip(')')}.",

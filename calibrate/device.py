@@ -13,16 +13,15 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import yaml
 
 from bnncost.calibrate import machine, operators, rates
 from bnncost.hardware_profiles import Device, DeviceError, load_device, parse_device
+from bnncost.layers.outfile import OutputPathError, atomic_output, check_output
 from bnncost.trainer.base import DEFAULT_WORKSPACE
 
 
@@ -32,20 +31,10 @@ class CalibrationError(ValueError):
 
 def check_inputs(out: str, base: str | None, idle_w: float | None, active_w: float | None) -> Device | None:
     """Refuse bad input before anything is measured; returns the base device, if any."""
-    target = Path(out)
-    folder = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise CalibrationError(f"--out {out}: is a directory; give a file name")
-    if not folder.is_dir():
-        raise CalibrationError(f"--out {out}: folder {folder} does not exist")
-    if target.exists() and not os.access(target, os.W_OK):
-        raise CalibrationError(f"--out {out}: not writable")
-    try:  # permission bits do not tell (root, read-only mounts, /proc): create the temporary file write_device will
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise CalibrationError(f"--out {out}: cannot write in {folder} ({exc.strerror or exc})") from None
+    try:
+        check_output(out, "--out")
+    except OutputPathError as exc:
+        raise CalibrationError(str(exc)) from None
     if (idle_w is None) != (active_w is None):
         raise CalibrationError("--idle-w and --active-w go together: give both, or neither")
     if idle_w is not None:
@@ -214,17 +203,7 @@ def _base_level(base: Device, name: str, last: bool):
 
 def write_device(doc: dict, out: str) -> None:
     """Write the YAML atomically: a temporary file beside `out`, then a rename (Ctrl-C leaves nothing)."""
-    target = Path(out)
-    folder = target.parent if str(target.parent) else Path(".")
     text = ("# Written by `bnncost calibrate`: pass it with --device. Every figure says how it was measured.\n"
             + yaml.safe_dump(doc, sort_keys=False, width=120, allow_unicode=True))
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(out, "--out") as fh:
+        fh.write(text)

@@ -12,6 +12,7 @@ from pathlib import Path
 from bnncost.costmodel.engine_rules import RUNTIME_ROLE
 from bnncost.costmodel.prediction import Comparison
 from bnncost.costmodel.sweep import Sweep
+from bnncost.layers.outfile import OutputPathError, atomic_output, check_output
 from bnncost.layers.roles import ROLES
 
 
@@ -46,13 +47,23 @@ def _pyplot():
 
 def check_path(path: str) -> Path:
     """Refuse a plot before any work is done: wrong suffix, missing folder, or no matplotlib."""
-    p = Path(path)
-    if p.suffix.lower() not in PLOT_SUFFIXES:
+    if Path(path).suffix.lower() not in PLOT_SUFFIXES:
         raise PlotError(f"--plot: '{path}' must end in {', '.join(PLOT_SUFFIXES)}")
-    if not p.parent.is_dir():
-        raise PlotError(f"--plot: folder '{p.parent}' does not exist")
+    try:
+        p = check_output(path, "--plot")
+    except OutputPathError as exc:
+        raise PlotError(str(exc)) from None
     _pyplot()
     return p
+
+
+def _save(fig, p: Path) -> None:
+    """Write the figure whole or not at all, in the format its suffix names."""
+    try:
+        with atomic_output(p, "--plot", binary=True) as fh:
+            fig.savefig(fh, format=p.suffix.lower().lstrip("."))
+    except OutputPathError as exc:
+        raise PlotError(str(exc)) from None
 
 
 def _unit(max_bytes: float) -> tuple[float, str]:
@@ -90,7 +101,7 @@ def plot_sweep(s: Sweep, path: str) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
-    fig.savefig(p)
+    _save(fig, p)
     plt.close(fig)
     return p
 
@@ -143,6 +154,6 @@ def plot_comparison(c: Comparison, path: str) -> Path:
         ax2.set_title(f"energy per step on {preds[0].device}")
         ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(p)
+    _save(fig, p)
     plt.close(fig)
     return p

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import yaml
 
-from bnncost.layers.model import ModelError
+from bnncost.layers.outfile import atomic_output
 
 
 def model_yaml(doc: dict, comments: list[str]) -> str:
@@ -42,16 +39,5 @@ def _layer_lines(items: list[dict], indent: str) -> list[str]:
 
 def write_atomically(path: str, text: str) -> None:
     """Write text to path through a temporary file in the same folder: never a partial file."""
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise ModelError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path, "--output") as f:
+        f.write(text)
