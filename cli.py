@@ -1078,7 +1078,7 @@ def train_cmd(
     graph, strat = graph_of(model), load_strategy(strategy)
     refuse_beyond_this_machine(graph, memory_plan(graph, strat, **opts), batch, dataset)
     progress = None if as_json else Progress(
-        TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=16), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[note]}"),
         console=out.console, transient=False)
     task = {"id": None, "epoch": 0}
@@ -1095,8 +1095,8 @@ def train_cmd(
         if task["id"] is None:
             return
         progress.update(task["id"], epoch=f"{r.epoch}/{r.epochs}", loss=r.train_loss,
-                        note=f"train acc {100 * r.train_accuracy:.1f}%  test acc {percent(r.test_accuracy)}  "
-                             f"{r.samples_per_second:,.0f} samples/s")
+                        note=f"acc {100 * r.train_accuracy:.1f}% test {percent(r.test_accuracy)} "
+                             f"{r.samples_per_second:,.0f} samples/s")  # the epoch's line fits 80 columns
         task["id"] = None
         task["epoch"] = r.epoch
 
