@@ -27,7 +27,17 @@ the work the trainer's code does, counted from the layer's shapes:
 - `values`: elements an elementwise operator passes over (batchnorm, sign,
   relu, pooling, the residual join, the loss, an optimizer's update);
 - `window_values`: pooling windows' elements (O x k x k);
-- `channels`: per-channel work (batchnorm statistics).
+- `channels`: per-channel work (batchnorm statistics);
+- `rows`: rows numpy's inner loops run over: an elementwise operator that
+  broadcasts per-channel vectors (batchnorm) walks (sample x position) rows of
+  C values, a conv's lowered operand and output have a row per (sample,
+  output position). Each row costs a loop iteration besides its values, so a
+  layer of few channels on many positions costs more per value than a wide one;
+- `patch_indices`: flat input indices a conv computes for its patches
+  (rows x kh x kw, `trainer.kernels.Patches.rows`, once per pass that lowers
+  the input or folds a column gradient back): int32 arithmetic and masks, then
+  one gather or scatter per index of C values, so a stem of 3 channels pays
+  them per 3 values, a 256-channel layer per 256.
 
 Per-call costs and format conversions are in the coefficients: an operator
 under float16 roles pays numpy's float16 <-> float32 conversions per value, so
@@ -49,7 +59,7 @@ from bnncost.layers.graph import Graph, Node
 
 EVENTS = ("forward", "backward", "update")
 MECHANISMS = ("gemm", "xnor_words", "input_values", "output_values", "weights", "values", "window_values",
-              "channels")
+              "channels", "rows", "patch_indices")
 
 # the roles whose formats change an operator's code path (and so its cost)
 _ROLES = {
@@ -150,16 +160,22 @@ def _node_work(graph: Graph, node: Node, s: Strategy) -> list[OperatorWork]:
         W = K * N
         conv = kind == "conv2d"
         variant = f"{kind}.{'first' if node.first else 'binary' if node.binary else 'real'}"
+        taps = node.window[0] * node.window[1] if conv else 0
+        rows = P if conv else 0  # a dense layer's row is a sample: its per-sample cost is in its values
         if node.binary and not node.first:
             add("forward", variant, {"xnor_words": (0, P * N * xnor_words_per_patch(node)),
-                                     "input_values": (0, P * K), "output_values": (0, P * N), "weights": (W, 0)})
+                                     "input_values": (0, P * K), "output_values": (0, P * N), "weights": (W, 0),
+                                     "rows": (0, rows), "patch_indices": (0, P * taps)})
         else:
             add("forward", variant, {"gemm": (0, P * N * K), "input_values": (0, P * K if conv else 0),
-                                     "output_values": (0, P * N), "weights": (W if node.binary else 0, 0)})
+                                     "output_values": (0, P * N), "weights": (W if node.binary else 0, 0),
+                                     "rows": (0, rows), "patch_indices": (0, P * taps)})
         dx = needs_dx and not node.first
+        passes = 2 if dx and conv else 1  # the dW operand lowered again; dX's column gradient folded back
         add("backward", variant, {"gemm": (0, P * N * K * (2 if dx else 1)),
-                               "input_values": (0, P * K * (2 if dx and conv else 1)),
-                               "output_values": (0, P * N), "weights": (W * (2 if dx and node.binary else 1), 0)},
+                               "input_values": (0, P * K * passes),
+                               "output_values": (0, P * N), "weights": (W * (2 if dx and node.binary else 1), 0),
+                               "rows": (0, rows * passes), "patch_indices": (0, P * taps * passes)},
             ".dx" if dx else "")
         opt = s.optimizer if (s.optimizer != "bop" or node.binary) else "adam"
         upd = f"update.{opt}.{'binary' if node.binary else 'real'}"
@@ -168,8 +184,10 @@ def _node_work(graph: Graph, node: Node, s: Strategy) -> list[OperatorWork]:
         return works
     if kind == "batchnorm":
         C = node.channels
-        add("forward", "batchnorm", {"values": (0, e), "channels": (C, 0)})
-        add("backward", "batchnorm", {"values": (0, e), "channels": (C, 0)}, ".dx" if needs_dx else "")
+        rows = e // C  # (sample x position) rows of C values each
+        add("forward", "batchnorm", {"values": (0, e), "channels": (C, 0), "rows": (0, rows)})
+        add("backward", "batchnorm", {"values": (0, e), "channels": (C, 0), "rows": (0, rows)},
+            ".dx" if needs_dx else "")
         n = C if s.batchnorm == "l1" else 2 * C
         opt = "adam" if s.optimizer == "bop" else s.optimizer
         works.append(OperatorWork(name, "update", f"update.{opt}.batchnorm", _update_formats(s, "bn_param", "full"),

@@ -197,7 +197,7 @@ class PowerSpec(_Model):
 
 
 Mechanism = Literal["gemm", "xnor_words", "input_values", "output_values", "weights", "values", "window_values",
-                    "channels"]
+                    "channels", "rows", "patch_indices"]
 
 
 def _nonnegative(value: float) -> float:

@@ -263,3 +263,29 @@ def test_energy_unavailable_is_shown_not_zero(capsys, tmp_path):
     text = capsys.readouterr().out
     assert exc.value.code == 0 and "unavailable" in text and "0 J" not in text
     assert not math.isnan(predict("mlp", device=load_device(str(out))).time.seconds_per_step)
+
+
+def test_conv_rows_and_patch_indices_are_counted_per_pass():
+    g = graph_of(parse_model({"name": "x", "input": [8, 8, 3], "layers": [
+        {"conv2d": {"filters": 8, "kernel": 3, "padding": "same", "binary": False}}, {"batchnorm": {}},
+        {"sign": {}}, {"conv2d": {"filters": 16, "kernel": 3, "stride": 2, "padding": "same"}},
+        {"flatten": {}}, {"dense": {"units": 10}}, {"softmax_ce": {}}]}))
+    work = {(w.layer, w.event): w for w in operator_work(g, as_strategy("standard"))}
+    stem_f, stem_b = work[("conv2d_1", "forward")], work[("conv2d_1", "backward")]
+    assert stem_f.units["rows"] == (0, 64) and stem_f.units["patch_indices"] == (0, 64 * 9)
+    assert stem_b.units["patch_indices"] == (0, 64 * 9)  # the first layer: the dW operand only, no dX fold
+    second = work[("conv2d_2", "backward")]
+    assert second.operator == "conv2d.binary.backward.dx"
+    assert second.units["rows"] == (0, 2 * 16) and second.units["patch_indices"] == (0, 2 * 16 * 9)
+    assert "rows" not in work[("dense_1", "forward")].units  # a dense row is a sample: in its values
+    assert "patch_indices" not in work[("dense_1", "backward")].units
+    assert work[("batchnorm_1", "forward")].units["rows"] == (0, 64)  # 8x8 positions of 8 channels
+
+
+def test_calibration_networks_span_narrow_and_wide_layers():
+    from bnncost.calibrate.operators import NETWORKS
+    channels = set()
+    for net in NETWORKS:
+        g = graph_of(parse_model(net, net["name"]))
+        channels |= {n.channels for n in g.nodes if n.kind == "conv2d"}
+    assert min(channels) <= 3 and max(channels) >= 128  # per-index costs separable from per-value ones
