@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.markup import escape as esc  # every user string that reaches rich goes through esc()
 from rich.text import Text
 
+from bnncost.costmodel.fitting import fit
 from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.engine import DEFAULT_ENGINE, Engine, EngineError, as_engine, engine_names, load_engine
 from bnncost.costmodel.ops import INFORMATIONAL, KINDS, count_ops
@@ -27,6 +28,7 @@ from bnncost.costmodel.prediction import (
     Comparison, Prediction, check_batch, compare, implementation_knobs, predict,
 )
 from bnncost.costmodel.strategy import StrategyError, load_strategy, strategy_names
+from bnncost.costmodel.summary import summary
 from bnncost.costmodel.sweep import Sweep, parse_batches, sweep
 from bnncost.hardware_profiles import Device, DeviceError, list_devices, load_device
 from bnncost.hardware_profiles.units import convert as convert_quantity
@@ -179,6 +181,16 @@ def open_device(ref: str | None) -> Device | None:
 DEFAULT_STRATEGIES = "standard,proposed"
 
 
+def model_argument():
+    """MODEL: the same argument on every command."""
+    return typer.Argument(..., metavar="MODEL", help="Zoo model name or path to a model YAML.")
+
+
+def strategy_option():
+    """--strategy/-s: one strategy, the same option on every command that takes one."""
+    return typer.Option("proposed", "--strategy", "-s", metavar="NAME|PATH", help="Strategy name or YAML path.")
+
+
 def strategies_option():
     """--strategies/-S: the same option, with the same default, on every command that takes several."""
     return typer.Option(None, "--strategies", "-S", metavar="LIST", show_default=False,
@@ -303,8 +315,8 @@ def engine_rule_counts(e: Engine) -> dict[str, int]:
 
 @app.command("predict")
 def predict_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
-    strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
+    model: str = model_argument(),
+    strategy: str = strategy_option(),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
@@ -365,24 +377,28 @@ def predict_cmd(
 
 
 def print_ops(p: Prediction) -> None:
-    """Operations of the step: every kind that costs time, then every kind by phase."""
+    """Operations of the step: every kind and format, per phase and in total (bit_mac marked informational)."""
     o = p.ops
-    costed = [r for r in o.total if r.kind not in INFORMATIONAL]
-    out.print("Operations per step: " + ", ".join(f"{count(r.count)} {r.kind} {r.format}" for r in costed)
-              + (f" [dim](bit_mac {count(o.bit_macs)}: informational, the xnor_popcount words are what costs)[/]"
-                 if o.bit_macs else ""))
-    t = Table(title="Operations by phase (count; bit_mac is informational)")
-    t.add_column("phase")
-    t.add_column("format")
-    kinds = [k for k in KINDS if any(r.kind == k for r in o.by_phase)]
-    for k in kinds:
-        t.add_column(k, justify="right")
+    phases = [ph for ph in ("forward", "backward_dx", "backward_dw", "update") if any(r.phase == ph for r in o.by_phase)]
+    t = Wide("Operations per step, by phase", [*phases, "total"], abbreviate=False, label_header="kind format")
     cells: dict[tuple, dict[str, int]] = {}
     for r in o.by_phase:
-        cells.setdefault((r.phase, r.format), {})[r.kind] = r.count
-    for (phase, fmt), row in cells.items():
-        t.add_row(phase, fmt, *[count(row[k]) if k in row else "" for k in kinds])
-    out.print(t)
+        cells.setdefault((r.kind, r.format), {})[r.phase] = r.count
+    for r in o.total:  # largest first; informational bit products last
+        if r.kind in INFORMATIONAL:
+            continue
+        row = cells[(r.kind, r.format)]
+        t.row(f"{r.kind} {r.format}", [count(row[ph]) if ph in row else "" for ph in phases] + [f"[bold]{count(r.count)}[/]"])
+    for r in o.total:
+        if r.kind in INFORMATIONAL:
+            row = cells[(r.kind, r.format)]
+            t.row(f"[dim]{r.kind} {r.format} (info)[/]",
+                  [f"[dim]{count(row[ph])}[/]" if ph in row else "" for ph in phases] + [f"[dim]{count(r.count)}[/]"])
+    for obj in t.render(None if out.markdown else out.console.width):
+        out.print(obj)
+    if o.bit_macs:
+        out.print("[dim](info): bit_mac counts the bit products inside the xnor_popcount words; "
+                  "it is not charged time or energy.[/]")
 
 
 def print_device(p: Prediction) -> None:
@@ -396,8 +412,8 @@ def print_device(p: Prediction) -> None:
               si(e.joules_per_epoch, "J") if e.joules_per_epoch is not None else "-")
     t.add_row("├─ compute", si(e.compute_j, "J"), "", "")
     t.add_row("├─ memory traffic", si(e.memory_j, "J"), "", "")
-    t.add_row("└─ static (idle power x time)", si(e.static_j, "J"), "", "")
-    t.add_row("dynamic = compute + memory", si(e.dynamic_j, "J"), "", "")
+    t.add_row("└─ static (idle x time)", si(e.static_j, "J"), "", "")
+    t.add_row("dynamic (compute+memory)", si(e.dynamic_j, "J"), "", "")
     t.add_row("[bold]time[/]", f"[bold]{si(tm.seconds_per_step, 's')}[/]", si(tm.seconds_per_sample, "s"),
               si(tm.seconds_per_epoch, "s") if tm.seconds_per_epoch is not None else "-")
     out.print(t)
@@ -406,9 +422,60 @@ def print_device(p: Prediction) -> None:
               f"largest batch that fits: [bold]{f.max_batch:,}[/]")
 
 
+@app.command("summary")
+def summary_cmd(
+    model: str = model_argument(),
+    strategy: str = strategy_option(),
+    batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
+    engine: Optional[str] = engine_option(None),
+    retention: Optional[str] = retention_option(),
+    workspace: Optional[str] = workspace_option(None),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy and time per layer."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
+) -> None:
+    """Layer by layer, as Larq's summary: output shape, 1-bit and real parameters, forward MACs, bytes kept
+    for backward, operations per phase (and energy and time with --device), with totals."""
+    output_mode(as_json, markdown)
+    sm = summary(model, strategy, batch, device=open_device(device), **implementation(engine, retention, workspace))
+    if as_json:
+        emit_json(sm.to_json())
+        return
+    out.print(f"[bold]{esc(sm.model)}[/] · strategy [bold]{esc(sm.strategy)}[/] · engine [bold]{esc(sm.engine)}[/] · "
+              f"batch {sm.batch} · retention {sm.retention} · workspace {human_bytes(sm.workspace_budget)}"
+              + (f" · on [bold]{esc(sm.device)}[/]" if sm.device else ""))
+    headers = ["kind", "output", "1-bit params", "real params", "param bytes", "fwd bit-MACs", "fwd MACs",
+               "kept for bwd", "ops forward", "ops dX", "ops dW", "ops update"]
+    if sm.device:
+        headers += ["energy", "time"]
+    t = Wide("Layer by layer (one training step)", headers, abbreviate=False, label_header="layer")
+
+    def cells(r) -> list[str]:
+        row = [r.kind + (f" {r.precision}" if r.precision else ""), "x".join(map(str, r.output_shape)),
+               count(r.params_1bit) if r.params_1bit else "", count(r.params_real) if r.params_real else "",
+               human_bytes(r.param_bytes) if r.param_bytes else "",
+               count(r.forward_bit_macs) if r.forward_bit_macs else "",
+               count(r.forward_macs) if r.forward_macs else "",
+               human_bytes(r.saved_bytes) if r.saved_bytes else "",
+               *[count(r.ops[ph]) if r.ops.get(ph) else "" for ph in ("forward", "backward_dx", "backward_dw", "update")]]
+        if sm.device:
+            row += [si(r.joules_per_step, "J"), si(r.seconds_per_step, "s")]
+        return row
+
+    for r in sm.layers:
+        t.row(esc(r.layer), cells(r))
+    t.section()
+    t.row("[bold]total[/]", [f"[bold]{c}[/]" if c else "" for c in cells(sm.total)])
+    for obj in t.render(None if out.markdown else out.console.width):
+        out.print(obj)
+    out.print(f"Parameters: {sm.total.params_1bit:,} 1-bit (binary kernels) + {sm.total.params_real:,} real "
+              f"= {sm.total.params_1bit + sm.total.params_real:,}; param bytes are what training holds "
+              f"(latent weights, batchnorm parameters) at the strategy's formats.")
+
+
 @app.command("compare")
 def compare_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    model: str = model_argument(),
     strategies: Optional[str] = strategies_option(),
     ladder: bool = typer.Option(False, "--ladder", help="Compare the ablation ladder from standard to proposed, one change per step."),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
@@ -502,7 +569,7 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
 
 @app.command("fit")
 def fit_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    model: str = model_argument(),
     device: str = typer.Option(..., "--device", "-d", help="Device name or YAML path."),
     strategies: Optional[str] = strategies_option(),
     batch: int = typer.Option(100, "--batch", "-b", help="Batch size whose fit is also checked."),
@@ -514,31 +581,21 @@ def fit_cmd(
 ) -> None:
     """The largest batch that fits the device's usable memory, per strategy."""
     output_mode(as_json, markdown)
-    dev = load_device(device)
-    opts = implementation(engine, retention, workspace)
-    c = compare(model, split_list(strategies), batch, device=dev, **opts)
-    p0 = c.predictions[0]
+    f = fit(model, split_list(strategies), load_device(device), batch, **implementation(engine, retention, workspace))
     if as_json:
-        emit_json({"schema": "bnncost.fit/2", "model": c.model, "batch": batch, "device": dev.name,
-                   "engine": p0.engine, "retention": p0.retention, "workspace_budget": p0.workspace_budget,
-                   "strategies": [
-                       {"strategy": p.strategy, "strategy_source": p.strategy_source,
-                        "memory": {k: getattr(p.memory, k) for k in
-                                   ("peak_bytes", "peak_event", "fixed_bytes", "per_sample_bytes",
-                                    "tensor_peak_bytes", "runtime_bytes", "process_peak_bytes")},
-                        "fit": p.fit.model_dump()} for p in c.predictions]})
+        emit_json(f.to_json())
         return
-    out.print(f"[bold]{esc(c.model)}[/] on [bold]{esc(dev.name)}[/]: {human_bytes(dev.memory.usable_bytes)} usable "
-              f"of {human_bytes(dev.memory.ram_bytes)} RAM · engine [bold]{esc(p0.engine)}[/] · "
-              f"retention {p0.retention} · workspace {human_bytes(p0.workspace_budget)}")
-    t = Wide("Largest batch that fits", [esc(label) for label in c.strategies])
-    t.row("[bold]largest batch[/]", [f"[bold]{p.fit.max_batch:,}[/]" for p in c.predictions])
-    t.row("peak there", [human_bytes(p.fit.peak_bytes_at_max_batch) if p.fit.max_batch else "-"
-                         for p in c.predictions])
-    t.row(f"peak at batch {batch}", [human_bytes(p.memory.peak_bytes) for p in c.predictions])
-    t.row(f"fits at batch {batch}", ["[green]yes[/]" if p.fit.fits else "[red]no[/]" for p in c.predictions])
-    t.row("peak = fixed", [human_bytes(p.memory.fixed_bytes) for p in c.predictions])
-    t.row("  + per sample x batch", [human_bytes(p.memory.per_sample_bytes) for p in c.predictions])
+    out.print(f"[bold]{esc(f.model)}[/] on [bold]{esc(f.device)}[/]: {human_bytes(f.usable_bytes)} usable "
+              f"of {human_bytes(f.ram_bytes)} RAM · engine [bold]{esc(f.engine)}[/] · "
+              f"retention {f.retention} · workspace {human_bytes(f.workspace_budget)}")
+    rows = f.strategies
+    t = Wide("Largest batch that fits", [esc(r.strategy) for r in rows])
+    t.row("[bold]largest batch[/]", [f"[bold]{r.fit.max_batch:,}[/]" for r in rows])
+    t.row("peak there", [human_bytes(r.fit.peak_bytes_at_max_batch) if r.fit.max_batch else "-" for r in rows])
+    t.row(f"peak at batch {batch}", [human_bytes(r.memory["peak_bytes"]) for r in rows])
+    t.row(f"fits at batch {batch}", ["[green]yes[/]" if r.fit.fits else "[red]no[/]" for r in rows])
+    t.row("peak = fixed", [human_bytes(r.memory["fixed_bytes"]) for r in rows])
+    t.row("  + per sample x batch", [human_bytes(r.memory["per_sample_bytes"]) for r in rows])
     for obj in t.render(None if out.markdown else out.console.width):
         out.print(obj)
 
@@ -565,7 +622,7 @@ def devices_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 
 @app.command("sweep")
 def sweep_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
+    model: str = model_argument(),
     strategies: Optional[str] = strategies_option(),
     batch: str = typer.Option("1:4096", "--batch", "-b", help="Batch sizes: a:b, a:b:step, or a list 1,8,64."),
     log: bool = typer.Option(True, "--log/--linear", help="For a:b without a step: powers of two (default) or every batch."),
@@ -596,44 +653,50 @@ def print_sweep(s: Sweep) -> None:
     where = f" on {esc(s.device)} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
     out.print(f"[bold]{esc(s.model)}[/]{where} · engine [bold]{esc(s.engine)}[/] · retention {s.retention} · "
               f"workspace {human_bytes(s.workspace_budget)}")
-    t = Table(title="Peak memory of one training step against batch size" + (" (x: does not fit)" if s.device else ""))
-    t.add_column("batch", justify="right")
-    for line in s.lines:
-        t.add_column(esc(line.strategy), justify="right")
-        if s.device:
-            t.add_column("J / sample", justify="right")
-            t.add_column("s / sample", justify="right")
-    if s.device:
-        t.add_column("note")
     shown = table_rows(s)
     if len(shown) < len(s.batches):
         out.print(f"showing {len(shown)} of {len(s.batches):,} batch sizes (every row where a strategy stops "
                   f"fitting included); --json or --plot give them all")
-    for i in shown:
-        b = s.batches[i]
-        cells, notes = [f"{b:,}"], []
-        for line in s.lines:
-            peak = human_bytes(line.peak_bytes[i])
-            if s.device:
+    title = "Peak memory of one training step against batch size" + (" (x: does not fit)" if s.device else "")
+
+    def table(lines, with_notes: bool) -> Wide:
+        headers = []
+        for line in lines:
+            headers += [esc(line.strategy)] + (["J / sample", "s / sample"] if s.device else [])
+        noted = bool(s.device) and with_notes
+        t = Wide(title, headers + (["note"] if noted else []), abbreviate=False, label_header="batch")
+        for i in shown:
+            cells, notes = [], []
+            for line in lines:
+                peak = human_bytes(line.peak_bytes[i])
+                if not s.device:
+                    cells.append(peak)
+                    continue
                 fits = line.fits[i]
                 cells += [peak if fits else f"[red]{peak} x[/]", si(line.joules_per_sample[i], "J"),
                           si(line.seconds_per_sample[i], "s")]
                 if not fits and (i == 0 or line.fits[i - 1]):  # the first batch that does not fit
                     notes.append(f"{esc(line.strategy)} stops fitting (largest batch {line.max_batch:,})")
-            else:
-                cells.append(peak)
-        if s.device:
-            cells.append("; ".join(notes))
-        t.add_row(*cells)
-    out.print(t)
+            t.row(f"{s.batches[i]:,}", cells + (["; ".join(notes)] if noted else []))
+        return t
+
+    width = None if out.markdown else out.console.width
+    together = table(s.lines, True)
+    if width is None or together.fits(width) or len(s.lines) == 1:
+        for obj in together.render(width):
+            out.print(obj)
+    else:  # too wide for the terminal: one table per strategy ("x" marks where it stops fitting)
+        for line in s.lines:
+            for obj in table([line], False).render(width):
+                out.print(obj)
     if s.device:
         out.print("Largest batch that fits: " + ", ".join(f"{esc(ln.strategy)} {ln.max_batch:,}" for ln in s.lines))
 
 
 @app.command("verify")
 def verify_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
-    strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
+    model: str = model_argument(),
+    strategy: str = strategy_option(),
     batch: int = typer.Option(32, "--batch", "-b", help="Batch size B."),
     steps: int = typer.Option(2, "--steps", help="Training steps to run (the first is measured)."),
     engine: str = engine_option(TRAINER_ENGINE),
@@ -867,8 +930,8 @@ def implementation(engine: str | None, retention: str | None, workspace: "str | 
 
 @app.command("train")
 def train_cmd(
-    model: str = typer.Argument(..., help="Zoo model name or path to a model YAML."),
-    strategy: str = typer.Option("proposed", "--strategy", "-s", help="Strategy name or YAML path."),
+    model: str = model_argument(),
+    strategy: str = strategy_option(),
     dataset: str = typer.Option("digits", "--dataset", help="Data to train on: digits (8x8 handwritten digits shipped with the package, for the digits-* models; the default), synthetic, mnist:DIR or cifar10:DIR."),
     epochs: int = typer.Option(20, "--epochs", help="Epochs in total (a resumed run continues up to this)."),
     batch: int = typer.Option(64, "--batch", "-b", help="Batch size B."),

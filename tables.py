@@ -38,6 +38,8 @@ class Wide:
     title: str
     headers: list[str]
     rows: list[tuple[str, list[str]] | None] = field(default_factory=list)  # None: a section break
+    abbreviate: bool = True  # headers are names (strategies): number them with a legend when short of room
+    label_header: str = ""
 
     def row(self, label: str, cells: list[str]) -> None:
         self.rows.append((label, cells))
@@ -46,13 +48,17 @@ class Wide:
         self.rows.append(None)
 
     def _width(self, headers: list[str], columns: list[int]) -> int:
-        label = max(plain_width(r[0]) for r in self.rows if r)
+        label = max([plain_width(self.label_header), *(plain_width(r[0]) for r in self.rows if r)])
         cols = [max([plain_width(headers[i]), *(plain_width(r[1][i]) for r in self.rows if r)]) for i in columns]
         return 1 + label + COLUMN_COST + sum(w + COLUMN_COST for w in cols)
 
+    def fits(self, width: int) -> bool:
+        """Whether the whole table, headers in full, fits `width` columns."""
+        return self._width(self.headers, list(range(len(self.headers)))) <= width
+
     def _table(self, title: str, headers: list[str], columns: list[int]) -> Table:
         t = Table(title=title)
-        t.add_column("", no_wrap=True, overflow="fold")
+        t.add_column(self.label_header, no_wrap=True, overflow="fold")
         for i in columns:
             t.add_column(headers[i], justify="right", no_wrap=True, overflow="fold")
         for r in self.rows:
@@ -65,16 +71,22 @@ class Wide:
     def render(self, width: int | None) -> list[Table | str]:
         """One table if it fits `width` (None: any width); else short headers with a legend; else stacked."""
         every = list(range(len(self.headers)))
-        if width is None or self._width(self.headers, every) <= width:
+        if width is None or self.fits(width):
             return [self._table(self.title, self.headers, every)]
+        if not self.abbreviate:
+            return self._stacked(width, self.headers, "")
         short = [str(i + 1) for i in every]
         legend = "columns:\n" + "\n".join(f"  {s} = {h}" for s, h in zip(short, self.headers))
         if self._width(short, every) <= width:
             return [self._table(self.title, short, every), legend]
+        return self._stacked(width, short, legend)
+
+    def _stacked(self, width: int, headers: list[str], legend: str) -> list[Table | str]:
         groups: list[list[int]] = [[]]
-        for i in every:
-            if groups[-1] and self._width(short, groups[-1] + [i]) > width:
+        for i in range(len(headers)):
+            if groups[-1] and self._width(headers, groups[-1] + [i]) > width:
                 groups.append([])
             groups[-1].append(i)
-        return [self._table(f"{self.title} ({k + 1} of {len(groups)})", short, g)
-                for k, g in enumerate(groups)] + [legend]
+        tables: list[Table | str] = [self._table(f"{self.title} ({k + 1} of {len(groups)})", headers, g)
+                                     for k, g in enumerate(groups)]
+        return tables + [legend] if legend else tables

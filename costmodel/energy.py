@@ -53,6 +53,7 @@ class EnergyModel:
     def __init__(self, ops: list[OpCount], traffic: list[Traffic], device, context: str = ""):
         self.device = device
         phases = sorted({(o.layer, o.phase) for o in ops} | {(t.layer, t.phase) for t in traffic})
+        self.layer_phases = phases
         index = {lp: i for i, lp in enumerate(phases)}
         n = len(phases)
         # per layer-phase, affine in B: compute energy (pJ), compute time (s)
@@ -82,6 +83,17 @@ class EnergyModel:
         self.pj_per_byte = np.array([lv.energy_pj_per_byte for lv in levels])
         self.bandwidth = np.array([lv.bandwidth_bytes_per_s for lv in levels])
         self.idle_w = device.power.idle_w
+
+    def by_layer_phase(self, batch: int) -> dict[tuple[str, str], tuple[float, float]]:
+        """(layer, phase) -> (joules, seconds) at one batch size: the terms `evaluate` sums, static energy
+        (idle power x that layer-phase's time) included, so they add up to the step's figures."""
+        bs = np.array([float(batch)])
+        t_ops = self.t_const + self.t_per * bs[0]
+        moved = self.b_const + self.b_per * bs[0]
+        level = np.minimum(np.searchsorted(self.capacity, moved, side="left"), len(self.capacity) - 1)
+        seconds = np.maximum(t_ops, moved / self.bandwidth[level])
+        joules = (self.e_const + self.e_per * bs[0] + moved * self.pj_per_byte[level]) * 1e-12 + self.idle_w * seconds
+        return {lp: (float(joules[i]), float(seconds[i])) for i, lp in enumerate(self.layer_phases)}
 
     def evaluate(self, batch) -> EnergyTime:
         bs = np.atleast_1d(np.asarray(batch, dtype=np.float64))

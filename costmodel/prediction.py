@@ -12,6 +12,7 @@ from bnncost.costmodel.energy import EnergyModel, steps_per_epoch
 from bnncost.costmodel.engine import Engine, as_engine
 from bnncost.costmodel.memory import MemoryPlan, memory_plan
 from bnncost.costmodel.ops import PHASES, OpCount, count_ops, count_traffic
+from bnncost.costmodel.results import Presentable
 from bnncost.costmodel.strategy import Strategy, as_strategy, strategy_labels
 from bnncost.layers.graph import Graph, graph_of
 from bnncost.layers.model import Model
@@ -98,7 +99,7 @@ class FitReport(BaseModel):
     peak_bytes_at_max_batch: int | None  # None when not even one sample fits
 
 
-class Prediction(BaseModel):
+class Prediction(Presentable, BaseModel):
     schema_: str = PREDICTION_SCHEMA
     model: str
     strategy: str  # the label: the strategy's name, made distinct within one comparison
@@ -126,8 +127,22 @@ class Prediction(BaseModel):
         doc["ops"] = self.ops.to_json()
         return {"schema": doc.pop("schema_"), **doc}
 
+    def title(self) -> str:
+        where = f" on {self.device}" if self.device else ""
+        return (f"{self.model} · {self.strategy} · batch {self.batch}{where}: peak {self.memory.peak_bytes:,} bytes "
+                f"at {self.memory.peak_event} = {self.memory.fixed_bytes:,} + {self.memory.per_sample_bytes:,} x batch")
 
-class Comparison(BaseModel):
+    def records(self) -> list[dict]:
+        """One row per role: its formats, its bytes at the peak event and its largest over the step."""
+        formats: dict[str, set] = {}
+        for v in self.memory.variables:
+            formats.setdefault(v.role, set()).add(v.format)
+        return [{"role": role, "format": ", ".join(sorted(formats[role])),
+                 "bytes_at_peak": self.memory.by_role.get(role, 0), "largest_bytes": largest}
+                for role, largest in self.memory.by_role_max.items()]
+
+
+class Comparison(Presentable, BaseModel):
     baseline: str
     predictions: list[Prediction]
     savings: dict[str, dict[str, float]]  # label -> {peak_bytes_ratio, ...}: baseline's figure / this one's
@@ -147,6 +162,23 @@ class Comparison(BaseModel):
     @property
     def strategies(self) -> list[str]:
         return [p.strategy for p in self.predictions]
+
+    def title(self) -> str:
+        where = f" on {self.device}" if self.device else ""
+        return f"{self.model} · batch {self.batch}{where}: savings against {self.baseline}"
+
+    def records(self) -> list[dict]:
+        """One row per strategy: its peak, formula and saving (and energy, time and fit on a device)."""
+        rows = []
+        for p in self.predictions:
+            row = {"strategy": p.strategy, "peak_bytes": p.memory.peak_bytes, "peak_event": p.memory.peak_event,
+                   "fixed_bytes": p.memory.fixed_bytes, "per_sample_bytes": p.memory.per_sample_bytes,
+                   **self.savings[p.strategy]}
+            if p.energy is not None:
+                row.update(joules_per_step=p.energy.joules_per_step, seconds_per_step=p.time.seconds_per_step,
+                           fits=p.fit.fits, max_batch=p.fit.max_batch)
+            rows.append(row)
+        return rows
 
     def to_json(self) -> dict:
         p0 = self.predictions[0]

@@ -18,6 +18,7 @@ from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.prediction import MAX_BATCH
 from bnncost.costmodel.ops import count_ops, count_traffic
 from bnncost.costmodel.prediction import implementation_knobs
+from bnncost.costmodel.results import Presentable
 from bnncost.costmodel.strategy import Strategy, as_strategy, strategy_labels
 from bnncost.layers.graph import graph_of
 
@@ -36,7 +37,7 @@ class SweepLine(BaseModel):
     seconds_per_sample: list[float] | None = None
 
 
-class Sweep(BaseModel):
+class Sweep(Presentable, BaseModel):
     model: str
     batches: list[int]
     engine: str
@@ -48,6 +49,23 @@ class Sweep(BaseModel):
 
     def to_json(self) -> dict:
         return {"schema": SWEEP_SCHEMA, **self.model_dump(exclude_none=True)}
+
+    def title(self) -> str:
+        where = f" on {self.device}" if self.device else ""
+        return f"{self.model}{where}: peak memory of one training step against batch size"
+
+    def records(self) -> list[dict]:
+        """One row per batch size and strategy."""
+        rows = []
+        for line in self.lines:
+            for i, b in enumerate(self.batches):
+                row = {"batch": b, "strategy": line.strategy, "peak_bytes": line.peak_bytes[i],
+                       "peak_event": line.peak_event[i]}
+                if line.fits is not None:
+                    row.update(fits=line.fits[i], joules_per_sample=line.joules_per_sample[i],
+                               seconds_per_sample=line.seconds_per_sample[i])
+                rows.append(row)
+        return rows
 
 
 def parse_batches(spec: str, log: bool = False) -> list[int]:

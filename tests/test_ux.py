@@ -86,7 +86,7 @@ def test_version(capsys):
     assert code == 0 and out.strip() == f"bnncost {__version__}" and __version__[0].isdigit()
 
 
-@pytest.mark.parametrize("command", ["predict", "compare", "fit", "sweep"])
+@pytest.mark.parametrize("command", ["predict", "compare", "fit", "sweep", "summary"])
 def test_byte_counts_take_units_everywhere(capsys, command):
     dev = ["--device", "jetson-nano"] if command == "fit" else []
     code, out, err = run(capsys, command, "cnv", "--workspace", "64KiB", "--json", *dev)
@@ -109,7 +109,7 @@ def test_ladder_with_strategies_is_an_error(capsys):
     assert code == 2 and out == "" and "--ladder" in err and "--strategies" in err
 
 
-COMMANDS = ["models", "strategies", "predict", "compare", "fit", "devices", "sweep", "verify", "train"]
+COMMANDS = ["models", "strategies", "predict", "compare", "fit", "devices", "sweep", "verify", "train", "summary"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -177,7 +177,9 @@ def test_a_narrow_terminal_cuts_no_name(capsys, monkeypatch):
     assert code == 0 and "…" not in out and max(len(line) for line in out.splitlines()) <= 80
     assert all(name in out for name in ("ladder-1-binary-activations", "ladder-3-binary-dw", "optimizer_state"))
     for args in (["predict", "resnete18", "--by", "variable"], ["strategies"], ["fit", "mlp", "-d", "jetson-nano"],
-                 ["predict", "cnv", "--device", "raspberry-pi-3b-plus"], ["models"], ["devices"]):
+                 ["predict", "cnv", "--device", "raspberry-pi-3b-plus"], ["models"], ["devices"],
+                 ["sweep", "cnv", "--batch", "1:100000", "--linear", "--device", "raspberry-pi-3b-plus"],
+                 ["summary", "resnete18", "--device", "raspberry-pi-4b"]):
         code, out, _ = run(capsys, *args)
         assert code == 0 and "…" not in out, args
         assert max(len(line) for line in out.splitlines()) <= 80, args
@@ -185,3 +187,96 @@ def test_a_narrow_terminal_cuts_no_name(capsys, monkeypatch):
     assert "x batch" in out and "x B" not in out
     formula_line = next(line for line in out.splitlines() if "x batch" in line)
     assert "MiB + " in formula_line  # the formula is on one line, not wrapped mid-term
+
+
+# ---------------------------------------------------------------- summary
+
+def test_summary_rows_add_up_to_predict(capsys):
+    code, out, err = run(capsys, "summary", "cnv", "--device", "raspberry-pi-4b", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["schema"] == "bnncost.summary/1" and doc["batch"] == 100
+    code, out, _ = run(capsys, "predict", "cnv", "--device", "raspberry-pi-4b", "--json")
+    p = json.loads(out)
+    rows, total = doc["layers"], doc["total"]
+    assert [r["layer"] for r in rows][:3] == ["conv2d_1", "batchnorm_1", "sign_1"]
+    assert total["params_1bit"] + total["params_real"] == p["parameters"]
+    assert total["joules_per_step"] == pytest.approx(p["energy"]["joules_per_step"], rel=1e-9)
+    assert total["seconds_per_step"] == pytest.approx(p["time"]["seconds_per_step"], rel=1e-9)
+    costed = sum(r["count"] for r in p["ops"]["total"] if r["kind"] != "bit_mac")
+    assert sum(total["ops"].values()) == costed
+    assert total["forward_bit_macs"] == p["ops"]["bit_macs"]
+    conv2 = next(r for r in rows if r["layer"] == "conv2d_2")
+    assert conv2["precision"] == "binary" and conv2["params_1bit"] == 3 * 3 * 64 * 64 and conv2["params_real"] == 0
+    assert conv2["param_bytes"] == 3 * 3 * 64 * 64 * 2  # float16 latent weights under proposed
+    assert conv2["saved_bytes"] == 100 * 30 * 30 * 64 // 8  # its input, kept as bits
+    bn1 = next(r for r in rows if r["layer"] == "batchnorm_1")
+    assert bn1["params_real"] == 64  # l1 batchnorm: beta only
+    # per-layer op counts are in predict's JSON too
+    assert sum(r["count"] for r in p["ops"]["counts"] if r["layer"] == "conv2d_2" and r["kind"] != "bit_mac") \
+        == sum(conv2["ops"].values())
+
+
+def test_summary_table_ends_with_totals(capsys):
+    code, out, _ = run(capsys, "summary", "mlp", "--strategy", "standard")
+    assert code == 0 and "dense_1" in out and "total" in out and "1-bit params" in out and "kept for bwd" in out
+    code, out, _ = run(capsys, "summary", "mlp", "--markdown")
+    assert out.count("| total |") >= 1
+
+
+# ---------------------------------------------------------------- the Python API
+
+def test_python_api_takes_names_and_paths(same_name):
+    import bnncost
+
+    p = bnncost.predict("cnv", strategy="proposed", batch=100, device="raspberry-pi-4b")
+    assert p.memory.peak_bytes > 0 and p.device == "raspberry-pi-4b" and p.energy.joules_per_step > 0
+    assert p.to_dict()["schema"] == "bnncost.prediction/2"
+    assert {r["role"] for r in p.records()} >= {"latent_weight", "binary_input"}
+    assert "<table>" in p._repr_html_() and "raspberry-pi-4b" in p._repr_html_()
+    assert bnncost.predict("cnv", workspace="64KiB").workspace_budget == 65536
+    c = bnncost.compare("mlp", ["standard", same_name], device="jetson-nano")
+    assert [r["strategy"] for r in c.records()] == c.strategies and c.records()[1]["peak_bytes_ratio"] > 1
+    f = bnncost.fit("mlp", "jetson-nano", "standard,proposed")
+    assert f.records()[1]["max_batch"] > f.records()[0]["max_batch"] and "<td>" in f._repr_html_()
+    s = bnncost.sweep("mlp", batches="1:64", device="jetson-nano")
+    assert len(s.records()) == 2 * 7 and s.to_dict()["batches"] == [1, 2, 4, 8, 16, 32, 64]
+    sm = bnncost.summary("mlp", batch=32)
+    assert sm.records()[-1]["layer"] == "total" and sm.to_dict()["schema"] == "bnncost.summary/1"
+
+
+def test_html_escapes_user_names(tmp_path):
+    import bnncost
+
+    f = tmp_path / "m.yaml"
+    f.write_text("name: <b>mine</b>\ninput: [4]\nlayers:\n  - dense: {units: 2}\n  - batchnorm: {}\n"
+                 "  - softmax_ce: {}\n")
+    assert "<b>mine" not in bnncost.predict(str(f))._repr_html_()
+
+
+def test_readme_python_example_runs():
+    """The README's Python block, executed as written."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README shows the Python API"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+
+
+def test_docs_are_linked_and_every_link_resolves():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert "docs/README.md" in readme and "docs/json.md" in readme
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+    spec = (root / "docs" / "README.md").read_text()
+    from bnncost.layers.roles import ROLES
+
+    assert all(f"`{role}`" in spec for role in ROLES)  # every role is specified
