@@ -183,12 +183,17 @@ DEFAULT_STRATEGIES = "standard,proposed"
 
 def model_argument():
     """MODEL: the same argument on every command."""
-    return typer.Argument(..., metavar="MODEL", help="Zoo model name or path to a model YAML.")
+    return typer.Argument(..., metavar="MODEL", help="Zoo model name, or a path to a model YAML or an .onnx file.")
 
 
 def strategy_option():
     """--strategy/-s: one strategy, the same option on every command that takes one."""
     return typer.Option("proposed", "--strategy", "-s", metavar="NAME|PATH", help="Strategy name or YAML path.")
+
+
+def batch_option(default: int):
+    """--batch/-b: samples per training step."""
+    return typer.Option(default, "--batch", "-b", metavar="N", help="Batch size: samples per training step.")
 
 
 def strategies_option():
@@ -300,11 +305,10 @@ def engines_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         return
     t = Table(title=f"Engines (pass a name, or a path to your own YAML; default {DEFAULT_ENGINE})")
     for col in ("engine", "retention", "workspace", "rules", "description"):
-        t.add_column(col, justify="right" if col == "workspace" else "left")
+        t.add_column(col, justify="right" if col in ("workspace", "rules") else "left")
     for e in rows:
-        counts = engine_rule_counts(e)
         t.add_row(esc(e.name), e.retention, human_bytes(e.workspace.budget),
-                  ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "-", esc(e.description))
+                  str(sum(engine_rule_counts(e).values())), esc(e.description))
     out.print(t)
 
 
@@ -317,11 +321,11 @@ def engine_rule_counts(e: Engine) -> dict[str, int]:
 def predict_cmd(
     model: str = model_argument(),
     strategy: str = strategy_option(),
-    batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(100),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
-    by: str = typer.Option("role", "--by", help="Breakdown: role, layer or variable."),
+    by: str = typer.Option("role", "--by", metavar="role|layer|variable", help="Breakdown: role, layer or variable."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device name or YAML path: adds energy, time and fit."),
     epoch_samples: Optional[int] = typer.Option(None, "--epoch-samples", help="Samples per epoch (default: the model's train_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -372,7 +376,7 @@ def predict_cmd(
                       f"{esc(v.alloc_event)}\n{esc(v.free_event)}")
     out.print(t)
     print_ops(p)
-    if p.energy is not None:
+    if p.time is not None:
         print_device(p)
 
 
@@ -408,15 +412,24 @@ def print_device(p: Prediction) -> None:
     t.add_column("per step", justify="right")
     t.add_column("per sample", justify="right")
     t.add_column(f"per epoch ({tm.epoch_samples:,} samples)" if tm.epoch_samples else "per epoch", justify="right")
-    t.add_row("[bold]energy[/]", f"[bold]{si(e.joules_per_step, 'J')}[/]", si(e.joules_per_sample, "J"),
-              si(e.joules_per_epoch, "J") if e.joules_per_epoch is not None else "-")
-    t.add_row("├─ compute", si(e.compute_j, "J"), "", "")
-    t.add_row("├─ memory traffic", si(e.memory_j, "J"), "", "")
-    t.add_row("└─ static (idle x time)", si(e.static_j, "J"), "", "")
-    t.add_row("dynamic (compute+memory)", si(e.dynamic_j, "J"), "", "")
+    if e is None:
+        t.add_row("[bold]energy[/]", "unavailable", "unavailable", "unavailable")
+    else:
+        t.add_row("[bold]energy[/]", f"[bold]{si(e.joules_per_step, 'J')}[/]", si(e.joules_per_sample, "J"),
+                  si(e.joules_per_epoch, "J") if e.joules_per_epoch is not None else "-")
+        t.add_row("├─ compute", si(e.compute_j, "J"), "", "")
+        t.add_row("├─ memory traffic", si(e.memory_j, "J"), "", "")
+        t.add_row("└─ static (idle x time)", si(e.static_j, "J"), "", "")
+        t.add_row("dynamic (compute+memory)", si(e.dynamic_j, "J"), "", "")
     t.add_row("[bold]time[/]", f"[bold]{si(tm.seconds_per_step, 's')}[/]", si(tm.seconds_per_sample, "s"),
               si(tm.seconds_per_epoch, "s") if tm.seconds_per_epoch is not None else "-")
+    for event, sec in (tm.seconds_by_event or {}).items():
+        t.add_row(f"  {event}", si(sec, "s"), "", "")
     out.print(t)
+    out.print(f"Time: {tm.basis}" + (" (the trainer's operator costs measured on this machine)"
+                                     if tm.seconds_by_event else " (counts over peak rates: real code is slower)"))
+    if p.energy_unavailable:
+        out.print(f"Energy: {p.energy_unavailable}")
     verdict = "[green]fits[/]" if f.fits else "[red]does not fit[/]"
     out.print(f"Memory: peak {human_bytes(p.memory.peak_bytes)} {verdict} in {human_bytes(f.usable_bytes)} usable; "
               f"largest batch that fits: [bold]{f.max_batch:,}[/]")
@@ -426,7 +439,7 @@ def print_device(p: Prediction) -> None:
 def summary_cmd(
     model: str = model_argument(),
     strategy: str = strategy_option(),
-    batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(100),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
@@ -478,7 +491,7 @@ def compare_cmd(
     model: str = model_argument(),
     strategies: Optional[str] = strategies_option(),
     ladder: bool = typer.Option(False, "--ladder", help="Compare the ablation ladder from standard to proposed, one change per step."),
-    batch: int = typer.Option(100, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(100),
     engine: Optional[str] = engine_option(None),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
@@ -520,13 +533,16 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
     t.row("peak = fixed", [human_bytes(p.memory.fixed_bytes) for p in preds])
     t.row("  + per sample x batch", [human_bytes(p.memory.per_sample_bytes) for p in preds])
     t.row("peak event", [esc(p.memory.peak_event).replace(":", ":\n", 1) for p in preds])
-    if p0.energy is not None:
+    if p0.time is not None:
         t.section()
-        t.row("[bold]energy per step[/]", [f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
-        t.row("├─ compute", [si(p.energy.compute_j, "J") for p in preds])
-        t.row("├─ memory traffic", [si(p.energy.memory_j, "J") for p in preds])
-        t.row("└─ static (idle x time)", [si(p.energy.static_j, "J") for p in preds])
-        t.row("energy saving", [f"{c.savings[p.strategy]['joules_per_step_ratio']:.2f}x" for p in preds])
+        if p0.energy is None:
+            t.row("[bold]energy per step[/]", ["unavailable" for _ in preds])
+        else:
+            t.row("[bold]energy per step[/]", [f"[bold]{si(p.energy.joules_per_step, 'J')}[/]" for p in preds])
+            t.row("├─ compute", [si(p.energy.compute_j, "J") for p in preds])
+            t.row("├─ memory traffic", [si(p.energy.memory_j, "J") for p in preds])
+            t.row("└─ static (idle x time)", [si(p.energy.static_j, "J") for p in preds])
+            t.row("energy saving", [f"{c.savings[p.strategy]['joules_per_step_ratio']:.2f}x" for p in preds])
         t.row("[bold]time per step[/]", [f"[bold]{si(p.time.seconds_per_step, 's')}[/]" for p in preds])
         t.row("time saving", [f"{c.savings[p.strategy]['seconds_per_step_ratio']:.2f}x" for p in preds])
         t.row(f"fits in {human_bytes(p0.fit.usable_bytes)}", ["[green]yes[/]" if p.fit.fits else "[red]no[/]"
@@ -673,7 +689,8 @@ def print_sweep(s: Sweep) -> None:
                     cells.append(peak)
                     continue
                 fits = line.fits[i]
-                cells += [peak if fits else f"[red]{peak} x[/]", si(line.joules_per_sample[i], "J"),
+                joules = "unavailable" if line.joules_per_sample is None else si(line.joules_per_sample[i], "J")
+                cells += [peak if fits else f"[red]{peak} x[/]", joules,
                           si(line.seconds_per_sample[i], "s")]
                 if not fits and (i == 0 or line.fits[i - 1]):  # the first batch that does not fit
                     notes.append(f"{esc(line.strategy)} stops fitting (largest batch {line.max_batch:,})")
@@ -697,13 +714,16 @@ def print_sweep(s: Sweep) -> None:
 def verify_cmd(
     model: str = model_argument(),
     strategy: str = strategy_option(),
-    batch: int = typer.Option(32, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(32),
     steps: int = typer.Option(2, "--steps", help="Training steps to run (the first is measured)."),
     engine: str = engine_option(TRAINER_ENGINE),
     retention: Optional[str] = retention_option(),
     workspace: Optional[str] = workspace_option(None),
     dataset: str = typer.Option("synthetic", "--dataset", help="Data of the measured steps: synthetic (random inputs of the model's shape: memory and op counts do not depend on the values; the default), digits, mnist:DIR or cifar10:DIR."),
-    by: str = typer.Option("role", "--by", help="Variables grouped by role, or every variable."),
+    by: str = typer.Option("role", "--by", metavar="role|variable", help="Variables grouped by role, or every variable."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="A device file written by bnncost calibrate on this machine: also time the trainer's steps against the predicted step time."),
+    time_steps: int = typer.Option(5, "--time-steps", help="With --device: steps timed after one warm-up step (the median is compared)."),
+    clock: str = typer.Option("cpu", "--clock", help="With --device: cpu (the process's CPU time: other processes' turns on a shared machine not counted; what calibrate measures) or wall."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (whatever the verdict)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
 ) -> None:
@@ -714,9 +734,20 @@ def verify_cmd(
     output_mode(as_json, markdown)
     if by not in ("role", "variable"):
         raise BadInput(f"--by must be role or variable, not '{by}'")
+    dev = open_device(device)
+    if dev is not None and dev.trainer is None:
+        raise BadInput(f"--device {device}: has no measured trainer costs (a shipped board's times are peak-rate "
+                       "lower bounds); run bnncost calibrate on this machine and pass its file")
+    if time_steps < 1:
+        raise BadInput(f"--time-steps must be a positive integer, not {time_steps}")
+    if clock not in ("cpu", "wall"):
+        raise BadInput(f"--clock must be cpu or wall, not '{clock}'")
     with trainer_progress(f"verify {model}: {steps} step(s) of batch {batch}") as on_event:
         v = run_verification(model, strategy, batch, steps=steps, dataset=dataset, on_event=on_event,
                              **implementation(engine, retention, workspace))
+    if dev is not None:
+        with trainer_progress(f"timing {time_steps} step(s) of {model} on this machine"):
+            v = with_time_check(v, model, strategy, dev, time_steps, clock)
     if as_json:
         emit_json(v.to_json())
     else:
@@ -727,8 +758,9 @@ def verify_cmd(
 
 @contextmanager
 def trainer_progress(what: str):
-    """A progress bar on stderr over the events of the trainer's steps (stdout stays the document);
-    it disappears when done, and a terminal-less stderr shows nothing."""
+    """A progress bar on stderr over the events of the trainer's steps (stdout stays the document; a caller
+    that cannot count them gets a pulsing bar and the elapsed time); it disappears when done, and a
+    terminal-less stderr shows nothing."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
@@ -769,6 +801,25 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
     return verify_against(plan, count_ops(graph, strat), batch, Measurement(**measured.measurement()),
                           model=graph.model.name, strategy=strat.name, engine=eng.name, retention=retention,
                           workspace_budget=workspace_budget)
+
+
+def with_time_check(v, model: str, strategy: str, device: Device, steps: int, clock: str = "cpu"):
+    """The verification with the trainer's median step time (and per phase) against the prediction."""
+    from bnncost.costmodel.verification import check_time
+    from bnncost.trainer.timing import time_steps as time_trainer
+
+    p = predict(model, strategy, v.batch_size, device=device, retention=v.retention,
+                workspace_budget=v.workspace_budget)
+    t = time_trainer(model, strategy, batch=v.batch_size, steps=steps, warmup=1,
+                     workspace_budget=v.workspace_budget or 65536, retention=v.retention, clock=clock)
+    measured = {"forward": 0.0, "backward": 0.0, "update": 0.0}
+    for event, sec in t.events_s.items():
+        phase = event.split(":", 1)[0]
+        if phase in measured:
+            measured[phase] += sec
+    measured["step"] = t.step_s
+    tc = check_time(device.name, p.time.seconds_by_event, measured, t.steps, t.warmup, clock, t.wall_step_s)
+    return v.model_copy(update={"time": tc, "ok": v.ok and tc.ok})
 
 
 def available_memory_bytes() -> int | None:
@@ -815,17 +866,19 @@ def print_verification(v, by: str) -> None:
               f"the cost model against the bundled trainer")
     t = Table(title="Bytes of every variable (must agree exactly)" if by == "variable" else
               "Bytes by role (every variable must agree exactly)")
-    if by == "variable":
-        name_column(t, "variable", [c.name for c in v.variables])
-        cols = ["role"]
+    if by == "variable":  # the role under the name, as predict --by variable: fits 80 columns, nothing cut
+        name_column(t, "variable\n  role", [c.name for c in v.variables] + [f"  {c.role}" for c in v.variables])
+        cols = []
     else:
         name_column(t, "role", list(dict.fromkeys(c.role for c in v.variables)))
         cols = ["variables"]
-    for col in cols + ["predicted", "measured", "difference", ""]:
-        t.add_column(col, justify="right" if col in ("predicted", "measured", "difference", "variables") else "left")
+    for col in cols + ["predicted", "measured", "diff", ""]:
+        t.add_column(col, justify="right" if col in ("predicted", "measured", "diff", "variables") else "left",
+                     no_wrap=col != "")
     if by == "variable":
         for c in v.variables:
-            t.add_row(esc(c.name), c.role, human_bytes(c.predicted_bytes) if c.predicted_bytes is not None else "-",
+            t.add_row(f"{esc(c.name)}\n  [dim]{c.role}[/]",
+                      human_bytes(c.predicted_bytes) if c.predicted_bytes is not None else "-",
                       human_bytes(c.measured_bytes) if c.measured_bytes is not None else "-",
                       _diff(c.predicted_bytes, c.measured_bytes),
                       ok if c.ok else f"{bad} {esc(c.predicted_life or '-')} / {esc(c.measured_life or '-')}")
@@ -840,30 +893,53 @@ def print_verification(v, by: str) -> None:
             t.add_row(role, str(len(cs)), human_bytes(pb), human_bytes(mb), _diff(pb, mb),
                       ok if not wrong else f"{bad}: {esc(', '.join(wrong[:4]))}{' ...' if len(wrong) > 4 else ''}")
     out.print(t)
+    from bnncost.costmodel.verification import PROCESS_BELOW_FRACTION, PROCESS_MARGIN_BYTES, PROCESS_MARGIN_FRACTION
+
     p = v.peak
     t = Table(title="Peak of the step")
-    for col, j in (("", "left"), ("bytes", "right"), ("event", "left"), ("tolerance", "left"), ("", "left")):
-        t.add_column(col, justify=j)
-    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", esc(p.predicted_event), "", "")
-    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", esc(p.ledger_event), "exact, same event", ok if p.ledger_ok else bad)
-    t.add_row("process (tracemalloc)", f"{p.process_bytes:,}", "",
-              f"{p.process_floor_bytes:,} .. {p.process_limit_bytes:,} "
-              f"({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)", ok if p.process_ok else bad)
+    t.add_column("", no_wrap=True)
+    t.add_column("bytes", justify="right", no_wrap=True)
+    t.add_column("event\ntolerance", no_wrap=True)
+    t.add_column("", no_wrap=True)
+    t.add_row("predicted (cost model)", f"{p.predicted_bytes:,}", esc(p.predicted_event), "")
+    t.add_row("ledger (trainer)", f"{p.ledger_bytes:,}", f"{esc(p.ledger_event)}\nexact, same event",
+              ok if p.ledger_ok else bad)
+    t.add_row("process (tracemalloc)", f"{p.process_bytes:,}\n({100 * (p.process_bytes / p.predicted_bytes - 1):+.1f}%)",
+              f"-{PROCESS_BELOW_FRACTION:.0%} .. +{PROCESS_MARGIN_FRACTION:.0%} + {human_bytes(PROCESS_MARGIN_BYTES)}:\n"
+              f"{p.process_floor_bytes:,} .. {p.process_limit_bytes:,}", ok if p.process_ok else bad)
     out.print(t)
-    t = Table(title="Operations by phase, kind and format (must agree exactly)")
-    for col in ("phase", "kind", "format", "predicted", "measured", "difference", ""):
-        t.add_column(col, justify="right" if col in ("predicted", "measured", "difference") else "left")
+    t = Wide("Operations by phase, kind and format (must agree exactly)", ["predicted", "measured", "difference"],
+             abbreviate=False, label_header="phase kind format")
     for o in v.ops:
-        t.add_row(esc(o.phase), o.kind, o.format, f"{o.predicted:,}", f"{o.measured:,}", _diff(o.predicted, o.measured),
-                  ok if o.ok else bad)
-    out.print(t)
+        t.row(f"{esc(o.phase)} {o.kind} {o.format}", [f"{o.predicted:,}", f"{o.measured:,}",
+                                                     f"{_diff(o.predicted, o.measured)} {ok if o.ok else bad}"])
+    for obj in t.render(None if out.markdown else out.console.width):
+        out.print(obj)
+    if v.time is not None:
+        from bnncost.costmodel.verification import TIME_PHASE_FLOOR, TIME_TOLERANCE
+
+        tc = v.time
+        t = Table(title=f"Time per step on {tc.device} ({tc.clock} time, median of {tc.steps} steps after {tc.warmup} warm-up; "
+                        f"tolerance: step ±{100 * TIME_TOLERANCE:.0f}%, each phase ±{100 * TIME_TOLERANCE:.0f}% "
+                        f"or ±{100 * TIME_PHASE_FLOOR:.0f}% of the step)")
+        for col in ("phase", "predicted", "measured", "error", ""):
+            t.add_column(col, justify="left" if col in ("phase", "") else "right")
+        for r in tc.phases:
+            t.add_row(r.phase, si(r.predicted_s, "s"), si(r.measured_s, "s"), f"{100 * r.error:+.1f}%",
+                      ok if r.ok else bad)
+        out.print(t)
+        if tc.clock == "cpu":
+            out.print(f"[dim]wall time of the step: {si(tc.wall_step_s, 's')} (load average "
+                      f"{tc.load_average:.1f}: other processes' turns on the cores count there, not in CPU time)[/]")
     if v.ok:
-        out.print("[green bold]verified[/]: every variable, the peak and every operation count agree within tolerance")
+        out.print("[green bold]verified[/]: every variable, the peak and every operation count agree within tolerance"
+                  + (", and so does the step time" if v.time is not None else ""))
     else:
         n = sum(not c.ok for c in v.variables)
         out.print(f"[red bold]not verified[/]: {n} variable(s), "
                   f"{'the ledger peak, ' if not p.ledger_ok else ''}{'the process peak, ' if not p.process_ok else ''}"
-                  f"{len(v.op_mismatches)} op count(s) disagree")
+                  f"{len(v.op_mismatches)} op count(s) disagree"
+                  + ("" if v.time is None or v.time.ok else "; the step time is outside its tolerance"))
 
 
 SWEEP_TABLE_ROWS = 64
@@ -926,6 +1002,51 @@ def implementation(engine: str | None, retention: str | None, workspace: "str | 
     return {"engine": load_engine(engine or DEFAULT_ENGINE), **knobs(retention, workspace)}
 
 
+# ---------------------------------------------------------------- calibrate (this machine)
+
+@app.command("calibrate")
+def calibrate_cmd(
+    out_file: str = typer.Option("calibrated.yaml", "--out", "-o", help="Device YAML to write (atomically)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Device name in the file (default: calibrated-HOSTNAME)."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer strategies, batches and repeats: under a minute on a quiet machine."),
+    base: Optional[str] = typer.Option(None, "--base", help="A shipped board (or device YAML) whose power and energy per byte to take, sources kept."),
+    idle_w: Optional[float] = typer.Option(None, "--idle-w", help="This machine's idle power in W (with --active-w)."),
+    active_w: Optional[float] = typer.Option(None, "--active-w", help="This machine's power with every core busy, in W."),
+) -> None:
+    """Measure this machine running the bundled trainer and write a device YAML of what it sustains.
+
+    Pass the file with --device: predict/compare/sweep then predict the trainer's real step time here
+    (and verify --device checks it). Without --base or --idle-w/--active-w, energy is unavailable.
+    """
+    import platform
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bnncost.calibrate import CalibrationError, calibrate, write_device
+    from bnncost.calibrate.device import check_inputs
+
+    try:
+        base_device = check_inputs(out_file, base, idle_w, active_w)
+    except CalibrationError as exc:
+        raise BadInput(str(exc)) from None
+    device_name = name or f"calibrated-{platform.node() or 'host'}"
+    progress = Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[what]}"), console=Console(stderr=True), transient=True)
+    with progress:
+        task = progress.add_task("", total=None, what="")
+        doc = calibrate(name=device_name, quick=quick, base=base_device, idle_w=idle_w, active_w=active_w,
+                        total=lambda n: progress.update(task, total=n),
+                        progress=lambda what: progress.update(task, advance=1, what=what))
+    write_device(doc, out_file)
+    levels = ", ".join(f"{lv['name']} {human_bytes(lv['capacity_bytes'])} {lv['bandwidth_bytes_per_s'] / 1e9:.3g} GB/s"
+                       for lv in doc["memory"]["levels"])
+    out.print(f"wrote [bold]{out_file}[/] ({doc['name']}): {len(doc['trainer']['operators'])} trainer operators, "
+              f"memory {levels}; energy "
+              + ("unavailable (no --base or --idle-w/--active-w)" if doc["power"]["idle_w"] is None else "from "
+                 + (f"--base {base_device.name}" if base_device is not None else "--idle-w/--active-w")))
+    out.print(f"use it: bnncost predict MODEL --device {out_file}    check it: bnncost verify MODEL --device {out_file}")
+
+
 # ---------------------------------------------------------------- train (the bundled trainer)
 
 @app.command("train")
@@ -934,7 +1055,7 @@ def train_cmd(
     strategy: str = strategy_option(),
     dataset: str = typer.Option("digits", "--dataset", help="Data to train on: digits (8x8 handwritten digits shipped with the package, for the digits-* models; the default), synthetic, mnist:DIR or cifar10:DIR."),
     epochs: int = typer.Option(20, "--epochs", help="Epochs in total (a resumed run continues up to this)."),
-    batch: int = typer.Option(64, "--batch", "-b", help="Batch size B."),
+    batch: int = batch_option(64),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 0.01)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and of the shuffling."),
     retention: str = typer.Option("step", "--retention", help="step: saved tensors live to the step's end; backward: freed after use."),
@@ -957,7 +1078,7 @@ def train_cmd(
     graph, strat = graph_of(model), load_strategy(strategy)
     refuse_beyond_this_machine(graph, memory_plan(graph, strat, **opts), batch, dataset)
     progress = None if as_json else Progress(
-        TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=16), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[note]}"),
         console=out.console, transient=False)
     task = {"id": None, "epoch": 0}
@@ -974,8 +1095,8 @@ def train_cmd(
         if task["id"] is None:
             return
         progress.update(task["id"], epoch=f"{r.epoch}/{r.epochs}", loss=r.train_loss,
-                        note=f"train acc {100 * r.train_accuracy:.1f}%  test acc {percent(r.test_accuracy)}  "
-                             f"{r.samples_per_second:,.0f} samples/s")
+                        note=f"acc {100 * r.train_accuracy:.1f}% test {percent(r.test_accuracy)} "
+                             f"{r.samples_per_second:,.0f} samples/s")  # the epoch's line fits 80 columns
         task["id"] = None
         task["epoch"] = r.epoch
 
@@ -1007,6 +1128,40 @@ def train_cmd(
     t.add_row("time per step", f"{1000 * result.seconds_per_step:.2f} ms" if result.seconds_per_step else "-")
     t.add_row("steps", f"{result.steps:,}")
     out.print(t)
+
+
+@app.command("import")
+def import_cmd(
+    model: str = typer.Argument(..., help="An .onnx file (exported from PyTorch, Keras/Larq via tf2onnx, ...)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the model YAML to this file "
+                                         "(default: print it)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name (default: the file name up to its first dot)."),
+    keep_bias: bool = typer.Option(False, "--keep-bias", help="Keep a full-precision layer's bias as a plain bias "
+                                   "instead of restoring the batchnorm an exporter fused into it."),
+) -> None:
+    """Turn an ONNX model into the equivalent bnncost model YAML; what was restored or added goes to stderr."""
+    from bnncost.layers.importers import import_onnx
+    from bnncost.layers.importers.writer import model_yaml, write_atomically
+    from bnncost.layers.outfile import check_output
+
+    if not model.lower().endswith(".onnx"):
+        raise BadInput(f"{model}: import reads .onnx files (a model YAML is used as it is)")
+    if output:
+        check_output(output, "--output")  # before the import's work
+    result = import_onnx(model, name=name, keep_bias=keep_bias)
+    graph = graph_of(result.model)  # every shape checked before anything is written
+    header = [f"Imported by bnncost from {model}: {result.document['description'].split('(', 1)[-1].rstrip(')')}.",
+              f"{graph.parameter_count('l2'):,} parameters with l2 batchnorm, {graph.parameter_count('l1'):,} "
+              "with l1 (kernels + batchnorm gamma/beta).", *result.notes]
+    text = model_yaml(result.document, header)
+    if output:
+        write_atomically(output, text)
+    else:
+        sys.stdout.write(text)
+    for note in result.notes:
+        sys.stderr.write(f"bnncost: note: {note}\n")
+    if output:
+        sys.stderr.write(f"wrote {output}\n")
 
 
 # ---------------------------------------------------------------- entry point

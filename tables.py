@@ -87,6 +87,10 @@ class Wide:
             if groups[-1] and self._width(headers, groups[-1] + [i]) > width:
                 groups.append([])
             groups[-1].append(i)
+        per = -(-len(headers) // len(groups))  # as many tables, balanced: no narrow last table that wraps its title
+        balanced = [list(range(k, min(k + per, len(headers)))) for k in range(0, len(headers), per)]
+        if len(balanced) == len(groups) and all(self._width(headers, g) <= width for g in balanced):
+            groups = balanced
         tables: list[Table | str] = [self._table(f"{self.title} ({k + 1} of {len(groups)})", headers, g)
                                      for k, g in enumerate(groups)]
         return tables + [legend] if legend else tables

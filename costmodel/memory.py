@@ -127,7 +127,7 @@ def memory_plan(graph: Graph, strategy: Strategy, *, retention: str = "step", wo
     index = {e: i for i, e in enumerate(events)}
     variables: list[Variable] = []
     for s in stored_variables(graph, batchnorm=strategy.batchnorm, optimizer=strategy.optimizer, retention=retention):
-        variables.append(sized(s.name, s.layer, s.role, s.fixed_format or strategy.format_of(s.role), s.shape,
+        variables.append(sized(s.name, s.layer, s.role, s.format_in(strategy.format_of), s.shape,
                                s.batched, index[s.alloc], index[s.free]))
     if engine is not None:
         variables = apply_engine(graph, strategy, engine, variables, events, retention)

@@ -7,7 +7,7 @@ THE COUNTING CONVENTION (the bundled trainer counts the same from the shapes
 it processes; keep the two in step). Notation, per node: B batch; E = B x
 elements of its input per sample; O = B x elements of its output; C channels
 (last axis of the input); for dense/conv: K inputs per output (units in, or
-k*k*Cin), N outputs per position, R = B x output positions, M = R x N, W = K x N
+kh*kw*Cin), N outputs per position, R = B x output positions, M = R x N, W = K x N
 weights. Formats:
   fwd  = the `real_input` format: real forward arithmetic outside dense/conv;
   bn   = the `bn_param` format: batchnorm forward arithmetic;
@@ -47,6 +47,7 @@ relu           forward compare E at fwd; backward_dx gmul E
 maxpool k, s   forward compare O x (k*k - 1) at fwd;
                backward_dx add O x k*k at acc (scatter), gmul E (mask)
 avgpool k, s   forward add O x k*k, mul O at fwd; backward_dx gmul O, add O x k*k at acc
+               (k*k is the window's size kh*kw; non-square windows and strides count alike)
 global_avgpool forward add E, mul O at fwd; backward_dx gmul O
 flatten        nothing
 residual join  forward add O at fwd; backward_dx add O at acc (the two
@@ -67,7 +68,8 @@ Not counted: encoding a gradient into po2 codes, packing bits, index
 arithmetic, per-layer scalar constants.
 
 BYTES MOVED per layer-phase, at stored formats (the input and output of a
-layer at `fwd`, or at `input` for the data batch):
+layer at `fwd`, at `input` for the data batch, at `binary_input` for a tensor
+that is +1/-1 by construction, such as a sign's output):
   forward      reads its input and its parameters (weights at latent_weight,
                batchnorm params at bn_param), writes its output and what it saves
   backward_dx  reads its output gradient, what it saved and its parameters,
@@ -86,6 +88,7 @@ from bnncost.costmodel.formats import batched_bytes
 from bnncost.costmodel.memory import MemoryPlan
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
+from bnncost.layers.storage import activation_format_role
 
 PHASES = ("forward", "backward_dx", "backward_dw", "update")
 KINDS = ("mac", "add", "mul", "div", "sqrt", "abs", "compare", "exp", "shift", "xnor_popcount", "bit_mac")
@@ -243,18 +246,18 @@ def _count_node(c: _Counter, graph: Graph, node: Node, fwd: str) -> None:
         if needs_dx:
             c.gmul(n, "backward_dx", per=e)
     elif node.kind in ("maxpool", "avgpool"):
-        k = node.spec.size
+        kk = node.window[0] * node.window[1]
         if node.kind == "maxpool":
-            c.add(n, "forward", "compare", fwd, per=o * (k * k - 1))
+            c.add(n, "forward", "compare", fwd, per=o * (kk - 1))
             if needs_dx:
-                c.add(n, "backward_dx", "add", acc, per=o * k * k)
+                c.add(n, "backward_dx", "add", acc, per=o * kk)
                 c.gmul(n, "backward_dx", per=e)
         else:
-            c.add(n, "forward", "add", fwd, per=o * k * k)
+            c.add(n, "forward", "add", fwd, per=o * kk)
             c.add(n, "forward", "mul", fwd, per=o)
             if needs_dx:
                 c.gmul(n, "backward_dx", per=o)
-                c.add(n, "backward_dx", "add", acc, per=o * k * k)
+                c.add(n, "backward_dx", "add", acc, per=o * kk)
     elif node.kind == "global_avgpool":
         c.add(n, "forward", "add", fwd, per=e)
         c.add(n, "forward", "mul", fwd, per=o)
@@ -288,7 +291,7 @@ def count_traffic(graph: Graph, strategy: Strategy, plan: MemoryPlan) -> list[Tr
     change what a phase touches, only how long it is kept).
     """
     s = strategy
-    fwd, g = s.format_of("real_input"), s.format_of("activation_grad")
+    g = s.format_of("activation_grad")
     saved: dict[str, list[int]] = {}  # layer -> [const, per]
     params: dict[str, int] = {}
     grads: dict[str, int] = {}
@@ -296,7 +299,7 @@ def count_traffic(graph: Graph, strategy: Strategy, plan: MemoryPlan) -> list[Tr
     for v in plan.variables:
         if v.role in ("activation", "workspace"):
             continue  # the forward output is counted below as what the forward writes; scratch stays on chip
-        alloc, free = plan.events[v.alloc], plan.events[v.free]
+        alloc = plan.events[v.alloc]
         if alloc.startswith("forward:"):
             cell = saved.setdefault(v.layer, [0, 0])
             cell[0] += v.fixed
@@ -305,14 +308,14 @@ def count_traffic(graph: Graph, strategy: Strategy, plan: MemoryPlan) -> list[Tr
             params[v.layer] = params.get(v.layer, 0) + v.fixed
         elif v.role == "optimizer_state":
             state[v.layer] = state.get(v.layer, 0) + v.fixed
-        elif alloc.startswith("backward:") and free == "update":
+        elif v.role == "weight_grad" or v.name.endswith(".param_grad"):  # whatever an engine's lifetime
             grads[v.layer] = grads.get(v.layer, 0) + v.fixed
     out = []
     for node in graph.nodes:
         n = node.name
-        in_fmt = s.format_of("input") if graph.tensors[node.inputs[0]].is_data else fwd
-        x = sum(batched_bytes(in_fmt, graph.tensors[i].shape) for i in node.inputs)
-        y = batched_bytes(fwd, node.out_shape)
+        x = sum(batched_bytes(s.format_of(activation_format_role(graph, i)), graph.tensors[i].shape)
+                for i in node.inputs)
+        y = batched_bytes(s.format_of(activation_format_role(graph, node.output)), node.out_shape)
         dy = batched_bytes(g, node.out_shape) if node.kind != "softmax_ce" else 0
         dx = sum(batched_bytes(g, graph.tensors[i].shape) for i in node.inputs if graph.tensors[i].requires_grad)
         sv_c, kept = saved.get(n, [0, 0])  # written by its forward

@@ -6,10 +6,13 @@ imported only when a plot is asked for.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
+from bnncost.costmodel.engine_rules import RUNTIME_ROLE
 from bnncost.costmodel.prediction import Comparison
 from bnncost.costmodel.sweep import Sweep
+from bnncost.layers.outfile import OutputPathError, atomic_output, check_output
 from bnncost.layers.roles import ROLES
 
 
@@ -17,9 +20,14 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")  # matplotlib picks the format from the
 
 
 def role_colour(plt, role: str):
-    """One colour per role, the same in every plot: the role's place in layers.roles.ROLES on tab20."""
+    """One colour per role, the same in every plot: the role's place in layers.roles.ROLES on tab20;
+    an engine's own roles (costmodel.engine) by a stable hash of their name on tab20b; its runtime bytes grey."""
+    if role == RUNTIME_ROLE:
+        return "#7f7f7f"
     order = list(ROLES)
-    return plt.get_cmap("tab20")(order.index(role) % 20 if role in order else 19)
+    if role in order:
+        return plt.get_cmap("tab20")(order.index(role) % 20)
+    return plt.get_cmap("tab20b")(zlib.crc32(role.encode()) % 20)
 
 
 class PlotError(ValueError):
@@ -39,13 +47,23 @@ def _pyplot():
 
 def check_path(path: str) -> Path:
     """Refuse a plot before any work is done: wrong suffix, missing folder, or no matplotlib."""
-    p = Path(path)
-    if p.suffix.lower() not in PLOT_SUFFIXES:
+    if Path(path).suffix.lower() not in PLOT_SUFFIXES:
         raise PlotError(f"--plot: '{path}' must end in {', '.join(PLOT_SUFFIXES)}")
-    if not p.parent.is_dir():
-        raise PlotError(f"--plot: folder '{p.parent}' does not exist")
+    try:
+        p = check_output(path, "--plot")
+    except OutputPathError as exc:
+        raise PlotError(str(exc)) from None
     _pyplot()
     return p
+
+
+def _save(fig, p: Path) -> None:
+    """Write the figure whole or not at all, in the format its suffix names."""
+    try:
+        with atomic_output(p, "--plot", binary=True) as fh:
+            fig.savefig(fh, format=p.suffix.lower().lstrip("."))
+    except OutputPathError as exc:
+        raise PlotError(str(exc)) from None
 
 
 def _unit(max_bytes: float) -> tuple[float, str]:
@@ -78,12 +96,12 @@ def plot_sweep(s: Sweep, path: str) -> Path:
     ax.set_ylabel(f"peak memory of one training step ({unit})")
     where = f" on {s.device}" if s.device else ""
     ax.set_title(f"{s.model}: training memory against batch size{where}\n"
-                 f"(retention {s.retention}; dotted: largest batch that fits)" if s.device else
-                 f"{s.model}: training memory against batch size (retention {s.retention})")
+                 f"(engine {s.engine}, retention {s.retention}; dotted: largest batch that fits)" if s.device else
+                 f"{s.model}: training memory against batch size (engine {s.engine}, retention {s.retention})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
-    fig.savefig(p)
+    _save(fig, p)
     plt.close(fig)
     return p
 
@@ -114,7 +132,7 @@ def plot_comparison(c: Comparison, path: str) -> Path:
     ax.set_xticks(list(x), names, rotation=20 if len(preds) > 2 else 0, ha="right" if len(preds) > 2 else "center",
                   fontsize=8)
     ax.set_ylabel(f"bytes alive at the peak ({unit})")
-    ax.set_title(f"{preds[0].model}, batch {preds[0].batch}: where the peak memory goes")
+    ax.set_title(f"{preds[0].model}, batch {preds[0].batch}, engine {preds[0].engine}: where the peak memory goes")
     ax.legend(fontsize=7, loc="upper right", ncol=2)
     if with_energy:
         ax2 = axes[0][1]
@@ -136,6 +154,6 @@ def plot_comparison(c: Comparison, path: str) -> Path:
         ax2.set_title(f"energy per step on {preds[0].device}")
         ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(p)
+    _save(fig, p)
     plt.close(fig)
     return p

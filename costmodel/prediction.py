@@ -14,6 +14,7 @@ from bnncost.costmodel.memory import MemoryPlan, memory_plan
 from bnncost.costmodel.ops import PHASES, OpCount, count_ops, count_traffic
 from bnncost.costmodel.results import Presentable
 from bnncost.costmodel.strategy import Strategy, as_strategy, strategy_labels
+from bnncost.costmodel.timing import operator_work
 from bnncost.layers.graph import Graph, graph_of
 from bnncost.layers.model import Model
 
@@ -89,6 +90,13 @@ class TimeReport(BaseModel):
     seconds_per_sample: float
     seconds_per_epoch: float | None
     epoch_samples: int | None
+    # what the time is: "peak-rate lower bound" (a shipped board's peak rates) or
+    # "calibrated bundled trainer" (operator costs measured by bnncost calibrate: a prediction)
+    basis: str = "peak-rate lower bound"
+    seconds_by_event: dict[str, float] | None = None  # calibrated: forward, backward, update
+
+
+ENERGY_UNAVAILABLE = "unavailable: the device file has no power figures (calibrate with --base DEVICE or --idle-w/--active-w)"
 
 
 class FitReport(BaseModel):
@@ -114,6 +122,7 @@ class Prediction(Presentable, BaseModel):
     ops: OpsReport
     device: str | None = None
     energy: EnergyReport | None = None
+    energy_unavailable: str | None = None  # why `energy` is absent on a device (never reported as zero)
     time: TimeReport | None = None
     fit: FitReport | None = None
 
@@ -272,8 +281,9 @@ def device_reports(energy: EnergyModel, plan: MemoryPlan, batch: int, epoch_samp
     usable = energy.device.memory.usable_bytes
     peak = int(plan.peak_bytes(batch)[0])
     max_batch = plan.max_batch(usable)
+    by_event = None if et.seconds_by_event is None else {k: float(v[0]) for k, v in et.seconds_by_event.items()}
     return (
-        EnergyReport(
+        None if not energy.energy_known else EnergyReport(
             joules_per_step=joules, compute_j=float(et.compute_j[0]), memory_j=float(et.memory_j[0]),
             static_j=float(et.static_j[0]), dynamic_j=float(et.dynamic_j[0]),
             joules_per_sample=joules / batch, joules_per_epoch=per_epoch_j,
@@ -282,6 +292,8 @@ def device_reports(energy: EnergyModel, plan: MemoryPlan, batch: int, epoch_samp
         TimeReport(
             seconds_per_step=seconds, compute_s=float(et.compute_s[0]), memory_s=float(et.memory_s[0]),
             seconds_per_sample=seconds / batch, seconds_per_epoch=per_epoch_s, epoch_samples=epoch_samples,
+            basis="peak-rate lower bound" if by_event is None else "calibrated bundled trainer",
+            seconds_by_event=by_event,
         ),
         FitReport(fits=peak <= usable, usable_bytes=usable, max_batch=max_batch, headroom_bytes=usable - peak,
                   peak_bytes_at_max_batch=int(plan.peak_bytes(max_batch)[0]) if max_batch else None),
@@ -320,10 +332,13 @@ def predict(
         batchnorm=strat.batchnorm, parameters=graph.parameter_count(strat.batchnorm), ops=ops_report(ops, batch),
     )
     if device is not None:
-        energy = EnergyModel(ops, count_traffic(graph, strat, plan), device, context=f"{pred.strategy}: ")
+        energy = EnergyModel(ops, count_traffic(graph, strat, plan), device, context=f"{pred.strategy}: ",
+                             work=operator_work(graph, strat) if device.trainer is not None else None)
         pred.device = device.name
         pred.energy, pred.time, pred.fit = device_reports(
             energy, plan, batch, epoch_samples or graph.model.train_samples)
+        if pred.energy is None:
+            pred.energy_unavailable = ENERGY_UNAVAILABLE
     return pred
 
 
@@ -345,7 +360,8 @@ def compare(
     savings = {}
     for p in preds:
         savings[p.strategy] = {"peak_bytes_ratio": base.memory.peak_bytes / p.memory.peak_bytes}
-        if p.energy is not None:
+        if p.energy is not None and base.energy is not None:
             savings[p.strategy]["joules_per_step_ratio"] = base.energy.joules_per_step / p.energy.joules_per_step
+        if p.time is not None:
             savings[p.strategy]["seconds_per_step_ratio"] = base.time.seconds_per_step / p.time.seconds_per_step
     return Comparison(baseline=base.strategy, predictions=preds, savings=savings)

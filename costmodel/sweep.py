@@ -20,6 +20,7 @@ from bnncost.costmodel.ops import count_ops, count_traffic
 from bnncost.costmodel.prediction import implementation_knobs
 from bnncost.costmodel.results import Presentable
 from bnncost.costmodel.strategy import Strategy, as_strategy, strategy_labels
+from bnncost.costmodel.timing import operator_work
 from bnncost.layers.graph import graph_of
 
 SWEEP_SCHEMA = "bnncost.sweep/1"
@@ -139,11 +140,13 @@ def sweep(model, strategies: list[str | Strategy], batches: list[int], *, engine
         )
         if device is not None:
             usable = device.memory.usable_bytes
-            et = EnergyModel(count_ops(graph, strat), count_traffic(graph, strat, plan), device,
-                             context=f"{label}: ").evaluate(bs)
+            model = EnergyModel(count_ops(graph, strat), count_traffic(graph, strat, plan), device,
+                                context=f"{label}: ",
+                                work=operator_work(graph, strat) if device.trainer is not None else None)
+            et = model.evaluate(bs)
             line.fits = [p <= usable for p in exact]
             line.max_batch = plan.max_batch(usable)
-            line.joules_per_sample = (et.joules / bs).tolist()
+            line.joules_per_sample = (et.joules / bs).tolist() if model.energy_known else None
             line.seconds_per_sample = (et.seconds / bs).tolist()
         lines.append(line)
     return Sweep(

@@ -113,7 +113,7 @@ class MemoryLevel(_Model):
 
     name: Text
     capacity_bytes: PositiveBytes
-    energy_pj_per_byte: EnergyPerByte
+    energy_pj_per_byte: Optional[EnergyPerByte]  # null: unknown (a calibrated machine without --base)
     bandwidth_bytes_per_s: PositiveByteRate
     source: Source
 
@@ -163,25 +163,86 @@ class Memory(_Model):
 
 
 class Op(_Model):
-    """One operation kind at one format: energy per operation and throughput."""
+    """One operation kind at one format: energy per operation and throughput.
 
-    pj: Energy
+    ``pj`` may be written ``null`` (it must still be written): the energy is
+    unknown, as on a machine calibrated without power figures; then every
+    energy the device would give is reported as unavailable, never as zero.
+    """
+
+    pj: Optional[Energy]
     per_s: PositiveRate
     source: Source
 
 
 class PowerSpec(_Model):
-    """Board power: idle, and with every core busy."""
+    """Board power: idle, and with every core busy; both ``null`` when unknown (the source says why)."""
 
-    idle_w: Power
-    active_w: Power
+    idle_w: Optional[Power]
+    active_w: Optional[Power]
     source: Source
+
+    @property
+    def known(self) -> bool:
+        return self.idle_w is not None and self.active_w is not None
 
     @model_validator(mode="after")
     def _ordered(self) -> "PowerSpec":
-        if self.active_w < self.idle_w:
+        if (self.idle_w is None) != (self.active_w is None):
+            raise _located("idle_w" if self.idle_w is None else "active_w",
+                           "idle_w and active_w are both given or both null (unknown)")
+        if self.known and self.active_w < self.idle_w:
             raise _located("active_w", f"active power {self.active_w} W is below idle power {self.idle_w} W")
         return self
+
+
+Mechanism = Literal["gemm", "xnor_words", "input_values", "output_values", "weights", "values", "window_values",
+                    "channels", "rows", "patch_indices"]
+
+
+def _nonnegative(value: float) -> float:
+    if not value >= 0:
+        raise ValueError(f"must be 0 or more, got {value!r}")
+    return value
+
+
+Seconds = Annotated[float, AfterValidator(_nonnegative)]
+
+
+class OperatorCost(_Model):
+    """What one operator of the bundled trainer costs here: per call, and per unit of each mechanism.
+
+    ``operator`` and ``formats`` name it as ``costmodel.timing`` does (e.g.
+    ``conv2d.binary.backward.dx`` under ``activation_grad=float16,...``).
+    """
+
+    operator: Text
+    formats: str
+    fixed_s: Seconds
+    per_unit_s: dict[Mechanism, Seconds]
+    samples: Annotated[int, AfterValidator(_positive)]
+    source: Source
+
+
+class TrainerTiming(_Model):
+    """Sustained costs of the bundled numpy trainer on this machine, written by ``bnncost calibrate``.
+
+    With this section the device's step time is a prediction of the trainer's
+    measured step (``costmodel.timing``), not a peak-rate lower bound.
+    ``call_s`` is the fixed cost of an operator the table does not list (its
+    work is then priced at the ``ops`` rates).
+    """
+
+    implementation: Text
+    workspace_bytes: Bytes
+    blas_threads: Optional[int] = None
+    cores: Annotated[int, AfterValidator(_positive)]
+    call_s: Seconds
+    operators: list[OperatorCost] = Field(default_factory=list)
+    source: Source
+
+    def lookup(self) -> dict[tuple[str, str], OperatorCost]:
+        return {(o.operator, o.formats): o for o in self.operators}
 
 
 class Device(_Model):
@@ -194,8 +255,15 @@ class Device(_Model):
     memory: Memory
     ops: dict[FormatName, dict[KindName, Op]]
     power: PowerSpec
+    trainer: Optional[TrainerTiming] = None
 
     _file: str = PrivateAttr(default="<memory>")
+
+    @property
+    def energy_known(self) -> bool:
+        """Whether every energy figure is known (power, every op's pJ, every level's pJ/B)."""
+        return (self.power.known and all(op.pj is not None for kinds in self.ops.values() for op in kinds.values())
+                and all(lv.energy_pj_per_byte is not None for lv in self.memory.levels))
 
     @property
     def file(self) -> str:
@@ -223,6 +291,9 @@ class Device(_Model):
         for fmt, kinds in self.ops.items():
             pairs += [(f"ops.{fmt}.{kind}.source", op.source) for kind, op in kinds.items()]
         pairs.append(("power.source", self.power.source))
+        if self.trainer is not None:
+            pairs.append(("trainer.source", self.trainer.source))
+            pairs += [(f"trainer.operators[{i}].source", o.source) for i, o in enumerate(self.trainer.operators)]
         return pairs
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from bnncost.layers.model import Model, ModelError, load_model
 from bnncost.layers.spec import (
     AvgPool, BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU,
-    Residual, Sign, SoftmaxCE,
+    Residual, Sign, SoftmaxCE, pair,
 )
 
 Shape = tuple[int, ...]
@@ -28,6 +28,8 @@ class Tensor:
     is_data: bool = False  # the data batch or a reshape of it
     requires_grad: bool = False  # some parameter lies upstream
     alias_of: int | None = None  # flatten output: same buffer as this tensor
+    binary: bool = False  # every value is +1 or -1 by construction (METHOD 4.2): a sign's output, or a
+    # max-pool or flatten of such a tensor; held in the strategy's binary_input format
 
 
 @dataclass
@@ -42,12 +44,15 @@ class Node:
     out_shape: Shape
     # dense / conv2d only
     binary: bool = False
-    fan_in: int = 0  # K: inputs per output (units in, or k*k*Cin)
+    fan_in: int = 0  # K: inputs per output (units in, or kh*kw*Cin)
     units: int = 0  # N: outputs per position (units or filters)
     positions: int = 1  # output positions per sample (Ho*Wo; 1 for dense)
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, bottom, left, right
     first: bool = False  # its input is the data batch: it saves the data, computes no dX
     weight_shape: Shape = ()
+    # conv2d / maxpool / avgpool only: window (rows, cols) and stride (rows, cols)
+    window: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
     residual: str | None = None  # name of the enclosing residual block, if any
 
     @property
@@ -146,26 +151,28 @@ class _Builder:
             if len(shape) != 3:
                 raise self.error(path, name, f"conv2d needs an [H, W, C] input, got {list(shape)}")
             h, w, c = shape
-            k, s = spec.kernel, spec.stride
-            if spec.padding == "valid" and (h < k or w < k):
-                raise self.error(path, name, f"{k}x{k} valid conv on a {h}x{w} map")
-            ho, wo = _pool_out(h, k, s, spec.padding), _pool_out(w, k, s, spec.padding)
+            (kh, kw), (sh, sw) = pair(spec.kernel), pair(spec.stride)
+            if spec.padding == "valid" and (h < kh or w < kw):
+                raise self.error(path, name, f"{kh}x{kw} valid conv on a {h}x{w} map")
+            ho, wo = _pool_out(h, kh, sh, spec.padding), _pool_out(w, kw, sw, spec.padding)
             if spec.padding == "same":
-                node.padding = (*_same_pad(h, k, s), *_same_pad(w, k, s))
+                node.padding = (*_same_pad(h, kh, sh), *_same_pad(w, kw, sw))
             node.out_shape = (ho, wo, spec.filters)
-            node.binary, node.fan_in, node.units = spec.binary, k * k * c, spec.filters
+            node.binary, node.fan_in, node.units = spec.binary, kh * kw * c, spec.filters
             node.positions = ho * wo
-            node.weight_shape = (k, k, c, spec.filters)
+            node.weight_shape = (kh, kw, c, spec.filters)
+            node.window, node.strides = (kh, kw), (sh, sw)
         elif isinstance(spec, (MaxPool, AvgPool)):
             if len(shape) != 3:
                 raise self.error(path, name, f"{spec.kind} needs an [H, W, C] input, got {list(shape)}")
             h, w, c = shape
-            k, s = spec.size, spec.stride or spec.size
-            if spec.padding == "valid" and (h < k or w < k):
-                raise self.error(path, name, f"{k}x{k} valid pool on a {h}x{w} map")
+            (kh, kw), (sh, sw) = pair(spec.size), pair(spec.stride or spec.size)
+            if spec.padding == "valid" and (h < kh or w < kw):
+                raise self.error(path, name, f"{kh}x{kw} valid pool on a {h}x{w} map")
             if spec.padding == "same":
-                node.padding = (*_same_pad(h, k, s), *_same_pad(w, k, s))
-            node.out_shape = (_pool_out(h, k, s, spec.padding), _pool_out(w, k, s, spec.padding), c)
+                node.padding = (*_same_pad(h, kh, sh), *_same_pad(w, kw, sw))
+            node.out_shape = (_pool_out(h, kh, sh, spec.padding), _pool_out(w, kw, sw, spec.padding), c)
+            node.window, node.strides = (kh, kw), (sh, sw)
         elif isinstance(spec, GlobalAvgPool):
             if len(shape) != 3:
                 raise self.error(path, name, f"global_avgpool needs an [H, W, C] input, got {list(shape)}")
@@ -173,7 +180,7 @@ class _Builder:
         elif isinstance(spec, Flatten):
             node.out_shape = (math.prod(shape),)
             node.output = self.new_tensor(node.out_shape, name, is_data=t.is_data,
-                                          requires_grad=t.requires_grad, alias_of=x)
+                                          requires_grad=t.requires_grad, alias_of=x, binary=t.binary)
             self.nodes.append(node)
             return node.output
         elif isinstance(spec, SoftmaxCE):
@@ -189,7 +196,8 @@ class _Builder:
     def add_node(self, node: Node) -> int:
         ins = [self.tensors[i] for i in node.inputs]
         requires = node.has_params or any(t.requires_grad for t in ins)
-        node.output = self.new_tensor(node.out_shape, node.name, requires_grad=requires)
+        binary = node.kind == "sign" or (node.kind == "maxpool" and ins[0].binary)
+        node.output = self.new_tensor(node.out_shape, node.name, requires_grad=requires, binary=binary)
         self.nodes.append(node)
         return node.output
 

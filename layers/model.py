@@ -40,18 +40,27 @@ def zoo_names() -> list[str]:
 
 
 def looks_like_path(ref: str) -> bool:
-    return "/" in ref or "\\" in ref or ref.endswith((".yaml", ".yml"))
+    return "/" in ref or "\\" in ref or ref.endswith((".yaml", ".yml", ".onnx"))
 
 
 def load_model(ref: str) -> Model:
-    """Load a zoo model by name, or a user's model from a YAML path (cached while the file is unchanged)."""
+    """Load a zoo model by name, or a user's model from a YAML or ONNX path (cached while the file is unchanged)."""
     if looks_like_path(ref):
         path = Path(ref)
         if not path.is_file():
             read_text(path, ModelError, "model file")  # says what is wrong with it
         stat = path.stat()
+        if path.suffix.lower() == ".onnx":
+            return _load_onnx_file(str(path), stat.st_mtime_ns, stat.st_size)
         return _load_model_file(str(path), stat.st_mtime_ns, stat.st_size)
     return _load_zoo_model(ref)
+
+
+@lru_cache(maxsize=16)
+def _load_onnx_file(path: str, mtime_ns: int, size: int) -> Model:
+    from bnncost.layers.importers import import_onnx  # the importer builds on this module
+
+    return import_onnx(path).model
 
 
 @lru_cache(maxsize=64)

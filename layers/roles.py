@@ -18,11 +18,13 @@ ROLES: dict[str, str] = {
     "optimizer_state": "optimizer moments (Adam m and v, SGD or Bop momentum)",
     "bn_param": "per-channel batchnorm parameters, statistics and their gradients",
     "activation_grad": "dY / dX buffers",
-    "activation": "a layer's forward output, until its last consumer's forward (held in the real_input format)",
+    "activation": ("a layer's forward output, until its last consumer's forward (held in the real_input "
+                   "format, or binary_input when its values are +1/-1 by construction, e.g. a sign's)"),
     "workspace": "scratch an operator needs while it runs",
 }
 
 # Roles a strategy assigns a format to. Workspace takes its operands' format;
-# forward activations are real values held like a saved real input.
+# forward activations are held like a saved real input (a binary one like a
+# saved binary input: layers.storage.activation_format_role).
 DERIVED_FORMAT: dict[str, str] = {"activation": "real_input"}
 FORMATTED_ROLES: tuple[str, ...] = tuple(r for r in ROLES if r != "workspace" and r not in DERIVED_FORMAT)

@@ -6,9 +6,26 @@ hyper-parameters; shapes are inferred in `layers.graph`.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt
+
+
+# A window size or stride: one int for both axes, or [rows, cols] (e.g.
+# `kernel: [10, 4]`, `stride: [2, 1]`); `layers.graph` turns it into a pair.
+def _check_pair(value):
+    ok_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
+    if ok_int(value) or (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(ok_int, value))):
+        return value
+    raise ValueError(f"expected a positive integer or [rows, cols] of positive integers, got {value!r}")
+
+
+Pair = Annotated[Union[PositiveInt, tuple[PositiveInt, PositiveInt]], BeforeValidator(_check_pair)]
+
+
+def pair(value: "int | tuple[int, int]") -> tuple[int, int]:
+    """A Pair as (rows, cols)."""
+    return (value, value) if isinstance(value, int) else (value[0], value[1])
 
 
 class _Layer(BaseModel):
@@ -25,8 +42,8 @@ class Dense(_Layer):
 class Conv2D(_Layer):
     kind: Literal["conv2d"] = "conv2d"
     filters: PositiveInt
-    kernel: PositiveInt
-    stride: PositiveInt = 1
+    kernel: Pair
+    stride: Pair = 1
     padding: Literal["same", "valid"] = "valid"
     binary: bool = True
 
@@ -44,8 +61,8 @@ class ReLU(_Layer):
 
 
 class _Pool(_Layer):
-    size: PositiveInt = 2
-    stride: PositiveInt | None = None  # defaults to size
+    size: Pair = 2
+    stride: Pair | None = None  # defaults to size
     padding: Literal["same", "valid"] = "valid"
 
 

@@ -18,7 +18,10 @@ Choices the docstrings of METHOD leave open, made here:
   Helwegen et al. 2019 do);
 - forward outputs: every layer's output (role `activation`) lives from its
   forward to the forward of its last consumer; a flatten's output is its
-  input reshaped, and softmax_ce's output is the loss, so neither has one;
+  input reshaped, and softmax_ce's output is the loss, so neither has one.
+  An output is held in the `real_input` format, or, when its values are +1/-1
+  by construction (a sign's, a max-pool's of such a tensor: graph
+  `Tensor.binary`), in the `binary_input` format (METHOD 4.2);
 - activation gradients: one buffer per tensor that needs a gradient, written
   by the backward of the layer that consumes the tensor and read by the
   backward of the layer that produced it. A flatten reuses its input's buffer;
@@ -45,6 +48,11 @@ class Stored:
     alloc: str
     free: str
     fixed_format: str | None = None  # overrides the strategy's format for this role
+    format_role: str | None = None  # held in this role's format (default: its own role's)
+
+    def format_in(self, format_of) -> str:
+        """Its format under a strategy's `format_of(role)`."""
+        return self.fixed_format or format_of(self.format_role or self.role)
 
 
 def stored_variables(graph: Graph, *, batchnorm: str, optimizer: str, retention: str) -> list[Stored]:
@@ -127,10 +135,19 @@ def forward_outputs(graph: Graph) -> list[Stored]:
             last[base[i]] = f"forward:{node.name}"
     return [
         Stored(f"{node.name}.output", node.name, "activation", node.out_shape, True, f"forward:{node.name}",
-               last.get(node.output, f"forward:{node.name}"))
+               last.get(node.output, f"forward:{node.name}"),
+               format_role=activation_format_role(graph, node.output))
         for node in graph.nodes
         if node.kind not in ("flatten", "softmax_ce")
     ]
+
+
+def activation_format_role(graph: Graph, tensor: int) -> str:
+    """The role whose format holds a forward tensor: the data's, a binary tensor's, or a real one's."""
+    t = graph.tensors[tensor]
+    if t.is_data:
+        return "input"
+    return "binary_input" if t.binary else "real_input"
 
 
 def gradient_buffer_names(graph: Graph, in_place: frozenset[str] = frozenset()) -> dict[int, str]:

@@ -11,6 +11,7 @@ from bnncost.costmodel.engine import EngineError, engine_names, load_engine
 from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.prediction import predict
 from bnncost.costmodel.strategy import load_strategy, strategy_names
+from bnncost.hardware_profiles import load_device
 from bnncost.layers.graph import graph_of
 from bnncost.layers.model import zoo_names
 
@@ -170,6 +171,16 @@ def test_lifetimes(tmp_path):
     assert delta(a, b) == span(a, "step_end", "step_end", 128 + 32)
     with pytest.raises(EngineError, match=r"lifetimes\[0\]\.free: .*before it is allocated"):
         plans(tmp_path, "lifetimes:\n  - {kinds: dense, role: weight_grad, free: forward, source: t}\n")
+
+
+def test_lifetimes_do_not_change_what_a_phase_moves(tmp_path):
+    """Energy and time price the bytes each phase reads and writes; how long a gradient lives does not change them."""
+    eng = engine(tmp_path, "lifetimes:\n  - {kinds: [dense, batchnorm], role: weight_grad, free: step_end, source: t}\n"
+                           "  - {kinds: batchnorm, role: bn_param, free: step_end, source: t}\n")
+    dev = load_device("raspberry-pi-4b")
+    a, b = predict("mlp", "standard", 32, device=dev), predict("mlp", "standard", 32, device=dev, engine=eng)
+    assert b.memory.peak_bytes >= a.memory.peak_bytes
+    assert (b.energy.memory_j, b.time.memory_s) == (a.energy.memory_j, a.time.memory_s)
 
 
 def test_in_place_gradients(tmp_path):
@@ -346,3 +357,17 @@ def test_verify_uses_the_trainer_engine(capsys):
     code, out, err = run(capsys, "verify", "digits-mlp", "-b", "8", "--steps", "1", "--json")
     doc = json.loads(out)
     assert doc["engine"] == "bnncost-trainer" and doc["workspace_budget"] == 65536 and code == 0, err
+
+
+@pytest.mark.parametrize("name", ["pytorch", EXAMPLE])
+def test_largest_batch_is_exact_with_runtime_bytes(name):
+    """Runtime bytes are a constant: the largest batch still solves peak(b) <= usable < peak(b + 1)."""
+    eng = load_engine(name)
+    plan = memory_plan(graph_of("cnv"), load_strategy("standard"), retention=eng.retention,
+                       workspace_budget=eng.workspace.budget, engine=eng)
+    assert plan.runtime_bytes > 0
+    for usable in (plan.peak_bytes(1)[0] - 1, 50 << 20, 300 << 20, 4 << 30):
+        b = plan.max_batch(int(usable))
+        if b:
+            assert plan.peak_bytes(b)[0] <= usable
+        assert plan.peak_bytes(b + 1)[0] > usable

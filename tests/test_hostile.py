@@ -587,6 +587,49 @@ def test_an_unwritable_save_path_is_refused_before_training(capsys, tmp_path):
     assert out == ""
 
 
+@pytest.mark.parametrize("args", [
+    ["import", str(ROOT / "tests/data/onnx/mlp.torchscript-opset17.onnx"), "-o", "{target}"],
+    ["sweep", "mlp", "--batch", "1:8", "--plot", "{target}.png"],
+    ["compare", "mlp", "--plot", "{target}.svg"],
+    ["train", "digits-mlp", "--epochs", "1", "--save", "{target}.npz"],
+    ["calibrate", "--quick", "--out", "{target}.yaml"],
+])
+@pytest.mark.parametrize("where", ["folder", "proc", "missing"])
+def test_every_output_path_is_checked_before_work_in_one_line(capsys, tmp_path, args, where):
+    """A directory, a place where no file can be created (/proc: permission bits say yes to root) or a missing
+    folder: one line naming the option and the path, never an errno with a temporary file's name."""
+    if where == "proc" and not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc")
+    if args[0] == "import":
+        pytest.importorskip("onnx")
+    target = {"folder": str(tmp_path), "proc": "/proc/bnncost-x", "missing": str(tmp_path / "no" / "x")}[where]
+    if where == "folder" and args[0] != "import":
+        (tmp_path / "d.png").mkdir(), (tmp_path / "d.svg").mkdir(), (tmp_path / "d.npz").mkdir()
+        (tmp_path / "d.yaml").mkdir()
+        target = str(tmp_path / "d")
+    argv = [a.replace("{target}", target) for a in args]
+    code, out, err = run(capsys, *argv)
+    one_line_error(code, err, 2, argv[-1] if args[-1].startswith("{target}") else target)
+    assert ".tmp" not in err and "Errno" not in err
+
+
+def test_written_files_get_the_usual_mode_and_replace_whole(tmp_path):
+    from bnncost.layers.outfile import atomic_output
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "m.yaml", "--output") as fh:
+            fh.write("a: 1\n")
+        assert (tmp_path / "m.yaml").stat().st_mode & 0o777 == 0o644
+        with pytest.raises(RuntimeError):
+            with atomic_output(tmp_path / "m.yaml", "--output") as fh:
+                fh.write("half")
+                raise RuntimeError("interrupted")
+        assert (tmp_path / "m.yaml").read_text() == "a: 1\n" and len(list(tmp_path.iterdir())) == 1
+    finally:
+        os.umask(mask)
+
+
 def test_stale_temporary_checkpoints_are_cleaned_on_start(capsys, tmp_path):
     ck = tmp_path / "ck.npz"
     for i in range(3):

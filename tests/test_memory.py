@@ -3,7 +3,7 @@
 import pytest
 
 from bnncost.costmodel import load_strategy, memory_plan, predict, tensor_bytes
-from bnncost.layers import build_graph, parse_model
+from bnncost.layers import build_graph, load_model, parse_model
 
 TINY = {
     "name": "tiny",
@@ -84,8 +84,8 @@ def test_proposed_bytes_of_every_role_by_hand():
         "batchnorm_2.norm_scale": 6, "batchnorm_2.param_grad": 6, "softmax_ce_1.probs": 6,
         "batchnorm_2.output_grad": 6, "dense_2.output_grad": 6, "sign_1.output_grad": 24,
         "batchnorm_1.output_grad": 24, "dense_1.output_grad": 24,
-        "dense_1.output": 24, "batchnorm_1.output": 24, "sign_1.output": 24, "dense_2.output": 6,
-        "batchnorm_2.output": 6,
+        "dense_1.output": 24, "batchnorm_1.output": 24, "dense_2.output": 6, "batchnorm_2.output": 6,
+        "sign_1.output": 2,  # +1/-1: held in binary_input, 12 bits packed -> 2 bytes (METHOD 4.2)
     }
     assert {k: b for k, (_, _, b, _, _) in v.items()} == expected
 
@@ -174,3 +174,24 @@ def test_residual_identity_chain_shares_one_gradient_buffer():
     stream = next(v for v in plan.variables if v.name == "batchnorm_1.output_grad")
     assert plan.events[stream.alloc] == "backward:global_avgpool_1"
     assert plan.events[stream.free] == "backward:batchnorm_1"
+
+
+def test_binary_outputs_are_held_in_the_binary_input_format():
+    """A sign's output, and a max-pool's of it, are +1/-1: binary_input (bits under proposed), METHOD 4.2."""
+    cnv = build_graph(load_model("cnv"))
+    for strategy, binary, real in (("proposed", "bool", "float16"), ("standard", "float32", "float32")):
+        v = {x.name: x for x in memory_plan(cnv, load_strategy(strategy)).variables}
+        assert v["sign_1.output"].format == binary and v["maxpool_1.output"].format == binary
+        assert v["batchnorm_1.output"].format == real and v["conv2d_1.output"].format == real
+    v = {x.name: x for x in memory_plan(cnv, load_strategy("proposed")).variables}
+    assert v["sign_1.output"].bytes_at(2) == 2 * 30 * 30 * 64 // 8
+    assert v["maxpool_1.output"].bytes_at(2) == 2 * 14 * 14 * 64 // 8
+
+
+def test_proposed_po2_does_not_peak_at_a_sign_output():
+    """With float16 sign outputs, proposed-po2 peaked in forward:sign_1 (cnv); a bit each, it no longer does."""
+    cnv = build_graph(load_model("cnv"))
+    for batch in (32, 256):
+        plan = memory_plan(cnv, load_strategy("proposed-po2"))
+        _, e, _, _ = plan.peak(batch)
+        assert not plan.events[e].startswith("forward:sign"), plan.events[e]

@@ -114,30 +114,43 @@ BIN_CNN = {
         {"batchnorm": {}}, {"sign": {}},
         {"flatten": {}}, {"dense": {"units": 5}}, {"batchnorm": {}}, {"softmax_ce": {}},
     ]}
+# non-square kernels and strides (issue 11 item 3), same padding on both axes
+BIN_CNN_NONSQUARE = {
+    "name": "bin-cnn-nonsquare", "input": [7, 5, 2], "layers": [
+        {"conv2d": {"filters": 4, "kernel": [3, 1], "stride": [1, 2], "padding": "same"}},
+        {"batchnorm": {}}, {"sign": {}},
+        {"conv2d": {"filters": 6, "kernel": [2, 3], "stride": [2, 1], "padding": "same"}},
+        {"batchnorm": {}}, {"sign": {}},
+        {"conv2d": {"filters": 3, "kernel": [1, 2], "padding": "valid"}},
+        {"batchnorm": {}}, {"sign": {}},
+        {"flatten": {}}, {"dense": {"units": 5}}, {"batchnorm": {}}, {"softmax_ce": {}},
+    ]}
 
 
 def _patches(x, k, stride, pad, padval):
-    """float64 im2col: (B, Ho, Wo, k*k*C) with the padding value given."""
+    """float64 im2col: (B, Ho, Wo, kh*kw*C) with the padding value given; k and stride are (rows, cols)."""
     B, H, W, C = x.shape
+    (kh, kw), (sh, sw) = k, stride
     top, bottom, left, right = pad
     xp = np.full((B, H + top + bottom, W + left + right, C), padval, np.float64)
     xp[:, top:top + H, left:left + W] = x
-    Ho = (H + top + bottom - k) // stride + 1
-    Wo = (W + left + right - k) // stride + 1
-    cols = [xp[:, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride] for i in range(k) for j in range(k)]
-    return np.stack(cols, axis=3).reshape(B, Ho, Wo, k * k * C)
+    Ho = (H + top + bottom - kh) // sh + 1
+    Wo = (W + left + right - kw) // sw + 1
+    cols = [xp[:, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw] for i in range(kh) for j in range(kw)]
+    return np.stack(cols, axis=3).reshape(B, Ho, Wo, kh * kw * C)
 
 
 def _fold(cols, shape, k, stride, pad):
     B, H, W, C = shape
+    (kh, kw), (sh, sw) = k, stride
     top, bottom, left, right = pad
     Ho, Wo = cols.shape[1], cols.shape[2]
     xp = np.zeros((B, H + top + bottom, W + left + right, C))
-    c = cols.reshape(B, Ho, Wo, k * k, C)
+    c = cols.reshape(B, Ho, Wo, kh * kw, C)
     q = 0
-    for i in range(k):
-        for j in range(k):
-            xp[:, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride] += c[:, :, :, q]
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw] += c[:, :, :, q]
             q += 1
     return xp[:, top:top + H, left:left + W]
 
@@ -156,7 +169,7 @@ def reference_grads(graph, net: Network, x, y, batchnorm: str, packed_norm: bool
             inp = sgn(h) if (node.binary and not node.first) else h
             if k == "conv2d":
                 padval = -1.0 if (node.binary and not node.first) else 0.0
-                cols = _patches(inp, node.spec.kernel, node.spec.stride, node.padding, padval)
+                cols = _patches(inp, node.window, node.strides, node.padding, padval)
                 out = cols @ wm
             else:
                 cols, out = inp, inp @ wm
@@ -205,7 +218,7 @@ def reference_grads(graph, net: Network, x, y, batchnorm: str, packed_norm: bool
             grads[f"{node.name}.weight"] = (cols.reshape(-1, node.fan_in).T @ g2).reshape(node.weight_shape)
             dcols = g2 @ wm.T
             if k == "conv2d":
-                g = _fold(dcols.reshape(*g.shape[:-1], -1), in_shape, node.spec.kernel, node.spec.stride, node.padding)
+                g = _fold(dcols.reshape(*g.shape[:-1], -1), in_shape, node.window, node.strides, node.padding)
             else:
                 g = dcols.reshape(in_shape)
         elif k == "batchnorm":
@@ -228,7 +241,7 @@ def reference_grads(graph, net: Network, x, y, batchnorm: str, packed_norm: bool
     return loss, grads
 
 
-@pytest.mark.parametrize("model", [BIN_CNN, "digits-mlp"])
+@pytest.mark.parametrize("model", [BIN_CNN, BIN_CNN_NONSQUARE, "digits-mlp"])
 def test_binary_paths_match_a_float64_reference(model):
     g = graph_of(model) if isinstance(model, dict) else build_graph(load_model(model))
     net = Network(g, load_strategy("standard"), seed=3)
@@ -335,8 +348,23 @@ FP_NET = {
     ]}
 
 
-def test_full_precision_paths_match_finite_differences():
-    g = graph_of(FP_NET)
+FP_NONSQUARE = {
+    "name": "fp-nonsquare", "input": [9, 6, 2], "layers": [
+        {"conv2d": {"filters": 4, "kernel": [3, 2], "stride": [1, 2], "padding": "same", "binary": False}},
+        {"batchnorm": {}}, {"relu": {}},
+        {"maxpool": {"size": [2, 1], "stride": [2, 1]}},
+        {"avgpool": {"size": [1, 3], "stride": [1, 1], "padding": "same"}},
+        {"conv2d": {"filters": 5, "kernel": [2, 3], "stride": [2, 1], "padding": "valid", "binary": False}},
+        {"global_avgpool": {}},
+        {"dense": {"units": 4, "binary": False}},
+        {"batchnorm": {}},
+        {"softmax_ce": {}},
+    ]}
+
+
+@pytest.mark.parametrize("model", [FP_NET, FP_NONSQUARE], ids=["square", "nonsquare"])
+def test_full_precision_paths_match_finite_differences(model):
+    g = graph_of(model)
     net = Network(g, load_strategy("standard"), seed=7)
     x, y = batch_for(g, 6, seed=8)
     _, grads = step_grads(net, x, y)
@@ -425,7 +453,7 @@ def test_ledger_names_shapes_and_lifetimes_follow_layers_storage_and_scratch():
             assert set(rows) == set(stored) | set(scratch)
             for name, v in stored.items():
                 r = rows[name]
-                fmt = v.fixed_format or s.format_of(v.role)
+                fmt = v.format_in(s.format_of)
                 shape = (4, *v.shape) if v.batched else v.shape
                 assert (r.role, r.format, r.alloc, r.free) == (v.role, fmt, v.alloc, v.free), name
                 assert r.bytes == tensor_bytes(fmt, shape), name
@@ -545,3 +573,17 @@ def test_every_sign_the_trainer_takes_agrees_at_zero(dtype):
     assert np.array_equal(codec.nonnegative(x), want > 0)
     assert np.array_equal(codec.decode(codec.encode(x, "bool"), "bool", len(x)), want.astype(np.float32))
     assert np.array_equal(codec.abs_at_most_one(x), np.abs(x.astype(np.float32)) <= 1)
+
+
+def test_non_square_pools_give_the_same_step_in_row_bands(monkeypatch):
+    """Tiny elementwise chunks force the pools' one-sample row bands (forward) and input-row tiles
+    (backward): with non-square windows and strides the step must not change."""
+    from bnncost.trainer import base
+    g = graph_of(FP_NONSQUARE)
+    x, y = batch_for(g, 3, seed=4)
+    loss, ref = step_grads(Network(g, load_strategy("standard"), seed=5), x, y)
+    monkeypatch.setattr(base, "CHUNK_BYTES", 64)
+    banded_loss, got = step_grads(Network(g, load_strategy("standard"), seed=5), x, y)
+    assert banded_loss == pytest.approx(loss, rel=1e-6)
+    for name in ref:  # float32 sums in another order: ~1e-6 of the largest gradient apart, no more
+        np.testing.assert_allclose(got[name], ref[name], rtol=0, atol=2e-5 * np.abs(ref[name]).max())

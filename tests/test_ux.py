@@ -179,10 +179,13 @@ def test_a_narrow_terminal_cuts_no_name(capsys, monkeypatch):
     for args in (["predict", "resnete18", "--by", "variable"], ["strategies"], ["fit", "mlp", "-d", "jetson-nano"],
                  ["predict", "cnv", "--device", "raspberry-pi-3b-plus"], ["models"], ["devices"],
                  ["sweep", "cnv", "--batch", "1:100000", "--linear", "--device", "raspberry-pi-3b-plus"],
-                 ["summary", "resnete18", "--device", "raspberry-pi-4b"]):
+                 ["summary", "resnete18", "--device", "raspberry-pi-4b"],
+                 ["verify", "digits-mlp", "--by", "variable"], ["verify", "digits-mlp"]):
         code, out, _ = run(capsys, *args)
         assert code == 0 and "…" not in out, args
         assert max(len(line) for line in out.splitlines()) <= 80, args
+        if args[0] == "verify":  # role names are words a user types: never split across lines
+            assert all(role in out for role in ("latent_weight", "optimizer_state", "activation_mask")), args
     code, out, _ = run(capsys, "predict", "cnv")
     assert "x batch" in out and "x B" not in out
     formula_line = next(line for line in out.splitlines() if "x batch" in line)
@@ -280,3 +283,36 @@ def test_docs_are_linked_and_every_link_resolves():
     from bnncost.layers.roles import ROLES
 
     assert all(f"`{role}`" in spec for role in ROLES)  # every role is specified
+
+
+def test_the_trainer_reports_progress_event_by_event():
+    from bnncost.trainer.run import run_steps
+
+    seen = []
+    run_steps("digits-mlp", "proposed", batch=4, steps=2, on_event=lambda done, total: seen.append((done, total)))
+    total = seen[0][1]
+    assert [d for d, _ in seen] == list(range(1, total + 1)) and all(t == total for _, t in seen)
+
+
+def test_verify_draws_its_progress_on_a_terminal_stderr(capsys, monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    with cli.trainer_progress("verify digits-mlp") as on_event:
+        assert on_event is not None
+        on_event(3, 10)
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: False))
+    with cli.trainer_progress("verify digits-mlp") as on_event:
+        assert on_event is None
+    assert capsys.readouterr().out == ""
+
+
+def test_stacked_tables_share_the_columns_evenly():
+    """Seven strategies at 80 columns: two tables of 4 and 3 columns, not 5 and a narrow 2 whose title wraps."""
+    from bnncost.tables import Wide
+
+    w = Wide("Role -> format", [f"strategy-{i}" for i in range(7)])
+    for r in range(3):
+        w.row(f"role_{r}", ["float32"] * 7)
+    parts = [p for p in w.render(62) if not isinstance(p, str)]
+    assert [len(p.columns) - 1 for p in parts] == [4, 3]

@@ -14,7 +14,11 @@ from test_cli import run
 RESIDUAL = str(Path(__file__).parent / "data" / "small-residual.yaml")
 STRATEGIES = ["standard", "ladder-1-binary-activations", "ladder-2-l1-batchnorm", "ladder-3-binary-dw",
               "proposed", "proposed-po2", "bop"]
-MODELS = [("mlp", 16), ("digits-mlp", 16), ("digits-cnn", 8), (RESIDUAL, 4), ("cnv", 2)]
+DATA = Path(__file__).parent / "data"
+# odd-binary: sign outputs of 5 channels (not a multiple of 8) pooled with padding, added in a residual,
+# flattened and fed to a full-precision layer; pooled-signs: signs averaged and relu'd (METHOD 4.2)
+MODELS = [("mlp", 16), ("digits-mlp", 16), ("digits-cnn", 8), (RESIDUAL, 4), ("cnv", 2),
+          (str(DATA / "odd-binary.yaml"), 4), (str(DATA / "pooled-signs.yaml"), 3)]
 
 
 @pytest.mark.parametrize("retention", ["step", "backward"])
@@ -89,3 +93,17 @@ def test_verify_exit_1_when_something_disagrees(capsys, monkeypatch):
 def test_verify_bad_input(capsys, args, needle):
     code, out, err = run(capsys, *args)
     assert code == 2 and out == "" and needle in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("strategy", ["standard", "proposed", "proposed-po2"])
+def test_maps_larger_than_a_chunk_verify_at_batch_1(strategy):
+    """Pools, the residual join and global pooling work below one sample (issue 12: ImageNet at batch 1)."""
+    v = cli.run_verification(str(DATA / "big-map.yaml"), strategy, 1, steps=1)
+    assert v.ok, (v.peak.process_bytes, v.peak.predicted_bytes, v.peak.process_limit_bytes)
+
+
+def test_the_process_tolerance_is_stated_in_the_json():
+    doc = cli.run_verification("digits-mlp", "proposed", 4, steps=1).to_json()
+    tol = doc["tolerance"]
+    assert (tol["process_peak_above_fraction"], tol["process_peak_above_bytes"],
+            tol["process_peak_below_fraction"]) == (0.03, 256 * 1024, 0.01)

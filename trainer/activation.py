@@ -18,29 +18,31 @@ from bnncost.trainer.base import Op, row_chunks, temp_rows
 class _Gate(Op):
     """An elementwise layer whose backward multiplies dy by a saved 0/1 mask."""
 
-    def _fwd_chunk(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _fwd_chunk(self, x: np.ndarray, y: np.ndarray, of: str) -> np.ndarray:
+        """Write this chunk's output into y (held in `of`); return the mask to save (booleans)."""
         raise NotImplementedError
 
     def forward(self, xs):
         x, xf = xs[0]
         ctx = self.ctx
-        C = x.shape[-1]
-        x2 = x.reshape(-1, C)
+        C = self.node.channels
+        x2 = codec.rows(x, xf, C)
         m = x2.shape[0]
         y = ctx.output(self.node)
-        y2 = y.reshape(m, C)
+        of = ctx.out_fmt(self.node)
+        y2 = codec.rows(y, of, C)
         mask2 = None
         mf = ctx.fmt("activation_mask")
         if ctx.training:
-            mask = ctx.save(self.node, "mask", "activation_mask", x.shape)
+            mask = ctx.save(self.node, "mask", "activation_mask", (x.shape[0], *self.node.in_shape))
             mask2 = mask.reshape(m, -1)
         for r0, r1 in row_chunks(m, temp_rows(C)):
-            out, keep = self._fwd_chunk(x2[r0:r1])
-            codec.encode_into(y2[r0:r1], out, ctx.fwd)
+            xc = x2[r0:r1] if xf in codec.FLOATS else codec.decode(x2[r0:r1], xf, C)
+            keep = self._fwd_chunk(xc, y2[r0:r1], of)
             if mask2 is not None:
                 codec.store_mask(keep, mask2[r0:r1], mf)
         self._count_forward(m * C)
-        return y, ctx.fwd
+        return y, of
 
     def backward(self):
         ctx, node = self.ctx, self.node
@@ -73,9 +75,11 @@ class _Gate(Op):
 
 
 class Sign(_Gate):
-    def _fwd_chunk(self, x):
-        one = x.dtype.type(1)
-        return np.where(codec.nonnegative(x), one, -one), codec.abs_at_most_one(x)
+    """Its output is +1/-1: held in the binary_input format (1 bit each when bool; METHOD 4.2)."""
+
+    def _fwd_chunk(self, x, y, of):
+        codec.store_signs(codec.nonnegative(x), y, of)
+        return codec.abs_at_most_one(x)
 
     def _count_forward(self, E):
         f = self.ctx.fwd
@@ -84,10 +88,11 @@ class Sign(_Gate):
 
 
 class ReLU(_Gate):
-    def _fwd_chunk(self, x):
+    def _fwd_chunk(self, x, y, of):
         v = x.astype(np.float32, copy=False)
         keep = v > 0
-        return np.where(keep, v, np.float32(0)), keep
+        codec.encode_into(y, np.where(keep, v, np.float32(0)), of)
+        return keep
 
     def _count_forward(self, E):
         self.count("forward", "compare", self.ctx.fwd, E)

@@ -4,16 +4,17 @@ The context hands operators their buffers, always through the ledger:
 - `save`: what a layer keeps for its backward (names, roles and lifetimes of
   `layers.storage.stored_variables`), in the strategy's format;
 - `output`: the forward activation handed to the next layer (`<layer>.output`,
-  role `activation`, `real_input` format), freed after the forward of its
-  last consumer (layers.storage.forward_outputs);
+  role `activation`, `real_input` format, or `binary_input` when its values
+  are +1/-1 by construction: a sign's, a max-pool's of such a tensor), freed
+  after the forward of its last consumer (layers.storage.forward_outputs);
 - `scratch`: workspace of `layers.scratch`, holding `rows_held(total, row
   bytes, budget)` rows (METHOD 4.1; total = rows per sample x B + fixed
   rows, the weight rows of sign_weight, weight_signs and dw_accum, which an
   operator then works through block by block) and freed at the end of the
   operator's event. With budget 0 the model has no scratch at all; numpy
-  still needs working memory, so the operator gets the same chunk sizing from
-  the default budget as an untracked temporary (it shows in tracemalloc, not
-  in the ledger);
+  still needs working memory, so the operator gets its chunks sized under
+  UNTRACKED_WORKSPACE (4 KiB) as untracked temporaries (they show in
+  tracemalloc, not in the ledger);
 - `grad_in` / `grad_out`: activation-gradient buffers shared per
   `layers.storage.gradient_buffers` (a flatten reuses its input's buffer, a
   residual join passes its buffer by reference, an identity shortcut
@@ -38,6 +39,10 @@ from bnncost.trainer.counters import OpCounter
 from bnncost.trainer.ledger import Ledger
 
 DEFAULT_WORKSPACE = 65536  # METHOD 4.1: the trainer's default budget, bytes per operator
+# Budget 0 models an in-place engine with no scratch; numpy still needs working rows, so each scratch
+# buffer is then held untracked at this small size (it shows in tracemalloc only, well inside
+# verify's stated process margin).
+UNTRACKED_WORKSPACE = 4096
 LOSS_SCALE = 1024.0
 
 
@@ -109,11 +114,15 @@ class Context:
             raise RuntimeError(f"{name}: shape {shape} differs from layers.storage {full}")
         return self.ledger.alloc(name, node.name, role, fmt, full, free_at=s.free)
 
+    def out_fmt(self, node: Node) -> str:
+        """The format of this node's forward output: real_input, or binary_input for +1/-1 values."""
+        return self.stored[f"{node.name}.output"].format_in(self.fmt)
+
     def output(self, node: Node) -> np.ndarray:
-        """The forward activation this node hands on (layers.storage.forward_outputs), in real_input."""
+        """The forward activation this node hands on (layers.storage.forward_outputs), in `out_fmt`."""
         name = f"{node.name}.output"
         s = self.stored[name]
-        return self.ledger.alloc(name, node.name, "activation", self.fmt("activation"), (self.batch, *s.shape),
+        return self.ledger.alloc(name, node.name, "activation", self.out_fmt(node), (self.batch, *s.shape),
                                  free_at=s.free)
 
     def scratch(self, node: Node, short: str, total_rows: int | None = None) -> tuple[np.ndarray, str] | None:
@@ -135,7 +144,7 @@ class Context:
         if total_rows is not None and total_rows != total:
             raise RuntimeError(f"{name}: {total_rows} rows, layers.scratch says "
                                f"{w.rows_per_sample} x B + {w.fixed_rows} = {total}")
-        budget = self.budget if self.budget > 0 else DEFAULT_WORKSPACE
+        budget = self.budget if self.budget > 0 else UNTRACKED_WORKSPACE
         shape = (rows_held(total, tensor_bytes(fmt, w.row_shape), budget), *w.row_shape)
         if self.budget > 0:
             return self.ledger.alloc(name, node.name, "workspace", fmt, shape), fmt
@@ -212,7 +221,7 @@ def row_chunks(total: int, rows: int):
         yield r0, min(total, r0 + rows)
 
 
-CHUNK_BYTES = 1 << 17  # float32 temporaries of elementwise work, per chunk of rows
+CHUNK_BYTES = 1 << 14  # float32 temporaries of elementwise work, per chunk of rows (half the default budget)
 
 
 def temp_rows(row_elems: int, itemsize: int = 4, budget: int | None = None) -> int:

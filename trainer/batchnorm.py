@@ -59,7 +59,7 @@ class BatchNorm(Op):
         x, xf = xs[0]
         ctx = self.ctx
         C = self.C
-        x2 = x.reshape(-1, C)
+        x2 = codec.rows(x, xf, C)  # a sign's output may arrive as packed bits
         m = x2.shape[0]
         y = ctx.output(self.node)
         y2 = y.reshape(m, C)
@@ -70,7 +70,7 @@ class BatchNorm(Op):
             rs = codec.decode(ctx.ledger[f"{self.name}.running_stats"], self.bn)
             scale = 1.0 / rs[1] if gamma is None else gamma / rs[1]
             for r0, r1 in row_chunks(m, step):
-                codec.encode_into(y2[r0:r1], (codec.decode(x2[r0:r1], xf) - rs[0]) * scale + beta, fwd)
+                codec.encode_into(y2[r0:r1], (codec.decode(x2[r0:r1], xf, C) - rs[0]) * scale + beta, fwd)
             return y, fwd
         bn, E = self.bn, m * C
         single = m <= step  # one chunk: keep the float32 values between passes
@@ -78,14 +78,14 @@ class BatchNorm(Op):
         total = np.zeros(C, np.float64)
         x32 = None
         for r0, r1 in row_chunks(m, step):
-            xc = (codec.decode_copy if single else codec.decode)(x2[r0:r1], xf)
+            xc = (codec.decode_copy if single else codec.decode)(x2[r0:r1], xf, C)
             total += xc.sum(axis=0)
             x32 = xc if single else None
         mean = (total * (1.0 / m)).astype(np.float32)
         # pass 2: d = x - mean (into y when there are several chunks), and the spread's sum
         acc = np.zeros(C, np.float64)
         for r0, r1 in row_chunks(m, step):
-            d = x32 if single else codec.decode_copy(x2[r0:r1], xf)
+            d = x32 if single else codec.decode_copy(x2[r0:r1], xf, C)
             d -= mean
             acc += np.einsum("ij,ij->j", d, d) if not self.l1 else np.abs(d).sum(axis=0)
             if not single:

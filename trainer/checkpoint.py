@@ -17,13 +17,13 @@ import glob
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from bnncost.costmodel.strategy import Strategy
+from bnncost.layers.outfile import OutputPathError, atomic_output, check_output
 from bnncost.layers.graph import Graph
 from bnncost.trainer.errors import TrainerError
 
@@ -44,14 +44,11 @@ def strategy_fingerprint(strategy: Strategy) -> str:
 def prepare_checkpoint_path(path: str | os.PathLike) -> Path:
     """Check, before any training, that a checkpoint can be written at `path`, and clear the temporary
     files that a killed earlier run left beside it (`.NAME.*.tmp`, only for this checkpoint's name)."""
-    path = Path(path).expanduser()
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise TrainerError(f"{path}: folder {folder} does not exist")
-    if path.is_dir():
-        raise TrainerError(f"{path}: is a directory, not a checkpoint file")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise TrainerError(f"{path}: cannot write in {folder}")
+    try:
+        path = check_output(path, "--save")
+    except OutputPathError as exc:
+        raise TrainerError(str(exc)) from None
+    folder = path.parent
     for stale in folder.glob(f".{glob.escape(path.name)}.*.tmp"):
         try:
             stale.unlink()
@@ -63,33 +60,15 @@ def prepare_checkpoint_path(path: str | os.PathLike) -> Path:
 def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write atomically: temporary file in the target's folder, fsync, os.replace, fsync of the folder
     (so that the rename itself survives a power loss). Non-finite values are never written."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise TrainerError(f"{path}: folder {folder} does not exist")
     for name, arr in arrays.items():
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise TrainerError(f"{path}: not written: {name} holds non-finite values")
     header = np.frombuffer(json.dumps({"schema": SCHEMA, **meta}, allow_nan=False).encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_output(path, "--save", binary=True, durable=True) as f:
             np.savez(f, __header__=header, **{f"p:{k}": v for k, v in arrays.items()})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # a platform without directory handles: the rename is as durable as it gets there
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    except OutputPathError as exc:
+        raise TrainerError(str(exc)) from None
 
 
 MAX_HEADER_BYTES = 1 << 20

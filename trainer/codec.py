@@ -5,7 +5,7 @@ Every stored array is a numpy array whose `.nbytes` is exactly what
 
 - float32, float16, int32, int16, int8, uint8: the numpy dtype itself
   (integer formats hold reals rounded to the nearest integer and clipped;
-  float16 flushes subnormals to zero, see `flush_subnormals`);
+  float16 flushes subnormals to zero, see `store_float16`);
 - bool: 1 bit per element, `np.packbits` along the last axis, big-endian bit
   order within a byte; a last axis of n elements takes ceil(n / 8) bytes, the
   tail bits are 0. A bit means "x >= 0" for signs (+1 / -1) and "true" for masks;
@@ -102,6 +102,32 @@ def unpack_into(packed: np.ndarray, n: int, out: np.ndarray, mode: str = "sign")
         out[...] = table[packed].reshape(*packed.shape[:-1], nb * 8)[..., :n]
 
 
+def rows(x: np.ndarray, fmt: str, n: int) -> np.ndarray:
+    """A stored tensor whose last logical axis has n elements, as 2-D rows of that axis."""
+    return x.reshape(-1, stored_shape(fmt, (n,))[-1])
+
+
+def unpack_bits(packed: np.ndarray, n: int, group: int | None = None) -> np.ndarray:
+    """Packed rows (r, bytes) -> booleans (r, n); `group`: the bytes hold groups of `group` bits,
+    each packed on its own (a flattened packed tensor whose last axis was `group` long)."""
+    if group is None or group % 8 == 0:
+        return np.unpackbits(packed, axis=-1, count=n).view(bool)
+    per = -(-group // 8)
+    g = packed.reshape(packed.shape[0], -1, per)
+    return np.unpackbits(g, axis=-1, count=group).view(bool).reshape(packed.shape[0], n)
+
+
+def store_signs(bits: np.ndarray, dst: np.ndarray, fmt: str) -> None:
+    """Store +1 where `bits` holds, else -1, into `dst` held in `fmt` (a binary tensor: METHOD 4.2)."""
+    if fmt == "bool":
+        pack_into(bits, dst)
+    elif fmt == "po2":
+        np.copyto(dst, np.where(bits, np.int8(64), np.int8(-64)))  # the po2 code of +-1 is +-64
+    else:
+        one = dst.dtype.type(1)
+        np.copyto(dst, np.where(bits, one, -one))
+
+
 def pack_into(bits: np.ndarray, out: np.ndarray) -> None:
     """Pack a boolean array (..., n) into `out` (..., ceil(n/8))."""
     out[...] = np.packbits(bits, axis=-1)
@@ -192,24 +218,54 @@ def gate(x: np.ndarray, keep: np.ndarray, out: np.ndarray) -> bool:
 
 # ---------------------------------------------------------------- po2
 
+def po2_encode_into(dst: np.ndarray, x: np.ndarray) -> None:
+    """Store float values as int8 power-of-two codes (see module docstring) with one float32 temporary.
+
+    code = rint(log2|x|) clipped to [-64, 63] plus 64 (so below 2**-63, and 0,
+    become code 0), negated where x < 0.
+    """
+    x = np.asarray(x)
+    mag = np.abs(x, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.log2(mag, out=mag)
+    np.rint(mag, out=mag)
+    np.fmax(mag, np.float32(-64), out=mag)  # log2(0) = -inf, and NaN, become -64: code 0
+    np.fmin(mag, np.float32(63), out=mag)
+    mag += np.float32(64)
+    np.copyto(dst, mag, casting="unsafe")
+    np.negative(dst, out=dst, where=np.broadcast_to(x < 0, dst.shape))
+
+
 def po2_encode(x: np.ndarray) -> np.ndarray:
     """Float array -> int8 power-of-two codes (see module docstring)."""
     x = np.asarray(x, dtype=np.float32)
-    mag = np.abs(x)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        e = np.rint(np.log2(mag))
-    e = np.where(mag > 0, e, -1000.0)
-    e = np.minimum(e, 63.0)
-    code = np.where(e >= -63, e + 64, 0).astype(np.int8)
-    return np.where(x < 0, -code, code).astype(np.int8)
+    out = np.empty(x.shape, np.int8)
+    po2_encode_into(out, x)
+    return out
+
+
+# every int8 code (as its uint8 bit pattern) -> its float32 value
+_PO2_VALUES = np.zeros(256, np.float32)
+for _c in range(-127, 128):
+    if _c:
+        _PO2_VALUES[_c & 0xFF] = np.float32(np.sign(_c) * 2.0 ** (abs(_c) - 64))
+
+
+def po2_decode_into(code: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """int8 power-of-two codes -> float32 into `out`, by table lookup a block at a time."""
+    u = code.view(np.uint8)
+    if u.ndim == 0 or u.size <= _GATHER:
+        out[...] = _PO2_VALUES[u]
+        return out
+    per_row = max(1, u.size // u.shape[0])
+    step = max(1, _GATHER // per_row)
+    for r0 in range(0, u.shape[0], step):
+        np.take(_PO2_VALUES, u[r0:r0 + step], out=out[r0:r0 + step])
+    return out
 
 
 def po2_decode(code: np.ndarray) -> np.ndarray:
-    c = code.astype(np.int16)
-    mag = np.abs(c)
-    out = np.ldexp(np.float32(1.0), (mag - 64).astype(np.int32)).astype(np.float32)
-    out[mag == 0] = 0.0
-    return np.where(c < 0, -out, out)
+    return po2_decode_into(code, np.empty(code.shape, np.float32))
 
 
 # ---------------------------------------------------------------- encode / decode
@@ -218,7 +274,7 @@ def po2_decode(code: np.ndarray) -> np.ndarray:
 _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
-_GATHER = 8192  # values per gather: numpy widens the uint16 indices to int64 first (8 bytes each)
+_GATHER = 8192  # values per gather: numpy widens the uint16 indices to int64 first (8 bytes each: 64 KiB)
 
 
 def _f16_to_f32(arr: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -266,6 +322,8 @@ def decode_into(arr: np.ndarray, fmt: str, out: np.ndarray, n: int | None = None
         np.copyto(out, arr)
     elif fmt == "bool":
         unpack_into(arr, out.shape[-1] if n is None else n, out, mode)
+    elif fmt == "po2":
+        po2_decode_into(arr, out)
     else:
         out[...] = decode(arr, fmt, n, mode)
     return out
@@ -288,9 +346,9 @@ def encode_into(dst: np.ndarray, x: np.ndarray, fmt: str, mode: str = "sign", ft
         bits = x if x.dtype == np.bool_ else (x >= 0)
         pack_into(bits, dst)
     elif fmt == "po2":
-        dst[...] = po2_encode(x)
+        po2_encode_into(dst, x)
     elif fmt == "float16":
-        dst[...] = flush_subnormals(x) if ftz else x
+        store_float16(dst, x, ftz)
     elif fmt == "float32":
         dst[...] = x
     else:
@@ -321,22 +379,39 @@ def store(dst: np.ndarray, x: np.ndarray, fmt: str, accumulate: bool) -> None:
 
 
 F16_TINY = np.float32(2.0 ** -14)  # float16's smallest normal number
+_FLUSH_BLOCK = 1 << 14  # values per block of the flush's boolean masks
 
 
-def flush_subnormals(x: np.ndarray) -> np.ndarray:
-    """x with every value below float16's smallest normal (6.1e-5) in magnitude set to 0.
+def store_float16(dst: np.ndarray, x, ftz: bool = True) -> None:
+    """dst (float16) <- x, every value below float16's smallest normal (6.1e-5) in magnitude stored as 0.
 
     Storing float16 flushes subnormals to zero, as hardware does in its
     flush-to-zero mode (e.g. FZ16 on Armv8.2): numpy converts float16
     subnormals ~40x slower than normal values, and their few bits of precision
     do not matter to training (activation gradients are loss-scaled, see
-    trainer.base.loss_scale).
+    trainer.base.loss_scale). Values are copied straight into `dst`, skipping
+    those a block's boolean masks find tiny (then set to 0): no float copy of
+    x, and masks of at most _FLUSH_BLOCK values.
     """
     x = np.asarray(x)
-    if x.dtype.kind != "f" or x.dtype == np.float16:
-        return x
-    tiny = np.less(x, F16_TINY)  # two boolean masks: 2 bytes per value, not a float copy
-    tiny &= np.greater(x, -F16_TINY)
-    if not tiny.any():
-        return x
-    return np.where(tiny, x.dtype.type(0), x)
+    if not ftz or x.dtype.kind != "f" or x.dtype == np.float16:
+        dst[...] = x
+        return
+    x = np.broadcast_to(x, dst.shape)
+    if x.size == 0:
+        return
+    if x.ndim == 0:
+        dst[...] = 0 if abs(float(x)) < F16_TINY else x
+        return
+    step = max(1, _FLUSH_BLOCK // max(1, x[0].size))
+    for r0 in range(0, x.shape[0], step):
+        xb, db = x[r0:r0 + step], dst[r0:r0 + step]
+        tiny = np.less(xb, F16_TINY)
+        tiny &= np.greater(xb, -F16_TINY)
+        if not tiny.any():
+            np.copyto(db, xb, casting="same_kind")
+            continue
+        np.invert(tiny, out=tiny)
+        np.copyto(db, xb, casting="same_kind", where=tiny)
+        np.invert(tiny, out=tiny)
+        db[tiny] = 0

@@ -9,11 +9,13 @@ Tiles bound numpy's temporaries, which is what keeps the process peak
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from bnncost.trainer import codec
 
-TILE_BYTES = 1 << 19  # all float32 temporaries of one product together (4 blocks of TILE_BYTES / 4)
+TILE_BYTES = 1 << 16  # all float32 temporaries of one product together (4 blocks of TILE_BYTES / 4)
 
 
 def _f32(a: np.ndarray, fmt: str) -> np.ndarray:
@@ -38,7 +40,8 @@ def matmul(a: np.ndarray, af: str, b: np.ndarray, bf: str, out: np.ndarray, of: 
         np.matmul(a, b, out=out)
         return
     per = TILE_BYTES // 16  # floats per temporary
-    cols = min(n, per)
+    side = max(1, math.isqrt(per))  # square-ish tiles: few, large products (not thin slivers of k)
+    cols = min(n, side if m > side else per // max(1, m))
     rows = max(1, min(m, per // cols))
     kb = max(1, min(k, per // max(rows, cols)))
     for i in range(0, m, rows):
@@ -54,42 +57,49 @@ def matmul(a: np.ndarray, af: str, b: np.ndarray, bf: str, out: np.ndarray, of: 
 
 
 class Patches:
-    """Where each k x k window of a conv or pool reads its input, for rows = (sample, output position).
+    """Where each kh x kw window of a conv reads its input, for rows = (sample, output position).
 
-    `src[p, q]` is the flat input position (h * W + w) of offset q = i * k + j
-    of output position p, `valid[p, q]` is False where the window hangs over
-    the padding. Conv and pool both use it; padding values are the caller's.
+    `rows(r0, r1)` gives the flat input positions (sample * H * W + h * W + w)
+    of offsets q = i * kw + j of rows r0..r1 (window and stride are (rows, cols)), and where the window hangs over
+    the padding. They are computed per block of rows (`blocks`, a few kB of
+    index temporaries), not kept as a table: a table for a 112 x 112 ImageNet
+    stem is 3 MB the model does not hold.
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], out_shape: tuple, k: int, stride: int,
-                 padding: tuple[int, int, int, int]):
+    BLOCK = 2048  # index values per block
+
+    def __init__(self, in_shape: tuple[int, int, int], out_shape: tuple, window: tuple[int, int],
+                 stride: tuple[int, int], padding: tuple[int, int, int, int]):
         h, w, _ = in_shape
-        ho, wo = out_shape[0], out_shape[1]
-        top, _, left, _ = padding
-        oh = np.arange(ho)[:, None] * stride - top  # (ho, 1)
-        ow = np.arange(wo)[:, None] * stride - left
-        ki = np.arange(k)[None, :]
-        rr = (oh + ki)  # (ho, k) input row of offset i
-        cc = (ow + ki)  # (wo, k)
-        r4 = np.broadcast_to(rr[:, None, :, None], (ho, wo, k, k))
-        c4 = np.broadcast_to(cc[None, :, None, :], (ho, wo, k, k))
-        valid = (r4 >= 0) & (r4 < h) & (c4 >= 0) & (c4 < w)
-        src = np.where(valid, r4 * w + c4, 0)
-        self.k, self.stride, self.hw, self.positions = k, stride, h * w, ho * wo
-        self.src = src.reshape(ho * wo, k * k).astype(np.int32)
-        self.valid = valid.reshape(ho * wo, k * k)
-        self.all_valid = bool(self.valid.all())
+        self.h, self.w = h, w
+        self.ho, self.wo = out_shape[0], out_shape[1]
+        self.top, _, self.left, _ = padding
+        (kh, kw), (sh, sw) = window, stride
+        self.sh, self.sw, self.taps = sh, sw, kh * kw
+        self.hw, self.positions = h * w, self.ho * self.wo
+        self.ki = np.arange(kh, dtype=np.int32)
+        self.kj = np.arange(kw, dtype=np.int32)
+        self.all_valid = (self.top == 0 and self.left == 0 and (self.ho - 1) * sh + kh <= h
+                          and (self.wo - 1) * sw + kw <= w)
 
     def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Flat (sample * H * W + position) input indices (r, k*k) of rows r0..r1, and the invalid mask."""
+        """Flat input indices (r, kh*kw) of rows r0..r1, and the mask of offsets over the padding (or None)."""
         r = np.arange(r0, r1, dtype=np.int32)
         b, p = np.divmod(r, np.int32(self.positions))
-        idx = self.src[p]
-        idx += (b * np.int32(self.hw))[:, None]
-        return idx, (None if self.all_valid else ~self.valid[p])
+        oh, ow = np.divmod(p, np.int32(self.wo))
+        hh = (oh * np.int32(self.sh) - np.int32(self.top))[:, None] + self.ki  # (r, kh) input row of offset i
+        ww = (ow * np.int32(self.sw) - np.int32(self.left))[:, None] + self.kj  # (r, kw) input column of offset j
+        idx = (hh * np.int32(self.w))[:, :, None] + ww[:, None, :]
+        inv = None
+        if not self.all_valid:
+            inv = ((hh < 0) | (hh >= self.h))[:, :, None] | ((ww < 0) | (ww >= self.w))[:, None, :]
+            idx[inv] = 0  # the sample's first position: the caller overwrites these with its padding value
+        idx += (b * np.int32(self.hw))[:, None, None]
+        return idx.reshape(r1 - r0, self.taps), (None if inv is None else inv.reshape(r1 - r0, self.taps))
 
-    def blocks(self, r0: int, r1: int):
-        """Sub-ranges of r0..r1 small enough that their index arrays stay a few kB."""
-        step = max(1, (1 << 13) // (self.k * self.k))
+    def blocks(self, r0: int, r1: int, width: int | None = None):
+        """Sub-ranges of r0..r1 whose rows hold at most BLOCK values of `width` a row (default: the
+        kh*kw indices of a patch), so index arrays and the caller's per-block temporaries stay a few kB."""
+        step = max(1, self.BLOCK // max(self.taps, width or 0))
         for a in range(r0, r1, step):
             yield a, min(r1, a + step)

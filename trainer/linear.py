@@ -72,9 +72,8 @@ class Linear(Op):
         self.needs_dx = ctx.needs_grad(node.inputs[0]) and not node.first
         self.patches = None
         if self.conv:
-            k = node.spec.kernel
-            self.k = k
-            self.patches = Patches(node.in_shape, node.out_shape, k, node.spec.stride, node.padding)
+            self.window = node.window
+            self.patches = Patches(node.in_shape, node.out_shape, node.window, node.strides, node.padding)
         self.pad = -1.0 if (node.binary and not node.first) else 0.0
 
     # -------------------------------------------------------------- parameters
@@ -113,7 +112,7 @@ class Linear(Op):
             elif codec.copysign_one(src, out):
                 pass
             else:
-                codec.encode_into(out, np.where(src >= 0, 1.0, -1.0).astype(np.float32), fmt)
+                codec.store_signs(codec.nonnegative(src), out, fmt)
 
     def _weight_rows(self, short: str) -> tuple[np.ndarray, str, list[tuple[int, int]]]:
         """A weight-row scratch (sign_weight, weight_signs, dw_accum) and the blocks of K rows it takes.
@@ -143,7 +142,7 @@ class Linear(Op):
         w = self._w2()
         N, K = self.N, self.K
         c_in = self.node.channels if self.conv else K
-        lead = (self.k, self.k, c_in) if self.conv else (K,)
+        lead = (*self.window, c_in) if self.conv else (K,)
         step = 8 * max(1, (1 << 16) // (8 * K))
         for j0, j1 in row_chunks(N, step):
             if self.bits:
@@ -167,37 +166,41 @@ class Linear(Op):
             self._forward_real(x, xf, y2, R)
         return y, ctx.fwd
 
-    def _save_binary_input(self, x: np.ndarray) -> np.ndarray | None:
+    def _save_binary_input(self, x: np.ndarray, xf: str) -> np.ndarray | None:
+        """sign(X) saved in the binary_input format (a copy when X already is +1/-1 in that format)."""
         if not self.ctx.training:
             return None
         ctx = self.ctx
-        saved = ctx.save(self.node, "input", "binary_input", x.shape)
+        C = self.node.in_shape[-1]
+        saved = ctx.save(self.node, "input", "binary_input", (x.shape[0], *self.node.in_shape))
         fmt = ctx.fmt("binary_input")
-        x2 = x.reshape(-1, x.shape[-1])
-        s2 = saved.reshape(x2.shape[0], -1)
-        for r0, r1 in row_chunks(x2.shape[0], temp_rows(x2.shape[1])):
-            if fmt == "bool":
-                codec.pack_into(codec.nonnegative(x2[r0:r1]), s2[r0:r1])
-            else:
-                codec.encode_into(s2[r0:r1], np.where(codec.nonnegative(x2[r0:r1]), 1.0, -1.0).astype(np.float32), fmt)
+        if xf == fmt and ctx.graph.tensors[self.node.inputs[0]].binary:
+            np.copyto(saved, x.reshape(saved.shape))
+            return saved
+        x2, s2 = codec.rows(x, xf, C), codec.rows(saved, fmt, C)
+        for r0, r1 in row_chunks(x2.shape[0], temp_rows(C)):
+            xc = x2[r0:r1]
+            codec.store_signs(codec.unpack_bits(xc, C) if xf == "bool" else codec.nonnegative(xc), s2[r0:r1], fmt)
         return saved
 
-    def _packed_rows(self, x, saved, r0, r1) -> np.ndarray:
+    def _packed_rows(self, x, xf, saved, r0, r1) -> np.ndarray:
         """Packed sign bits of the input patches of rows r0..r1, as (r, bytes per patch)."""
-        packed_saved = saved is not None and saved.dtype == np.uint8 and self.ctx.fmt("binary_input") == "bool"
+        packed = saved if (saved is not None and self.ctx.fmt("binary_input") == "bool") else None
+        if packed is None and xf == "bool":
+            packed = x  # a sign's output, already bits
         if not self.conv:
-            if packed_saved:
-                return saved[r0:r1]
+            if packed is not None:
+                return packed.reshape(packed.shape[0], -1)[r0:r1]
             return np.packbits(codec.nonnegative(x[r0:r1]), axis=-1)
         B = x.shape[0]
-        kk = self.k * self.k
+        kk = self.patches.taps
         cb = -(-self.node.channels // 8)
         pat = np.empty((r1 - r0, kk, cb), np.uint8)
         for a, b in self.patches.blocks(r0, r1):
             idx, inv = self.patches.rows(a, b)
             dst = pat[a - r0:b - r0]
-            if packed_saved:
-                np.take(saved.reshape(B * self.patches.hw, -1), idx, axis=0, out=dst)
+            if packed is not None:
+                np.take(packed.reshape(B * self.patches.hw, -1), idx, axis=0, out=dst)
                 if inv is not None:
                     dst[inv] = 0  # bit 0 = -1: binary padding
             else:
@@ -209,7 +212,7 @@ class Linear(Op):
 
     def _forward_xnor(self, x, xf, y2, R):
         ctx, node = self.ctx, self.node
-        saved = self._save_binary_input(x)
+        saved = self._save_binary_input(x, xf)
         held, _ = ctx.scratch(node, "packed_weight")  # one chunk: a single row of N packed filters
         pw = held[0]
         self._pack_filters(pw)
@@ -220,7 +223,7 @@ class Linear(Op):
         words64 = -(-self.K // 64)
         for r0, r1 in row_chunks(R, xn.shape[0]):
             r = r1 - r0
-            pat = np.ascontiguousarray(self._packed_rows(x, saved, r0, r1)).view(word)
+            pat = np.ascontiguousarray(self._packed_rows(x, xf, saved, r0, r1)).view(word)
             dst = xn[:r].reshape(r, self.N, per_filter).view(word)
             np.bitwise_xor(pat[:, None, :], pwv[None, :, :], out=dst)
             codec.popcount_inplace(dst)
@@ -234,14 +237,18 @@ class Linear(Op):
     def _forward_real(self, x, xf, y2, R):
         ctx, node = self.ctx, self.node
         in_fmt = ctx.fmt(self.in_role)
-        if self.first or not ctx.training:
+        C = node.in_shape[-1]
+        if self.first or (not ctx.training and xf != "bool"):
             src, sf = x, xf
+        elif not ctx.training:  # evaluating on a sign's packed output: its values, untracked
+            vals = codec.decode(codec.rows(x, xf, C), xf, C).reshape(x.shape[0], *node.in_shape)
+            src, sf = codec.encode(vals, in_fmt), in_fmt
         else:
-            src = ctx.save(node, "input", "real_input", x.shape)
+            src = ctx.save(node, "input", "real_input", (x.shape[0], *node.in_shape))
             sf = in_fmt
-            x2, s2 = x.reshape(-1, x.shape[-1]), src.reshape(-1, x.shape[-1])
-            for r0, r1 in row_chunks(x2.shape[0], temp_rows(x2.shape[1])):
-                codec.encode_into(s2[r0:r1], codec.decode(x2[r0:r1], xf), sf)
+            x2, s2 = codec.rows(x, xf, C), src.reshape(-1, C)
+            for r0, r1 in row_chunks(x2.shape[0], temp_rows(C)):
+                codec.encode_into(s2[r0:r1], codec.decode(x2[r0:r1], xf, C), sf)
         if self.binary:
             wm, wf, blocks, filled = self._sign_blocks("sign_weight")
         else:
@@ -272,7 +279,7 @@ class Linear(Op):
                 self._signs_into(wm, wf, k0, k1)
                 matmul(a[:, k0:k1], af, wm[: k1 - k0], wf, out, of, accumulate=k0 > 0)
             return
-        rows = max(1, TILE_BYTES // (16 * self.N))
+        rows = max(1, TILE_BYTES // (4 * self.N))
         for i0, i1 in row_chunks(a.shape[0], rows):
             tile = np.zeros((i1 - i0, self.N), np.float32)
             for k0, k1 in blocks:
@@ -284,8 +291,8 @@ class Linear(Op):
         """dst (r, K) in df <- the input patches of rows r0..r1 (real values; padding = pad)."""
         B = src.shape[0]
         flat = src.reshape(B * self.patches.hw, -1)
-        d3 = dst.reshape(r1 - r0, self.k * self.k, -1)
-        for a, b in self.patches.blocks(r0, r1):
+        d3 = dst.reshape(r1 - r0, self.patches.taps, -1)
+        for a, b in self.patches.blocks(r0, r1, self.K if (flat.dtype != dst.dtype or sf != df) else None):
             idx, inv = self.patches.rows(a, b)
             d = d3[a - r0:b - r0]
             if flat.dtype == dst.dtype and sf == df:
@@ -332,7 +339,7 @@ class Linear(Op):
         flat = saved.reshape(B * self.patches.hw, -1)
         if (k0, k1) == (0, self.K):
             if sf == "bool":
-                d3 = dst.reshape(r1 - r0, self.k * self.k, -1)
+                d3 = dst.reshape(r1 - r0, self.patches.taps, -1)
                 for a, b in self.patches.blocks(r0, r1):
                     idx, inv = self.patches.rows(a, b)
                     pat = np.take(flat, idx, axis=0)
@@ -344,7 +351,7 @@ class Linear(Op):
             return
         C = self.node.channels
         pad = self.pad if df in codec.FLOATS else codec.encode(np.array([self.pad], np.float32), df)[0]
-        for a, b in self.patches.blocks(r0, r1):
+        for a, b in self.patches.blocks(r0, r1, self.node.channels):
             idx, inv = self.patches.rows(a, b)
             d = dst[a - r0:b - r0]
             for q, c0, c1, j in _offsets(k0, k1, C):
@@ -428,7 +435,7 @@ class Linear(Op):
         # a narrow format: each block of rows summed over every chunk in a float32 tile and
         # stored once (the operand is refilled per block: expanding it is cheap,
         # accumulating a narrow format again and again is not)
-        kb = max(1, TILE_BYTES // (16 * self.N))
+        kb = max(1, TILE_BYTES // (4 * self.N))
         for t0, t1 in row_chunks(k1 - k0, kb):
             tile = np.zeros((t1 - t0, self.N), np.float32)
             for r0, r1, o in chunks(k0 + t0, k0 + t1):
@@ -470,7 +477,7 @@ class Linear(Op):
     def _fold(self, flat, tf, cols, cf, r0, r1, k0, k1):
         """flat (B*H*W, C) in tf += the column gradient `cols` (r, k1 - k0) of rows r0..r1, columns k0..k1."""
         C = self.node.channels
-        for a, b in self.patches.blocks(r0, r1):
+        for a, b in self.patches.blocks(r0, r1, C):
             idx, inv = self.patches.rows(a, b)
             part = cols[a - r0:b - r0]
             for q, c0, c1, j in _offsets(k0, k1, C):

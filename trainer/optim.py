@@ -35,7 +35,7 @@ from bnncost.trainer.base import ParamSpec, row_chunks, temp_rows
 from bnncost.trainer.counters import OpCounter
 from bnncost.trainer.ledger import Ledger
 
-OPT_CHUNK_BYTES = 1 << 16  # bytes of each of the update's three float32 work buffers
+OPT_CHUNK_BYTES = 1 << 14  # bytes of each of the update's three float32 work buffers
 
 
 class Optimizer:

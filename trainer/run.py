@@ -162,6 +162,19 @@ class _Tracer:
             self.owner = False
 
 
+def fixed_batch(graph: Graph, strat: Strategy, batch: int, dataset: str = "synthetic",
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One batch of `batch` samples (the dataset repeated if it is smaller), held in the input format:
+    (X, labels, indices) for Network.train_step, the same batch every step."""
+    ds = load_dataset(dataset, graph.model.input, graph.output_shape[0], seed)
+    fmt = strat.format_of("input")
+    codec.check_holdable(fmt, f"strategy {strat.name}: role input")
+    reps = -(-batch // len(ds.x_train))
+    X = codec.encode(np.concatenate([ds.x_train] * reps)[: batch], fmt)
+    y = np.concatenate([ds.y_train] * reps)[: batch]
+    return X, y, np.arange(batch)
+
+
 # A loss this many times that of guessing uniformly (ln of the number of classes) is not training: it has
 # exploded, even while it is still a finite number.
 EXPLODING = 100
@@ -177,13 +190,7 @@ def run_steps(model: str | Model | Graph, strategy: str | Strategy, *, batch: in
     if batch < 1 or steps < 1:
         raise TrainerError("batch and steps must be >= 1")
     graph, strat = graph_of(model), as_strategy(strategy)
-    ds = load_dataset(dataset, graph.model.input, graph.output_shape[0], seed)
-    fmt = strat.format_of("input")
-    codec.check_holdable(fmt, f"strategy {strat.name}: role input")
-    reps = -(-batch // len(ds.x_train))
-    X = codec.encode(np.concatenate([ds.x_train] * reps)[: batch], fmt)
-    y = np.concatenate([ds.y_train] * reps)[: batch]
-    idx = np.arange(batch)
+    X, y, idx = fixed_batch(graph, strat, batch, dataset, seed)
     tracer = _Tracer()
     try:
         net = Network(graph, strat, retention=retention, workspace_budget=workspace_budget, seed=seed, lr=lr)

@@ -15,12 +15,41 @@ import numpy as np
 
 from bnncost.trainer import codec
 from bnncost.trainer.base import Op, row_chunks, temp_rows
+from bnncost.trainer.errors import TrainerError
 
 
 class Flatten(Op):
+    """A reshape. Packed bits whose last axis is not a multiple of 8 are repacked in place.
+
+    (B, H, W, C) bits take H x W x ceil(C/8) bytes a sample, the flat (B, HWC)
+    ceil(HWC/8): the flat rows are written sample by sample over the start of
+    the same buffer (each sample's flat bytes end before the next sample's
+    packed bytes begin), so no buffer is added, as layers.storage says.
+    """
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.C = node.in_shape[-1]
+        self.regroup = len(node.in_shape) > 1 and self.C % 8 != 0
+        if self.regroup:
+            t = node.inputs[0]
+            readers = [n.name for n in ctx.graph.nodes if t in n.inputs]
+            if readers != [node.name]:
+                raise TrainerError(f"{node.name}: flattening packed bits of {self.C} channels (not a multiple of 8) "
+                                   f"that {', '.join(r for r in readers if r != node.name)} also reads")
+
     def forward(self, xs):
         x, xf = xs[0]
-        return x.reshape(x.shape[0], *self.node.out_shape), xf
+        B = x.shape[0]
+        if xf != "bool" or not self.regroup:
+            return x.reshape(B, *codec.stored_shape(xf, self.node.out_shape)), xf
+        K = self.node.out_shape[0]
+        flat_bytes = -(-K // 8)
+        src = x.reshape(B, -1)
+        dst = x.reshape(-1)[: B * flat_bytes].reshape(B, flat_bytes)
+        for b in range(B):  # in order: sample b's flat bytes end before sample b + 1's packed bytes begin
+            dst[b] = np.packbits(codec.unpack_bits(src[b:b + 1], K, self.C), axis=-1)[0]
+        return dst, xf
 
 
 class Add(Op):
@@ -28,10 +57,11 @@ class Add(Op):
         (a, af), (b, bf) = xs
         ctx = self.ctx
         y = ctx.output(self.node)
-        B = y.shape[0]
-        a2, b2, y2 = a.reshape(B, -1), b.reshape(B, -1), y.reshape(B, -1)
-        for r0, r1 in row_chunks(B, temp_rows(y2.shape[1])):
-            codec.encode_into(y2[r0:r1], codec.decode(a2[r0:r1], af) + codec.decode(b2[r0:r1], bf), ctx.fwd)
+        C = self.node.out_shape[-1]
+        a2, b2, y2 = codec.rows(a, af, C), codec.rows(b, bf, C), y.reshape(-1, C)
+        for r0, r1 in row_chunks(y2.shape[0], temp_rows(C)):  # rows of C: chunks below one sample
+            codec.encode_into(y2[r0:r1], codec.decode(a2[r0:r1], af, C) + codec.decode(b2[r0:r1], bf, C),
+                              ctx.fwd)
         self.count("forward", "add", ctx.fwd, y.size)
         return y, ctx.fwd
 
@@ -45,7 +75,7 @@ class SoftmaxCE(Op):
     def forward(self, xs):
         x, xf = xs[0]
         ctx = self.ctx
-        z = codec.decode_copy(x, xf)
+        z = codec.decode_copy(x, xf, self.node.in_shape[-1])
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
         s = e.sum(axis=1, keepdims=True)

@@ -98,14 +98,15 @@ class Loss(nn.Module):
         return F.cross_entropy(x, target)
 
 
-def _padding(node, k: int, s: int):
+def _padding(node):
     """(symmetric padding for the conv/pool, or an explicit Pad module) giving bnncost's output shape."""
     if node.spec.padding == "valid":
         return 0, None
     h, w = node.in_shape[0], node.in_shape[1]
     ho, wo = node.out_shape[0], node.out_shape[1]
-    p = k // 2
-    if (h + 2 * p - k) // s + 1 == ho and (w + 2 * p - k) // s + 1 == wo:
+    (kh, kw), (sh, sw) = node.window, node.strides
+    p = (kh // 2, kw // 2)
+    if (h + 2 * p[0] - kh) // sh + 1 == ho and (w + 2 * p[1] - kw) // sw + 1 == wo:
         return p, None
     top, bottom, left, right = node.padding
     return 0, Pad((left, right, top, bottom))
@@ -133,8 +134,8 @@ class _Builder:
         if isinstance(spec, Dense):
             return [L.dense(node.fan_in, spec.units, spec.binary)]
         if isinstance(spec, Conv2D):
-            pad, pre = _padding(node, spec.kernel, spec.stride)
-            conv = L.conv(node.in_shape[-1], spec.filters, spec.kernel, spec.stride, pad, spec.binary)
+            pad, pre = _padding(node)
+            conv = L.conv(node.in_shape[-1], spec.filters, node.window, node.strides, pad, spec.binary)
             return [pre, conv] if pre is not None else [conv]
         if isinstance(spec, BatchNorm):
             return [L.batchnorm(node.channels, len(node.in_shape) == 3)]
@@ -143,9 +144,8 @@ class _Builder:
         if isinstance(spec, ReLU):
             return [nn.ReLU()]
         if isinstance(spec, (MaxPool, AvgPool)):
-            s = spec.stride or spec.size
-            pad, pre = _padding(node, spec.size, s)
-            pool = (nn.MaxPool2d if isinstance(spec, MaxPool) else nn.AvgPool2d)(spec.size, s, pad)
+            pad, pre = _padding(node)
+            pool = (nn.MaxPool2d if isinstance(spec, MaxPool) else nn.AvgPool2d)(node.window, node.strides, pad)
             return [pre, pool] if pre is not None else [pool]
         if isinstance(spec, GlobalAvgPool):
             return [nn.AdaptiveAvgPool2d(1), Flat()]

@@ -1,0 +1,69 @@
+"""Predicted vs measured for every Larq recording, as a markdown table (for the README and issue notes).
+
+    python benchmarks/frameworks/larq_table.py [--engine larq]
+
+Reads benchmarks/frameworks/measurements/larq-*.json (no TensorFlow needed)
+and predicts each point with the engine (and with `reference --retention
+backward`, for comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bnncost.costmodel.prediction import predict
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+
+
+def rows(engine: str) -> list[dict]:
+    out = []
+    for path in sorted((HERE / "measurements").glob("larq-*.json")):
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        ref = str(ROOT / rec["model_file"]) if rec.get("model_file") else rec["model"]
+        mem = predict(ref, "standard", rec["batch"], engine=engine).memory
+        plain = predict(ref, "standard", rec["batch"], engine="reference", retention="backward").memory
+        out.append({
+            "model": rec["model"], "batch": rec["batch"],
+            "tensor_measured": rec["tensor_peak_bytes"], "tensor_predicted": mem.tensor_peak_bytes,
+            "process_measured": rec["process_peak_bytes"], "process_predicted": mem.process_peak_bytes,
+            "reference_backward": plain.peak_bytes,
+        })
+    return out
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.2f}"
+
+
+def _pct(pred: int, meas: int) -> str:
+    return f"{(pred / meas - 1) * 100:+.1f}%"
+
+
+def markdown(table: list[dict], engine: str) -> str:
+    lines = [
+        f"| model | batch | tensor peak measured (MiB) | `{engine}` | error | process peak measured (MiB) | `{engine}` | error | `reference`, retention backward | error |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {_mb(r['tensor_measured'])} | {_mb(r['tensor_predicted'])} | "
+            f"{_pct(r['tensor_predicted'], r['tensor_measured'])} | {_mb(r['process_measured'])} | "
+            f"{_mb(r['process_predicted'])} | {_pct(r['process_predicted'], r['process_measured'])} | "
+            f"{_mb(r['reference_backward'])} | {_pct(r['reference_backward'], r['tensor_measured'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--engine", default="larq")
+    args = p.parse_args()
+    print(markdown(rows(args.engine), args.engine))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Layer kinds real BNNs need (issue 11 item 3): shapes, ops by hand, and `verify` to the byte and op."""
+
+from pathlib import Path
+
+import pytest
+
+from bnncost import cli
+from bnncost.costmodel import load_strategy
+from bnncost.costmodel.ops import count_ops
+from bnncost.layers import build_graph, parse_model
+from bnncost.layers.model import ModelError
+
+NONSQUARE = str(Path(__file__).parent / "data" / "small-nonsquare.yaml")
+
+
+def graph(layers, input_shape):
+    return build_graph(parse_model({"input": list(input_shape), "layers": layers}, "t"))
+
+
+def ops_at(g, strategy, batch):
+    return {(o.layer, o.phase, o.kind, o.format): o.at(batch) for o in count_ops(g, load_strategy(strategy))}
+
+
+TAIL = [{"flatten": {}}, {"dense": {"units": 2}}, {"softmax_ce": {}}]
+
+
+def test_non_square_conv_shapes_weights_and_padding():
+    g = graph([{"conv2d": {"filters": 3, "kernel": [10, 4], "stride": [2, 1], "padding": "same"}}, *TAIL], (20, 7, 2))
+    conv = g.nodes[0]
+    # same: ceil(20/2) x ceil(7/1); pad rows (10-1)*2+10-20 = 8 -> 4/4, cols 4-1 = 3 -> 1/2
+    assert conv.out_shape == (10, 7, 3)
+    assert conv.weight_shape == (10, 4, 2, 3) and conv.fan_in == 80
+    assert conv.padding == (4, 4, 1, 2)
+    assert conv.window == (10, 4) and conv.strides == (2, 1)
+    g = graph([{"conv2d": {"filters": 3, "kernel": [3, 1], "stride": [1, 2]}}, *TAIL], (5, 6, 1))
+    assert g.nodes[0].out_shape == (3, 3, 3) and g.nodes[0].fan_in == 3
+
+
+def test_non_square_pool_shapes_and_default_stride():
+    g = graph([{"maxpool": {"size": [3, 1]}}, {"avgpool": {"size": [1, 2], "stride": [1, 1], "padding": "same"}},
+               *TAIL], (9, 4, 2))
+    assert g.nodes[0].out_shape == (3, 4, 2) and g.nodes[0].strides == (3, 1)  # stride defaults to size
+    assert g.nodes[1].out_shape == (3, 4, 2) and g.nodes[1].padding == (0, 0, 0, 1)
+
+
+@pytest.mark.parametrize("bad", [[3], [0, 2], [3, 2, 1], True, "3"])
+def test_a_malformed_window_is_refused_by_name(bad):
+    with pytest.raises(ModelError, match="kernel.*positive integer or \\[rows, cols\\]"):
+        graph([{"conv2d": {"filters": 2, "kernel": bad}}, *TAIL], (8, 8, 1))
+
+
+def test_a_window_larger_than_the_map_on_one_axis_is_refused():
+    with pytest.raises(ModelError, match="9x1 valid pool on a 8x8 map"):
+        graph([{"maxpool": {"size": [9, 1]}}, *TAIL], (8, 8, 1))
+
+
+def test_non_square_ops_by_hand():
+    b = 2
+    g = graph([{"conv2d": {"filters": 4, "kernel": [3, 2], "stride": [1, 2], "binary": False}},
+               {"batchnorm": {}}, {"sign": {}},
+               {"conv2d": {"filters": 3, "kernel": [2, 1]}},
+               {"maxpool": {"size": [2, 1]}}, {"avgpool": {"size": [1, 2]}}, *TAIL], (5, 6, 1))
+    layer = ops_at(g, "standard", b)
+    # conv2d_1: 5x6x1 -> 3x3x4, K = 3*2*1 = 6, first layer (no dX)
+    assert layer[("conv2d_1", "forward", "mac", "float32")] == b * 9 * 4 * 6
+    assert layer[("conv2d_1", "backward_dw", "mac", "float32")] == b * 9 * 4 * 6
+    # conv2d_2: 3x3x4 -> 2x3x3, K = 2*1*4 = 8
+    assert layer[("conv2d_2", "forward", "bit_mac", "bool")] == b * 6 * 3 * 8
+    assert layer[("conv2d_2", "backward_dx", "add", "float32")] == b * 6 * 3 * 8 + b * 6 * 8  # M x K + R x K
+    # maxpool 2x1: 2x3x3 -> 1x3x3, O = 9: compares O x (2*1 - 1), scatter adds O x 2
+    assert layer[("maxpool_1", "forward", "compare", "float32")] == b * 9 * 1
+    assert layer[("maxpool_1", "backward_dx", "add", "float32")] == b * 9 * 2
+    # avgpool 1x2: 1x3x3 -> 1x1x3, O = 3: adds O x 2, one multiply per output
+    assert layer[("avgpool_1", "forward", "add", "float32")] == b * 3 * 2
+    assert layer[("avgpool_1", "forward", "mul", "float32")] == b * 3
+
+
+@pytest.mark.parametrize("retention", ["step", "backward"])
+@pytest.mark.parametrize("strategy", ["standard", "proposed"])
+def test_non_square_model_verifies_to_the_byte_and_op(strategy, retention):
+    v = cli.run_verification(NONSQUARE, strategy, 4, steps=1, retention=retention)
+    assert not [c.name for c in v.variables if not c.ok]
+    assert v.peak.ledger_ok and not v.op_mismatches
+    assert v.ok
