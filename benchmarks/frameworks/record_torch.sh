@@ -1,10 +1,10 @@
 #!/bin/sh
 # Every PyTorch recording in measurements/, one process per (model, strategy, batch), one thread each.
-# Usage: sh benchmarks/frameworks/record_torch.sh [standard|proposed]   (needs the `frameworks` extra)
+# Usage: sh benchmarks/frameworks/record_torch.sh [standard]   (needs the `frameworks` extra)
 set -e
 cd "$(dirname "$0")/../.."
 M=benchmarks/frameworks/models
-for strategy in ${1:-standard proposed}; do
+for strategy in ${1:-standard}; do
   for spec in "digits-mlp 32 128 512" "digits-cnn 32 128 512" "mlp 32 100 256" "cnv 16 64 128" \
               "binarynet 8 32 64" "$M/torch-resnet-a.yaml 8 32 128" "$M/torch-resnet-b.yaml 16 64 256" \
               "resnete18 1 2 4" "bireal18 1 2 4"; do

@@ -25,8 +25,8 @@ def recordings(engine: str) -> list[dict]:
 
 def model_ref(rec: dict) -> str:
     """A recording's model as bnncost loads it: a zoo name, or a YAML path relative to the repository."""
-    ref = rec["model_ref"]
-    return ref if ref.endswith((".yaml", ".yml")) is False else str(HERE.parent.parent / ref)
+    ref = rec.get("model_ref") or rec.get("model_file") or rec["model"]
+    return str(HERE.parent.parent / ref) if ref.endswith((".yaml", ".yml")) else ref
 
 
 def main(argv: list[str]) -> int:

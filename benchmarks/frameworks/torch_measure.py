@@ -1,6 +1,6 @@
 """Measure the heap of one steady-state PyTorch training step with memray, and record it as JSON.
 
-    python benchmarks/frameworks/torch_measure.py MODEL --batch B [--strategy standard|proposed] [--out NAME]
+    python benchmarks/frameworks/torch_measure.py MODEL --batch B [--out NAME]
 
 MODEL is a zoo name or a model YAML. One process measures one (model, strategy, batch):
 1. one thread: OMP_NUM_THREADS=1 before torch loads, then torch.set_num_threads(1);
@@ -146,10 +146,7 @@ def measure(model_ref: str, batch: int, strategy: str, *, attribute: bool = True
     tmp = Path(tempfile.mkdtemp(prefix="torch-measure-"))
     t0 = time.time()
     with memray.Tracker(tmp / "run.bin"):
-        if strategy == "standard":
-            from torch_model import Layers, StandardTrainer as Trainer
-        else:
-            from torch_proposed import Layers, ProposedTrainer as Trainer
+        from torch_model import Layers, StandardTrainer as Trainer
         model = build_torch_model(graph, Layers())
         check_shapes(graph, model)
         trainer = Trainer(model)
@@ -202,7 +199,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("--batch", type=int, required=True)
-    ap.add_argument("--strategy", choices=("standard", "proposed"), default="standard")
+    ap.add_argument("--strategy", choices=("standard",), default="standard",
+                    help="the standard strategy (BinaryNet); proposed is not written in PyTorch yet")
     ap.add_argument("--out", help="record name (default pytorch-<model>-<strategy>-b<batch>)")
     ap.add_argument("--no-attribution", action="store_true")
     args = ap.parse_args(argv)

@@ -16,8 +16,8 @@ standard (Courbariaux & Bengio 2016, as PyTorch users write BinaryNet):
 - torch.optim.Adam (its CPU default, the single-tensor loop), then the latent
   weights of binary layers clamped to [-1, 1] in place.
 
-proposed (Wang et al. 2021, as a PyTorch user writes it): see
-`torch_proposed.py`.
+The proposed strategy (Wang et al. 2021: packed-bit autograd Functions, l1
+batchnorm, float16 state, 1-bit dW) is not written in PyTorch yet.
 
 "same" padding: PyTorch users write symmetric padding k // 2 (torchvision);
 where that gives the output shape bnncost infers, it is used, otherwise the
