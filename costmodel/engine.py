@@ -16,8 +16,12 @@ file says so without code:
   whenever their formats agree (held once, the tensor kept alive meanwhile);
 - `lifetimes`: METHOD variables it holds from or until other events;
 - `in_place_grads`: elementwise layers whose backward writes dX over dY;
-- `runtime`: constant bytes that are not tensors (allocator caches, a traced
-  graph), each with its source.
+- `runtime`: bytes that are not tensors (allocator caches, a traced graph),
+  each with its source; `batch_below: N` holds them only while the batch has
+  fewer than N samples (a library that keeps more state for small batches);
+- `constants`: tensors the traced graph holds as constants (a `zeros_like`
+  of a static shape folded by the graph optimiser), shaped like a layer's
+  tensor; equal constants are held once, so one per distinct format and shape.
 
 Every rule carries `source`: the measurement or document behind it. `extends`
 inherits another engine: scalars are overridden, named rules (variables,
@@ -53,7 +57,7 @@ STRATEGY_FORMAT = "strategy:"  # format: strategy:<role> takes the strategy's fo
 STRATEGY_ROLES = (*FORMATTED_ROLES, *DERIVED_FORMAT)
 OPTIMIZERS = ("adam", "sgd", "bop")
 PARAMETER_SHAPES = ("largest_parameter", "each_parameter")
-NAMED_LISTS = ("variables", "temporaries", "optimizer_temporaries", "runtime")
+NAMED_LISTS = ("variables", "temporaries", "optimizer_temporaries", "runtime", "constants")
 APPENDED_LISTS = ("drop", "shares", "lifetimes", "in_place_grads")
 FILE_KEYS = {"name", "description", "extends", "retention", "workspace", *NAMED_LISTS, *APPENDED_LISTS}
 
@@ -106,6 +110,7 @@ class When(BaseModel):
     binary: bool | None = None  # dense / conv2d with binary: true
     first: bool | None = None  # its input is the data batch
     needs_input_grad: bool | None = None  # its backward computes dX
+    spatial: bool | None = None  # its input is a feature map (height, width, channels), not a vector
 
 
 class _LayerRule(_Rule):
@@ -215,7 +220,28 @@ class RuntimeBytes(_Rule):
     bytes: ByteCount
     kinds: Kinds | None = None
     when: When = When()
+    batch_below: PositiveInt | None = None  # held only while the batch has fewer samples than this
 
+
+class GraphConstant(_LayerRule):
+    """A tensor the traced graph holds as a constant, shaped like one of a layer's tensors (runtime bytes).
+
+    Every layer of `kinds` that passes `when` gets one, but a graph optimiser
+    that merges equal constants keeps one per distinct (format, shape): the
+    engine holds each distinct one once, across all `constants` rules.
+    """
+
+    name: Identifier
+    shape: Literal[tuple(SHAPES)]
+    format: str
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        if v.startswith(STRATEGY_FORMAT):
+            raise ValueError(f"'{v}': a constant of the traced graph has a format of its own, give one "
+                             f"({', '.join(STORAGE_BITS)})")
+        return _check_format(v)
 
 
 class Workspace(_Rule):
@@ -238,6 +264,7 @@ class Engine(BaseModel):
     lifetimes: tuple[Lifetime, ...] = ()
     in_place_grads: tuple[InPlaceGrad, ...] = ()
     runtime: tuple[RuntimeBytes, ...] = ()
+    constants: tuple[GraphConstant, ...] = ()
     file: str = "<memory>"  # where it was loaded from, for error messages
 
 
@@ -258,6 +285,7 @@ class _EngineFile(BaseModel):
     lifetimes: list[Lifetime] = []
     in_place_grads: list[InPlaceGrad] = []
     runtime: list[RuntimeBytes] = []
+    constants: list[GraphConstant] = []
 
 
 # ---------------------------------------------------------------- loading
@@ -344,7 +372,7 @@ def _check_rules(f: _EngineFile, source: str, inherited_roles: set[str]) -> set[
     """Checks that need more than one field; returns the roles known after this file."""
     roles = set(inherited_roles) | {v.role for v in f.variables} | {t.role for t in f.temporaries} \
         | {t.role for t in f.optimizer_temporaries}
-    for key in ("variables", "temporaries"):
+    for key in ("variables", "temporaries", "constants"):
         for i, rule in enumerate(getattr(f, key)):
             if rule.shape in SHAPES_OF_WEIGHTED and set(rule.kinds) - set(WEIGHTED_KINDS):
                 raise EngineError(f"{source}: {key}[{i}].shape: {rule.shape} needs kinds among "

@@ -11,10 +11,14 @@ changes them the way an engine holds a step, in this order:
    is held once, alive from the earlier alloc to the later free;
 5. `temporaries` and `optimizer_temporaries` add buffers alive at one event;
 6. `runtime` adds bytes that are not tensors, once or per layer of some
-   kinds, alive the whole step (role `runtime`).
+   kinds, alive the whole step (role `runtime`), some only below a batch size;
+7. `constants` add the traced graph's constants, one per distinct format and
+   shape (role `runtime` too: the measured runtime is all that is not a
+   variable or the batch).
 
-Every byte count stays affine in the batch size, so the peak keeps its
-a + b x B form and the largest batch that fits is still solved exactly.
+Every byte count stays affine in the batch size, piecewise where a runtime
+rule holds only below a batch size, so the peak keeps its a + b x B form in
+each segment and the largest batch that fits is still solved exactly.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
 
     def nodes(rule) -> list[Node]:
         w = rule.when
-        return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad)
+        return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.spatial)
 
     def event(node: Node, word: str) -> int:
         return index[relative_event(node, word, retention)]
@@ -137,10 +141,22 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
             add(buffer(f"{layer}.{name}.{rule.name}", layer, rule.role, fmt(rule), shape, False, rule.count,
                        update, update), where("optimizer_temporaries", i))
     # 6. runtime
+    last = len(events) - 1
     for i, r in enumerate(engine.runtime):
         n = 1 if r.kinds is None else len(nodes(r))
         add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
-                     0, len(events) - 1), where("runtime", i))
+                     0, last, batch_below=r.batch_below), where("runtime", i))
+    # 7. constants: equal ones are held once
+    held_constants: set[tuple] = set()
+    for i, rule in enumerate(engine.constants):
+        for node in nodes(rule):
+            shape, batched = relative_shape(node, rule.shape)
+            key = (rule.format, batched, tuple(shape))
+            if key in held_constants:
+                continue
+            held_constants.add(key)
+            add(sized(f"runtime.{rule.name}.{node.name}", RUNTIME_ROLE, RUNTIME_ROLE, rule.format, shape, batched,
+                      0, last), where("constants", i))
     return out
 
 

@@ -2,9 +2,12 @@
 
 The bytes of a variable are a + b x B, or, for chunked workspace,
 min(c, d x B): the scratch grows with the batch until it reaches its budget
-(METHOD 4.1). The live bytes at each event are therefore a sum of those, the
-peak is the maximum over events, and the largest batch that fits a budget is
-solved on these coefficients without rebuilding any variable.
+(METHOD 4.1). An engine's variable may be held only below a batch size
+(`batch_below`: a library that keeps more state for small batches), which
+splits the batch axis into segments. The live bytes at each event are
+therefore a sum of those, the peak is the maximum over events, and the
+largest batch that fits a budget is solved on these coefficients, segment by
+segment, without rebuilding any variable.
 """
 
 from __future__ import annotations
@@ -35,7 +38,11 @@ class MemoryPlan:
         n = len(self.events)
         a, b = np.zeros(n + 1, dtype=np.int64), np.zeros(n + 1, dtype=np.int64)
         ws_event, ws_cap, ws_slope = [], [], []
+        self._below: list[Variable] = []  # held only below a batch size: added per batch
         for v in self.variables:
+            if v.batch_below is not None:
+                self._below.append(v)
+                continue
             a[v.alloc] += v.fixed
             a[v.free + 1] -= v.fixed
             b[v.alloc] += v.per_sample
@@ -50,10 +57,13 @@ class MemoryPlan:
         self._ws_cap = np.array(ws_cap, dtype=np.float64)
         self._ws_slope = np.array(ws_slope, dtype=np.float64)
 
-    @property
-    def runtime_bytes(self) -> int:
-        """Constant bytes of the engine that are not tensors; the rest of the peak is tensors."""
-        return sum(v.fixed for v in self.variables if v.role == RUNTIME_ROLE)
+    def runtime_bytes(self, batch: int) -> int:
+        """Bytes of the engine that are not tensors at this batch size; the rest of the peak is tensors."""
+        return sum(v.bytes_at(batch) for v in self.variables if v.role == RUNTIME_ROLE)
+
+    def batch_thresholds(self) -> list[int]:
+        """Batch sizes at which a variable stops being held (the peak may drop there), ascending."""
+        return sorted({v.batch_below for v in self._below})
 
     def _workspace(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per event and batch: workspace bytes, and the part of it still growing with B."""
@@ -71,7 +81,10 @@ class MemoryPlan:
         """Live bytes at every event (rows) for each batch size (columns)."""
         bs = np.atleast_1d(np.asarray(batch, dtype=np.float64))
         ws, _ = self._workspace(bs)
-        return self.fixed_by_event[:, None] + self.per_sample_by_event[:, None] * bs[None, :] + ws
+        live = self.fixed_by_event[:, None] + self.per_sample_by_event[:, None] * bs[None, :] + ws
+        for v in self._below:
+            live[v.alloc:v.free + 1] += np.where(bs < v.batch_below, v.fixed + v.per_sample * bs, 0.0)[None, :]
+        return live
 
     def peak_bytes(self, batch) -> np.ndarray:
         return self.live_bytes(batch).max(axis=0)
@@ -90,20 +103,40 @@ class MemoryPlan:
             held[e] += grow if grow < cap else int(cap)
             growing[e] += int(slope) if grow < cap else 0
         fixed_by_event, per_by_event = self.fixed_by_event.tolist(), self.per_sample_by_event.tolist()
+        for v in self._below:
+            if v.held_at(batch):
+                for i in range(v.alloc, v.free + 1):
+                    fixed_by_event[i] += v.fixed
+                    per_by_event[i] += v.per_sample
         live = [f + p * batch + w for f, p, w in zip(fixed_by_event, per_by_event, held)]
         e = max(range(len(live)), key=live.__getitem__)  # the first event that holds the peak
         slope = per_by_event[e] + growing[e]
         return live[e], e, live[e] - slope * batch, slope
 
     def max_batch(self, budget_bytes: int, limit: int = 1 << 40) -> int:
-        """Largest B whose peak fits the budget (0 if even B = 1 does not)."""
-        if self.peak_bytes(1)[0] > budget_bytes:
-            return 0
-        lo, hi = 1, 2
+        """Largest B whose peak fits the budget (0 if even B = 1 does not).
+
+        The peak grows with B within each segment between batch thresholds,
+        so the segments are searched from the largest batches down.
+        """
+        starts = [1, *(t for t in self.batch_thresholds() if 1 < t <= limit)]
+        ends = [s - 1 for s in starts[1:]] + [limit]
+        for start, end in reversed(list(zip(starts, ends))):
+            if self.peak_bytes(start)[0] <= budget_bytes:
+                return self._largest_fitting(budget_bytes, start, end)
+        return 0
+
+    def _largest_fitting(self, budget_bytes: int, lo: int, limit: int) -> int:
+        """Largest B in [lo, limit] whose peak fits, given that peak(lo) fits and the peak grows with B there."""
+        step = 1
+        hi = lo + step
         while hi < limit and self.peak_bytes(hi)[0] <= budget_bytes:
-            lo, hi = hi, hi * 2
-        if hi >= limit and self.peak_bytes(limit)[0] <= budget_bytes:
-            return limit
+            lo, step = hi, step * 2
+            hi = lo + step
+        if hi >= limit:
+            if self.peak_bytes(limit)[0] <= budget_bytes:
+                return limit
+            hi = limit
         while hi - lo > 1:  # peak(lo) fits, peak(hi) does not
             mid = (lo + hi) // 2
             if self.peak_bytes(mid)[0] <= budget_bytes:

@@ -22,8 +22,14 @@ class Variable:
     cap: float = math.inf  # workspace growing with the batch: bytes = min(cap, slope * B) ...
     slope: int = 0
     rows_per_sample: int = 0  # ... in rows of shape[1:], rows_per_sample x B of them in all
+    batch_below: int | None = None  # held only while the batch has fewer samples than this (else 0 bytes)
+
+    def held_at(self, batch: int) -> bool:
+        return self.batch_below is None or batch < self.batch_below
 
     def bytes_at(self, batch: int) -> int:
+        if not self.held_at(batch):
+            return 0
         ws = 0 if self.slope == 0 else int(min(self.cap, self.slope * batch))
         return self.fixed + self.per_sample * batch + ws
 

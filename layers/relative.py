@@ -75,8 +75,12 @@ def relative_event(node: Node, word: str, retention: str) -> str:
 
 
 def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = None, first: bool | None = None,
-                   needs_input_grad: bool | None = None) -> list[Node]:
-    """The nodes of these kinds that pass the optional conditions, in forward order."""
+                   needs_input_grad: bool | None = None, spatial: bool | None = None) -> list[Node]:
+    """The nodes of these kinds that pass the optional conditions, in forward order.
+
+    `spatial`: the layer's input is a feature map (height, width, channels),
+    not a vector.
+    """
     out = []
     for node in graph.nodes:
         if node.kind not in kinds:
@@ -86,6 +90,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
         if first is not None and node.first != first:
             continue
         if needs_input_grad is not None and graph.tensors[node.inputs[0]].requires_grad != needs_input_grad:
+            continue
+        if spatial is not None and (len(node.in_shape) == 3) != spatial:
             continue
         out.append(node)
     return out

@@ -202,9 +202,43 @@ def test_runtime_bytes_once_and_per_layer(tmp_path):
                            "  - {name: kernels, kinds: dense, bytes: 3KiB, source: t}\n")
     extra = (1 << 20) + 2 * 3072
     assert delta(a, b) == span(a, "step_start", "step_end", extra)
-    assert b.runtime_bytes == extra and a.runtime_bytes == 0
+    assert b.runtime_bytes(B) == extra and a.runtime_bytes(B) == 0
     usable = 5 << 20
     assert b.max_batch(usable) == a.max_batch(usable - extra)  # exact, affine
+
+
+def test_runtime_bytes_below_a_batch_size(tmp_path):
+    """`batch_below: N` holds the bytes only while B < N; the largest batch is searched segment by segment."""
+    a, b = plans(tmp_path, "runtime:\n  - {name: small_batch_state, bytes: 1 MiB, batch_below: 16, source: t}\n")
+    for batch, held in ((1, 1 << 20), (15, 1 << 20), (16, 0), (200, 0)):
+        assert delta(a, b, batch) == span(a, "step_start", "step_end", held)
+        assert b.runtime_bytes(batch) == held
+        peak, _, fixed, per = b.peak(batch)
+        assert fixed + per * batch == peak == a.peak(batch)[0] + held
+    # a budget that B = 15 misses (its extra MiB) but B = 16 meets: the peak drops at the threshold
+    usable = int(a.peak_bytes(16)[0])
+    assert b.peak_bytes(15)[0] > usable and b.max_batch(usable) == 16
+    for usable in (int(b.peak_bytes(1)[0]) - 1, int(b.peak_bytes(15)[0]), int(a.peak_bytes(300)[0]) + 7):
+        best = b.max_batch(usable)
+        ns = np.arange(1, 1 << 15)
+        fits = ns[b.peak_bytes(ns) <= usable]
+        assert best == (int(fits.max()) if fits.size else 0) < ns[-1]
+
+
+def test_constants_once_per_distinct_shape(tmp_path):
+    """A graph constant shaped like a layer's tensor is held once per distinct format and shape."""
+    model = tmp_path / "m.yaml"
+    model.write_text("name: m\ninput: [8]\nlayers:\n  - dense: {units: 8, binary: false}\n  - batchnorm: {}\n"
+                     "  - sign: {}\n  - dense: {units: 8}\n  - batchnorm: {}\n  - sign: {}\n"
+                     "  - dense: {units: 4}\n  - softmax_ce: {}\n")
+    a, b = plans(tmp_path, "constants:\n  - {name: zeros, kinds: sign, shape: input, format: float32, source: t}\n"
+                           "  - {name: kzeros, kinds: dense, when: {binary: true}, shape: weight, format: float32,"
+                           " source: t}\n", model=str(model))
+    # two signs read [B, 8]: one constant; binary kernels [8, 8] and [8, 4]: two
+    extra = 8 * 4 * B + (64 + 32) * 4
+    assert delta(a, b) == span(a, "step_start", "step_end", extra) and b.runtime_bytes(B) == extra
+    assert sorted(v.name for v in b.variables if v.role == "runtime") == [
+        "runtime.kzeros.dense_2", "runtime.kzeros.dense_3", "runtime.zeros.sign_1"]
 
 
 def test_prediction_reports_tensor_and_process_peaks(tmp_path):
@@ -281,6 +315,14 @@ BAD = {
     "no-retention": ("workspace: {budget: 0, source: t}\n", "retention: missing"),
     "in-place-maxpool": (BASE + "in_place_grads:\n  - {kinds: maxpool, source: t}\n",
                          "in_place_grads[0].kinds: 'maxpool'"),
+    "negative-batch-below": (BASE + "runtime:\n  - {name: x, bytes: 1, batch_below: -16, source: t}\n",
+                             "runtime[0].batch_below"),
+    "batch-above": (BASE + "runtime:\n  - {name: x, bytes: 1, batch_above: 16, source: t}\n",
+                    "runtime[0].batch_above: unknown field"),
+    "constant-strategy-format": (BASE + "constants:\n  - {name: z, kinds: sign, shape: input,"
+                                 " format: 'strategy:activation', source: t}\n", "constants[0].format"),
+    "constant-weight-of-a-sign": (BASE + "constants:\n  - {name: z, kinds: sign, shape: weight, format: float32,"
+                                  " source: t}\n", "constants[0].shape: weight needs kinds"),
     "zero-count": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, during: backward,"
                    " format: uint8, count: 0, source: t}\n", "temporaries[0].count"),
 }
@@ -365,7 +407,7 @@ def test_largest_batch_is_exact_with_runtime_bytes(name):
     eng = load_engine(name)
     plan = memory_plan(graph_of("cnv"), load_strategy("standard"), retention=eng.retention,
                        workspace_budget=eng.workspace.budget, engine=eng)
-    assert plan.runtime_bytes > 0
+    assert plan.runtime_bytes(1) > 0
     for usable in (plan.peak_bytes(1)[0] - 1, 50 << 20, 300 << 20, 4 << 30):
         b = plan.max_batch(int(usable))
         if b:

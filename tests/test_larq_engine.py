@@ -24,39 +24,32 @@ TENSOR_TOLERANCE = 0.05
 PROCESS_TOLERANCE = 0.10
 
 # recording stem -> why the engine misses it (kept honest: strict xfail). The runtime (what is not a
-# tensor) is per layer kind from small probes (costmodel/engines/larq.yaml); measured, it is mostly
-# oneDNN's per-primitive state made inside the Mkl kernels (attribution in
-# measurements/attribution/), which depends on the layers' shapes and, for convolutions, grows with
-# the batch: the probes' tiny shapes overstate it for dense models and understate it for conv nets.
-# Measured since: oneDNN's MatMul state is 12.0 MB larger below 16 rows (B < 16), and the probes were
-# recorded at B=8, so the fixed runtime carries it into every B >= 16 prediction (costmodel/engines/larq.yaml).
+# tensor) is per layer kind from small probes at B=16, the small-batch MatMul state below 16 rows, and
+# the graph constants by shape (costmodel/engines/larq.yaml). What is left is oneDNN's JIT code per
+# convolution primitive (attribution of cnv B=16: 2.75 MB per conv), which the probes understate for
+# conv nets of few, small layers.
+_CONV_STATE = ("oneDNN's JIT code per conv primitive at this model's shapes exceeds the probes' "
+               "(costmodel/engines/larq.yaml, KNOWN GAP)")
+_ORDER = "cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)"
 TENSOR_MISSES: dict[str, str] = {
-    "larq-cnv-standard-b128": "tensor peak +11.3%; cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)",
-    "larq-digits-cnn-standard-b16": "tensor peak -10.4%; cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)",
-    "larq-digits-mlp-standard-b64": "tensor peak +6.0%; cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)",
-    "larq-larq-resnet-b-standard-b64": "tensor peak -5.4%; cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)",
+    "larq-cnv-standard-b128": f"tensor peak +11.3%; {_ORDER}",
+    "larq-digits-cnn-standard-b16": ("tensor peak -14.4%: a 172,288 B MklMatMulOp scratch buffer is live at the "
+                                     "peak (attribution), oneDNN's gemm workspace, not modelled"),
+    "larq-digits-mlp-standard-b64": f"tensor peak +6.0%; {_ORDER}",
+    "larq-larq-resnet-b-standard-b64": f"tensor peak -5.4%; {_ORDER}",
 }
 PROCESS_MISSES: dict[str, str] = {
-    "larq-binarynet-standard-b32": "process peak -18.1%: runtime measured 154.7 MiB, predicted 54.6 MiB",
-    "larq-binarynet-standard-b64": "process peak -17.2%: runtime measured 189.8 MiB, predicted 54.6 MiB",
-    "larq-binarynet-standard-b8": "process peak -17.1%: runtime measured 139.8 MiB, predicted 54.6 MiB",
-    "larq-bireal18-standard-b2": "process peak -13.0%: runtime measured 148.3 MiB, predicted 99.4 MiB",
-    "larq-cnv-standard-b128": "process peak -17.9%: runtime measured 144.5 MiB, predicted 54.5 MiB",
-    "larq-cnv-standard-b16": "process peak -21.9%: runtime measured 84.8 MiB, predicted 54.5 MiB",
-    "larq-cnv-standard-b64": "process peak -23.0%: runtime measured 110.8 MiB, predicted 54.5 MiB",
-    "larq-digits-cnn-standard-b16": "process peak +12.8%: runtime measured 28.7 MiB, predicted 32.6 MiB",
-    "larq-digits-cnn-standard-b64": "process peak +10.8%: runtime measured 29.2 MiB, predicted 32.6 MiB",
-    "larq-digits-mlp-standard-b16": "process peak +39.1%: runtime measured 21.6 MiB, predicted 30.8 MiB",
-    "larq-digits-mlp-standard-b256": "process peak +37.4%: runtime measured 21.6 MiB, predicted 30.8 MiB",
-    "larq-digits-mlp-standard-b64": "process peak +39.3%: runtime measured 21.6 MiB, predicted 30.8 MiB",
-    "larq-larq-resnet-a-standard-b32": "process peak -10.2%: runtime measured 49.2 MiB, predicted 40.3 MiB",
-    "larq-larq-resnet-a-standard-b64": "process peak -12.2%: runtime measured 54.2 MiB, predicted 40.3 MiB",
-    "larq-larq-resnet-a-standard-b8": "process peak -23.4%: runtime measured 56.1 MiB, predicted 40.3 MiB",
-    "larq-larq-resnet-b-standard-b64": "process peak -11.1%: runtime measured 53.2 MiB, predicted 45.4 MiB",
-    "larq-larq-resnet-b-standard-b8": "process peak -26.0%: runtime measured 63.5 MiB, predicted 45.4 MiB",
-    "larq-mlp-standard-b100": "process peak +18.2%: runtime measured 30.5 MiB, predicted 37.1 MiB",
-    "larq-mlp-standard-b256": "process peak +17.4%: runtime measured 30.4 MiB, predicted 37.1 MiB",
-    "larq-mlp-standard-b32": "process peak +17.8%: runtime measured 30.4 MiB, predicted 37.1 MiB",
+    "larq-cnv-standard-b16": f"process peak -18.3%: runtime measured 84.8 MiB, predicted 59.5 MiB; {_CONV_STATE}",
+    "larq-cnv-standard-b64": f"process peak -10.4%: runtime measured 110.8 MiB, predicted 85.5 MiB; {_CONV_STATE}",
+    "larq-digits-cnn-standard-b16": f"process peak -26.0%: runtime measured 28.7 MiB, predicted 21.1 MiB; {_CONV_STATE}",
+    "larq-digits-cnn-standard-b256": f"process peak -18.2%: runtime measured 31.5 MiB, predicted 23.9 MiB; {_CONV_STATE}",
+    "larq-digits-cnn-standard-b64": f"process peak -23.7%: runtime measured 29.2 MiB, predicted 21.6 MiB; {_CONV_STATE}",
+    "larq-larq-resnet-a-standard-b32": f"process peak -16.3%: runtime measured 49.2 MiB, predicted 34.7 MiB; {_CONV_STATE}",
+    "larq-larq-resnet-a-standard-b64": f"process peak -11.8%: runtime measured 54.2 MiB, predicted 40.7 MiB; {_CONV_STATE}",
+    "larq-larq-resnet-a-standard-b8": f"process peak -21.3%: runtime measured 56.1 MiB, predicted 41.7 MiB; {_CONV_STATE}",
+    "larq-larq-resnet-b-standard-b32": f"process peak -23.4%: runtime measured 53.0 MiB, predicted 36.0 MiB; {_CONV_STATE}",
+    "larq-larq-resnet-b-standard-b64": f"process peak -20.6%: runtime measured 53.2 MiB, predicted 37.2 MiB; {_CONV_STATE}",
+    "larq-larq-resnet-b-standard-b8": f"process peak -24.2%: runtime measured 63.5 MiB, predicted 46.7 MiB; {_CONV_STATE}",
 }
 
 

@@ -3,13 +3,20 @@
     python benchmarks/frameworks/larq_probes.py
 
 Each probe (benchmarks/frameworks/probes/*.yaml) is a small base model plus
-6 copies of one layer kind, measured at batch 8 like any model
-(larq_measure.py ... --out benchmarks/frameworks/measurements/probes). The
-runtime (what is not a tensor: traced graph, optimised graph, executor,
-kernels) of 6 more layers of a kind, over 6, is that kind's bytes per layer;
-what the base models hold beyond their own layers is the fixed part. The
-probes are not evaluation points: the engine is checked on the zoo and the
-residual models (measurements/larq-*.json), which no probe resembles.
+6 copies of one layer kind, measured at batch 16 like any model
+(larq_measure.py ... --batch 16 --out benchmarks/frameworks/measurements/probes):
+at 16 rows and more oneDNN's MatMul holds no small-batch state (the batch-law
+recordings of probe-base: the runtime is one value at B = 4, 8, 12 and
+another, 12.0 MB lower, at B = 16, 32, 64, 512; printed below as the
+`small_batch` bytes). The runtime (what is not a tensor: traced graph,
+optimised graph, executor, kernels) of 6 more layers of a kind, over 6, is
+that kind's bytes per layer, after taking out the graph constants the
+engine models by shape (its `constants` rules: the folded zeros of Larq's
+ste_sign gradient); what the base models hold beyond their own layers is the
+fixed part. The probes are not evaluation points: the engine is checked on
+the zoo and the residual models (measurements/larq-*.json), which no probe
+resembles. The batch-8 probes of the first engine are kept in
+measurements/probes/batch8/ for the record.
 """
 
 from __future__ import annotations
@@ -17,16 +24,43 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bnncost.costmodel.engine import load_engine
+from bnncost.costmodel.memory import memory_plan
+from bnncost.costmodel.strategy import load_strategy
+from bnncost.layers.graph import graph_of
+
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+PROBES = HERE / "measurements" / "probes"
 COPIES = 6
 
 
+def graph_constants(model_file: str, batch: int) -> int:
+    """Bytes of the graph constants the `larq` engine's `constants` rules give this model at this batch."""
+    eng = load_engine("larq")
+    plan = memory_plan(graph_of(str(ROOT / model_file)), load_strategy("standard"), retention=eng.retention,
+                       engine=eng)
+    names = tuple(f"runtime.{c.name}." for c in eng.constants)
+    return sum(v.bytes_at(batch) for v in plan.variables if v.name.startswith(names))
+
+
 def runtimes() -> dict[str, int]:
+    """Each probe's measured runtime less its graph constants."""
     out = {}
-    for path in sorted((HERE / "measurements" / "probes").glob("larq-probe-*.json")):
+    for path in sorted(PROBES.glob("larq-probe-*.json")):
         rec = json.loads(path.read_text(encoding="utf-8"))
-        out[rec["model"].removeprefix("probe-")] = rec["runtime_bytes"]
+        out[rec["model"].removeprefix("probe-")] = rec["runtime_bytes"] - graph_constants(rec["model_file"],
+                                                                                            rec["batch"])
     return out
+
+
+def small_batch() -> int:
+    """probe-base's runtime below 16 rows less at 16 rows (batch-law recordings, one harness)."""
+    def rt(batch: int) -> int:
+        path = PROBES / "batch-law" / f"larq-probe-base-standard-b{batch}.json"
+        return json.loads(path.read_text(encoding="utf-8"))["runtime_bytes"]
+
+    return rt(8) - rt(16)
 
 
 def per_layer(rt: dict[str, int]) -> dict[str, int]:
@@ -67,6 +101,7 @@ def main() -> None:
         print(f"{k:36s} {v:12d} bytes per layer")
     for k, v in fixed(rt, layer).items():
         print(f"fixed, from the {k:20s} {v:12d} bytes")
+    print(f"{'small_batch (B < 16), once':36s} {small_batch():12d} bytes")
 
 
 if __name__ == "__main__":
