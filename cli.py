@@ -488,7 +488,7 @@ def summary_cmd(
         out.print(obj)
     out.print(f"Parameters: {sm.total.params_1bit:,} 1-bit (binary kernels) + {sm.total.params_real:,} real "
               f"= {sm.total.params_1bit + sm.total.params_real:,}; param bytes are what training holds "
-              f"(latent weights, batchnorm parameters) at the strategy's formats.")
+              f"(latent weights, batchnorm parameters, prelu slopes) at the strategy's formats.")
 
 
 @app.command("compare")

@@ -45,6 +45,12 @@ batchnorm (E, C)
 sign           forward compare 2E, abs E at fwd (sign and the STE mask);
                backward_dx gmul E (the mask gates the gradient)
 relu           forward compare E at fwd; backward_dx gmul E
+prelu (E, C)   forward compare E, mul E at fwd (a x where x <= 0);
+               backward_dw compare E at fwd (x > 0, on the saved x), gmul E
+               (dy x), add E at acc (the per-channel sums of da);
+               backward_dx (only when its input needs a gradient) gmul E
+               (dy a where x <= 0, reusing the compare); update per slope n = C,
+               at opt, no clipping
 maxpool k, s   forward compare O x (k*k - 1) at fwd;
                backward_dx add O x k*k at acc (scatter), gmul E (mask)
 avgpool k, s   forward add O x k*k, mul O at fwd; backward_dx gmul O, add O x k*k at acc
@@ -246,6 +252,15 @@ def _count_node(c: _Counter, graph: Graph, node: Node, fwd: str) -> None:
         c.add(n, "forward", "compare", fwd, per=e)
         if needs_dx:
             c.gmul(n, "backward_dx", per=e)
+    elif node.kind == "prelu":
+        c.add(n, "forward", "compare", fwd, per=e)
+        c.add(n, "forward", "mul", fwd, per=e)
+        c.add(n, "backward_dw", "compare", fwd, per=e)
+        c.gmul(n, "backward_dw", per=e)
+        c.add(n, "backward_dw", "add", acc, per=e)
+        if needs_dx:
+            c.gmul(n, "backward_dx", per=e)
+        c.optimizer(n, node.channels, sign_grad=False, binary_kernel=False)
     elif node.kind in ("maxpool", "avgpool"):
         kk = node.window[0] * node.window[1]
         if node.kind == "maxpool":

@@ -70,6 +70,8 @@ _ROLES = {
     ("batchnorm", "backward"): ("real_input", "bn_param", "norm_output", "activation_grad"),
     ("gate", "forward"): ("real_input", "activation_mask"),
     ("gate", "backward"): ("activation_mask", "activation_grad"),
+    ("prelu", "forward"): ("real_input", "bn_param"),
+    ("prelu", "backward"): ("real_input", "bn_param", "activation_grad"),
     ("maxpool", "forward"): ("real_input", "pool_mask"),
     ("maxpool", "backward"): ("pool_mask", "activation_grad"),
     ("pool", "forward"): ("real_input",),
@@ -195,6 +197,15 @@ def _node_work(graph: Graph, node: Node, s: Strategy) -> list[OperatorWork]:
         opt = "adam" if s.optimizer == "bop" else s.optimizer
         works.append(OperatorWork(name, "update", f"update.{opt}.batchnorm", _update_formats(s, "bn_param", "full"),
                                   {"values": (n, 0)}))
+        return works
+    if kind == "prelu":  # batchnorm's shape of work: rows of C values, a per-channel vector broadcast
+        C = node.channels
+        add("forward", "prelu", {"values": (0, e), "rows": (0, e // C)})
+        add("backward", "prelu", {"values": (0, e), "channels": (C, 0), "rows": (0, e // C)},
+            ".dx" if needs_dx else "")
+        opt = "adam" if s.optimizer == "bop" else s.optimizer
+        works.append(OperatorWork(name, "update", f"update.{opt}.prelu", _update_formats(s, "bn_param", "full"),
+                                  {"values": (C, 0)}))
         return works
     if kind in ("maxpool", "avgpool"):
         kk = node.window[0] * node.window[1]

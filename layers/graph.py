@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from bnncost.layers.model import Model, ModelError, load_model
 from bnncost.layers.spec import (
-    AvgPool, BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU,
+    AvgPool, BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, PReLU, ReLU,
     Residual, Sign, SoftmaxCE, pair,
 )
 
@@ -64,6 +64,14 @@ class Node:
     def channels(self) -> int:
         return self.in_shape[-1]
 
+    def parameters(self, batchnorm: str = "l2") -> int:
+        """Its trainable values: a kernel; gamma and beta (l2) or beta (l1) per channel; one slope per channel."""
+        if self.kind in ("dense", "conv2d"):
+            return self.weights
+        if self.kind == "batchnorm":
+            return (2 if batchnorm == "l2" else 1) * self.channels
+        return self.channels if self.kind == "prelu" else 0
+
     @property
     def group_channels(self) -> int:
         """Input channels one output reads: Cin / groups (all of them for an ungrouped conv)."""
@@ -76,7 +84,7 @@ class Node:
 
     @property
     def has_params(self) -> bool:
-        return self.kind in ("dense", "conv2d", "batchnorm")
+        return self.kind in ("dense", "conv2d", "batchnorm", "prelu")
 
 
 @dataclass
@@ -91,13 +99,8 @@ class Graph:
         return self.nodes[-1].out_shape
 
     def parameter_count(self, batchnorm: str = "l2") -> int:
-        """Trainable parameters: kernels, plus gamma and beta (l2) or beta (l1) per BN channel."""
-        per_channel = 2 if batchnorm == "l2" else 1
-        return sum(
-            n.weights if n.kind in ("dense", "conv2d") else per_channel * n.channels
-            for n in self.nodes
-            if n.has_params
-        )
+        """Trainable parameters: kernels, gamma and beta (l2) or beta (l1) per BN channel, a prelu's slopes."""
+        return sum(n.parameters(batchnorm) for n in self.nodes)
 
 
 def _pool_out(h: int, size: int, stride: int, padding: str) -> int:
@@ -205,7 +208,7 @@ class _Builder:
                 raise self.error(path, name, f"softmax_ce needs a flat input of class scores, got {list(shape)}")
             if shape[0] < 2:
                 raise self.error(path, name, "softmax_ce needs at least 2 classes")
-        elif not isinstance(spec, (BatchNorm, Sign, ReLU)):  # pragma: no cover - exhaustive
+        elif not isinstance(spec, (BatchNorm, Sign, ReLU, PReLU)):  # pragma: no cover - exhaustive
             raise self.error(path, name, f"unsupported layer kind {spec.kind}")
         node.first = t.is_data and node.kind in ("dense", "conv2d")
         return self.add_node(node)

@@ -96,7 +96,8 @@ def parameter_tensors(graph: Graph, batchnorm: str, optimizer: str) -> list[tupl
     """(layer, name, shape, optimizer) of every trainable tensor, one tensor each, with what updates it.
 
     A kernel is one tensor; batchnorm's parameters are one tensor per kind of
-    parameter (gamma and beta for l2, beta alone for l1), one value per channel.
+    parameter (gamma and beta for l2, beta alone for l1), one value per channel;
+    a prelu's slopes are one tensor, one value per channel.
     Bop updates binary kernels only; the other tensors of a Bop strategy use
     Adam (as layers.storage keeps their state).
     """
@@ -109,4 +110,6 @@ def parameter_tensors(graph: Graph, batchnorm: str, optimizer: str) -> list[tupl
             by = "adam" if optimizer == "bop" else optimizer
             names = ("gamma", "beta") if batchnorm == "l2" else ("beta",)
             out.extend((node.name, p, (node.channels,), by) for p in names)
+        elif node.kind == "prelu":
+            out.append((node.name, "slope", (node.channels,), "adam" if optimizer == "bop" else optimizer))
     return out

@@ -63,6 +63,11 @@ class ReLU(_Layer):
     kind: Literal["relu"] = "relu"
 
 
+class PReLU(_Layer):
+    """y = x where x > 0, else a_c x: one learnable slope a_c per channel (Bi-Real Net, ReActNet)."""
+    kind: Literal["prelu"] = "prelu"
+
+
 class _Pool(_Layer):
     size: Pair = 2
     stride: Pair | None = None  # defaults to size
@@ -96,7 +101,7 @@ class Residual(_Layer):
 
 
 LayerSpec = Union[
-    Dense, Conv2D, BatchNorm, Sign, ReLU, MaxPool, AvgPool, GlobalAvgPool,
+    Dense, Conv2D, BatchNorm, Sign, ReLU, PReLU, MaxPool, AvgPool, GlobalAvgPool,
     Flatten, SoftmaxCE, Residual,
 ]
 
@@ -106,6 +111,7 @@ LAYER_CLASSES: dict[str, type[_Layer]] = {
     "batchnorm": BatchNorm,
     "sign": Sign,
     "relu": ReLU,
+    "prelu": PReLU,
     "maxpool": MaxPool,
     "avgpool": AvgPool,
     "global_avgpool": GlobalAvgPool,

@@ -166,3 +166,82 @@ def test_grouped_model_verifies_to_the_byte_and_op(strategy, retention):
     assert not [c.name for c in v.variables if not c.ok]
     assert v.peak.ledger_ok and not v.op_mismatches
     assert v.ok
+
+
+# ---------------------------------------------------------------- prelu
+
+PRELU = str(Path(__file__).parent / "data" / "small-prelu.yaml")
+SHIPPED = ["standard", "proposed", "proposed-po2", "bop", "ladder-1-binary-activations", "ladder-2-l1-batchnorm",
+           "ladder-3-binary-dw"]
+
+
+def stored(g, strategy="proposed", retention="step"):
+    from bnncost.layers.storage import stored_variables
+    s = load_strategy(strategy)
+    return {v.name: v for v in stored_variables(g, batchnorm=s.batchnorm, optimizer=s.optimizer, retention=retention)}
+
+
+def test_prelu_slopes_are_per_channel_parameters_and_its_input_is_saved_real():
+    g = graph([{"conv2d": {"filters": 5, "kernel": 3}}, {"prelu": {}}, *TAIL], (6, 6, 2))
+    node = g.nodes[1]
+    assert node.out_shape == (4, 4, 5) and node.parameters() == 5
+    assert g.parameter_count("l1") == 3 * 3 * 2 * 5 + 5 + 16 * 5 * 2
+    v = stored(g, retention="backward")
+    assert (v["prelu_1.params"].role, v["prelu_1.params"].shape) == ("bn_param", (5,))
+    assert (v["prelu_1.param_grad"].role, v["prelu_1.param_grad"].alloc, v["prelu_1.param_grad"].free) == \
+        ("bn_param", "backward:prelu_1", "update")
+    assert {"prelu_1.adam_m", "prelu_1.adam_v"} <= set(v)
+    saved = v["prelu_1.input"]
+    assert (saved.role, saved.shape, saved.batched) == ("real_input", (4, 4, 5), True)
+    assert (saved.alloc, saved.free) == ("forward:prelu_1", "backward:prelu_1")
+    # after a sign its input is +1/-1, but the slope's gradient needs x: still saved as a real value
+    g = graph([{"sign": {}}, {"prelu": {}}, *TAIL], (3, 3, 2))
+    assert stored(g)["prelu_1.input"].format_in(load_strategy("proposed").format_of) == "float16"
+    # Bop trains binary kernels only; a slope keeps Adam
+    assert {"prelu_1.adam_m", "prelu_1.adam_v"} <= set(stored(g, "bop"))
+
+
+def test_prelu_ops_by_hand():
+    b = 3
+    g = graph([{"dense": {"units": 6, "binary": False}}, {"prelu": {}}, {"dense": {"units": 2}}, {"softmax_ce": {}}],
+              (4,))
+    e = b * 6
+    for strategy, acc in (("standard", "float32"), ("proposed", "float16")):
+        layer = ops_at(g, strategy, b)
+        mine = {k[1:]: v for k, v in layer.items() if k[0] == "prelu_1"}
+        opt = load_strategy(strategy).format_of("optimizer_state")
+        assert mine == {
+            ("forward", "compare", acc): e, ("forward", "mul", acc): e,  # a x where x <= 0
+            ("backward_dw", "compare", acc): e, ("backward_dw", "mul", acc): e, ("backward_dw", "add", acc): e,
+            ("backward_dx", "mul", acc): e,
+            ("update", "mul", opt): 6 * 6, ("update", "add", opt): 4 * 6,  # Adam on the 6 slopes
+            ("update", "sqrt", opt): 6, ("update", "div", opt): 6,
+        }, strategy
+    # po2 gradients: the products with dy are shifts; no dX on the data batch
+    g = graph([{"prelu": {}}, {"dense": {"units": 2, "binary": False}}, {"softmax_ce": {}}], (4,))
+    layer = ops_at(g, "proposed-po2", b)
+    assert layer[("prelu_1", "backward_dw", "shift", "po2")] == b * 4
+    assert not [k for k in layer if k[0] == "prelu_1" and k[1] == "backward_dx"]
+
+
+@pytest.mark.parametrize("retention", ["step", "backward"])
+@pytest.mark.parametrize("strategy", SHIPPED)
+def test_prelu_model_verifies_to_the_byte_and_op(strategy, retention):
+    v = cli.run_verification(PRELU, strategy, 4, steps=1, retention=retention)
+    assert not [c.name for c in v.variables if not c.ok]
+    assert v.peak.ledger_ok and not v.op_mismatches
+    assert v.ok
+
+
+def test_prelu_on_the_data_batch_verifies():
+    model = parse_model({"name": "prelu-first", "input": [5, 5, 2],
+                         "layers": [{"prelu": {}}, {"conv2d": {"filters": 3, "kernel": 3}}, {"batchnorm": {}},
+                                    *TAIL]}, "t")
+    for strategy in ("standard", "proposed"):
+        v = cli.run_verification(model, strategy, 3, steps=1, retention="backward")
+        assert v.ok, strategy
+
+
+def test_prelu_takes_no_fields():
+    with pytest.raises(ModelError, match=r"layer 0 \(prelu_1\): slope: unknown field \(fields of prelu: none\)"):
+        graph([{"prelu": {"slope": 0.1}}, *TAIL], (4, 4, 1))

@@ -381,6 +381,48 @@ def test_training_mode_export_identity_dropout_and_final_softmax(tmp_path):
     assert any("dropped the final node 'logprob' (LogSoftmax)" in note for note in got.notes)
 
 
+def test_prelu_with_per_channel_slopes_bireal_style(tmp_path):
+    """Bi-Real Net / ReActNet: real stem -> BN -> PReLU, a binary block, PReLU on the residual stream."""
+    n = helper.make_node
+    nodes, inits = conv("x", "c0", RNG.normal(size=(8, 3, 3, 3)), "stem", pads=[1, 1, 1, 1])
+    b0, b0i = bn("c0", "h0", 8, "bn0")
+    nodes += b0 + [n("PRelu", ["h0", "slope0"], ["p0"], name="prelu0")]
+    s, _ = sign_idiom("ste", "p0", "s1", "b1_")
+    c, ci = conv("s1", "c1", folded(8, 8, 3), "b1conv", pads=[1, 1, 1, 1])
+    b1, b1i = bn("c1", "h1", 8, "bn1")
+    nodes += s + c + b1 + [n("Add", ["h1", "p0"], ["j1"], name="join1"),
+                           n("PRelu", ["j1", "slope1"], ["p1"], name="prelu1"),
+                           n("GlobalAveragePool", ["p1"], ["g"]), n("Flatten", ["g"], ["f"]),
+                           n("PRelu", ["f", "slope2"], ["pf"], name="prelu2")]  # [batch, C]: a slope of shape [C]
+    head, hi = gemm_head("pf", 8, 10, bias=False)
+    inits += b0i + ci + b1i + hi + [const("slope0", np.full((8, 1, 1), 0.25)),
+                                    const("slope1", RNG.uniform(0, 1, (8, 1, 1))), const("slope2", RNG.uniform(0, 1, 8))]
+    path = save(tmp_path, nodes + head, inits, ["batch", 3, 8, 8])
+    got = import_onnx(path)
+    assert kinds(got.model) == expected("""
+- conv2d: {filters: 8, kernel: 3, padding: same, binary: false}
+- batchnorm: {}
+- prelu: {}
+- residual:
+    body: [{sign: {}}, {conv2d: {filters: 8, kernel: 3, padding: same}}, {batchnorm: {}}]
+- prelu: {}
+- global_avgpool: {}
+- prelu: {}
+- dense: {units: 10, binary: false}
+- softmax_ce: {}
+""", [8, 8, 3])
+    assert [node.parameters() for node in graph_of(got.model).nodes if node.kind == "prelu"] == [8, 8, 8]
+
+
+def test_a_prelu_slope_shared_by_all_channels_is_refused_by_node(capsys, tmp_path):
+    n = helper.make_node
+    nodes = [n("PRelu", ["x", "slope"], ["p"], name="act"), n("GlobalAveragePool", ["p"], ["g"]),
+             n("Flatten", ["g"], ["f"])]
+    head, hi = gemm_head("f", 4, 10, bias=False)
+    path = save(tmp_path, nodes + head, [const("slope", [0.25])] + hi, [1, 4, 8, 8])
+    refused(capsys, tmp_path, path, "node 'act' (PRelu)", "shared by all 4 channels", "one per channel")
+
+
 # ------------------------------------------------------------------ kinds bnncost may not model yet
 
 def test_kinds_beyond_the_layer_set_are_refused_or_mapped(tmp_path):

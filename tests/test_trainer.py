@@ -425,7 +425,19 @@ FP_GROUPED = {
     ]}
 
 
-@pytest.mark.parametrize("model", [FP_NET, FP_NONSQUARE, FP_GROUPED], ids=["square", "nonsquare", "grouped"])
+FP_PRELU = {
+    "name": "fp-prelu", "input": [3, 3, 2], "layers": [
+        {"prelu": {}},  # on the data batch: a slope gradient, no dX
+        {"conv2d": {"filters": 4, "kernel": 2, "binary": False}}, {"prelu": {}},
+        {"flatten": {}},
+        {"dense": {"units": 5, "binary": False}}, {"prelu": {}},
+        {"dense": {"units": 3, "binary": False}},
+        {"softmax_ce": {}},
+    ]}
+
+
+@pytest.mark.parametrize("model", [FP_NET, FP_NONSQUARE, FP_GROUPED, FP_PRELU],
+                         ids=["square", "nonsquare", "grouped", "prelu"])
 def test_full_precision_paths_match_finite_differences(model):
     g = graph_of(model)
     net = Network(g, load_strategy("standard"), seed=7)
@@ -449,6 +461,38 @@ def test_full_precision_paths_match_finite_differences(model):
             fd = (loss_at(name, base + eps * u) - loss_at(name, base - eps * u)) / (2 * eps)
             set_param(net, name, base)
             assert fd == pytest.approx(float((grad * u).sum()), rel=1e-2, abs=tol), name
+
+
+def test_prelu_gradients_match_a_float64_reference():
+    """da = sum of dy x over x <= 0 and dx = dy (x > 0) or a dy, through two dense layers, exactly."""
+    doc = {"name": "prelu-mlp", "input": [6], "layers": [
+        {"prelu": {}}, {"dense": {"units": 5, "binary": False}}, {"prelu": {}},
+        {"dense": {"units": 3, "binary": False}}, {"softmax_ce": {}}]}
+    g = graph_of(doc)
+    net = Network(g, load_strategy("standard"), seed=3)
+    rng = np.random.default_rng(4)
+    set_param(net, "prelu_2.params", rng.uniform(-0.5, 0.5, 5))  # a slope of either sign, not the init
+    x, y = batch_for(g, 7, seed=5)
+    _, grads = step_grads(net, x, y)
+    a0, w1, a1, w2 = (get_param(net, n) for n in ("prelu_1.params", "dense_1.weight", "prelu_2.params",
+                                                  "dense_2.weight"))
+    x = x.astype(np.float64)
+    h0 = np.where(x > 0, x, a0 * x)
+    z1 = h0 @ w1
+    h1 = np.where(z1 > 0, z1, a1 * z1)
+    z2 = h1 @ w2
+    p = np.exp(z2 - z2.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    dz2 = p.copy()
+    dz2[np.arange(len(y)), y] -= 1
+    dz2 /= len(y)
+    dh1 = dz2 @ w2.T
+    dz1 = np.where(z1 > 0, dh1, a1 * dh1)
+    dh0 = dz1 @ w1.T
+    want = {"dense_2.weight": h1.T @ dz2, "prelu_2.params": np.where(z1 > 0, 0, dh1 * z1).sum(0),
+            "dense_1.weight": h0.T @ dz1, "prelu_1.params": np.where(x > 0, 0, dh0 * x).sum(0)}
+    for name, w in want.items():
+        np.testing.assert_allclose(grads[name], w, rtol=1e-4, atol=1e-7, err_msg=name)
 
 
 # ---------------------------------------------------------------- the ledger, by hand
