@@ -14,11 +14,14 @@ changes them the way an engine holds a step, in this order:
    kinds, alive the whole step (role `runtime`), some only below a batch size;
 7. `constants` add the traced graph's constants, one per distinct format and
    shape (role `runtime` too: the measured runtime is all that is not a
-   variable or the batch).
+   variable or the batch);
+8. `blas_buffers` adds the BLAS library's cached packing buffers for the
+   step's `gemms` (role `runtime`), a step function of the batch size.
 
-Every byte count stays affine in the batch size, piecewise where a runtime
-rule holds only below a batch size, so the peak keeps its a + b x B form in
-each segment and the largest batch that fits is still solved exactly.
+Every other byte count stays affine in the batch size, so the peak keeps its
+a + b x B form between the steps of 8 and the thresholds of 6 (where the
+peak may drop), and the largest batch that fits is still found by evaluating
+the peak, segment by segment.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from bnncost.costmodel.engine import STRATEGY_FORMAT, Engine, EngineError
+from bnncost.costmodel.engine import STRATEGY_FORMAT, BlasBuffers, Engine, EngineError, Gemm
 from bnncost.costmodel.variable import Variable, sized
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
@@ -157,7 +160,47 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
             held_constants.add(key)
             add(sized(f"runtime.{rule.name}.{node.name}", RUNTIME_ROLE, RUNTIME_ROLE, rule.format, shape, batched,
                       0, last), where("constants", i))
+    # 8. the BLAS library's packing buffers
+    pool = engine.blas_buffers
+    if pool is not None and engine.gemms:
+        calls = step_gemms(graph, engine.gemms)
+        if calls:
+            add(Variable(f"runtime.{pool.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
+                         last, by_batch=lambda batch: sum(kept_buffers(pool, calls, batch))),
+                "blas_buffers")
     return out
+
+
+def step_gemms(graph: Graph, rules: tuple[Gemm, ...]) -> list[tuple[str, Node, Gemm]]:
+    """(event, node, gemm) of every gemm of a step in the order they run: forward, then backward in reverse."""
+    out = []
+    for during, order in (("forward", graph.nodes), ("backward", list(reversed(graph.nodes)))):
+        for node in order:
+            for rule in rules:
+                w = rule.when
+                if rule.during == during and node in matching_nodes(graph, rule.kinds, w.binary, w.first,
+                                                                     w.needs_input_grad):
+                    out.append((f"{during}:{node.name}", node, rule))
+    return out
+
+
+def gemm_shape(node: Node, rule: Gemm, batch: int) -> tuple[int, int, int]:
+    """(m, n, k) of a gemm rule for this layer at this batch size."""
+    words = {"batch": batch, "inputs": node.fan_in, "outputs": node.units, "positions": node.positions}
+    return words[rule.m], words[rule.n], words[rule.k]
+
+
+def kept_buffers(pool: BlasBuffers, calls: list[tuple[str, Node, Gemm]], batch: int) -> list[int]:
+    """The buffers the library holds after a step: each gemm that needs more than every buffer it has adds one.
+
+    Warm-up steps run the same gemms, so a measured step starts with these and adds none.
+    """
+    kept: list[int] = []
+    for _, node, rule in calls:
+        need = pool.buffer_bytes(rule.trans, *gemm_shape(node, rule, batch))
+        if need and (not kept or need > max(kept)):
+            kept.append(need)
+    return kept
 
 
 def _tensor_holders(graph: Graph, variables: list[Variable]) -> dict[int, int]:

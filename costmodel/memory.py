@@ -2,12 +2,13 @@
 
 The bytes of a variable are a + b x B, or, for chunked workspace,
 min(c, d x B): the scratch grows with the batch until it reaches its budget
-(METHOD 4.1). An engine's variable may be held only below a batch size
-(`batch_below`: a library that keeps more state for small batches), which
-splits the batch axis into segments. The live bytes at each event are
-therefore a sum of those, the peak is the maximum over events, and the
-largest batch that fits a budget is solved on these coefficients, segment by
-segment, without rebuilding any variable.
+(METHOD 4.1). An engine's runtime may add a step function of B (a BLAS
+library's cached buffers, `Variable.by_batch`), or be held only below a batch
+size (`Variable.batch_below`: a library that keeps more state for small
+batches), which splits the batch axis into segments where the peak may drop.
+The live bytes at each event are therefore a sum of those, the peak is the
+maximum over events, and the largest batch that fits a budget is solved on
+these terms, segment by segment, without rebuilding any variable.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class MemoryPlan:
                 ws_event.append(v.alloc)  # workspace lives at one event
                 ws_cap.append(v.cap)
                 ws_slope.append(v.slope)
+        self._by_batch = [(v.alloc, v.free, v.by_batch) for v in self.variables if v.by_batch is not None]
         self.fixed_by_event = np.cumsum(a)[:n]
         self.per_sample_by_event = np.cumsum(b)[:n]
         self._ws_event = np.array(ws_event, dtype=np.int64)
@@ -64,6 +66,13 @@ class MemoryPlan:
     def batch_thresholds(self) -> list[int]:
         """Batch sizes at which a variable stops being held (the peak may drop there), ascending."""
         return sorted({v.batch_below for v in self._below})
+
+    def _stepped(self, batch: np.ndarray) -> np.ndarray:
+        """Per event and batch: the bytes of variables that are step functions of B."""
+        out = np.zeros((len(self.events), batch.size))
+        for alloc, free, fn in self._by_batch:
+            out[alloc:free + 1] += np.array([fn(int(b)) for b in batch], dtype=np.float64)[None, :]
+        return out
 
     def _workspace(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per event and batch: workspace bytes, and the part of it still growing with B."""
@@ -81,7 +90,8 @@ class MemoryPlan:
         """Live bytes at every event (rows) for each batch size (columns)."""
         bs = np.atleast_1d(np.asarray(batch, dtype=np.float64))
         ws, _ = self._workspace(bs)
-        live = self.fixed_by_event[:, None] + self.per_sample_by_event[:, None] * bs[None, :] + ws
+        stepped = self._stepped(bs) if self._by_batch else 0.0
+        live = self.fixed_by_event[:, None] + self.per_sample_by_event[:, None] * bs[None, :] + ws + stepped
         for v in self._below:
             live[v.alloc:v.free + 1] += np.where(bs < v.batch_below, v.fixed + v.per_sample * bs, 0.0)[None, :]
         return live
@@ -93,7 +103,8 @@ class MemoryPlan:
         """(peak bytes, peak event index, fixed bytes, per-sample bytes) at this batch size.
 
         fixed + per_sample x B equals the peak, and holds for every batch size
-        whose peak falls on the same event with its workspace in the same regime.
+        whose peak falls on the same event with its workspace in the same regime
+        (and the engine's stepped runtime on the same step).
         Computed in Python integers, so no byte is lost at any batch size.
         """
         held = [0] * len(self.events)
@@ -102,6 +113,10 @@ class MemoryPlan:
             grow = int(slope) * batch
             held[e] += grow if grow < cap else int(cap)
             growing[e] += int(slope) if grow < cap else 0
+        for alloc, free, fn in self._by_batch:
+            extra = fn(batch)
+            for i in range(alloc, free + 1):
+                held[i] += extra
         fixed_by_event, per_by_event = self.fixed_by_event.tolist(), self.per_sample_by_event.tolist()
         for v in self._below:
             if v.held_at(batch):

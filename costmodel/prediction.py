@@ -37,7 +37,7 @@ class VariableReport(BaseModel):
 class MemoryReport(BaseModel):
     peak_bytes: int  # the process peak: what fit compares with a device's usable memory
     tensor_peak_bytes: int  # the engine's tensors at the peak event
-    runtime_bytes: int  # the engine's bytes that are not tensors, at this batch size
+    runtime_bytes: int  # the engine's bytes that are not tensors (at this batch)
     process_peak_bytes: int  # tensor peak + runtime bytes
     peak_event: str
     fixed_bytes: int
