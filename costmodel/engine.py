@@ -119,6 +119,7 @@ class When(BaseModel):
     binary: bool | None = None  # dense / conv2d with binary: true
     first: bool | None = None  # its input is the data batch
     needs_input_grad: bool | None = None  # its backward computes dX
+    pointwise: bool | None = None  # conv2d with a 1x1 kernel, stride 1, one group
 
 
 class _LayerRule(_Rule):
@@ -221,13 +222,16 @@ class RuntimeBytes(_Rule):
     """Bytes that are not tensors (framework state, allocator caches), whatever the batch size.
 
     Without `kinds`, `bytes` once; with `kinds`, `bytes` for each layer of those
-    kinds that passes `when` (a traced graph grows with the ops it holds).
+    kinds that passes `when` (a traced graph grows with the ops it holds). With
+    `min_batch`, only at batch sizes from it on (a library that takes another
+    code path for smaller batches): the runtime is then a step function of B.
     """
 
     name: Identifier
     bytes: ByteCount
     kinds: Kinds | None = None
     when: When = When()
+    min_batch: PositiveInt | None = None
 
 
 

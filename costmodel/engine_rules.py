@@ -46,7 +46,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
 
     def nodes(rule) -> list[Node]:
         w = rule.when
-        return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad)
+        return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise)
 
     def event(node: Node, word: str) -> int:
         return index[relative_event(node, word, retention)]
@@ -142,8 +142,13 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     # 6. runtime
     for i, r in enumerate(engine.runtime):
         n = 1 if r.kinds is None else len(nodes(r))
-        add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
-                     0, len(events) - 1), where("runtime", i))
+        if r.min_batch is None:
+            add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
+                         0, len(events) - 1), where("runtime", i))
+        elif n:
+            add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
+                         len(events) - 1, by_batch=lambda batch, r=r, n=n: n * r.bytes if batch >= r.min_batch else 0),
+                where("runtime", i))
     # 7. the BLAS library's packing buffers
     pool = engine.blas_buffers
     if pool is not None and engine.gemms:
@@ -163,7 +168,7 @@ def step_gemms(graph: Graph, rules: tuple[Gemm, ...]) -> list[tuple[str, Node, G
             for rule in rules:
                 w = rule.when
                 if rule.during == during and node in matching_nodes(graph, rule.kinds, w.binary, w.first,
-                                                                     w.needs_input_grad):
+                                                                     w.needs_input_grad, w.pointwise):
                     out.append((f"{during}:{node.name}", node, rule))
     return out
 
