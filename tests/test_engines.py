@@ -321,6 +321,12 @@ BAD = {
     "gemm-bad-trans": (BASE + GEMM.replace("trans: TN", "trans: XN"), "gemms[0].trans: 'XN' is not"),
     "gemm-dim-of-a-sign": (BASE + GEMM.replace("kinds: dense", "kinds: sign"), "gemms[0].m: outputs needs kinds"),
     "zero-min-batch": (BASE + "runtime:\n  - {name: x, bytes: 1, min_batch: 0, source: t}\n", "runtime[0].min_batch"),
+    "jit-unknown-field": (BASE + "jit_conv_kernels: {name: j, kernel_bytes: 1, state_bytes: 0, "
+                          "plain_input_below_channels: 16, strided_input_grad_kernels: 1, pointwise_weight_grad_kernels: 1,"
+                          " pointwise_min_batch: 1, source: t, colour: red}\n", "jit_conv_kernels.colour: unknown field"),
+    "jit-negative-bytes": (BASE + "jit_conv_kernels: {name: j, kernel_bytes: -1, state_bytes: 0, "
+                           "plain_input_below_channels: 16, strided_input_grad_kernels: 1, pointwise_weight_grad_kernels: 1,"
+                           " pointwise_min_batch: 1, source: t}\n", "jit_conv_kernels.kernel_bytes: -1 is negative"),
     "zero-count": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, during: backward,"
                    " format: uint8, count: 0, source: t}\n", "temporaries[0].count"),
 }
