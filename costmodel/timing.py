@@ -70,6 +70,8 @@ _ROLES = {
     ("batchnorm", "backward"): ("real_input", "bn_param", "norm_output", "activation_grad"),
     ("gate", "forward"): ("real_input", "activation_mask"),
     ("gate", "backward"): ("activation_mask", "activation_grad"),
+    ("prelu", "forward"): ("real_input", "bn_param"),
+    ("prelu", "backward"): ("real_input", "bn_param", "activation_grad"),
     ("maxpool", "forward"): ("real_input", "pool_mask"),
     ("maxpool", "backward"): ("pool_mask", "activation_grad"),
     ("pool", "forward"): ("real_input",),
@@ -113,7 +115,7 @@ def xnor_words_per_patch(node: Node) -> int:
     """Words the trainer XORs per (output position, filter): the widest word dividing the packed patch."""
     if node.kind == "conv2d":
         k = node.weight_shape[0] * node.weight_shape[1]
-        nbytes = k * -(-node.channels // 8)
+        nbytes = k * -(-node.group_channels // 8)
     else:
         nbytes = -(-node.fan_in // 8)
     for size in (8, 4, 2):
@@ -160,20 +162,23 @@ def _node_work(graph: Graph, node: Node, s: Strategy) -> list[OperatorWork]:
         W = K * N
         conv = kind == "conv2d"
         variant = f"{kind}.{'first' if node.first else 'binary' if node.binary else 'real'}"
-        taps = node.window[0] * node.window[1] if conv else 0
-        rows = P if conv else 0  # a dense layer's row is a sample: its per-sample cost is in its values
+        # a grouped conv lowers, indexes and multiplies group after group: its rows, patch indices and
+        # lowered values are each group's, G times
+        G = node.groups
+        taps = node.window[0] * node.window[1] * G if conv else 0
+        rows = P * G if conv else 0  # a dense layer's row is a sample: its per-sample cost is in its values
         if node.binary and not node.first:
             add("forward", variant, {"xnor_words": (0, P * N * xnor_words_per_patch(node)),
-                                     "input_values": (0, P * K), "output_values": (0, P * N), "weights": (W, 0),
+                                     "input_values": (0, P * K * G), "output_values": (0, P * N), "weights": (W, 0),
                                      "rows": (0, rows), "patch_indices": (0, P * taps)})
         else:
-            add("forward", variant, {"gemm": (0, P * N * K), "input_values": (0, P * K if conv else 0),
+            add("forward", variant, {"gemm": (0, P * N * K), "input_values": (0, P * K * G if conv else 0),
                                      "output_values": (0, P * N), "weights": (W if node.binary else 0, 0),
                                      "rows": (0, rows), "patch_indices": (0, P * taps)})
         dx = needs_dx and not node.first
         passes = 2 if dx and conv else 1  # the dW operand lowered again; dX's column gradient folded back
         add("backward", variant, {"gemm": (0, P * N * K * (2 if dx else 1)),
-                               "input_values": (0, P * K * passes),
+                               "input_values": (0, P * K * G * passes),
                                "output_values": (0, P * N), "weights": (W * (2 if dx and node.binary else 1), 0),
                                "rows": (0, rows * passes), "patch_indices": (0, P * taps * passes)},
             ".dx" if dx else "")
@@ -192,6 +197,15 @@ def _node_work(graph: Graph, node: Node, s: Strategy) -> list[OperatorWork]:
         opt = "adam" if s.optimizer == "bop" else s.optimizer
         works.append(OperatorWork(name, "update", f"update.{opt}.batchnorm", _update_formats(s, "bn_param", "full"),
                                   {"values": (n, 0)}))
+        return works
+    if kind == "prelu":  # batchnorm's shape of work: rows of C values, a per-channel vector broadcast
+        C = node.channels
+        add("forward", "prelu", {"values": (0, e), "rows": (0, e // C)})
+        add("backward", "prelu", {"values": (0, e), "channels": (C, 0), "rows": (0, e // C)},
+            ".dx" if needs_dx else "")
+        opt = "adam" if s.optimizer == "bop" else s.optimizer
+        works.append(OperatorWork(name, "update", f"update.{opt}.prelu", _update_formats(s, "bn_param", "full"),
+                                  {"values": (C, 0)}))
         return works
     if kind in ("maxpool", "avgpool"):
         kk = node.window[0] * node.window[1]
