@@ -233,7 +233,9 @@ class RuntimeBytes(_Rule):
     `min_batch`, only at batch sizes from it on (a library that takes another
     code path for smaller batches): the runtime is then a step function of B.
     With `batch_below`, only at batch sizes below it (a library that keeps more
-    state for small batches): the peak may then drop where B reaches it.
+    state for small batches): the peak may then drop where B reaches it. With
+    `distinct`, once per distinct layer configuration among those layers (state
+    a library caches by shape, shared by equal layers).
     """
 
     name: Identifier
@@ -242,11 +244,16 @@ class RuntimeBytes(_Rule):
     when: When = When()
     min_batch: PositiveInt | None = None
     batch_below: PositiveInt | None = None  # held only while the batch has fewer samples than this
+    # with kinds: once per distinct layer configuration (kind, shapes, window, strides, padding) rather than
+    # per layer: state a library caches by shape and shares between equal layers (oneDNN's primitives)
+    distinct: bool = False
 
     @model_validator(mode="after")
     def _one_bound(self) -> "RuntimeBytes":
         if self.min_batch is not None and self.batch_below is not None:
             raise ValueError("give min_batch or batch_below, not both (write two rules)")
+        if self.distinct and self.kinds is None:
+            raise ValueError("distinct counts layers of some kinds: give kinds")
         return self
 
 

@@ -151,7 +151,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     # 6. runtime
     last = len(events) - 1
     for i, r in enumerate(engine.runtime):
-        n = 1 if r.kinds is None else len(nodes(r))
+        n = 1 if r.kinds is None else len({_configuration(v) for v in nodes(r)} if r.distinct else nodes(r))
         if r.min_batch is None:
             add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
                          0, last, batch_below=r.batch_below), where("runtime", i))
@@ -242,6 +242,12 @@ def kept_buffers(pool: BlasBuffers, calls: list[tuple[str, Node, Gemm]], batch: 
         if need and (not kept or need > max(kept)):
             kept.append(need)
     return kept
+
+
+def _configuration(node: Node) -> tuple:
+    """What a library that caches per shape tells layers apart by (binary or not is the same float op)."""
+    return (node.kind, tuple(node.in_shape), tuple(node.out_shape), tuple(node.weight_shape), node.window,
+            node.strides, node.padding, node.groups)
 
 
 def _tensor_holders(graph: Graph, variables: list[Variable]) -> dict[int, int]:

@@ -225,6 +225,17 @@ def test_runtime_bytes_below_a_batch_size(tmp_path):
         assert best == (int(fits.max()) if fits.size else 0) < ns[-1]
 
 
+def test_runtime_bytes_once_per_distinct_layer(tmp_path):
+    """`distinct: true` counts equal layers (same kind, shapes, window, strides) once: a cache keyed by shape."""
+    model = tmp_path / "m.yaml"
+    model.write_text("name: m\ninput: [8]\nlayers:\n  - dense: {units: 8, binary: false}\n  - batchnorm: {}\n"
+                     "  - dense: {units: 8}\n  - batchnorm: {}\n  - dense: {units: 4}\n  - softmax_ce: {}\n")
+    a, b = plans(tmp_path, "runtime:\n  - {name: primitives, kinds: dense, bytes: 1000, distinct: true, source: t}\n",
+                 model=str(model))
+    # dense 8->8 twice (binary or not: one float op) and 8->4 once: two configurations
+    assert b.runtime_bytes(B) == 2000 and delta(a, b) == span(a, "step_start", "step_end", 2000)
+
+
 def test_constants_once_per_distinct_shape(tmp_path):
     """A graph constant shaped like a layer's tensor is held once per distinct format and shape."""
     model = tmp_path / "m.yaml"
@@ -350,6 +361,8 @@ BAD = {
                              "runtime[0].batch_below"),
     "both-batch-bounds": (BASE + "runtime:\n  - {name: x, bytes: 1, min_batch: 4, batch_below: 16, source: t}\n",
                           "runtime[0]: give min_batch or batch_below, not both"),
+    "distinct-without-kinds": (BASE + "runtime:\n  - {name: x, bytes: 1, distinct: true, source: t}\n",
+                               "runtime[0]: distinct counts layers of some kinds"),
     "batch-above": (BASE + "runtime:\n  - {name: x, bytes: 1, batch_above: 16, source: t}\n",
                     "runtime[0].batch_above: unknown field"),
     "constant-strategy-format": (BASE + "constants:\n  - {name: z, kinds: sign, shape: input,"

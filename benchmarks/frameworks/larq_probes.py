@@ -10,9 +10,10 @@ recordings of probe-base: the runtime is one value at B = 4, 8, 12 and
 another, 12.0 MB lower, at B = 16, 32, 64, 512; printed below as the
 `small_batch` bytes). The runtime (what is not a tensor: traced graph,
 optimised graph, executor, kernels) of 6 more layers of a kind, over 6, is
-that kind's bytes per layer, after taking out the graph constants the
-engine models by shape (its `constants` rules: the folded zeros of Larq's
-ste_sign gradient); what the base models hold beyond their own layers is the
+that kind's bytes per layer, after taking out what the engine models by
+shape: its `constants` (the folded zeros of Larq's ste_sign gradient) and its
+`distinct` runtime rules (oneDNN's primitives, cached per layer
+configuration: a probe's 6 equal copies share one); what the base models hold beyond their own layers is the
 fixed part. The probes are not evaluation points: the engine is checked on
 the zoo and the residual models (measurements/larq-*.json), which no probe
 resembles. The batch-8 probes of the first engine are kept in
@@ -35,22 +36,24 @@ PROBES = HERE / "measurements" / "probes"
 COPIES = 6
 
 
-def graph_constants(model_file: str, batch: int) -> int:
-    """Bytes of the graph constants the `larq` engine's `constants` rules give this model at this batch."""
+def modelled_by_shape(model_file: str, batch: int) -> int:
+    """Bytes the `larq` engine gives this model by shape, not per layer: its `constants` (graph constants)
+    and its `distinct` runtime rules (oneDNN primitives, once per distinct layer configuration)."""
     eng = load_engine("larq")
     plan = memory_plan(graph_of(str(ROOT / model_file)), load_strategy("standard"), retention=eng.retention,
                        engine=eng)
-    names = tuple(f"runtime.{c.name}." for c in eng.constants)
-    return sum(v.bytes_at(batch) for v in plan.variables if v.name.startswith(names))
+    prefixes = tuple(f"runtime.{c.name}." for c in eng.constants)
+    distinct = {f"runtime.{r.name}" for r in eng.runtime if r.distinct}
+    return sum(v.bytes_at(batch) for v in plan.variables if v.name.startswith(prefixes) or v.name in distinct)
 
 
 def runtimes() -> dict[str, int]:
-    """Each probe's measured runtime less its graph constants."""
+    """Each probe's measured runtime less what the engine models by shape (constants, primitives)."""
     out = {}
     for path in sorted(PROBES.glob("larq-probe-*.json")):
         rec = json.loads(path.read_text(encoding="utf-8"))
-        out[rec["model"].removeprefix("probe-")] = rec["runtime_bytes"] - graph_constants(rec["model_file"],
-                                                                                            rec["batch"])
+        out[rec["model"].removeprefix("probe-")] = rec["runtime_bytes"] - modelled_by_shape(rec["model_file"],
+                                                                                              rec["batch"])
     return out
 
 
