@@ -7,8 +7,9 @@ THE COUNTING CONVENTION (the bundled trainer counts the same from the shapes
 it processes; keep the two in step). Notation, per node: B batch; E = B x
 elements of its input per sample; O = B x elements of its output; C channels
 (last axis of the input); for dense/conv: K inputs per output (units in, or
-kh*kw*Cin), N outputs per position, R = B x output positions, M = R x N, W = K x N
-weights. Formats:
+kh*kw*Cin/G for a conv of G groups), N outputs per position, R = B x output
+positions, M = R x N, W = K x N weights. A grouped conv's counts are its
+groups' summed: each output still reads K inputs. Formats:
   fwd  = the `real_input` format: real forward arithmetic outside dense/conv;
   bn   = the `bn_param` format: batchnorm forward arithmetic;
   g    = the `activation_grad` format; acc = g, except po2 gradients are
@@ -27,7 +28,7 @@ dense / conv2d
                else `real_input`) M x K
   backward_dx  (only when its input needs a gradient) binary: add at acc M x K;
                full precision: gmac M x K; conv also folds its column gradient
-               back onto the input: add at acc R x K
+               back onto the input: add at acc R x K x G
   backward_dw  binary, not first: add at acc M x K (sign(X) x dY);
                first or full precision: gmac M x K;
                weight_grad `sign`: compare at acc W (taking the sign)
@@ -211,7 +212,7 @@ def _count_node(c: _Counter, graph: Graph, node: Node, fwd: str) -> None:
             else:
                 c.gmac(n, "backward_dx", per=m)
             if node.kind == "conv2d":
-                c.add(n, "backward_dx", "add", acc, per=P * K)
+                c.add(n, "backward_dx", "add", acc, per=P * K * node.groups)
         if node.binary and not node.first:
             c.add(n, "backward_dw", "add", acc, per=m)
         else:

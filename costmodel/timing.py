@@ -117,7 +117,7 @@ def xnor_words_per_patch(node: Node) -> int:
     """Words the trainer XORs per (output position, filter): the widest word dividing the packed patch."""
     if node.kind == "conv2d":
         k = node.weight_shape[0] * node.weight_shape[1]
-        nbytes = k * -(-node.channels // 8)
+        nbytes = k * -(-node.group_channels // 8)
     else:
         nbytes = -(-node.fan_in // 8)
     for size in (8, 4, 2):
@@ -164,20 +164,23 @@ def _node_work(graph: Graph, node: Node, s: Strategy) -> list[OperatorWork]:
         W = K * N
         conv = kind == "conv2d"
         variant = f"{kind}.{'first' if node.first else 'binary' if node.binary else 'real'}"
-        taps = node.window[0] * node.window[1] if conv else 0
-        rows = P if conv else 0  # a dense layer's row is a sample: its per-sample cost is in its values
+        # a grouped conv lowers, indexes and multiplies group after group: its rows, patch indices and
+        # lowered values are each group's, G times
+        G = node.groups
+        taps = node.window[0] * node.window[1] * G if conv else 0
+        rows = P * G if conv else 0  # a dense layer's row is a sample: its per-sample cost is in its values
         if node.binary and not node.first:
             add("forward", variant, {"xnor_words": (0, P * N * xnor_words_per_patch(node)),
-                                     "input_values": (0, P * K), "output_values": (0, P * N), "weights": (W, 0),
+                                     "input_values": (0, P * K * G), "output_values": (0, P * N), "weights": (W, 0),
                                      "rows": (0, rows), "patch_indices": (0, P * taps)})
         else:
-            add("forward", variant, {"gemm": (0, P * N * K), "input_values": (0, P * K if conv else 0),
+            add("forward", variant, {"gemm": (0, P * N * K), "input_values": (0, P * K * G if conv else 0),
                                      "output_values": (0, P * N), "weights": (W if node.binary else 0, 0),
                                      "rows": (0, rows), "patch_indices": (0, P * taps)})
         dx = needs_dx and not node.first
         passes = 2 if dx and conv else 1  # the dW operand lowered again; dX's column gradient folded back
         add("backward", variant, {"gemm": (0, P * N * K * (2 if dx else 1)),
-                               "input_values": (0, P * K * passes),
+                               "input_values": (0, P * K * G * passes),
                                "output_values": (0, P * N), "weights": (W * (2 if dx and node.binary else 1), 0),
                                "rows": (0, rows * passes), "patch_indices": (0, P * taps * passes)},
             ".dx" if dx else "")

@@ -44,8 +44,9 @@ class Node:
     out_shape: Shape
     # dense / conv2d only
     binary: bool = False
-    fan_in: int = 0  # K: inputs per output (units in, or kh*kw*Cin)
+    fan_in: int = 0  # K: inputs per output (units in, or kh*kw*Cin/groups)
     units: int = 0  # N: outputs per position (units or filters)
+    groups: int = 1  # conv2d: channel groups; each output sees the Cin/groups channels of its group
     positions: int = 1  # output positions per sample (Ho*Wo; 1 for dense)
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, bottom, left, right
     first: bool = False  # its input is the data batch: it saves the data, computes no dX
@@ -70,6 +71,16 @@ class Node:
         if self.kind == "batchnorm":
             return (2 if batchnorm == "l2" else 1) * self.channels
         return self.channels if self.kind == "prelu" else 0
+
+    @property
+    def group_channels(self) -> int:
+        """Input channels one output reads: Cin / groups (all of them for an ungrouped conv)."""
+        return self.in_shape[-1] // self.groups
+
+    @property
+    def group_units(self) -> int:
+        """Outputs per position of one group: N / groups."""
+        return self.units // self.groups
 
     @property
     def has_params(self) -> bool:
@@ -155,15 +166,21 @@ class _Builder:
                 raise self.error(path, name, f"conv2d needs an [H, W, C] input, got {list(shape)}")
             h, w, c = shape
             (kh, kw), (sh, sw) = pair(spec.kernel), pair(spec.stride)
+            g = spec.groups
+            if c % g:
+                raise self.error(path, name, f"groups: {g} does not divide the {c} input channels")
+            if spec.filters % g:
+                raise self.error(path, name, f"groups: {g} does not divide the {spec.filters} filters "
+                                             "(filters must be a multiple of groups)")
             if spec.padding == "valid" and (h < kh or w < kw):
                 raise self.error(path, name, f"{kh}x{kw} valid conv on a {h}x{w} map")
             ho, wo = _pool_out(h, kh, sh, spec.padding), _pool_out(w, kw, sw, spec.padding)
             if spec.padding == "same":
                 node.padding = (*_same_pad(h, kh, sh), *_same_pad(w, kw, sw))
             node.out_shape = (ho, wo, spec.filters)
-            node.binary, node.fan_in, node.units = spec.binary, kh * kw * c, spec.filters
+            node.binary, node.fan_in, node.units, node.groups = spec.binary, kh * kw * (c // g), spec.filters, g
             node.positions = ho * wo
-            node.weight_shape = (kh, kw, c, spec.filters)
+            node.weight_shape = (kh, kw, c // g, spec.filters)  # Keras' grouped layout: (kh, kw, Cin/groups, N)
             node.window, node.strides = (kh, kw), (sh, sw)
         elif isinstance(spec, (MaxPool, AvgPool)):
             if len(shape) != 3:

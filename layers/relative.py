@@ -7,7 +7,8 @@ knowing any number format (formats are the cost model's business).
 
 Shapes (`SHAPES`): `input` and `output` are the layer's per-sample tensors
 (batched: B in front); `weight` is its kernel and `lowered_input` its
-input as im2col columns, positions x inputs per output (dense and conv2d only);
+input as im2col columns, positions x (kh*kw*Cin) (dense and conv2d only; a
+grouped conv's K inputs per output times its groups);
 `channels` is one value per input channel, `out_channels` one per output
 channel; `sample` is one value per sample (e.g. a label).
 
@@ -29,7 +30,7 @@ SHAPES: dict[str, str] = {
     "output": "the layer's output, per sample",
     "weight": "the layer's kernel (dense and conv2d only)",
     "lowered_input": "the layer's input lowered to columns, per sample: output positions x inputs per output "
-                     "(im2col; dense and conv2d only)",
+                     "x groups (im2col; dense and conv2d only)",
     "channels": "one value per input channel",
     "out_channels": "one value per output channel",
     "sample": "one value per sample",
@@ -53,7 +54,7 @@ def relative_shape(node: Node, word: str) -> tuple[Shape, bool]:
     if word == "lowered_input":
         if node.kind not in WEIGHTED_KINDS:
             raise ValueError(f"{node.name} ({node.kind}) lowers no input")
-        return (node.positions, node.fan_in), True
+        return (node.positions, node.fan_in * node.groups), True  # every group's patch: kh*kw*Cin a position
     if word == "channels":
         return (node.in_shape[-1],), False
     if word == "out_channels":

@@ -46,6 +46,9 @@ class Conv2D(_Layer):
     stride: Pair = 1
     padding: Literal["same", "valid"] = "valid"
     binary: bool = True
+    # grouped convolution: input channels and filters split into `groups` independent convs
+    # (depthwise: groups = input channels); layers.graph checks that both divide
+    groups: Annotated[int, Field(gt=0, strict=True)] = 1  # strict: `groups: true` is not 1 group
 
 
 class BatchNorm(_Layer):

@@ -84,6 +84,90 @@ def test_non_square_model_verifies_to_the_byte_and_op(strategy, retention):
     assert v.ok
 
 
+# ---------------------------------------------------------------- grouped and depthwise conv2d
+
+GROUPED = str(Path(__file__).parent / "data" / "small-grouped.yaml")
+
+
+def test_grouped_conv_shapes_weights_and_parameters():
+    g = graph([{"conv2d": {"filters": 12, "kernel": 3, "groups": 3, "padding": "same"}},
+               {"conv2d": {"filters": 12, "kernel": [3, 1], "groups": 12, "binary": False}}, *TAIL], (5, 5, 6))
+    grouped, depthwise = g.nodes[0], g.nodes[1]
+    # 3 groups of 2 input channels and 4 filters: each output reads 3*3*2 inputs
+    assert grouped.weight_shape == (3, 3, 2, 12) and grouped.fan_in == 18 and grouped.groups == 3
+    assert grouped.group_channels == 2 and grouped.group_units == 4 and grouped.out_shape == (5, 5, 12)
+    # depthwise: one channel a group
+    assert depthwise.weight_shape == (3, 1, 1, 12) and depthwise.fan_in == 3 and depthwise.out_shape == (3, 5, 12)
+    # kernels 3*3*2*12 + 3*1*1*12, plus the dense 3*5*12 -> 2
+    assert g.parameter_count() == 216 + 36 + 180 * 2
+    ungrouped = graph([{"conv2d": {"filters": 12, "kernel": 3, "padding": "same"}}, *TAIL], (5, 5, 6))
+    assert ungrouped.nodes[0].weight_shape == (3, 3, 6, 12) and ungrouped.nodes[0].groups == 1
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"filters": 8, "groups": 4}, "groups: 4 does not divide the 6 input channels"),
+    ({"filters": 9, "groups": 2}, "groups: 2 does not divide the 9 filters"),
+    ({"filters": 6, "groups": 0}, "groups: input should be greater than 0"),
+    ({"filters": 6, "groups": "2"}, "groups: input should be a valid integer"),
+    ({"filters": 6, "groups": True}, "groups: input should be a valid integer"),
+    ({"filters": 6, "groups": 1.5}, "groups: input should be a valid integer"),
+])
+def test_groups_that_do_not_divide_are_refused_naming_the_layer_and_field(fields, problem):
+    with pytest.raises(ModelError) as err:
+        graph([{"conv2d": {"kernel": 3, **fields}}, *TAIL], (5, 5, 6))
+    msg = str(err.value)
+    assert msg.startswith("t: layer 0 (conv2d_1): ") and problem in msg and "\n" not in msg
+
+
+def test_groups_is_a_field_of_conv2d_only():
+    with pytest.raises(ModelError, match="groups: unknown field"):
+        graph([{"flatten": {}}, {"dense": {"units": 4, "groups": 2}}, {"softmax_ce": {}}], (8,))
+
+
+def test_grouped_ops_by_hand():
+    b = 3
+    g = graph([{"conv2d": {"filters": 4, "kernel": 3, "binary": False}}, {"sign": {}},
+               {"conv2d": {"filters": 8, "kernel": 3, "groups": 2, "padding": "same"}},  # 2 groups of 2 channels
+               {"sign": {}},
+               {"conv2d": {"filters": 8, "kernel": [2, 1], "groups": 8, "binary": False}},  # depthwise
+               *TAIL], (6, 6, 1))
+    ops = ops_at(g, "standard", b)
+    # conv2d_2: 4x4x4 -> 4x4x8, K = 3*3*4/2 = 18 inputs per output: one 64-bit word a patch
+    assert ops[("conv2d_2", "forward", "bit_mac", "bool")] == b * 16 * 8 * 18
+    assert ops[("conv2d_2", "forward", "xnor_popcount", "bool")] == b * 16 * 8 * 1
+    # dX: M x K adds, and the fold of every group's column gradient: R x K x groups = R x 3*3*4
+    assert ops[("conv2d_2", "backward_dx", "add", "float32")] == b * 16 * 8 * 18 + b * 16 * 36
+    assert ops[("conv2d_2", "backward_dw", "add", "float32")] == b * 16 * 8 * 18
+    assert ops[("conv2d_2", "update", "sqrt", "float32")] == 3 * 3 * 2 * 8  # one per weight
+    # conv2d_3, depthwise 2x1 on 4x4x8 -> 3x4x8: K = 2, multiply-accumulates R x N x 2
+    assert ops[("conv2d_3", "forward", "mac", "float32")] == b * 12 * 8 * 2
+    assert ops[("conv2d_3", "backward_dx", "mac", "float32")] == b * 12 * 8 * 2
+    assert ops[("conv2d_3", "backward_dx", "add", "float32")] == b * 12 * 2 * 8
+    assert ops[("conv2d_3", "update", "sqrt", "float32")] == 2 * 8
+
+
+def test_grouped_scratch_is_one_group_and_packed_weight_every_filter():
+    from bnncost.layers.scratch import scratch_needs
+
+    g = graph([{"conv2d": {"filters": 4, "kernel": 3, "binary": False}}, {"sign": {}},
+               {"conv2d": {"filters": 8, "kernel": 3, "groups": 2, "padding": "same"}}, *TAIL], (6, 6, 1))
+    need = {w.name.split(".")[1]: w for w in scratch_needs(g) if w.layer == "conv2d_2"}
+    assert need["xnor"].row_shape == (4, 3, 3, 2) and need["xnor"].rows_per_sample == 16
+    assert need["packed_weight"].row_shape == (8, 3, 3, 2)
+    assert need["dw_operand"].row_shape == (18,) and need["col_grad"].row_shape == (18,)
+    assert need["weight_signs"].row_shape == (4,) and need["weight_signs"].fixed_rows == 18
+
+
+@pytest.mark.parametrize("retention", ["step", "backward"])
+@pytest.mark.parametrize("strategy", ["standard", "proposed", "proposed-po2", "bop", "ladder-1-binary-activations",
+                                      "ladder-2-l1-batchnorm", "ladder-3-binary-dw"])
+def test_grouped_model_verifies_to_the_byte_and_op(strategy, retention):
+    v = cli.run_verification(GROUPED, strategy, 4, steps=1, retention=retention)
+    assert not [c.name for c in v.variables if not c.ok]
+    assert v.peak.ledger_ok and not v.op_mismatches
+    assert v.ok
+
+
 # ---------------------------------------------------------------- prelu
 
 PRELU = str(Path(__file__).parent / "data" / "small-prelu.yaml")
