@@ -75,8 +75,13 @@ def relative_event(node: Node, word: str, retention: str) -> str:
     raise ValueError(f"unknown event word {word!r}; events: {', '.join(END_EVENTS)}")
 
 
+def is_pointwise(node: Node) -> bool:
+    """A conv2d with a 1x1 kernel, stride 1 and one group: a plain matrix product per position."""
+    return node.kind == "conv2d" and node.window == (1, 1) and node.strides == (1, 1) and node.groups == 1
+
+
 def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = None, first: bool | None = None,
-                   needs_input_grad: bool | None = None) -> list[Node]:
+                   needs_input_grad: bool | None = None, pointwise: bool | None = None) -> list[Node]:
     """The nodes of these kinds that pass the optional conditions, in forward order."""
     out = []
     for node in graph.nodes:
@@ -87,6 +92,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
         if first is not None and node.first != first:
             continue
         if needs_input_grad is not None and graph.tensors[node.inputs[0]].requires_grad != needs_input_grad:
+            continue
+        if pointwise is not None and is_pointwise(node) != pointwise:
             continue
         out.append(node)
     return out
