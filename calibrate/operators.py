@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bnncost.costmodel.strategy import as_strategy
-from bnncost.costmodel.timing import OperatorWork, operator_work
+from bnncost.costmodel.timing import OperatorWork, measured_seconds, operator_work
 from bnncost.layers.graph import graph_of
 from bnncost.layers.model import parse_model
 from bnncost.trainer.base import DEFAULT_WORKSPACE
@@ -107,7 +107,7 @@ def measure(plan: Plan, progress=None) -> list[Sample]:
             continue
         t = time_steps(graph, strat, batch=batch, steps=plan.steps, warmup=1, workspace_budget=DEFAULT_WORKSPACE)
         for w in operator_work(graph, strat):
-            sec = t.updates_s.get(w.layer) if w.event == "update" else t.events_s.get(f"{w.event}:{w.layer}")
+            sec = measured_seconds(w, t.events_s, t.updates_s)
             if sec is not None and np.isfinite(sec):
                 samples.append(Sample(w, batch, sec))
         if progress is not None:

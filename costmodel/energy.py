@@ -31,7 +31,8 @@ import numpy as np
 from bnncost.costmodel.ops import INFORMATIONAL, OpCount, Traffic
 from bnncost.costmodel.timing import OperatorWork
 
-_EVENT_PHASES = {"forward": ("forward",), "backward": ("backward_dx", "backward_dw"), "update": ("update",)}
+_EVENT_PHASES = {"forward": ("forward",), "backward": ("backward_dx", "backward_dw"), "update": ("update",),
+                 "overhead": ()}  # the step's own work (costmodel.timing.step_operators): no layer-phase
 
 
 class MissingOpError(ValueError):
@@ -50,7 +51,7 @@ class EnergyTime:
     compute_s: np.ndarray  # sum of compute times (what the step would take were memory free)
     memory_s: np.ndarray
     bytes_by_level: dict[str, np.ndarray]
-    seconds_by_event: dict[str, np.ndarray] | None = None  # calibrated machines: forward, backward, update
+    seconds_by_event: dict[str, np.ndarray] | None = None  # calibrated machines: timing.EVENTS
 
     @property
     def dynamic_j(self) -> np.ndarray:

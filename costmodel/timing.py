@@ -45,9 +45,22 @@ its `values` cost differs from float32's, and calibrate measures both. No
 coefficient is fitted to a whole step: each is fitted to the times of single
 operators on calibration networks (nn-Meter's approach, MobiSys 2021).
 
+The step's own work, outside every layer (`step_operators`), is three more
+operators, each timed from the trainer's events:
+
+- `step.start` (event step_start): the batch gathered from the data set into
+  the `data` buffer (np.take), per `input_values` (the sample's values, per
+  sample) and per call;
+- `step.end` (events loss and step_end): the ledger's bookkeeping at the end
+  of the step, a row written for every buffer still alive and every persistent
+  one, per `tensors` (that count) and per call;
+- `update.loop` (the update event less its tensors' rules): the optimizer's
+  loop over the trainable tensors (dispatch to the rule, the ledger look-ups
+  of weight, gradient and state), per `tensors` (trainable tensors).
+
 Events: `forward` (forward:<layer>), `backward` (backward:<layer>: both
-backward_dx and backward_dw) and `update` (the optimizer's rule for the
-layer's trainable tensor).
+backward_dx and backward_dw), `update` (the optimizer's rule for the
+layer's trainable tensor, and its loop) and `overhead` (step.start, step.end).
 """
 
 from __future__ import annotations
@@ -56,10 +69,14 @@ from dataclasses import dataclass
 
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
+from bnncost.layers.storage import stored_variables
 
-EVENTS = ("forward", "backward", "update")
+EVENTS = ("forward", "backward", "update", "overhead")
 MECHANISMS = ("gemm", "xnor_words", "input_values", "output_values", "weights", "values", "window_values",
-              "channels", "rows", "patch_indices")
+              "channels", "rows", "patch_indices", "tensors")
+# the trainer's step events (trainer.timing) each step operator is timed by; `update.loop` is the update
+# event less the time of its tensors' rules
+STEP_EVENTS = {"step.start": ("step_start",), "step.end": ("loss", "step_end")}
 
 # the roles whose formats change an operator's code path (and so its cost)
 _ROLES = {
@@ -134,12 +151,44 @@ def _formats(strategy: Strategy, family: str, event: str, binary: bool = False) 
     return ",".join(sorted(parts))
 
 
-def operator_work(graph: Graph, strategy: Strategy) -> list[OperatorWork]:
+def operator_work(graph: Graph, strategy: Strategy, retention: str = "step") -> list[OperatorWork]:
     """Every operator call of one training step, with its mechanisms' units."""
     out: list[OperatorWork] = []
     for node in graph.nodes:
         out.extend(_node_work(graph, node, strategy))
-    return out
+    return out + step_operators(graph, strategy, retention)
+
+
+def step_operators(graph: Graph, s: Strategy, retention: str = "step") -> list[OperatorWork]:
+    """The step's own work outside the layers: the batch gather, the ledger's end of step, the optimizer loop."""
+    at_end = sum(v.free == "step_end" for v in stored_variables(graph, batchnorm=s.batchnorm,
+                                                                  optimizer=s.optimizer, retention=retention))
+    tensors = sum(n.has_params for n in graph.nodes)
+    return [OperatorWork("", "overhead", "step.start", f"input={s.format_of('input')}",
+                         {"input_values": (0, _prod(graph.model.input))}),
+            OperatorWork("", "overhead", "step.end", "", {"tensors": (at_end, 0)}),
+            OperatorWork("", "update", "update.loop", f"optimizer={s.optimizer}", {"tensors": (tensors, 0)})]
+
+
+def measured_seconds(work: OperatorWork, events_s: dict[str, float], updates_s: dict[str, float]) -> float | None:
+    """The time the trainer's timer (trainer.timing: median seconds per event, per tensor's update) gives
+    one operator of `operator_work`; None when the step did not run it."""
+    if work.operator == "update.loop":
+        return events_s["update"] - sum(updates_s.values()) if "update" in events_s else None
+    if work.operator in STEP_EVENTS:
+        parts = [events_s.get(e) for e in STEP_EVENTS[work.operator]]
+        return None if None in parts else sum(parts)
+    if work.event == "update":
+        return updates_s.get(work.layer)
+    return events_s.get(f"{work.event}:{work.layer}")
+
+
+def event_of(trainer_event: str) -> str | None:
+    """The time model's event (EVENTS) a trainer event's time belongs to (update.loop's share is in update)."""
+    head = trainer_event.split(":", 1)[0]
+    if head in ("forward", "backward", "update"):
+        return head
+    return "overhead" if any(trainer_event in evs for evs in STEP_EVENTS.values()) else None
 
 
 def _node_work(graph: Graph, node: Node, s: Strategy) -> list[OperatorWork]:

@@ -289,3 +289,37 @@ def test_calibration_networks_span_narrow_and_wide_layers():
         g = graph_of(parse_model(net, net["name"]))
         channels |= {n.channels for n in g.nodes if n.kind == "conv2d"}
     assert min(channels) <= 3 and max(channels) >= 128  # per-index costs separable from per-value ones
+
+
+def test_the_steps_own_work_is_three_operators_timed_from_its_events():
+    from bnncost.costmodel.timing import event_of, measured_seconds, step_operators
+
+    g, s = graph_of(MLP), as_strategy("standard")
+    step = {w.operator: w for w in step_operators(g, s)}
+    assert step["step.start"].units == {"input_values": (0, 784)} and step["step.start"].event == "overhead"
+    # at step_end the ledger writes a row for the data, each weight and its Adam m and v, each batchnorm's
+    # params, running and batch statistics, m and v, each saved input and output, the softmax output
+    assert step["step.end"].units["tensors"][0] > 4 * 3
+    assert step["update.loop"].units == {"tensors": (4, 0)} and step["update.loop"].event == "update"
+    events = {"step_start": 1.0, "loss": 0.5, "step_end": 2.0, "update": 10.0, "forward:dense_1": 3.0}
+    updates = {"dense_1": 4.0, "batchnorm_1": 3.0}
+    assert measured_seconds(step["step.start"], events, updates) == 1.0
+    assert measured_seconds(step["step.end"], events, updates) == 2.5
+    assert measured_seconds(step["update.loop"], events, updates) == 3.0  # update less its tensors' rules
+    work = {(w.layer, w.event): w for w in operator_work(g, s)}
+    assert measured_seconds(work[("dense_1", "update")], events, updates) == 4.0
+    assert measured_seconds(work[("dense_1", "forward")], events, updates) == 3.0
+    assert [event_of(e) for e in ("step_start", "loss", "forward:dense_1", "update", "step_end")] == [
+        "overhead", "overhead", "forward", "update", "overhead"]
+    ops = [{"operator": w.operator, "formats": w.formats, "fixed_s": 1e-4, "per_unit_s": {"tensors": 1e-6},
+            "samples": 3, "source": "hand-made for a test"} for w in step.values()]
+    p = predict(MLP, "standard", 8, device=_device_with(ops, call_s=0.0))
+    assert p.time.seconds_by_event["overhead"] == pytest.approx(2e-4 + step["step.end"].units["tensors"][0] * 1e-6)
+
+
+def test_a_file_fitted_for_another_time_model_is_refused_in_one_line(capsys, tmp_path):
+    doc = cal.document(fake(), name="host")
+    doc["trainer"].pop("time_model")
+    out = tmp_path / "old.yaml"
+    out.write_text(yaml.safe_dump(doc))
+    _refused(capsys, ["predict", "mlp", "--device", str(out)], "run `bnncost calibrate` again")
