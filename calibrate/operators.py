@@ -106,7 +106,7 @@ def measure(plan: Plan, progress=None) -> list[Sample]:
                 progress(f"{net['name']} {strategy}: not runnable, skipped")
             continue
         t = time_steps(graph, strat, batch=batch, steps=plan.steps, warmup=1, workspace_budget=DEFAULT_WORKSPACE)
-        for w in operator_work(graph, strat):
+        for w in operator_work(graph, strat, "step", DEFAULT_WORKSPACE):
             sec = measured_seconds(w, t.events_s, t.updates_s)
             if sec is not None and np.isfinite(sec):
                 samples.append(Sample(w, batch, sec))
@@ -153,7 +153,7 @@ def fit(samples: list[Sample]) -> list[Fitted]:
         groups.setdefault((s.work.operator, s.work.formats), []).append(s)
     out = []
     for (operator, formats), group in sorted(groups.items()):
-        mechs = sorted({m for s in group for m in s.work.units})
+        mechs = sorted({m for s in group for m in s.work.mechanisms})
         a = np.array([[1.0] + [s.work.at(m, s.batch) for m in mechs] for s in group])
         t = np.array([s.seconds for s in group])
         scale = np.maximum(a.max(axis=0), 1e-30)  # columns of comparable size

@@ -116,11 +116,14 @@ class EnergyModel:
         self.ev_const = {e: 0.0 for e in _EVENT_PHASES}
         self.ev_per = {e: 0.0 for e in _EVENT_PHASES}
         self.unlisted: list[str] = []
+        self.looped: list[tuple[str, dict[str, float], OperatorWork]] = []  # counted per batch (timing.linear_loops)
         for w in work:
             cost = table.get((w.operator, w.formats))
             if cost is not None:
                 c = cost.fixed_s + sum(cost.per_unit_s.get(m, 0.0) * u[0] for m, u in w.units.items())
                 p = sum(cost.per_unit_s.get(m, 0.0) * u[1] for m, u in w.units.items())
+                if w.loops is not None:
+                    self.looped.append((w.event, cost.per_unit_s, w))
             else:
                 self.unlisted.append(w.key)
                 c, p = self.trainer.call_s, 0.0
@@ -159,6 +162,9 @@ class EnergyModel:
             seconds = np.maximum(t_ops, t_mem).sum(axis=0)
         else:
             by_event = {e: self.ev_const[e] + self.ev_per[e] * bs for e in _EVENT_PHASES}
+            for event, per_unit, w in self.looped:
+                by_event[event] = by_event[event] + np.array(
+                    [sum(per_unit.get(m, 0.0) * n for m, n in w.loops(int(b)).items()) for b in bs])
             seconds = sum(by_event.values())
             power = self.device.power
             core_w = (power.active_w - power.idle_w) / self.trainer.cores if power.known else np.nan

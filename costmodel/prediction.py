@@ -333,7 +333,8 @@ def predict(
     )
     if device is not None:
         energy = EnergyModel(ops, count_traffic(graph, strat, plan), device, context=f"{pred.strategy}: ",
-                             work=operator_work(graph, strat, retention) if device.trainer is not None else None)
+                             work=(operator_work(graph, strat, retention, workspace_budget)
+                                   if device.trainer is not None else None))
         pred.device = device.name
         pred.energy, pred.time, pred.fit = device_reports(
             energy, plan, batch, epoch_samples or graph.model.train_samples)

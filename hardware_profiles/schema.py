@@ -197,12 +197,13 @@ class PowerSpec(_Model):
 
 
 Mechanism = Literal["gemm", "xnor_words", "input_values", "output_values", "weights", "values", "window_values",
-                    "channels", "rows", "patch_indices", "tensors"]
+                    "channels", "rows", "patch_indices", "tensors", "products", "blocks"]
 
 # The version of the time model's mechanisms (costmodel.timing) a calibrated file was fitted for. A file
 # fitted for another version has operators or units this version counts differently: it must be
-# calibrated again. 1: layer operators only; 2: the step's own work (batch gather, ledger, optimizer loop).
-TIME_MODEL_VERSION: Final[int] = 2
+# calibrated again. 1: layer operators only; 2: the step's own work (batch gather, ledger, optimizer loop);
+# 3: the linear operators' loops (numpy products per tile, K-block and row-chunk iterations).
+TIME_MODEL_VERSION: Final[int] = 3
 
 
 def _nonnegative(value: float) -> float:

@@ -323,3 +323,89 @@ def test_a_file_fitted_for_another_time_model_is_refused_in_one_line(capsys, tmp
     out = tmp_path / "old.yaml"
     out.write_text(yaml.safe_dump(doc))
     _refused(capsys, ["predict", "mlp", "--device", str(out)], "run `bnncost calibrate` again")
+
+
+def _trainer_loops(model, strategy, batch, budget=65536):
+    """Run one training step and count, per (layer, event), the numpy products the trainer's matmul runs
+    (layers.scratch.product_calls of each call), its loops' iterations (the outermost calls of the
+    operator's block and chunk routines) and the patch indices it computes."""
+    from bnncost.layers.scratch import product_calls
+    from bnncost.trainer import kernels, linear
+    from bnncost.trainer.timing import time_steps
+
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    where = {"at": None, "depth": 0}
+    real_matmul = linear.matmul
+
+    def counting_matmul(a, af, b, bf, out, of, accumulate=False):
+        direct = af == bf == of == "float32" and not accumulate and out.flags.c_contiguous
+        c = counts.setdefault(where["at"], {"products": 0, "blocks": 0})
+        c["products"] += product_calls(a.shape[0], a.shape[1], b.shape[1], direct)
+        return real_matmul(a, af, b, bf, out, of, accumulate)
+
+    def in_event(fn, event):
+        def run(self, *args):
+            where["at"] = (self.name, event)
+            return fn(self, *args)
+        return run
+
+    def block(fn):
+        def run(self, *args, **kw):
+            if where["depth"] == 0:
+                counts.setdefault(where["at"], {"products": 0, "blocks": 0})["blocks"] += 1
+            where["depth"] += 1
+            try:
+                return fn(self, *args, **kw)
+            finally:
+                where["depth"] -= 1
+        return run
+
+    patches = {"forward": in_event(linear.Linear.forward, "forward"),
+               "backward": in_event(linear.Linear.backward, "backward")}
+    for name in ("_signs_into", "_lower", "_operand_rows", "_fold", "_packed_rows"):
+        patches[name] = block(getattr(linear.Linear, name))
+    saved = {k: getattr(linear.Linear, k) for k in patches}
+    real_rows = kernels.Patches.rows
+
+    def counting_rows(self, r0, r1):
+        c = counts.setdefault(where["at"], {"products": 0, "blocks": 0})
+        c["patch_indices"] = c.get("patch_indices", 0) + (r1 - r0) * self.taps
+        return real_rows(self, r0, r1)
+
+    try:
+        linear.matmul = counting_matmul
+        kernels.Patches.rows = counting_rows
+        for k, v in patches.items():
+            setattr(linear.Linear, k, v)
+        time_steps(model, strategy, batch=batch, steps=1, warmup=0, workspace_budget=budget)
+    finally:
+        linear.matmul = real_matmul
+        kernels.Patches.rows = real_rows
+        for k, v in saved.items():
+            setattr(linear.Linear, k, v)
+    return counts
+
+
+@pytest.mark.parametrize("strategy", ["standard", "proposed", "proposed-po2", "bop", "ladder-3-binary-dw"])
+def test_the_linear_loops_are_the_trainers(strategy):
+    """The cost model's replay of a linear operator's loops counts the products and block iterations the
+    trainer runs: K cut into blocks of weight rows, rows into chunks, products into tiles."""
+    model = parse_model({"name": "loops", "input": [10, 10, 3], "layers": [
+        {"conv2d": {"filters": 64, "kernel": 3, "padding": "same"}}, {"batchnorm": {}}, {"sign": {}},
+        {"conv2d": {"filters": 32, "kernel": 3, "padding": "same"}}, {"batchnorm": {}}, {"sign": {}},
+        {"conv2d": {"filters": 24, "kernel": 3, "binary": False}}, {"batchnorm": {}}, {"relu": {}},
+        {"flatten": {}}, {"dense": {"units": 300}}, {"batchnorm": {}}, {"sign": {}},
+        {"dense": {"units": 10}}, {"batchnorm": {}}, {"softmax_ce": {}}]})
+    g, s = graph_of(model), as_strategy(strategy)
+    for batch in (3, 40):
+        measured = _trainer_loops(model, strategy, batch)
+        for w in operator_work(g, s):
+            if w.loops is None:
+                continue
+            got = {m: w.at(m, batch) for m in ("products", "blocks", "patch_indices")}
+            want = measured[(w.layer, w.event)]
+            assert got == {"patch_indices": 0, **want}, (w.key, batch)
+    # the 32-filter conv on 64 channels (K = 576): its dW operand, in chunks, is expanded block by block of
+    # its K columns, and each block computes the patch indices again
+    back = next(w for w in operator_work(g, s) if (w.layer, w.event) == ("conv2d_2", "backward"))
+    assert back.loops(40)["patch_indices"] > 0
