@@ -107,8 +107,8 @@ def measure(plan: Plan, progress=None) -> list[Sample]:
             continue
         t = time_steps(graph, strat, batch=batch, steps=plan.steps, warmup=1, workspace_budget=DEFAULT_WORKSPACE)
         for w in operator_work(graph, strat, "step", DEFAULT_WORKSPACE):
-            sec = measured_seconds(w, t.events_s, t.updates_s)
-            if sec is not None and np.isfinite(sec):
+            sec = measured_seconds(w, t.events_s, t.updates_s, t.update_loop_s)
+            if sec is not None and np.isfinite(sec) and sec > 0:
                 samples.append(Sample(w, batch, sec))
         if progress is not None:
             progress(f"{net['name']} {strategy} batch {batch}")

@@ -199,11 +199,13 @@ def step_operators(graph: Graph, s: Strategy, retention: str = "step") -> list[O
             OperatorWork("", "update", "update.loop", f"optimizer={s.optimizer}", {"tensors": (tensors, 0)})]
 
 
-def measured_seconds(work: OperatorWork, events_s: dict[str, float], updates_s: dict[str, float]) -> float | None:
-    """The time the trainer's timer (trainer.timing: median seconds per event, per tensor's update) gives
-    one operator of `operator_work`; None when the step did not run it."""
+def measured_seconds(work: OperatorWork, events_s: dict[str, float], updates_s: dict[str, float],
+                     update_loop_s: float | None = None) -> float | None:
+    """The time the trainer's timer (trainer.timing: median seconds per event, per tensor's update, and of
+    the update's loop: per step, the update event less its tensors' updates) gives one operator of
+    `operator_work`; None when the step did not run it."""
     if work.operator == "update.loop":
-        return events_s["update"] - sum(updates_s.values()) if "update" in events_s else None
+        return update_loop_s if "update" in events_s else None
     if work.operator in STEP_EVENTS:
         parts = [events_s.get(e) for e in STEP_EVENTS[work.operator]]
         return None if None in parts else sum(parts)

@@ -222,6 +222,8 @@ def test_trainer_timing_covers_every_event():
         assert f"forward:{node.name}" in t.events_s and f"backward:{node.name}" in t.events_s
     assert set(t.updates_s) == {"dense_1", "batchnorm_1", "dense_2", "batchnorm_2"}
     assert t.clock == "cpu" and t.steps == 1
+    # the update's loop, per step: the update event less its tensors' updates
+    assert t.update_loop_s == pytest.approx(t.events_s["update"] - sum(t.updates_s.values()))
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 2, nothing written
@@ -305,7 +307,7 @@ def test_the_steps_own_work_is_three_operators_timed_from_its_events():
     updates = {"dense_1": 4.0, "batchnorm_1": 3.0}
     assert measured_seconds(step["step.start"], events, updates) == 1.0
     assert measured_seconds(step["step.end"], events, updates) == 2.5
-    assert measured_seconds(step["update.loop"], events, updates) == 3.0  # update less its tensors' rules
+    assert measured_seconds(step["update.loop"], events, updates, 3.0) == 3.0  # per step: update less its rules
     work = {(w.layer, w.event): w for w in operator_work(g, s)}
     assert measured_seconds(work[("dense_1", "update")], events, updates) == 4.0
     assert measured_seconds(work[("dense_1", "forward")], events, updates) == 3.0
