@@ -35,7 +35,7 @@ from bnncost.hardware_profiles.units import convert as convert_quantity
 from bnncost.layers.graph import graph_of
 from bnncost.layers.model import ModelError, zoo_names
 from bnncost.layers.roles import FORMATTED_ROLES
-from bnncost.tables import Wide, name_column
+from bnncost.tables import Wide, header_line, name_column
 
 app = typer.Typer(
     name="bnncost",
@@ -102,6 +102,11 @@ def table_markdown(t: Table) -> str:
 
 
 out = Printer()
+
+
+def head(parts: list[str]) -> None:
+    """A command's header line: its settings joined by ' · ', wrapped only between settings."""
+    out.print(" · ".join(parts) if out.markdown else header_line(parts, out.console.width))
 
 LADDER = ["standard", "ladder-1-binary-activations", "ladder-2-l1-batchnorm", "ladder-3-binary-dw", "proposed"]
 USER_ERRORS = (ModelError, StrategyError, EngineError, DeviceError, ValueError, OSError)
@@ -341,10 +346,10 @@ def predict_cmd(
         emit_json(p.to_json())
         return
     m = p.memory
-    out.print(f"[bold]{esc(p.model)}[/] · strategy [bold]{esc(p.strategy)}[/] · engine [bold]{esc(p.engine)}[/] · "
-              f"batch {p.batch} · retention {p.retention} · workspace {human_bytes(p.workspace_budget)}"
-              f"{' (in place)' if p.workspace_budget == 0 else ''} · {p.parameters:,} parameters "
-              f"({p.batchnorm} batchnorm{': no gamma' if p.batchnorm == 'l1' else ''})")
+    head([f"[bold]{esc(p.model)}[/]", f"strategy [bold]{esc(p.strategy)}[/]", f"engine [bold]{esc(p.engine)}[/]",
+          f"batch {p.batch}", f"retention {p.retention}",
+          f"workspace {human_bytes(p.workspace_budget)}{' (in place)' if p.workspace_budget == 0 else ''}",
+          f"{p.parameters:,} parameters ({p.batchnorm} batchnorm{': no gamma' if p.batchnorm == 'l1' else ''})"])
     out.print(f"Peak [bold]{human_bytes(m.peak_bytes)}[/] ({m.peak_bytes:,} bytes) at {esc(m.peak_event)}")
     out.print(f"  = {formula(m.fixed_bytes, m.per_sample_bytes)} (fixed + per sample x batch)")
     if m.runtime_bytes:
@@ -454,9 +459,9 @@ def summary_cmd(
     if as_json:
         emit_json(sm.to_json())
         return
-    out.print(f"[bold]{esc(sm.model)}[/] · strategy [bold]{esc(sm.strategy)}[/] · engine [bold]{esc(sm.engine)}[/] · "
-              f"batch {sm.batch} · retention {sm.retention} · workspace {human_bytes(sm.workspace_budget)}"
-              + (f" · on [bold]{esc(sm.device)}[/]" if sm.device else ""))
+    head([f"[bold]{esc(sm.model)}[/]", f"strategy [bold]{esc(sm.strategy)}[/]", f"engine [bold]{esc(sm.engine)}[/]",
+          f"batch {sm.batch}", f"retention {sm.retention}", f"workspace {human_bytes(sm.workspace_budget)}"]
+         + ([f"on [bold]{esc(sm.device)}[/]"] if sm.device else []))
     headers = ["kind", "output", "1-bit params", "real params", "param bytes", "fwd bit-MACs", "fwd MACs",
                "kept for bwd", "ops forward", "ops dX", "ops dW", "ops update"]
     if sm.device:
@@ -483,7 +488,7 @@ def summary_cmd(
         out.print(obj)
     out.print(f"Parameters: {sm.total.params_1bit:,} 1-bit (binary kernels) + {sm.total.params_real:,} real "
               f"= {sm.total.params_1bit + sm.total.params_real:,}; param bytes are what training holds "
-              f"(latent weights, batchnorm parameters) at the strategy's formats.")
+              f"(latent weights, batchnorm parameters, prelu slopes) at the strategy's formats.")
 
 
 @app.command("compare")
@@ -521,9 +526,9 @@ def compare_cmd(
 def print_comparison(c: Comparison, stepwise: bool) -> None:
     preds = c.predictions
     p0 = preds[0]
-    out.print(f"[bold]{esc(p0.model)}[/] · engine [bold]{esc(p0.engine)}[/] · batch {p0.batch} · "
-              f"retention {p0.retention} · workspace {human_bytes(p0.workspace_budget)} · "
-              f"savings against [bold]{esc(c.baseline)}[/]" + (f" · on [bold]{esc(p0.device)}[/]" if p0.device else ""))
+    head([f"[bold]{esc(p0.model)}[/]", f"engine [bold]{esc(p0.engine)}[/]", f"batch {p0.batch}",
+          f"retention {p0.retention}", f"workspace {human_bytes(p0.workspace_budget)}",
+          f"savings against [bold]{esc(c.baseline)}[/]"] + ([f"on [bold]{esc(p0.device)}[/]"] if p0.device else []))
     t = Wide("One training step, strategy by strategy", [esc(p.strategy) for p in preds])
     t.row("[bold]peak[/]", [f"[bold]{human_bytes(p.memory.peak_bytes)}[/]" for p in preds])
     t.row(f"saving vs {esc(c.baseline)}", [f"{c.savings[p.strategy]['peak_bytes_ratio']:.2f}x" for p in preds])
@@ -601,9 +606,9 @@ def fit_cmd(
     if as_json:
         emit_json(f.to_json())
         return
-    out.print(f"[bold]{esc(f.model)}[/] on [bold]{esc(f.device)}[/]: {human_bytes(f.usable_bytes)} usable "
-              f"of {human_bytes(f.ram_bytes)} RAM · engine [bold]{esc(f.engine)}[/] · "
-              f"retention {f.retention} · workspace {human_bytes(f.workspace_budget)}")
+    head([f"[bold]{esc(f.model)}[/] on [bold]{esc(f.device)}[/]",
+          f"{human_bytes(f.usable_bytes)} usable of {human_bytes(f.ram_bytes)} RAM", f"engine [bold]{esc(f.engine)}[/]",
+          f"retention {f.retention}", f"workspace {human_bytes(f.workspace_budget)}"])
     rows = f.strategies
     t = Wide("Largest batch that fits", [esc(r.strategy) for r in rows])
     t.row("[bold]largest batch[/]", [f"[bold]{r.fit.max_batch:,}[/]" for r in rows])
@@ -667,8 +672,8 @@ def sweep_cmd(
 
 def print_sweep(s: Sweep) -> None:
     where = f" on {esc(s.device)} ({human_bytes(s.usable_bytes)} usable)" if s.device else ""
-    out.print(f"[bold]{esc(s.model)}[/]{where} · engine [bold]{esc(s.engine)}[/] · retention {s.retention} · "
-              f"workspace {human_bytes(s.workspace_budget)}")
+    head([f"[bold]{esc(s.model)}[/]{where}", f"engine [bold]{esc(s.engine)}[/]", f"retention {s.retention}",
+          f"workspace {human_bytes(s.workspace_budget)}"])
     shown = table_rows(s)
     if len(shown) < len(s.batches):
         out.print(f"showing {len(shown)} of {len(s.batches):,} batch sizes (every row where a strategy stops "
@@ -862,9 +867,9 @@ def _diff(a: int | None, b: int | None) -> str:
 def print_verification(v, by: str) -> None:
     ok = "[green]ok[/]"
     bad = "[red]MISMATCH[/]"
-    out.print(f"[bold]{esc(v.model)}[/] · strategy [bold]{esc(v.strategy)}[/] · engine [bold]{esc(v.engine)}[/] · "
-              f"batch {v.batch_size} · retention {v.retention} · workspace {human_bytes(v.workspace_budget)}: "
-              f"the cost model against the bundled trainer")
+    head([f"[bold]{esc(v.model)}[/]", f"strategy [bold]{esc(v.strategy)}[/]", f"engine [bold]{esc(v.engine)}[/]",
+          f"batch {v.batch_size}", f"retention {v.retention}", f"workspace {human_bytes(v.workspace_budget)}",
+          "the cost model against the bundled trainer"])
     t = Table(title="Bytes of every variable (must agree exactly)" if by == "variable" else
               "Bytes by role (every variable must agree exactly)")
     if by == "variable":  # the role under the name, as predict --by variable: fits 80 columns, nothing cut

@@ -25,6 +25,20 @@ def plain_width(cell: object) -> int:
     return max((len(line) for line in text.split("\n")), default=0)
 
 
+def header_line(parts: list[str], width: int) -> str:
+    """Parts joined by ' · ', broken only between parts, so a line never splits a name or 'batch 100'."""
+    lines: list[list[str]] = [[]]
+    used = 0
+    for part in parts:
+        w = plain_width(part)
+        if lines[-1] and used + 3 + w > width:
+            lines.append([])
+            used = 0
+        used += (3 if lines[-1] else 0) + w
+        lines[-1].append(part)
+    return "\n".join(" · ".join(line) for line in lines)
+
+
 def name_column(table: Table, header: str, names: list[str], **kw) -> None:
     """A column of names a user types: never wrapped, never cut (folded only if the terminal is narrower)."""
     table.add_column(header, no_wrap=True, overflow="fold",

@@ -7,8 +7,9 @@ THE COUNTING CONVENTION (the bundled trainer counts the same from the shapes
 it processes; keep the two in step). Notation, per node: B batch; E = B x
 elements of its input per sample; O = B x elements of its output; C channels
 (last axis of the input); for dense/conv: K inputs per output (units in, or
-kh*kw*Cin), N outputs per position, R = B x output positions, M = R x N, W = K x N
-weights. Formats:
+kh*kw*Cin/G for a conv of G groups), N outputs per position, R = B x output
+positions, M = R x N, W = K x N weights. A grouped conv's counts are its
+groups' summed: each output still reads K inputs. Formats:
   fwd  = the `real_input` format: real forward arithmetic outside dense/conv;
   bn   = the `bn_param` format: batchnorm forward arithmetic;
   g    = the `activation_grad` format; acc = g, except po2 gradients are
@@ -27,7 +28,7 @@ dense / conv2d
                else `real_input`) M x K
   backward_dx  (only when its input needs a gradient) binary: add at acc M x K;
                full precision: gmac M x K; conv also folds its column gradient
-               back onto the input: add at acc R x K
+               back onto the input: add at acc R x K x G
   backward_dw  binary, not first: add at acc M x K (sign(X) x dY);
                first or full precision: gmac M x K;
                weight_grad `sign`: compare at acc W (taking the sign)
@@ -44,6 +45,12 @@ batchnorm (E, C)
 sign           forward compare 2E, abs E at fwd (sign and the STE mask);
                backward_dx gmul E (the mask gates the gradient)
 relu           forward compare E at fwd; backward_dx gmul E
+prelu (E, C)   forward compare E, mul E at fwd (a x where x <= 0);
+               backward_dw compare E at fwd (x > 0, on the saved x), gmul E
+               (dy x), add E at acc (the per-channel sums of da);
+               backward_dx (only when its input needs a gradient) gmul E
+               (dy a where x <= 0, reusing the compare); update per slope n = C,
+               at opt, no clipping
 maxpool k, s   forward compare O x (k*k - 1) at fwd;
                backward_dx add O x k*k at acc (scatter), gmul E (mask)
 avgpool k, s   forward add O x k*k, mul O at fwd; backward_dx gmul O, add O x k*k at acc
@@ -202,7 +209,7 @@ def _count_node(c: _Counter, graph: Graph, node: Node, fwd: str) -> None:
             else:
                 c.gmac(n, "backward_dx", per=m)
             if node.kind == "conv2d":
-                c.add(n, "backward_dx", "add", acc, per=P * K)
+                c.add(n, "backward_dx", "add", acc, per=P * K * node.groups)
         if node.binary and not node.first:
             c.add(n, "backward_dw", "add", acc, per=m)
         else:
@@ -245,6 +252,15 @@ def _count_node(c: _Counter, graph: Graph, node: Node, fwd: str) -> None:
         c.add(n, "forward", "compare", fwd, per=e)
         if needs_dx:
             c.gmul(n, "backward_dx", per=e)
+    elif node.kind == "prelu":
+        c.add(n, "forward", "compare", fwd, per=e)
+        c.add(n, "forward", "mul", fwd, per=e)
+        c.add(n, "backward_dw", "compare", fwd, per=e)
+        c.gmul(n, "backward_dw", per=e)
+        c.add(n, "backward_dw", "add", acc, per=e)
+        if needs_dx:
+            c.gmul(n, "backward_dx", per=e)
+        c.optimizer(n, node.channels, sign_grad=False, binary_kernel=False)
     elif node.kind in ("maxpool", "avgpool"):
         kk = node.window[0] * node.window[1]
         if node.kind == "maxpool":

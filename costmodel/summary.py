@@ -8,7 +8,7 @@ which ops.py counts as additions),
 the bytes it keeps for its backward pass, its operation count per phase, and with a device its energy
 and time per step. Totals at the end.
 
-Parameter bytes are what training holds (latent weights and batchnorm parameters in their formats;
+Parameter bytes are what training holds (latent weights, batchnorm parameters and prelu slopes in their formats;
 under `bop` a binary kernel is held as bits), not an inference model's size.
 """
 
@@ -38,7 +38,7 @@ class LayerRow(BaseModel):
     precision: str  # binary, full (a full-precision dense/conv) or "" (no kernel)
     params_1bit: int
     params_real: int
-    param_bytes: int  # latent weights and batchnorm parameters at the strategy's formats
+    param_bytes: int  # latent weights, batchnorm parameters, prelu slopes at the strategy's formats
     forward_bit_macs: int
     forward_macs: int
     saved_bytes: int  # kept from the forward pass for the backward pass, at this batch
@@ -89,7 +89,7 @@ def summary(model, strategy="proposed", batch: int = 100, *, engine=None, retent
     rows = []
     for node in graph.nodes:
         kernel = node.kind in ("dense", "conv2d")
-        bn_params = (2 if strat.batchnorm == "l2" else 1) * node.channels if node.kind == "batchnorm" else 0
+        channel_params = node.parameters(strat.batchnorm) if node.kind in ("batchnorm", "prelu") else 0
         mine = [v for v in plan.variables if v.layer == node.name]
         layer_ops = [o for o in ops if o.layer == node.name]
         products = batch * node.positions * node.units * node.fan_in
@@ -97,7 +97,7 @@ def summary(model, strategy="proposed", batch: int = 100, *, engine=None, retent
             layer=node.name, kind=node.kind, output_shape=list(node.out_shape),
             precision=("binary" if node.binary else "full") if kernel else "",
             params_1bit=node.weights if kernel and node.binary else 0,
-            params_real=(node.weights if kernel and not node.binary else 0) + bn_params,
+            params_real=(node.weights if kernel and not node.binary else 0) + channel_params,
             param_bytes=sum(v.bytes_at(batch) for v in mine
                             if v.role == "latent_weight" or v.name == f"{node.name}.params"),
             forward_bit_macs=products if kernel and node.binary and not node.first else 0,

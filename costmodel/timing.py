@@ -108,6 +108,8 @@ _ROLES = {
     ("batchnorm", "backward"): ("real_input", "bn_param", "norm_output", "activation_grad"),
     ("gate", "forward"): ("real_input", "activation_mask"),
     ("gate", "backward"): ("activation_mask", "activation_grad"),
+    ("prelu", "forward"): ("real_input", "bn_param"),
+    ("prelu", "backward"): ("real_input", "bn_param", "activation_grad"),
     ("maxpool", "forward"): ("real_input", "pool_mask"),
     ("maxpool", "backward"): ("pool_mask", "activation_grad"),
     ("pool", "forward"): ("real_input",),
@@ -158,7 +160,7 @@ def xnor_words_per_patch(node: Node) -> int:
     """Words the trainer XORs per (output position, filter): the widest word dividing the packed patch."""
     if node.kind == "conv2d":
         k = node.weight_shape[0] * node.weight_shape[1]
-        nbytes = k * -(-node.channels // 8)
+        nbytes = k * -(-node.group_channels // 8)
     else:
         nbytes = -(-node.fan_in // 8)
     for size in (8, 4, 2):
@@ -240,21 +242,24 @@ def _node_work(graph: Graph, node: Node, s: Strategy, budget: int = DEFAULT_BUDG
         W = K * N
         conv = kind == "conv2d"
         variant = f"{kind}.{'first' if node.first else 'binary' if node.binary else 'real'}"
-        taps = node.window[0] * node.window[1] if conv else 0
-        rows = P if conv else 0  # a dense layer's row is a sample: its per-sample cost is in its values
+        # a grouped conv lowers, indexes and multiplies group after group: its rows, patch indices and
+        # lowered values are each group's, G times
+        G = node.groups
+        taps = node.window[0] * node.window[1] * G if conv else 0
+        rows = P * G if conv else 0  # a dense layer's row is a sample: its per-sample cost is in its values
         dx = needs_dx and not node.first
         fwd_loops, bwd_loops = _loop_counters(node, s, dx, budget)
         if node.binary and not node.first:
             add("forward", variant, {"xnor_words": (0, P * N * xnor_words_per_patch(node)),
-                                     "input_values": (0, P * K), "output_values": (0, P * N), "weights": (W, 0),
+                                     "input_values": (0, P * K * G), "output_values": (0, P * N), "weights": (W, 0),
                                      "rows": (0, rows), "patch_indices": (0, P * taps)}, loops=fwd_loops)
         else:
-            add("forward", variant, {"gemm": (0, P * N * K), "input_values": (0, P * K if conv else 0),
+            add("forward", variant, {"gemm": (0, P * N * K), "input_values": (0, P * K * G if conv else 0),
                                      "output_values": (0, P * N), "weights": (W if node.binary else 0, 0),
                                      "rows": (0, rows), "patch_indices": (0, P * taps)}, loops=fwd_loops)
         passes = 2 if dx and conv else 1  # the dW operand lowered again; dX's column gradient folded back
         add("backward", variant, {"gemm": (0, P * N * K * (2 if dx else 1)),
-                               "input_values": (0, P * K * passes),
+                               "input_values": (0, P * K * G * passes),
                                "output_values": (0, P * N), "weights": (W * (2 if dx and node.binary else 1), 0),
                                "rows": (0, rows * passes), "patch_indices": (0, P * taps * passes)},
             ".dx" if dx else "", loops=bwd_loops)
@@ -273,6 +278,15 @@ def _node_work(graph: Graph, node: Node, s: Strategy, budget: int = DEFAULT_BUDG
         opt = "adam" if s.optimizer == "bop" else s.optimizer
         works.append(OperatorWork(name, "update", f"update.{opt}.batchnorm", _update_formats(s, "bn_param", "full"),
                                   {"values": (n, 0)}))
+        return works
+    if kind == "prelu":  # batchnorm's shape of work: rows of C values, a per-channel vector broadcast
+        C = node.channels
+        add("forward", "prelu", {"values": (0, e), "rows": (0, e // C)})
+        add("backward", "prelu", {"values": (0, e), "channels": (C, 0), "rows": (0, e // C)},
+            ".dx" if needs_dx else "")
+        opt = "adam" if s.optimizer == "bop" else s.optimizer
+        works.append(OperatorWork(name, "update", f"update.{opt}.prelu", _update_formats(s, "bn_param", "full"),
+                                  {"values": (C, 0)}))
         return works
     if kind in ("maxpool", "avgpool"):
         kk = node.window[0] * node.window[1]
@@ -320,9 +334,11 @@ def linear_loops(node: Node, s: Strategy, dx: bool, budget: int, batch: int) -> 
     chunks, and a buffer of K-value rows serving a block of k columns holds K / k times more rows.
     """
     budget = budget if budget > 0 else UNTRACKED_WORKSPACE
-    K, N, P = node.fan_in, node.units, node.positions
+    K, P, G = node.fan_in, node.positions, node.groups
+    N = node.group_units  # a grouped conv runs every loop once per group, on its N / G filters
     R = batch * P
     conv = node.kind == "conv2d"
+    whole = G == 1  # a group's output and dW columns are a strided view: no product on them runs whole
     taps = node.window[0] * node.window[1] if conv else 0
     f32 = "float32"
     fwd = {m: 0 for m in LOOP_MECHANISMS}
@@ -337,11 +353,11 @@ def linear_loops(node: Node, s: Strategy, dx: bool, budget: int, batch: int) -> 
     def times_signs(m: int, af: str, wf: str, of: str, kbs: list[int], filled: bool) -> None:
         """trainer.linear.Linear._times_signs: out (m, N) <- a (m, K) @ sign(W), W in blocks of rows."""
         if filled:
-            fwd["products"] += product_calls(m, K, N, af == wf == of == f32)
+            fwd["products"] += product_calls(m, K, N, whole and af == wf == of == f32)
         elif of == f32:
             for i, kb in enumerate(kbs):
                 fwd["blocks"] += 1
-                fwd["products"] += product_calls(m, kb, N, i == 0 and af == wf == f32)
+                fwd["products"] += product_calls(m, kb, N, whole and i == 0 and af == wf == f32)
         else:
             for t in blocks_of(m, max(1, TILE_BYTES // (4 * N))):
                 for kb in kbs:
@@ -351,7 +367,7 @@ def linear_loops(node: Node, s: Strategy, dx: bool, budget: int, batch: int) -> 
     g = s.format_of("activation_grad")
     # forward
     if node.binary and not node.first:  # XNOR-popcount in chunks of the xnor scratch
-        patch = (*node.window, node.channels) if conv else (K,)
+        patch = (*node.window, node.group_channels) if conv else (K,)
         fwd["blocks"] += len(blocks_of(R, rows_held(R, tensor_bytes("bool", (N, *patch)), budget)))
     else:
         in_fmt = s.format_of("input" if node.first else "real_input")
@@ -378,12 +394,13 @@ def linear_loops(node: Node, s: Strategy, dx: bool, budget: int, batch: int) -> 
     else:
         af, kbs = s.format_of("weight_grad"), [K]
     gf = g
+    acc_whole = whole or s.format_of("weight_grad") == "bool"  # dw_accum holds the group's rows whole
     if op_rows >= R:  # the operand expanded once, one product per block of dW
         bwd["blocks"] += 1
         for kb in kbs:
-            bwd["products"] += product_calls(kb, R, N, op_fmt == gf == af == f32)
+            bwd["products"] += product_calls(kb, R, N, acc_whole and op_fmt == gf == af == f32)
     else:
-        if gf != f32 and R * N * 4 <= TILE_BYTES // 4:
+        if gf != f32 and R * node.units * 4 <= TILE_BYTES // 4:
             gf = f32  # dY decoded once
         passes = 0
         for kb in kbs:
@@ -392,7 +409,7 @@ def linear_loops(node: Node, s: Strategy, dx: bool, budget: int, batch: int) -> 
                 passes += 1
                 for i, r in enumerate(blocks_of(R, op_rows * K // w)):
                     bwd["blocks"] += 1
-                    direct = af == f32 and i == 0 and op_fmt == gf == f32
+                    direct = acc_whole and af == f32 and i == 0 and op_fmt == gf == f32
                     bwd["products"] += product_calls(w, r, N, direct)
         bwd["patch_indices"] += (passes - 1) * R * taps  # every column block recomputes its patches
     # backward: dX
@@ -413,4 +430,4 @@ def linear_loops(node: Node, s: Strategy, dx: bool, budget: int, batch: int) -> 
                     bwd["blocks"] += 1  # a chunk of the column gradient computed and folded back
                     bwd["products"] += product_calls(r, N, kb, g == wf == f32)
             bwd["patch_indices"] += (len(kbs) - 1) * R * taps
-    return fwd, bwd
+    return {m: G * n for m, n in fwd.items()}, {m: G * n for m, n in bwd.items()}

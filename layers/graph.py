@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from bnncost.layers.model import Model, ModelError, load_model
 from bnncost.layers.spec import (
-    AvgPool, BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU,
+    AvgPool, BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, PReLU, ReLU,
     Residual, Sign, SoftmaxCE, pair,
 )
 
@@ -44,8 +44,9 @@ class Node:
     out_shape: Shape
     # dense / conv2d only
     binary: bool = False
-    fan_in: int = 0  # K: inputs per output (units in, or kh*kw*Cin)
+    fan_in: int = 0  # K: inputs per output (units in, or kh*kw*Cin/groups)
     units: int = 0  # N: outputs per position (units or filters)
+    groups: int = 1  # conv2d: channel groups; each output sees the Cin/groups channels of its group
     positions: int = 1  # output positions per sample (Ho*Wo; 1 for dense)
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, bottom, left, right
     first: bool = False  # its input is the data batch: it saves the data, computes no dX
@@ -63,9 +64,27 @@ class Node:
     def channels(self) -> int:
         return self.in_shape[-1]
 
+    def parameters(self, batchnorm: str = "l2") -> int:
+        """Its trainable values: a kernel; gamma and beta (l2) or beta (l1) per channel; one slope per channel."""
+        if self.kind in ("dense", "conv2d"):
+            return self.weights
+        if self.kind == "batchnorm":
+            return (2 if batchnorm == "l2" else 1) * self.channels
+        return self.channels if self.kind == "prelu" else 0
+
+    @property
+    def group_channels(self) -> int:
+        """Input channels one output reads: Cin / groups (all of them for an ungrouped conv)."""
+        return self.in_shape[-1] // self.groups
+
+    @property
+    def group_units(self) -> int:
+        """Outputs per position of one group: N / groups."""
+        return self.units // self.groups
+
     @property
     def has_params(self) -> bool:
-        return self.kind in ("dense", "conv2d", "batchnorm")
+        return self.kind in ("dense", "conv2d", "batchnorm", "prelu")
 
 
 @dataclass
@@ -80,13 +99,8 @@ class Graph:
         return self.nodes[-1].out_shape
 
     def parameter_count(self, batchnorm: str = "l2") -> int:
-        """Trainable parameters: kernels, plus gamma and beta (l2) or beta (l1) per BN channel."""
-        per_channel = 2 if batchnorm == "l2" else 1
-        return sum(
-            n.weights if n.kind in ("dense", "conv2d") else per_channel * n.channels
-            for n in self.nodes
-            if n.has_params
-        )
+        """Trainable parameters: kernels, gamma and beta (l2) or beta (l1) per BN channel, a prelu's slopes."""
+        return sum(n.parameters(batchnorm) for n in self.nodes)
 
 
 def _pool_out(h: int, size: int, stride: int, padding: str) -> int:
@@ -152,15 +166,21 @@ class _Builder:
                 raise self.error(path, name, f"conv2d needs an [H, W, C] input, got {list(shape)}")
             h, w, c = shape
             (kh, kw), (sh, sw) = pair(spec.kernel), pair(spec.stride)
+            g = spec.groups
+            if c % g:
+                raise self.error(path, name, f"groups: {g} does not divide the {c} input channels")
+            if spec.filters % g:
+                raise self.error(path, name, f"groups: {g} does not divide the {spec.filters} filters "
+                                             "(filters must be a multiple of groups)")
             if spec.padding == "valid" and (h < kh or w < kw):
                 raise self.error(path, name, f"{kh}x{kw} valid conv on a {h}x{w} map")
             ho, wo = _pool_out(h, kh, sh, spec.padding), _pool_out(w, kw, sw, spec.padding)
             if spec.padding == "same":
                 node.padding = (*_same_pad(h, kh, sh), *_same_pad(w, kw, sw))
             node.out_shape = (ho, wo, spec.filters)
-            node.binary, node.fan_in, node.units = spec.binary, kh * kw * c, spec.filters
+            node.binary, node.fan_in, node.units, node.groups = spec.binary, kh * kw * (c // g), spec.filters, g
             node.positions = ho * wo
-            node.weight_shape = (kh, kw, c, spec.filters)
+            node.weight_shape = (kh, kw, c // g, spec.filters)  # Keras' grouped layout: (kh, kw, Cin/groups, N)
             node.window, node.strides = (kh, kw), (sh, sw)
         elif isinstance(spec, (MaxPool, AvgPool)):
             if len(shape) != 3:
@@ -188,7 +208,7 @@ class _Builder:
                 raise self.error(path, name, f"softmax_ce needs a flat input of class scores, got {list(shape)}")
             if shape[0] < 2:
                 raise self.error(path, name, "softmax_ce needs at least 2 classes")
-        elif not isinstance(spec, (BatchNorm, Sign, ReLU)):  # pragma: no cover - exhaustive
+        elif not isinstance(spec, (BatchNorm, Sign, ReLU, PReLU)):  # pragma: no cover - exhaustive
             raise self.error(path, name, f"unsupported layer kind {spec.kind}")
         node.first = t.is_data and node.kind in ("dense", "conv2d")
         return self.add_node(node)

@@ -7,7 +7,8 @@ knowing any number format (formats are the cost model's business).
 
 Shapes (`SHAPES`): `input` and `output` are the layer's per-sample tensors
 (batched: B in front); `weight` is its kernel and `lowered_input` its
-input as im2col columns, positions x inputs per output (dense and conv2d only);
+input as im2col columns, positions x (kh*kw*Cin) (dense and conv2d only; a
+grouped conv's K inputs per output times its groups);
 `channels` is one value per input channel, `out_channels` one per output
 channel; `sample` is one value per sample (e.g. a label).
 
@@ -29,7 +30,7 @@ SHAPES: dict[str, str] = {
     "output": "the layer's output, per sample",
     "weight": "the layer's kernel (dense and conv2d only)",
     "lowered_input": "the layer's input lowered to columns, per sample: output positions x inputs per output "
-                     "(im2col; dense and conv2d only)",
+                     "x groups (im2col; dense and conv2d only)",
     "channels": "one value per input channel",
     "out_channels": "one value per output channel",
     "sample": "one value per sample",
@@ -53,7 +54,7 @@ def relative_shape(node: Node, word: str) -> tuple[Shape, bool]:
     if word == "lowered_input":
         if node.kind not in WEIGHTED_KINDS:
             raise ValueError(f"{node.name} ({node.kind}) lowers no input")
-        return (node.positions, node.fan_in), True
+        return (node.positions, node.fan_in * node.groups), True  # every group's patch: kh*kw*Cin a position
     if word == "channels":
         return (node.in_shape[-1],), False
     if word == "out_channels":
@@ -95,7 +96,8 @@ def parameter_tensors(graph: Graph, batchnorm: str, optimizer: str) -> list[tupl
     """(layer, name, shape, optimizer) of every trainable tensor, one tensor each, with what updates it.
 
     A kernel is one tensor; batchnorm's parameters are one tensor per kind of
-    parameter (gamma and beta for l2, beta alone for l1), one value per channel.
+    parameter (gamma and beta for l2, beta alone for l1), one value per channel;
+    a prelu's slopes are one tensor, one value per channel.
     Bop updates binary kernels only; the other tensors of a Bop strategy use
     Adam (as layers.storage keeps their state).
     """
@@ -108,4 +110,6 @@ def parameter_tensors(graph: Graph, batchnorm: str, optimizer: str) -> list[tupl
             by = "adam" if optimizer == "bop" else optimizer
             names = ("gamma", "beta") if batchnorm == "l2" else ("beta",)
             out.extend((node.name, p, (node.channels,), by) for p in names)
+        elif node.kind == "prelu":
+            out.append((node.name, "slope", (node.channels,), "adam" if optimizer == "bop" else optimizer))
     return out

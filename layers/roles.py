@@ -8,7 +8,7 @@ without knowing formats.
 ROLES: dict[str, str] = {
     "input": "the data batch, kept for the first layer's dW",
     "binary_input": "saved input of a binary dense/conv (not the first layer)",
-    "real_input": "saved input of a full-precision dense/conv (not the first layer)",
+    "real_input": "saved input of a full-precision dense/conv (not the first layer), and of a prelu",
     "norm_output": "what batchnorm saves per element",
     "activation_mask": "what sign / relu saves per element",
     "pool_mask": "max-pool mask, one per pool-input element",
@@ -16,7 +16,7 @@ ROLES: dict[str, str] = {
     "latent_weight": "W",
     "weight_grad": "dW",
     "optimizer_state": "optimizer moments (Adam m and v, SGD or Bop momentum)",
-    "bn_param": "per-channel batchnorm parameters, statistics and their gradients",
+    "bn_param": "per-channel parameters (batchnorm's, a prelu's slopes), batchnorm statistics, their gradients",
     "activation_grad": "dY / dX buffers",
     "activation": ("a layer's forward output, until its last consumer's forward (held in the real_input "
                    "format, or binary_input when its values are +1/-1 by construction, e.g. a sign's)"),

@@ -24,6 +24,10 @@ dense / conv2d, with K inputs per output, N outputs, P output positions:
   weights' signs to the gradient format, `weight_signs`, one row per input
   (N values, K rows in all); a conv computes the column gradient, `col_grad`
   (one row = K values), before folding it back onto the input;
+- a grouped conv (G groups, K = kh*kw*Cin/G, N/G filters a group) runs the
+  above once per group, reusing the same buffers: rows of K values, xnor rows
+  of N/G filters, weight rows of N/G values (K of them); `packed_weight` packs
+  all N filters (each over its group's K) once;
 - batchnorm, sign, relu, maxpool backward, when what they saved is packed
   bits: `unpacked`, one row of the saved tensor (C values) in the gradient
   format.
@@ -101,13 +105,14 @@ def _node_scratch(graph: Graph, node: Node) -> list[Scratch]:
     n = node.name
     if node.kind in ("dense", "conv2d"):
         conv = node.kind == "conv2d"
-        K, N, P = node.fan_in, node.units, node.positions
-        patch = (node.weight_shape[0], node.weight_shape[1], node.channels) if conv else (K,)
+        K, P = node.fan_in, node.positions
+        N = node.group_units  # a grouped conv works group after group: rows of one group's filters
+        patch = (node.weight_shape[0], node.weight_shape[1], node.group_channels) if conv else (K,)
         in_role = "input" if node.first else ("binary_input" if node.binary else "real_input")
         s: list[Scratch] = []
         if node.binary and not node.first:
             s.append(Scratch(f"{n}.xnor", n, fwd, P, (N, *patch), None, "bool"))
-            s.append(Scratch(f"{n}.packed_weight", n, fwd, 0, (N, *patch), None, "bool", fixed_rows=1))
+            s.append(Scratch(f"{n}.packed_weight", n, fwd, 0, (node.units, *patch), None, "bool", fixed_rows=1))
         else:
             if conv:
                 s.append(Scratch(f"{n}.lowered_input", n, fwd, P, (K,), in_role))

@@ -46,6 +46,9 @@ class Conv2D(_Layer):
     stride: Pair = 1
     padding: Literal["same", "valid"] = "valid"
     binary: bool = True
+    # grouped convolution: input channels and filters split into `groups` independent convs
+    # (depthwise: groups = input channels); layers.graph checks that both divide
+    groups: Annotated[int, Field(gt=0, strict=True)] = 1  # strict: `groups: true` is not 1 group
 
 
 class BatchNorm(_Layer):
@@ -58,6 +61,11 @@ class Sign(_Layer):
 
 class ReLU(_Layer):
     kind: Literal["relu"] = "relu"
+
+
+class PReLU(_Layer):
+    """y = x where x > 0, else a_c x: one learnable slope a_c per channel (Bi-Real Net, ReActNet)."""
+    kind: Literal["prelu"] = "prelu"
 
 
 class _Pool(_Layer):
@@ -93,7 +101,7 @@ class Residual(_Layer):
 
 
 LayerSpec = Union[
-    Dense, Conv2D, BatchNorm, Sign, ReLU, MaxPool, AvgPool, GlobalAvgPool,
+    Dense, Conv2D, BatchNorm, Sign, ReLU, PReLU, MaxPool, AvgPool, GlobalAvgPool,
     Flatten, SoftmaxCE, Residual,
 ]
 
@@ -103,6 +111,7 @@ LAYER_CLASSES: dict[str, type[_Layer]] = {
     "batchnorm": BatchNorm,
     "sign": Sign,
     "relu": ReLU,
+    "prelu": PReLU,
     "maxpool": MaxPool,
     "avgpool": AvgPool,
     "global_avgpool": GlobalAvgPool,

@@ -12,6 +12,13 @@ Choices the docstrings of METHOD leave open, made here:
   its saved output until its backward or the step's end, `param_grad` from its
   backward to the update; l1 also saves `norm_scale`, the per-channel mean of
   abs(normalised output) that its backward multiplies the saved sign by;
+- prelu keeps its slopes (one per channel) as `params` in the `bn_param` role
+  and their gradient `param_grad` likewise, with the optimizer state of a
+  batchnorm's parameters: like beta they are per-channel real values with a
+  full gradient (a 1-bit sign gradient is for kernels, METHOD 3.1 step 4). Its
+  backward needs x itself (da = sum dy x over x <= 0; dx = dy where x > 0, else
+  a dy), so it saves its input as a real value in the `real_input` format
+  whatever arrives (float16 under proposed); a sign of x would not do;
 - Adam keeps m and v, SGD one momentum, Bop one momentum per binary weight
   (Bop trains binary weights with no latent copy, so a binary layer's weight is
   held as its sign, 1 bit; batchnorm and full-precision layers use Adam, as
@@ -115,6 +122,12 @@ def stored_variables(graph: Graph, *, batchnorm: str, optimizer: str, retention:
             if batchnorm == "l1":
                 saved(node, "norm_scale", "bn_param", (c,), batched=False)
             grad(node, "param_grad", "bn_param", (p, c))
+        elif k == "prelu":
+            c = node.channels
+            persistent(f"{node.name}.params", node.name, "bn_param", (c,))
+            optimizer_state(node, (c,), False)
+            saved(node, "input", "real_input", node.in_shape)
+            grad(node, "param_grad", "bn_param", (c,))
         elif k in ("sign", "relu"):
             saved(node, "mask", "activation_mask", node.in_shape)
         elif k == "maxpool":

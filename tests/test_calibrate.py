@@ -395,7 +395,8 @@ def test_the_linear_loops_are_the_trainers(strategy):
     model = parse_model({"name": "loops", "input": [10, 10, 3], "layers": [
         {"conv2d": {"filters": 64, "kernel": 3, "padding": "same"}}, {"batchnorm": {}}, {"sign": {}},
         {"conv2d": {"filters": 32, "kernel": 3, "padding": "same"}}, {"batchnorm": {}}, {"sign": {}},
-        {"conv2d": {"filters": 24, "kernel": 3, "binary": False}}, {"batchnorm": {}}, {"relu": {}},
+        {"conv2d": {"filters": 32, "kernel": 3, "padding": "same", "groups": 4}}, {"batchnorm": {}}, {"sign": {}},
+        {"conv2d": {"filters": 24, "kernel": 3, "binary": False, "groups": 2}}, {"batchnorm": {}}, {"relu": {}},
         {"flatten": {}}, {"dense": {"units": 300}}, {"batchnorm": {}}, {"sign": {}},
         {"dense": {"units": 10}}, {"batchnorm": {}}, {"softmax_ce": {}}]})
     g, s = graph_of(model), as_strategy(strategy)

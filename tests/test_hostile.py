@@ -171,6 +171,12 @@ def test_model_yaml_with_wrong_types(capsys, tmp_path, key):
     ("name: m\ninput: [4, 4, 1]\nlayers:\n  - conv2d: {filters: 4, kernel: 9}\n" + MLP_LAYERS, "conv2d_1"),
     ("name: m\ninput: [16]\nlayers:\n  - conv2d: {filters: 4, kernel: 3}\n" + MLP_LAYERS, "conv2d_1"),
     ("name: m\ninput: [16]\nlayers:\n  - dense: {units: 4}\n  - dense: {units: 4}\n", "softmax_ce"),
+    ("name: m\ninput: [4, 4, 6]\nlayers:\n  - conv2d: {filters: 8, kernel: 1, groups: 4}\n" + MLP_LAYERS,
+     "conv2d_1): groups: 4 does not divide the 6 input channels"),
+    ("name: m\ninput: [4, 4, 6]\nlayers:\n  - conv2d: {filters: 8, kernel: 1, groups: 3}\n" + MLP_LAYERS,
+     "conv2d_1): groups: 3 does not divide the 8 filters"),
+    ("name: m\ninput: [4, 4, 6]\nlayers:\n  - conv2d: {filters: 6, kernel: 1, groups: -6}\n" + MLP_LAYERS,
+     "conv2d_1): groups: input should be greater than 0"),
     ("name: m\ninput: [16]\nlayers: [\n", "malformed YAML"),
     ("name: m\ninput: [16]\nlayers:\n  - dense: {units: 4}\n\t- sign: {}\n", "malformed YAML"),
 ])

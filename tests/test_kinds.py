@@ -82,3 +82,166 @@ def test_non_square_model_verifies_to_the_byte_and_op(strategy, retention):
     assert not [c.name for c in v.variables if not c.ok]
     assert v.peak.ledger_ok and not v.op_mismatches
     assert v.ok
+
+
+# ---------------------------------------------------------------- grouped and depthwise conv2d
+
+GROUPED = str(Path(__file__).parent / "data" / "small-grouped.yaml")
+
+
+def test_grouped_conv_shapes_weights_and_parameters():
+    g = graph([{"conv2d": {"filters": 12, "kernel": 3, "groups": 3, "padding": "same"}},
+               {"conv2d": {"filters": 12, "kernel": [3, 1], "groups": 12, "binary": False}}, *TAIL], (5, 5, 6))
+    grouped, depthwise = g.nodes[0], g.nodes[1]
+    # 3 groups of 2 input channels and 4 filters: each output reads 3*3*2 inputs
+    assert grouped.weight_shape == (3, 3, 2, 12) and grouped.fan_in == 18 and grouped.groups == 3
+    assert grouped.group_channels == 2 and grouped.group_units == 4 and grouped.out_shape == (5, 5, 12)
+    # depthwise: one channel a group
+    assert depthwise.weight_shape == (3, 1, 1, 12) and depthwise.fan_in == 3 and depthwise.out_shape == (3, 5, 12)
+    # kernels 3*3*2*12 + 3*1*1*12, plus the dense 3*5*12 -> 2
+    assert g.parameter_count() == 216 + 36 + 180 * 2
+    ungrouped = graph([{"conv2d": {"filters": 12, "kernel": 3, "padding": "same"}}, *TAIL], (5, 5, 6))
+    assert ungrouped.nodes[0].weight_shape == (3, 3, 6, 12) and ungrouped.nodes[0].groups == 1
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"filters": 8, "groups": 4}, "groups: 4 does not divide the 6 input channels"),
+    ({"filters": 9, "groups": 2}, "groups: 2 does not divide the 9 filters"),
+    ({"filters": 6, "groups": 0}, "groups: input should be greater than 0"),
+    ({"filters": 6, "groups": "2"}, "groups: input should be a valid integer"),
+    ({"filters": 6, "groups": True}, "groups: input should be a valid integer"),
+    ({"filters": 6, "groups": 1.5}, "groups: input should be a valid integer"),
+])
+def test_groups_that_do_not_divide_are_refused_naming_the_layer_and_field(fields, problem):
+    with pytest.raises(ModelError) as err:
+        graph([{"conv2d": {"kernel": 3, **fields}}, *TAIL], (5, 5, 6))
+    msg = str(err.value)
+    assert msg.startswith("t: layer 0 (conv2d_1): ") and problem in msg and "\n" not in msg
+
+
+def test_groups_is_a_field_of_conv2d_only():
+    with pytest.raises(ModelError, match="groups: unknown field"):
+        graph([{"flatten": {}}, {"dense": {"units": 4, "groups": 2}}, {"softmax_ce": {}}], (8,))
+
+
+def test_grouped_ops_by_hand():
+    b = 3
+    g = graph([{"conv2d": {"filters": 4, "kernel": 3, "binary": False}}, {"sign": {}},
+               {"conv2d": {"filters": 8, "kernel": 3, "groups": 2, "padding": "same"}},  # 2 groups of 2 channels
+               {"sign": {}},
+               {"conv2d": {"filters": 8, "kernel": [2, 1], "groups": 8, "binary": False}},  # depthwise
+               *TAIL], (6, 6, 1))
+    ops = ops_at(g, "standard", b)
+    # conv2d_2: 4x4x4 -> 4x4x8, K = 3*3*4/2 = 18 inputs per output: one 64-bit word a patch
+    assert ops[("conv2d_2", "forward", "bit_mac", "bool")] == b * 16 * 8 * 18
+    assert ops[("conv2d_2", "forward", "xnor_popcount", "bool")] == b * 16 * 8 * 1
+    # dX: M x K adds, and the fold of every group's column gradient: R x K x groups = R x 3*3*4
+    assert ops[("conv2d_2", "backward_dx", "add", "float32")] == b * 16 * 8 * 18 + b * 16 * 36
+    assert ops[("conv2d_2", "backward_dw", "add", "float32")] == b * 16 * 8 * 18
+    assert ops[("conv2d_2", "update", "sqrt", "float32")] == 3 * 3 * 2 * 8  # one per weight
+    # conv2d_3, depthwise 2x1 on 4x4x8 -> 3x4x8: K = 2, multiply-accumulates R x N x 2
+    assert ops[("conv2d_3", "forward", "mac", "float32")] == b * 12 * 8 * 2
+    assert ops[("conv2d_3", "backward_dx", "mac", "float32")] == b * 12 * 8 * 2
+    assert ops[("conv2d_3", "backward_dx", "add", "float32")] == b * 12 * 2 * 8
+    assert ops[("conv2d_3", "update", "sqrt", "float32")] == 2 * 8
+
+
+def test_grouped_scratch_is_one_group_and_packed_weight_every_filter():
+    from bnncost.layers.scratch import scratch_needs
+
+    g = graph([{"conv2d": {"filters": 4, "kernel": 3, "binary": False}}, {"sign": {}},
+               {"conv2d": {"filters": 8, "kernel": 3, "groups": 2, "padding": "same"}}, *TAIL], (6, 6, 1))
+    need = {w.name.split(".")[1]: w for w in scratch_needs(g) if w.layer == "conv2d_2"}
+    assert need["xnor"].row_shape == (4, 3, 3, 2) and need["xnor"].rows_per_sample == 16
+    assert need["packed_weight"].row_shape == (8, 3, 3, 2)
+    assert need["dw_operand"].row_shape == (18,) and need["col_grad"].row_shape == (18,)
+    assert need["weight_signs"].row_shape == (4,) and need["weight_signs"].fixed_rows == 18
+
+
+@pytest.mark.parametrize("retention", ["step", "backward"])
+@pytest.mark.parametrize("strategy", ["standard", "proposed", "proposed-po2", "bop", "ladder-1-binary-activations",
+                                      "ladder-2-l1-batchnorm", "ladder-3-binary-dw"])
+def test_grouped_model_verifies_to_the_byte_and_op(strategy, retention):
+    v = cli.run_verification(GROUPED, strategy, 4, steps=1, retention=retention)
+    assert not [c.name for c in v.variables if not c.ok]
+    assert v.peak.ledger_ok and not v.op_mismatches
+    assert v.ok
+
+
+# ---------------------------------------------------------------- prelu
+
+PRELU = str(Path(__file__).parent / "data" / "small-prelu.yaml")
+SHIPPED = ["standard", "proposed", "proposed-po2", "bop", "ladder-1-binary-activations", "ladder-2-l1-batchnorm",
+           "ladder-3-binary-dw"]
+
+
+def stored(g, strategy="proposed", retention="step"):
+    from bnncost.layers.storage import stored_variables
+    s = load_strategy(strategy)
+    return {v.name: v for v in stored_variables(g, batchnorm=s.batchnorm, optimizer=s.optimizer, retention=retention)}
+
+
+def test_prelu_slopes_are_per_channel_parameters_and_its_input_is_saved_real():
+    g = graph([{"conv2d": {"filters": 5, "kernel": 3}}, {"prelu": {}}, *TAIL], (6, 6, 2))
+    node = g.nodes[1]
+    assert node.out_shape == (4, 4, 5) and node.parameters() == 5
+    assert g.parameter_count("l1") == 3 * 3 * 2 * 5 + 5 + 16 * 5 * 2
+    v = stored(g, retention="backward")
+    assert (v["prelu_1.params"].role, v["prelu_1.params"].shape) == ("bn_param", (5,))
+    assert (v["prelu_1.param_grad"].role, v["prelu_1.param_grad"].alloc, v["prelu_1.param_grad"].free) == \
+        ("bn_param", "backward:prelu_1", "update")
+    assert {"prelu_1.adam_m", "prelu_1.adam_v"} <= set(v)
+    saved = v["prelu_1.input"]
+    assert (saved.role, saved.shape, saved.batched) == ("real_input", (4, 4, 5), True)
+    assert (saved.alloc, saved.free) == ("forward:prelu_1", "backward:prelu_1")
+    # after a sign its input is +1/-1, but the slope's gradient needs x: still saved as a real value
+    g = graph([{"sign": {}}, {"prelu": {}}, *TAIL], (3, 3, 2))
+    assert stored(g)["prelu_1.input"].format_in(load_strategy("proposed").format_of) == "float16"
+    # Bop trains binary kernels only; a slope keeps Adam
+    assert {"prelu_1.adam_m", "prelu_1.adam_v"} <= set(stored(g, "bop"))
+
+
+def test_prelu_ops_by_hand():
+    b = 3
+    g = graph([{"dense": {"units": 6, "binary": False}}, {"prelu": {}}, {"dense": {"units": 2}}, {"softmax_ce": {}}],
+              (4,))
+    e = b * 6
+    for strategy, acc in (("standard", "float32"), ("proposed", "float16")):
+        layer = ops_at(g, strategy, b)
+        mine = {k[1:]: v for k, v in layer.items() if k[0] == "prelu_1"}
+        opt = load_strategy(strategy).format_of("optimizer_state")
+        assert mine == {
+            ("forward", "compare", acc): e, ("forward", "mul", acc): e,  # a x where x <= 0
+            ("backward_dw", "compare", acc): e, ("backward_dw", "mul", acc): e, ("backward_dw", "add", acc): e,
+            ("backward_dx", "mul", acc): e,
+            ("update", "mul", opt): 6 * 6, ("update", "add", opt): 4 * 6,  # Adam on the 6 slopes
+            ("update", "sqrt", opt): 6, ("update", "div", opt): 6,
+        }, strategy
+    # po2 gradients: the products with dy are shifts; no dX on the data batch
+    g = graph([{"prelu": {}}, {"dense": {"units": 2, "binary": False}}, {"softmax_ce": {}}], (4,))
+    layer = ops_at(g, "proposed-po2", b)
+    assert layer[("prelu_1", "backward_dw", "shift", "po2")] == b * 4
+    assert not [k for k in layer if k[0] == "prelu_1" and k[1] == "backward_dx"]
+
+
+@pytest.mark.parametrize("retention", ["step", "backward"])
+@pytest.mark.parametrize("strategy", SHIPPED)
+def test_prelu_model_verifies_to_the_byte_and_op(strategy, retention):
+    v = cli.run_verification(PRELU, strategy, 4, steps=1, retention=retention)
+    assert not [c.name for c in v.variables if not c.ok]
+    assert v.peak.ledger_ok and not v.op_mismatches
+    assert v.ok
+
+
+def test_prelu_on_the_data_batch_verifies():
+    model = parse_model({"name": "prelu-first", "input": [5, 5, 2],
+                         "layers": [{"prelu": {}}, {"conv2d": {"filters": 3, "kernel": 3}}, {"batchnorm": {}},
+                                    *TAIL]}, "t")
+    for strategy in ("standard", "proposed"):
+        v = cli.run_verification(model, strategy, 3, steps=1, retention="backward")
+        assert v.ok, strategy
+
+
+def test_prelu_takes_no_fields():
+    with pytest.raises(ModelError, match=r"layer 0 \(prelu_1\): slope: unknown field \(fields of prelu: none\)"):
+        graph([{"prelu": {"slope": 0.1}}, *TAIL], (4, 4, 1))

@@ -381,6 +381,48 @@ def test_training_mode_export_identity_dropout_and_final_softmax(tmp_path):
     assert any("dropped the final node 'logprob' (LogSoftmax)" in note for note in got.notes)
 
 
+def test_prelu_with_per_channel_slopes_bireal_style(tmp_path):
+    """Bi-Real Net / ReActNet: real stem -> BN -> PReLU, a binary block, PReLU on the residual stream."""
+    n = helper.make_node
+    nodes, inits = conv("x", "c0", RNG.normal(size=(8, 3, 3, 3)), "stem", pads=[1, 1, 1, 1])
+    b0, b0i = bn("c0", "h0", 8, "bn0")
+    nodes += b0 + [n("PRelu", ["h0", "slope0"], ["p0"], name="prelu0")]
+    s, _ = sign_idiom("ste", "p0", "s1", "b1_")
+    c, ci = conv("s1", "c1", folded(8, 8, 3), "b1conv", pads=[1, 1, 1, 1])
+    b1, b1i = bn("c1", "h1", 8, "bn1")
+    nodes += s + c + b1 + [n("Add", ["h1", "p0"], ["j1"], name="join1"),
+                           n("PRelu", ["j1", "slope1"], ["p1"], name="prelu1"),
+                           n("GlobalAveragePool", ["p1"], ["g"]), n("Flatten", ["g"], ["f"]),
+                           n("PRelu", ["f", "slope2"], ["pf"], name="prelu2")]  # [batch, C]: a slope of shape [C]
+    head, hi = gemm_head("pf", 8, 10, bias=False)
+    inits += b0i + ci + b1i + hi + [const("slope0", np.full((8, 1, 1), 0.25)),
+                                    const("slope1", RNG.uniform(0, 1, (8, 1, 1))), const("slope2", RNG.uniform(0, 1, 8))]
+    path = save(tmp_path, nodes + head, inits, ["batch", 3, 8, 8])
+    got = import_onnx(path)
+    assert kinds(got.model) == expected("""
+- conv2d: {filters: 8, kernel: 3, padding: same, binary: false}
+- batchnorm: {}
+- prelu: {}
+- residual:
+    body: [{sign: {}}, {conv2d: {filters: 8, kernel: 3, padding: same}}, {batchnorm: {}}]
+- prelu: {}
+- global_avgpool: {}
+- prelu: {}
+- dense: {units: 10, binary: false}
+- softmax_ce: {}
+""", [8, 8, 3])
+    assert [node.parameters() for node in graph_of(got.model).nodes if node.kind == "prelu"] == [8, 8, 8]
+
+
+def test_a_prelu_slope_shared_by_all_channels_is_refused_by_node(capsys, tmp_path):
+    n = helper.make_node
+    nodes = [n("PRelu", ["x", "slope"], ["p"], name="act"), n("GlobalAveragePool", ["p"], ["g"]),
+             n("Flatten", ["g"], ["f"])]
+    head, hi = gemm_head("f", 4, 10, bias=False)
+    path = save(tmp_path, nodes + head, [const("slope", [0.25])] + hi, [1, 4, 8, 8])
+    refused(capsys, tmp_path, path, "node 'act' (PRelu)", "shared by all 4 channels", "one per channel")
+
+
 # ------------------------------------------------------------------ kinds bnncost may not model yet
 
 def test_kinds_beyond_the_layer_set_are_refused_or_mapped(tmp_path):
@@ -573,3 +615,54 @@ def test_explicit_pad_is_folded_into_the_conv_or_pool_after_it(tmp_path):
 - dense: {units: 10, binary: false}
 - softmax_ce: {}
 """, [8, 8, 3])
+
+
+# ------------------------------------------------------------------ grouped and depthwise convs (issue 11 item 3)
+
+def grouped_graph(tmp_path) -> str:
+    """Binary depthwise stem (group = channels), sign, binary grouped conv (group 2), FP depthwise conv, head."""
+    n = helper.make_node
+    nodes, inits = conv("x", "c0", folded(4, 1, 3), "dw", group=4, pads=[1, 1, 1, 1])
+    b0, b0i = bn("c0", "n0", 4, "bn0")
+    s1, _ = sign_idiom("ste", "n0", "s1", "a1_")
+    c1, c1i = conv("s1", "c1", folded(8, 2, 3), "gconv", group=2)
+    b1, b1i = bn("c1", "n1", 8, "bn1")
+    c2, c2i = conv("r1", "c2", RNG.normal(size=(8, 1, 3, 3)), "fpdw", group=8, pads=[1, 1, 1, 1], strides=[2, 2])
+    nodes += b0 + s1 + c1 + b1 + [n("Relu", ["n1"], ["r1"])] + c2
+    nodes += [n("GlobalAveragePool", ["c2"], ["g"]), n("Flatten", ["g"], ["f"])]
+    head, hi = gemm_head("f", 8, 10, bias=False)
+    return save(tmp_path, nodes + head, inits + b0i + c1i + b1i + c2i + hi, ["batch", 4, 8, 8], name="grouped.onnx")
+
+
+GROUPED_LAYERS = """
+- conv2d: {filters: 4, kernel: 3, padding: same, groups: 4}
+- batchnorm: {}
+- sign: {}
+- conv2d: {filters: 8, kernel: 3, groups: 2}
+- batchnorm: {}
+- relu: {}
+- conv2d: {filters: 8, kernel: 3, stride: 2, padding: same, groups: 8, binary: false}
+- global_avgpool: {}
+- dense: {units: 10, binary: false}
+- softmax_ce: {}
+"""
+
+
+def test_grouped_and_depthwise_convs_import_and_run_end_to_end(capsys, tmp_path):
+    path = grouped_graph(tmp_path)
+    got = import_onnx(path)
+    assert kinds(got.model) == expected(GROUPED_LAYERS, [8, 8, 4])
+    g = build_graph(got.model)
+    assert [n.weight_shape for n in g.nodes if n.kind == "conv2d"] == [(3, 3, 1, 4), (3, 3, 2, 8), (3, 3, 1, 8)]
+    yaml_path = tmp_path / "grouped.yaml"
+    code, _, err = run(capsys, "import", path, "-o", yaml_path)
+    assert code == 0, err
+    outs = []
+    for p in (path, yaml_path):
+        code, out, err = run(capsys, "predict", p, "--batch", "8", "--json")
+        assert code == 0, err
+        outs.append(out)
+    assert outs[0] == outs[1]
+    code, out, err = run(capsys, "verify", path, "--batch", "4", "--steps", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["model"] == "grouped"

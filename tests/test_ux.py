@@ -190,6 +190,16 @@ def test_a_narrow_terminal_cuts_no_name(capsys, monkeypatch):
     assert "x batch" in out and "x B" not in out
     formula_line = next(line for line in out.splitlines() if "x batch" in line)
     assert "MiB + " in formula_line  # the formula is on one line, not wrapped mid-term
+    code, out, _ = run(capsys, "compare", "mlp")
+    assert any(line.startswith("savings against standard") for line in out.splitlines())  # a header breaks at ' · '
+
+
+def test_header_lines_break_only_between_settings():
+    from bnncost.tables import header_line
+    parts = ["[bold]cnv[/]", "strategy [bold]proposed[/]", "batch 100", "workspace 0 B (in place)"]
+    assert header_line(parts, 200) == " · ".join(parts)
+    lines = header_line(parts, 30).split("\n")
+    assert lines == ["[bold]cnv[/] · strategy [bold]proposed[/]", "batch 100", "workspace 0 B (in place)"]
 
 
 # ---------------------------------------------------------------- summary

@@ -1,10 +1,14 @@
-"""sign (with the straight-through estimator) and relu (METHOD 2.1).
+"""sign (with the straight-through estimator), relu and prelu (METHOD 2.1).
 
 sign: y = +1 where x >= 0, else -1 (sign(0) = +1, the same convention as the
 bits of a packed tensor); it saves the STE mask |x| <= 1 and its backward
 passes dy where the mask holds. relu: y = max(0, x), saves x > 0. Masks are
 held in the `activation_mask` format (1 bit each when bool) and expanded a
 chunk of rows at a time into the `unpacked` scratch for the backward.
+prelu: y = x where x > 0, else a_c x, with one slope a_c per channel (the
+last axis) held in the `bn_param` format and initialised to 0.25 (PyTorch's
+nn.PReLU); it saves x in the `real_input` format (layers.storage) and its
+backward computes da_c = sum of dy x over x <= 0 and dx = dy (x > 0) or a_c dy.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from bnncost.trainer import codec
-from bnncost.trainer.base import Op, row_chunks, temp_rows
+from bnncost.trainer.base import Op, ParamSpec, row_chunks, temp_rows
+
+PRELU_INIT = 0.25  # torch.nn.PReLU's default slope (Bi-Real Net and ReActNet train from it)
 
 
 class _Gate(Op):
@@ -96,3 +102,73 @@ class ReLU(_Gate):
 
     def _count_forward(self, E):
         self.count("forward", "compare", self.ctx.fwd, E)
+
+
+class PReLU(Op):
+    """A per-channel leaky slope learned like batchnorm's beta (Adam on the full gradient)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.C = node.channels
+        self.bn = ctx.fmt("bn_param")
+
+    def init_params(self, rng):
+        slopes = np.full(self.C, PRELU_INIT, np.float32)
+        self.ctx.ledger.persist(f"{self.name}.params", self.name, "bn_param", self.bn, (self.C,),
+                                codec.encode(slopes, self.bn))
+
+    def params(self):
+        return [ParamSpec(f"{self.name}.params", f"{self.name}.param_grad", self.name, self.bn, self.bn, (self.C,))]
+
+    def _slopes(self) -> np.ndarray:
+        return codec.decode_copy(self.ctx.ledger[f"{self.name}.params"], self.bn)
+
+    def forward(self, xs):
+        x, xf = xs[0]
+        ctx, C = self.ctx, self.C
+        x2 = codec.rows(x, xf, C)
+        m = x2.shape[0]
+        y = ctx.output(self.node)
+        of = ctx.out_fmt(self.node)
+        y2 = y.reshape(m, C)
+        a = self._slopes()
+        saved2, rf = None, ctx.fmt("real_input")
+        if ctx.training:
+            saved2 = ctx.save(self.node, "input", "real_input", (x.shape[0], *self.node.in_shape)).reshape(m, C)
+        for r0, r1 in row_chunks(m, temp_rows(C)):
+            xc = codec.decode(x2[r0:r1], xf, C)
+            if saved2 is not None:
+                codec.encode_into(saved2[r0:r1], xc, rf)
+            codec.encode_into(y2[r0:r1], np.where(xc > 0, xc, xc * a), of)
+        self.count("forward", "compare", ctx.fwd, m * C)
+        self.count("forward", "mul", ctx.fwd, m * C)
+        return y, of
+
+    def backward(self):
+        ctx, node, C = self.ctx, self.node, self.C
+        dy, gf = ctx.grad_in(node.output)
+        dy2 = dy.reshape(-1, C)
+        m = dy2.shape[0]
+        rf = ctx.fmt("real_input")
+        x2 = ctx.ledger[f"{self.name}.input"].reshape(m, C)
+        a = self._slopes()
+        needs_dx = ctx.needs_grad(node.inputs[0])
+        if needs_dx:
+            tgt, tf, accumulate = ctx.grad_out(node.inputs[0])
+            t2 = tgt.reshape(m, C)
+        da = np.zeros(C, np.float64)
+        for r0, r1 in row_chunks(m, temp_rows(C)):
+            g = codec.decode(dy2[r0:r1], gf)
+            xc = codec.decode(x2[r0:r1], rf)
+            pos = xc > 0
+            da += np.where(pos, np.float32(0), g * xc).sum(axis=0)
+            if needs_dx:
+                codec.store(t2[r0:r1], np.where(pos, g, g * a), tf, accumulate)
+        pg = ctx.param_grad(node, "param_grad", "bn_param", (C,))
+        codec.encode_into(pg, da.astype(np.float32), self.bn)
+        E, acc = m * C, ctx.counter.acc
+        self.count("backward_dw", "compare", ctx.fwd, E)
+        ctx.counter.gmul(self.name, "backward_dw", E)
+        self.count("backward_dw", "add", acc, E)
+        if needs_dx:
+            ctx.counter.gmul(self.name, "backward_dx", E)

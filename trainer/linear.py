@@ -17,8 +17,16 @@ first layer, or full precision) pads with 0. Every strategy computes the same:
 the forward of a binary layer always goes through packed bits, whatever format
 its input is saved in.
 
-Weights are (K, N) for dense and (k, k, Cin, N) for conv (K = k*k*Cin, patch
+Weights are (K, N) for dense and (kh, kw, Cin, N) for conv (K = kh*kw*Cin, patch
 order (i, j, c)); bool (Bop) kernels are packed along N.
+
+Grouped conv (G groups; depthwise when G = Cin): the kernel is (kh, kw, Cin/G,
+N), a (K, N) matrix with K = kh*kw*Cin/G whose columns g*N/G..(g+1)*N/G are
+group g's filters, reading input channels g*Cin/G..(g+1)*Cin/G. Every phase
+runs the ungrouped algorithm once per group on those column and channel
+slices (numpy views), reusing the same scratch buffers (layers.scratch sizes
+them for one group); the group's channels of a packed tensor are cut out of
+its bits when they do not start and end on a byte.
 
 Weight rows in blocks. The scratch of weight size, `sign_weight` (forward of
 the first layer), `weight_signs` (dX) and `dw_accum` (dW kept as its sign),
@@ -64,6 +72,7 @@ class Linear(Op):
         s = ctx.strategy
         self.conv = node.kind == "conv2d"
         self.K, self.N, self.P = node.fan_in, node.units, node.positions
+        self.G, self.Ng, self.Cg = node.groups, node.group_units, node.group_channels
         self.binary, self.first = node.binary, node.first
         self.bits = s.optimizer == "bop" and node.binary
         self.w_name = f"{node.name}.weight"
@@ -100,16 +109,33 @@ class Linear(Op):
         w = self.ctx.ledger[self.w_name]
         return w.reshape(self.K, -1)
 
-    def _signs_into(self, dst: np.ndarray, fmt: str, k0: int = 0, k1: int | None = None) -> None:
-        """dst (k1 - k0, N) in `fmt` <- sign(W) of the weight rows k0..k1 as +1/-1 (sign(0) = +1)."""
+    def _cols(self, g: int) -> slice:
+        """Group g's filters: its columns of the (K, N) kernel, of the output and of dY."""
+        return slice(g * self.Ng, (g + 1) * self.Ng)
+
+    def _channels(self, g: int) -> slice:
+        """Group g's input channels."""
+        return slice(g * self.Cg, (g + 1) * self.Cg)
+
+    def _signs_into(self, dst: np.ndarray, fmt: str, k0: int = 0, k1: int | None = None, g: int = 0) -> None:
+        """dst (k1 - k0, N/G) in `fmt` <- sign(W) of the weight rows k0..k1 of group g as +1/-1 (sign(0) = +1)."""
         k1 = self.K if k1 is None else k1
         w = self._w2()
         rows = temp_rows(self.N)
+        cols = self._cols(g)
         for a, b in row_chunks(k1 - k0, rows):
             src, out = w[k0 + a:k0 + b], dst[a:b]
-            if self.bits:
+            if self.bits and self.G == 1:
                 fill_signs(out, src, self.N, fmt)
-            elif codec.copysign_one(src, out):
+                continue
+            if self.bits:  # the group's columns of the rows' bits
+                full = codec.empty(fmt, (b - a, self.N))
+                fill_signs(full, src, self.N, fmt)
+                out[...] = full[:, cols]
+                continue
+            if self.G > 1:
+                src = src[:, cols]
+            if codec.copysign_one(src, out):
                 pass
             else:
                 codec.store_signs(codec.nonnegative(src), out, fmt)
@@ -126,22 +152,27 @@ class Linear(Op):
         buf, fmt = got
         return buf, fmt, list(row_chunks(self.K, buf.shape[0]))
 
-    def _sign_blocks(self, short: str):
-        """(matrix, format, blocks, filled): sign(W) held in `short` block by block of its K rows.
+    def _group_weights(self, g: int, held: tuple | None):
+        """(matrix, format, blocks, filled) group g multiplies by: its kernel columns (full precision), or
+        sign(W) held in a weight-row scratch `held` = (buf, fmt, blocks) block by block of its K rows.
 
-        When the whole of K fits in one block it is filled here, once; otherwise
-        the caller fills each block where it uses it (`_signs_into(buf, fmt, k0, k1)`).
+        When the whole of K fits in one block the signs are filled here, once
+        per group; otherwise the caller fills each block where it uses it
+        (`_signs_into(buf, fmt, k0, k1, g)`).
         """
-        buf, fmt, blocks = self._weight_rows(short)
+        if held is None:
+            w = self._w2()
+            return (w[:, self._cols(g)] if self.G > 1 else w), self.w_fmt, [(0, self.K)], True
+        buf, fmt, blocks = held
         if len(blocks) == 1:
-            self._signs_into(buf, fmt)
+            self._signs_into(buf, fmt, g=g)
         return buf, fmt, blocks, len(blocks) == 1
 
     def _pack_filters(self, pw: np.ndarray) -> None:
         """pw (N, *patch) bits <- sign(W) per filter, packed along the patch's last axis."""
         w = self._w2()
         N, K = self.N, self.K
-        c_in = self.node.channels if self.conv else K
+        c_in = self.Cg if self.conv else K
         lead = (*self.window, c_in) if self.conv else (K,)
         step = 8 * max(1, (1 << 16) // (8 * K))
         for j0, j1 in row_chunks(N, step):
@@ -183,8 +214,8 @@ class Linear(Op):
             codec.store_signs(codec.unpack_bits(xc, C) if xf == "bool" else codec.nonnegative(xc), s2[r0:r1], fmt)
         return saved
 
-    def _packed_rows(self, x, xf, saved, r0, r1) -> np.ndarray:
-        """Packed sign bits of the input patches of rows r0..r1, as (r, bytes per patch)."""
+    def _packed_rows(self, x, xf, saved, r0, r1, g: int = 0) -> np.ndarray:
+        """Packed sign bits of group g's input patches of rows r0..r1, as (r, bytes per patch)."""
         packed = saved if (saved is not None and self.ctx.fmt("binary_input") == "bool") else None
         if packed is None and xf == "bool":
             packed = x  # a sign's output, already bits
@@ -194,17 +225,30 @@ class Linear(Op):
             return np.packbits(codec.nonnegative(x[r0:r1]), axis=-1)
         B = x.shape[0]
         kk = self.patches.taps
-        cb = -(-self.node.channels // 8)
+        Cg = self.Cg
+        cb = -(-Cg // 8)
         pat = np.empty((r1 - r0, kk, cb), np.uint8)
+        src = (packed if packed is not None else x).reshape(B * self.patches.hw, -1)
+        bit_cut = packed is not None and self.G > 1 and Cg % 8 != 0  # the group's bits do not fill whole bytes
+        if packed is not None and self.G > 1:  # the bytes holding the group's bits
+            src = src[:, g * Cg // 8:-(-(g + 1) * Cg // 8)]
+        elif packed is None and self.G > 1:
+            src = src[:, self._channels(g)]
         for a, b in self.patches.blocks(r0, r1):
             idx, inv = self.patches.rows(a, b)
             dst = pat[a - r0:b - r0]
-            if packed is not None:
-                np.take(packed.reshape(B * self.patches.hw, -1), idx, axis=0, out=dst)
+            if bit_cut:
+                first = g * Cg - 8 * (g * Cg // 8)  # the group's first bit in its first byte
+                bits = np.unpackbits(np.take(src, idx, axis=0), axis=-1)[..., first:first + Cg]
+                if inv is not None:
+                    bits[inv] = 0  # bit 0 = -1: binary padding
+                dst[...] = np.packbits(bits, axis=-1)
+            elif packed is not None:
+                np.take(src, idx, axis=0, out=dst)
                 if inv is not None:
                     dst[inv] = 0  # bit 0 = -1: binary padding
             else:
-                bits = codec.nonnegative(np.take(x.reshape(B * self.patches.hw, -1), idx, axis=0))
+                bits = codec.nonnegative(np.take(src, idx, axis=0))
                 if inv is not None:
                     bits[inv] = False
                 dst[...] = np.packbits(bits, axis=-1)
@@ -221,18 +265,21 @@ class Linear(Op):
         word = _word_dtype(per_filter)
         pwv = pw.reshape(self.N, per_filter).view(word)
         words64 = -(-self.K // 64)
-        for r0, r1 in row_chunks(R, xn.shape[0]):
-            r = r1 - r0
-            pat = np.ascontiguousarray(self._packed_rows(x, xf, saved, r0, r1)).view(word)
-            dst = xn[:r].reshape(r, self.N, per_filter).view(word)
-            np.bitwise_xor(pat[:, None, :], pwv[None, :, :], out=dst)
-            codec.popcount_inplace(dst)
-            d = dst.sum(axis=-1, dtype=np.int32)
-            d *= -2
-            d += self.K
-            codec.encode_into(y2[r0:r1], d, ctx.fwd)
-            self.count("forward", "xnor_popcount", "bool", r * self.N * words64)
-            self.count("forward", "bit_mac", "bool", r * self.N * self.K)
+        Ng = self.Ng
+        for g in range(self.G):
+            cols = self._cols(g)
+            for r0, r1 in row_chunks(R, xn.shape[0]):
+                r = r1 - r0
+                pat = np.ascontiguousarray(self._packed_rows(x, xf, saved, r0, r1, g)).view(word)
+                dst = xn[:r].reshape(r, Ng, per_filter).view(word)
+                np.bitwise_xor(pat[:, None, :], pwv[None, cols, :], out=dst)
+                codec.popcount_inplace(dst)
+                d = dst.sum(axis=-1, dtype=np.int32)
+                d *= -2
+                d += self.K
+                codec.encode_into(y2[r0:r1, cols], d, ctx.fwd)
+                self.count("forward", "xnor_popcount", "bool", r * Ng * words64)
+                self.count("forward", "bit_mac", "bool", r * Ng * self.K)
 
     def _forward_real(self, x, xf, y2, R):
         ctx, node = self.ctx, self.node
@@ -249,22 +296,23 @@ class Linear(Op):
             x2, s2 = codec.rows(x, xf, C), src.reshape(-1, C)
             for r0, r1 in row_chunks(x2.shape[0], temp_rows(C)):
                 codec.encode_into(s2[r0:r1], codec.decode(x2[r0:r1], xf, C), sf)
-        if self.binary:
-            wm, wf, blocks, filled = self._sign_blocks("sign_weight")
-        else:
-            wm, wf, blocks, filled = self._w2(), self.w_fmt, [(0, self.K)], True
+        held = self._weight_rows("sign_weight") if self.binary else None
         if not self.conv:
+            wm, wf, blocks, filled = self._group_weights(0, held)
             self._times_signs(src.reshape(R, self.K), sf, wm, wf, blocks, filled, y2, ctx.fwd)
         else:
             low, lf = ctx.scratch(node, "lowered_input", R)
-            for r0, r1 in row_chunks(R, low.shape[0]):
-                self._lower(src, sf, low[: r1 - r0], lf, r0, r1, self.pad)
-                self._times_signs(low[: r1 - r0], lf, wm, wf, blocks, filled, y2[r0:r1], ctx.fwd)
+            for g in range(self.G):
+                wm, wf, blocks, filled = self._group_weights(g, held)
+                cols = self._cols(g)
+                for r0, r1 in row_chunks(R, low.shape[0]):
+                    self._lower(src, sf, low[: r1 - r0], lf, r0, r1, self.pad, g)
+                    self._times_signs(low[: r1 - r0], lf, wm, wf, blocks, filled, y2[r0:r1, cols], ctx.fwd, g)
         kind = "add" if self.binary else "mac"
         self.count("forward", kind, ctx.fmt("input" if self.first else "real_input"), R * self.N * self.K)
 
-    def _times_signs(self, a, af, wm, wf, blocks, filled, out, of):
-        """out (r, N) <- a (r, K) @ sign(W), sign(W) held in wm block by block of its K rows.
+    def _times_signs(self, a, af, wm, wf, blocks, filled, out, of, g: int = 0):
+        """out (r, N/G) <- a (r, K) @ sign(W) of group g, held in wm block by block of its K rows.
 
         One block (the whole K, filled once): one product. Several: each block is
         filled from W and its product added, in float32 (in `out` itself when it
@@ -276,21 +324,23 @@ class Linear(Op):
             return
         if of == "float32":
             for k0, k1 in blocks:
-                self._signs_into(wm, wf, k0, k1)
+                self._signs_into(wm, wf, k0, k1, g)
                 matmul(a[:, k0:k1], af, wm[: k1 - k0], wf, out, of, accumulate=k0 > 0)
             return
-        rows = max(1, TILE_BYTES // (4 * self.N))
+        rows = max(1, TILE_BYTES // (4 * self.Ng))
         for i0, i1 in row_chunks(a.shape[0], rows):
-            tile = np.zeros((i1 - i0, self.N), np.float32)
+            tile = np.zeros((i1 - i0, self.Ng), np.float32)
             for k0, k1 in blocks:
-                self._signs_into(wm, wf, k0, k1)
+                self._signs_into(wm, wf, k0, k1, g)
                 matmul(a[i0:i1, k0:k1], af, wm[: k1 - k0], wf, tile, "float32", accumulate=True)
             codec.encode_into(out[i0:i1], tile, of)
 
-    def _lower(self, src, sf, dst, df, r0, r1, pad):
-        """dst (r, K) in df <- the input patches of rows r0..r1 (real values; padding = pad)."""
+    def _lower(self, src, sf, dst, df, r0, r1, pad, g: int = 0):
+        """dst (r, K) in df <- group g's input patches of rows r0..r1 (real values; padding = pad)."""
         B = src.shape[0]
         flat = src.reshape(B * self.patches.hw, -1)
+        if self.G > 1:
+            flat = flat[:, self._channels(g)]
         d3 = dst.reshape(r1 - r0, self.patches.taps, -1)
         for a, b in self.patches.blocks(r0, r1, self.K if (flat.dtype != dst.dtype or sf != df) else None):
             idx, inv = self.patches.rows(a, b)
@@ -314,11 +364,12 @@ class Linear(Op):
         if self.needs_dx:
             self._backward_dx(dy2, gf, R)
 
-    def _operand_rows(self, dst, df, r0, r1, cols: tuple[int, int] | None = None):
-        """dst (r, k1 - k0) in df <- the saved input of rows r0..r1 as real values (lowered for a conv).
+    def _operand_rows(self, dst, df, r0, r1, cols: tuple[int, int] | None = None, g: int = 0):
+        """dst (r, k1 - k0) in df <- the saved input of rows r0..r1 as real values (lowered for a conv:
+        group g's patches).
 
         All K columns by default; `cols` = (k0, k1) asks for those columns only
-        (for a conv, column k is channel k % C of patch offset k // C).
+        (for a conv, column k is channel k % Cg of patch offset k // Cg, of group g's Cg channels).
         """
         ctx = self.ctx
         if self.first:
@@ -337,6 +388,8 @@ class Linear(Op):
                 codec.encode_into(dst, codec.decode(s2[r0:r1, k0:k1], sf), df)
             return
         flat = saved.reshape(B * self.patches.hw, -1)
+        C, Cg = self.node.channels, self.Cg
+        first_channel = g * Cg  # of the group, in the saved input
         if (k0, k1) == (0, self.K):
             if sf == "bool":
                 d3 = dst.reshape(r1 - r0, self.patches.taps, -1)
@@ -345,24 +398,27 @@ class Linear(Op):
                     pat = np.take(flat, idx, axis=0)
                     if inv is not None:
                         pat[inv] = 0
-                    fill_signs(d3[a - r0:b - r0], pat, self.node.channels, df)
+                    if self.G == 1:
+                        fill_signs(d3[a - r0:b - r0], pat, C, df)
+                    else:
+                        _bit_columns(d3[a - r0:b - r0].reshape(-1, Cg), pat.reshape(-1, pat.shape[-1]),
+                                     first_channel, first_channel + Cg, C, df)
             else:
-                self._lower(saved, sf, dst, df, r0, r1, self.pad)
+                self._lower(saved, sf, dst, df, r0, r1, self.pad, g)
             return
-        C = self.node.channels
         pad = self.pad if df in codec.FLOATS else codec.encode(np.array([self.pad], np.float32), df)[0]
-        for a, b in self.patches.blocks(r0, r1, self.node.channels):
+        for a, b in self.patches.blocks(r0, r1, Cg):
             idx, inv = self.patches.rows(a, b)
             d = dst[a - r0:b - r0]
-            for q, c0, c1, j in _offsets(k0, k1, C):
+            for q, c0, c1, j in _offsets(k0, k1, Cg):
                 dq = d[:, j:j + c1 - c0]
                 if sf == "bool":
                     pat = np.take(flat, idx[:, q], axis=0)
                     if inv is not None:
                         pat[inv[:, q]] = 0  # bit 0 = -1: binary padding
-                    _bit_columns(dq, pat, c0, c1, C, df)
+                    _bit_columns(dq, pat, first_channel + c0, first_channel + c1, C, df)
                     continue
-                vals = flat[idx[:, q], c0:c1]
+                vals = flat[idx[:, q], first_channel + c0:first_channel + c1]
                 if sf == df:
                     dq[...] = vals
                 else:
@@ -379,23 +435,29 @@ class Linear(Op):
         acc_fmt = ctx.counter.acc
         op, of = ctx.scratch(node, "dw_operand", R)
         held = op.shape[0]
-        if held >= R:  # the whole batch in one chunk: the operand is expanded once
-            self._operand_rows(op[:R], of, 0, R)
-        elif gf != "float32" and R * self.N * 4 <= TILE_BYTES // 4:  # dY once in float32, not once per block
+        if held < R and gf != "float32" and R * self.N * 4 <= TILE_BYTES // 4:  # dY once in float32, not per block
             dy2, gf = codec.decode(dy2, gf), "float32"
         w2 = wg.reshape(self.K, -1)
-        if wg_fmt == "bool":
-            # the real dW block by block of its rows in dw_accum, each block's sign straight into the packed rows
-            acc, af, blocks = self._weight_rows("dw_accum")
-            for k0, k1 in blocks:
-                a = acc[: k1 - k0]
-                self._dw_rows(a, af, k0, k1, op, of, dy2, gf, R)
-                for r0, r1 in row_chunks(k1 - k0, temp_rows(self.N)):
-                    codec.pack_into(codec.nonnegative(a[r0:r1]) if af in codec.FLOATS
-                                    else codec.decode(a[r0:r1], af) >= 0, w2[k0 + r0:k0 + r1])
-        else:
+        # the real dW block by block of its rows in dw_accum, each block's sign straight into the packed rows
+        accum = self._weight_rows("dw_accum") if wg_fmt == "bool" else None
+        for g in range(self.G):
+            cols = self._cols(g)
+            dyg = dy2[:, cols] if self.G > 1 else dy2
+            if held >= R:  # the whole batch in one chunk: the operand is expanded once (per group)
+                self._operand_rows(op[:R], of, 0, R, g=g)
+            if accum is not None:
+                acc, af, blocks = accum
+                for k0, k1 in blocks:
+                    a = acc[: k1 - k0]
+                    self._dw_rows(a, af, k0, k1, op, of, dyg, gf, R, g)
+                    for r0, r1 in row_chunks(k1 - k0, temp_rows(self.N)):
+                        bits = (codec.nonnegative(a[r0:r1]) if af in codec.FLOATS
+                                else codec.decode(a[r0:r1], af) >= 0)
+                        _pack_columns(w2[k0 + r0:k0 + r1], bits, g * self.Ng, self.N)
+            else:
+                self._dw_rows(wg.reshape(self.K, self.N)[:, cols], wg_fmt, 0, self.K, op, of, dyg, gf, R, g)
+        if accum is None:
             acc = wg.reshape(self.K, self.N)
-            self._dw_rows(acc, wg_fmt, 0, self.K, op, of, dy2, gf, R)
             if sign:  # keep dW as its sign, in place
                 for r0, r1 in row_chunks(self.K, temp_rows(self.N)):
                     vals = codec.decode(acc[r0:r1], wg_fmt)
@@ -408,8 +470,9 @@ class Linear(Op):
         if sign:
             self.count("backward_dw", "compare", acc_fmt, self.K * self.N)
 
-    def _dw_rows(self, acc, af, k0, k1, op, of, dy2, gf, R):
-        """acc (k1 - k0, N) in af <- the rows k0..k1 of dW, summed over every chunk of the batch.
+    def _dw_rows(self, acc, af, k0, k1, op, of, dy2, gf, R, g: int = 0):
+        """acc (k1 - k0, N/G) in af <- the rows k0..k1 of group g's dW (dy2: its dY columns), summed over
+        every chunk of the batch.
 
         The operand chunk `op` (dw_operand) holds rows of the saved input; when
         it holds the whole batch the caller expanded it once. Otherwise it is
@@ -425,7 +488,7 @@ class Linear(Op):
             rows = _as_rows(op, c1 - c0)
             for r0, r1 in row_chunks(R, rows.shape[0]):
                 dst = rows[: r1 - r0]
-                self._operand_rows(dst, of, r0, r1, (c0, c1))
+                self._operand_rows(dst, of, r0, r1, (c0, c1), g)
                 yield r0, r1, dst
 
         if af == "float32":  # accumulate in place, chunk after chunk
@@ -435,9 +498,9 @@ class Linear(Op):
         # a narrow format: each block of rows summed over every chunk in a float32 tile and
         # stored once (the operand is refilled per block: expanding it is cheap,
         # accumulating a narrow format again and again is not)
-        kb = max(1, TILE_BYTES // (4 * self.N))
+        kb = max(1, TILE_BYTES // (4 * self.Ng))
         for t0, t1 in row_chunks(k1 - k0, kb):
-            tile = np.zeros((t1 - t0, self.N), np.float32)
+            tile = np.zeros((t1 - t0, self.Ng), np.float32)
             for r0, r1, o in chunks(k0 + t0, k0 + t1):
                 matmul(o.T, of, dy2[r0:r1], gf, tile, "float32", accumulate=True)
             codec.encode_into(acc[t0:t1], tile, af)
@@ -445,13 +508,11 @@ class Linear(Op):
     def _backward_dx(self, dy2, gf, R):
         ctx, node = self.ctx, self.node
         tgt, tf, accumulate = ctx.grad_out(node.inputs[0], zero=self.conv)
-        if self.binary:
-            ws, wf, blocks, filled = self._sign_blocks("weight_signs")
-        else:
-            ws, wf, blocks, filled = self._w2(), self.w_fmt, [(0, self.K)], True
+        held = self._weight_rows("weight_signs") if self.binary else None
         B = tgt.shape[0]
         m = R * self.N * self.K
         if not self.conv:
+            ws, wf, blocks, filled = self._group_weights(0, held)
             t2 = tgt.reshape(B, self.K)
             for k0, k1 in blocks:  # dX[:, block] = dY . sign(W[block])^T
                 if not filled:
@@ -460,23 +521,28 @@ class Linear(Op):
         else:
             col, cf = ctx.scratch(node, "col_grad", R)
             flat = tgt.reshape(B * self.patches.hw, -1)
-            for k0, k1 in blocks:  # the column gradient block by block of K, folded back onto the input
-                if not filled:
-                    self._signs_into(ws, wf, k0, k1)
-                cb = _as_rows(col, k1 - k0)
-                for r0, r1 in row_chunks(R, cb.shape[0]):
-                    r = r1 - r0
-                    matmul(dy2[r0:r1], gf, ws[: k1 - k0].T, wf, cb[:r], cf)
-                    self._fold(flat, tf, cb[:r], cf, r0, r1, k0, k1)
-            self.count("backward_dx", "add", ctx.counter.acc, R * self.K)
+            for g in range(self.G):  # each group's column gradient onto its own channels
+                ws, wf, blocks, filled = self._group_weights(g, held)
+                dyg = dy2[:, self._cols(g)] if self.G > 1 else dy2
+                flat_g = flat[:, self._channels(g)] if self.G > 1 else flat
+                for k0, k1 in blocks:  # the column gradient block by block of K, folded back onto the input
+                    if not filled:
+                        self._signs_into(ws, wf, k0, k1, g)
+                    cb = _as_rows(col, k1 - k0)
+                    for r0, r1 in row_chunks(R, cb.shape[0]):
+                        r = r1 - r0
+                        matmul(dyg[r0:r1], gf, ws[: k1 - k0].T, wf, cb[:r], cf)
+                        self._fold(flat_g, tf, cb[:r], cf, r0, r1, k0, k1)
+                self.count("backward_dx", "add", ctx.counter.acc, R * self.K)
         if self.binary:
             self.count("backward_dx", "add", ctx.counter.acc, m)
         else:
             ctx.counter.gmac(self.name, "backward_dx", m)
 
     def _fold(self, flat, tf, cols, cf, r0, r1, k0, k1):
-        """flat (B*H*W, C) in tf += the column gradient `cols` (r, k1 - k0) of rows r0..r1, columns k0..k1."""
-        C = self.node.channels
+        """flat (B*H*W, Cg) in tf += the column gradient `cols` (r, k1 - k0) of rows r0..r1, columns k0..k1
+        (flat: one group's channels of dX, a view, for a grouped conv)."""
+        C = self.Cg
         for a, b in self.patches.blocks(r0, r1, C):
             idx, inv = self.patches.rows(a, b)
             part = cols[a - r0:b - r0]
@@ -519,12 +585,22 @@ def _as_rows(buf: np.ndarray, width: int) -> np.ndarray:
     return buf.reshape(-1)[: n * width].reshape(n, width)
 
 
+def _pack_columns(dst: np.ndarray, bits: np.ndarray, c0: int, n: int) -> None:
+    """Packed rows dst (r, ceil(n / 8)): their bits c0..c0 + w <- bits (r, w), the other bits kept."""
+    c1 = c0 + bits.shape[1]
+    if c0 % 8 == 0 and (c1 % 8 == 0 or c1 == n):
+        dst[:, c0 // 8:-(-c1 // 8)] = np.packbits(bits, axis=-1)
+        return
+    full = np.unpackbits(dst, axis=-1, count=n).view(bool)
+    full[:, c0:c1] = bits
+    dst[...] = np.packbits(full, axis=-1)
+
+
 def _bit_columns(dst: np.ndarray, packed: np.ndarray, c0: int, c1: int, n: int, fmt: str) -> None:
     """dst (r, c1 - c0) in fmt <- +1/-1 of the bits c0..c1 of packed rows (r, ceil(n / 8))."""
     b0, b1 = c0 // 8, -(-c1 // 8)  # whole bytes around the columns
     if c0 % 8 == 0 and (c1 % 8 == 0 or c1 == n):
         fill_signs(dst, packed[:, b0:b1], c1 - c0, fmt)
-    else:
-        full = codec.empty(fmt, (packed.shape[0], (b1 - b0) * 8))
-        fill_signs(full, packed[:, b0:b1], (b1 - b0) * 8, fmt)
-        dst[...] = full[:, c0 - 8 * b0:c1 - 8 * b0]
+    else:  # unpack only those bytes, as bits (1 byte each), not as values of fmt
+        bits = np.unpackbits(packed[:, b0:b1], axis=-1)[:, c0 - 8 * b0:c1 - 8 * b0]
+        codec.store_signs(bits.view(bool), dst, fmt)

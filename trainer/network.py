@@ -19,7 +19,7 @@ from bnncost.layers.scratch import scratch_needs
 from bnncost.layers.storage import gradient_buffer_names, gradient_buffers, stored_variables
 from bnncost.layers.timeline import step_events
 from bnncost.trainer import codec
-from bnncost.trainer.activation import ReLU, Sign
+from bnncost.trainer.activation import PReLU, ReLU, Sign
 from bnncost.trainer.base import DEFAULT_WORKSPACE, Context, Op, ParamSpec
 from bnncost.trainer.batchnorm import BatchNorm
 from bnncost.trainer.counters import OpCounter
@@ -31,7 +31,7 @@ from bnncost.trainer.pooling import AvgPool, GlobalAvgPool, MaxPool
 from bnncost.trainer.structure import Add, Flatten, SoftmaxCE
 
 OPS: dict[str, type[Op]] = {
-    "dense": Linear, "conv2d": Linear, "batchnorm": BatchNorm, "sign": Sign, "relu": ReLU,
+    "dense": Linear, "conv2d": Linear, "batchnorm": BatchNorm, "sign": Sign, "relu": ReLU, "prelu": PReLU,
     "maxpool": MaxPool, "avgpool": AvgPool, "global_avgpool": GlobalAvgPool, "flatten": Flatten,
     "add": Add, "softmax_ce": SoftmaxCE,
 }
