@@ -153,7 +153,8 @@ def fit(samples: list[Sample]) -> list[Fitted]:
         groups.setdefault((s.work.operator, s.work.formats), []).append(s)
     out = []
     for (operator, formats), group in sorted(groups.items()):
-        mechs = sorted({m for s in group for m in s.work.mechanisms})
+        # the mechanisms the operator performs in some sample (a dense layer computes no patch indices)
+        mechs = sorted({m for s in group for m in s.work.mechanisms if s.work.at(m, s.batch) > 0})
         a = np.array([[1.0] + [s.work.at(m, s.batch) for m in mechs] for s in group])
         t = np.array([s.seconds for s in group])
         scale = np.maximum(a.max(axis=0), 1e-30)  # columns of comparable size

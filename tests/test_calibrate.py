@@ -412,3 +412,13 @@ def test_the_linear_loops_are_the_trainers(strategy):
     # its K columns, and each block computes the patch indices again
     back = next(w for w in operator_work(g, s) if (w.layer, w.event) == ("conv2d_2", "backward"))
     assert back.loops(40)["patch_indices"] > 0
+
+
+def test_fit_leaves_out_mechanisms_an_operator_never_performs():
+    g, s = graph_of(MLP), as_strategy("standard")
+    first = [w for w in operator_work(g, s) if w.operator == "dense.first.forward"][0]  # a dense layer: no patches
+    samples = [Sample(first, b, 1e-4 + 1e-5 * first.at("products", b) + 1e-9 * first.at("weights", b))
+               for b in (1, 4, 16, 64, 128)]
+    f = fit(samples)[0]
+    assert "patch_indices" not in f.per_unit_s and "products" in f.per_unit_s
+    assert all(v < 1e-3 for v in f.per_unit_s.values())
