@@ -17,7 +17,12 @@ file says so without code:
 - `lifetimes`: METHOD variables it holds from or until other events;
 - `in_place_grads`: elementwise layers whose backward writes dX over dY;
 - `runtime`: constant bytes that are not tensors (allocator caches, a traced
-  graph), each with its source.
+  graph), each with its source;
+- `gemms` and `blas_buffers`: the BLAS calls each operator makes, in BLAS
+  terms (transposes, m, n, k relative to the layer and the batch), and the
+  packing buffers the BLAS library keeps after them: which calls take its
+  packing path, the buffer size from its blocking parameters, and a pool that
+  keeps every buffer it ever allocated (a step function of B, not a constant).
 
 Every rule carries `source`: the measurement or document behind it. `extends`
 inherits another engine: scalars are overridden, named rules (variables,
@@ -54,8 +59,16 @@ STRATEGY_ROLES = (*FORMATTED_ROLES, *DERIVED_FORMAT)
 OPTIMIZERS = ("adam", "sgd", "bop")
 PARAMETER_SHAPES = ("largest_parameter", "each_parameter")
 NAMED_LISTS = ("variables", "temporaries", "optimizer_temporaries", "runtime")
-APPENDED_LISTS = ("drop", "shares", "lifetimes", "in_place_grads")
-FILE_KEYS = {"name", "description", "extends", "retention", "workspace", *NAMED_LISTS, *APPENDED_LISTS}
+APPENDED_LISTS = ("drop", "shares", "lifetimes", "in_place_grads", "gemms")
+FILE_KEYS = {"name", "description", "extends", "retention", "workspace", "blas_buffers", *NAMED_LISTS, *APPENDED_LISTS}
+GEMM_TRANSPOSES = ("NN", "NT", "TN", "TT")  # op(A), op(B) of column-major C(m x n) = op(A)(m x k) op(B)(k x n)
+GEMM_DIMS = {
+    "batch": "the batch size B",
+    "inputs": "the layer's inputs per output (dense: units in; conv2d: kh x kw x Cin)",
+    "outputs": "the layer's outputs per position (units or filters)",
+    "positions": "the layer's output positions per sample (Ho x Wo; 1 for dense)",
+}
+GEMM_LAYER_DIMS = ("inputs", "outputs", "positions")
 
 
 class EngineError(ValueError):
@@ -218,6 +231,79 @@ class RuntimeBytes(_Rule):
 
 
 
+class Gemm(_LayerRule):
+    """One BLAS gemm a layer's operator makes during its forward or backward, in column-major BLAS terms."""
+
+    during: Literal["forward", "backward"]
+    trans: Literal[GEMM_TRANSPOSES]
+    m: Literal[tuple(GEMM_DIMS)]
+    n: Literal[tuple(GEMM_DIMS)]
+    k: Literal[tuple(GEMM_DIMS)]
+
+
+NonNegative = Annotated[int, Field(ge=0, strict=True)]
+
+
+class PackingPath(BaseModel):
+    """Gemms of these transposes whose shape takes the library's packing path (each bound unset: none)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    trans: Annotated[tuple[Literal[GEMM_TRANSPOSES], ...], BeforeValidator(_one_or_many), Field(min_length=1)]
+    min_m: NonNegative = 0
+    max_m: NonNegative | None = None
+    min_n: NonNegative = 0
+    max_k: NonNegative | None = None
+    n_below_m: bool = False  # n < m
+    k_at_most_m: bool = False  # k <= m
+
+    def takes(self, trans: str, m: int, n: int, k: int) -> bool:
+        return (trans in self.trans and m >= self.min_m and (self.max_m is None or m <= self.max_m)
+                and n >= self.min_n and (self.max_k is None or k <= self.max_k)
+                and (not self.n_below_m or n < m) and (not self.k_at_most_m or k <= m))
+
+
+class BlasBuffers(_Rule):
+    """The packing buffers a BLAS library allocates for gemms on its packing path, and keeps.
+
+    One buffer holds `base` bytes plus op(A) packed as ceil(m / row_block)
+    blocks of row_block rows and op(B) as min(n rounded up to col_block,
+    col_cap) columns, both `depth` deep, element_bytes each. The depth is k, at
+    least depth_min, halved when k is up to twice depth_block, and depth_block
+    beyond; for k <= small_depth the depth is depth_min and op(B) takes at most
+    small_depth_col_cap columns. The library keeps a freed buffer and gives it
+    to any later gemm it is large enough for, so the buffers held are those of
+    the gemms that needed more than every buffer before them.
+    """
+
+    name: Identifier
+    base: ByteCount
+    element_bytes: PositiveInt
+    row_block: PositiveInt
+    col_block: PositiveInt
+    col_cap: PositiveInt
+    depth_min: PositiveInt
+    depth_block: PositiveInt
+    small_depth: NonNegative
+    small_depth_col_cap: PositiveInt
+    paths: Annotated[tuple[PackingPath, ...], Field(min_length=1)]
+
+    def buffer_bytes(self, trans: str, m: int, n: int, k: int) -> int:
+        """Bytes of the buffer one gemm allocates (0 when it takes no packing path)."""
+        if not any(p.takes(trans, m, n, k) for p in self.paths):
+            return 0
+        cols = min(-(-n // self.col_block) * self.col_block, self.col_cap)
+        if k <= self.small_depth:
+            depth, cols = self.depth_min, min(cols, self.small_depth_col_cap)
+        elif k <= self.depth_block:
+            depth = max(k, self.depth_min)
+        elif k <= 2 * self.depth_block:
+            depth = max(-(-k // 2), self.depth_min)
+        else:
+            depth = self.depth_block
+        rows = -(-m // self.row_block) * self.row_block
+        return self.base + self.element_bytes * depth * (rows + cols)
+
+
 class Workspace(_Rule):
     """Scratch per operator (METHOD 4.1): 0 computes in place; else chunks that fit the budget."""
 
@@ -238,6 +324,8 @@ class Engine(BaseModel):
     lifetimes: tuple[Lifetime, ...] = ()
     in_place_grads: tuple[InPlaceGrad, ...] = ()
     runtime: tuple[RuntimeBytes, ...] = ()
+    gemms: tuple[Gemm, ...] = ()
+    blas_buffers: BlasBuffers | None = None
     file: str = "<memory>"  # where it was loaded from, for error messages
 
 
@@ -258,6 +346,8 @@ class _EngineFile(BaseModel):
     lifetimes: list[Lifetime] = []
     in_place_grads: list[InPlaceGrad] = []
     runtime: list[RuntimeBytes] = []
+    gemms: list[Gemm] = []
+    blas_buffers: BlasBuffers | None = None
 
 
 # ---------------------------------------------------------------- loading
@@ -363,12 +453,17 @@ def _check_rules(f: _EngineFile, source: str, inherited_roles: set[str]) -> set[
     for i, rule in enumerate(f.lifetimes):
         if rule.alloc is None and rule.free is None:
             raise EngineError(f"{source}: lifetimes[{i}]: give alloc, free or both")
+    for i, rule in enumerate(f.gemms):
+        for dim in ("m", "n", "k"):
+            if getattr(rule, dim) in GEMM_LAYER_DIMS and set(rule.kinds) - set(WEIGHTED_KINDS):
+                raise EngineError(f"{source}: gemms[{i}].{dim}: {getattr(rule, dim)} needs kinds among "
+                                  f"{', '.join(WEIGHTED_KINDS)}")
     return roles
 
 
 def _merge(parent: dict, child: _EngineFile) -> dict:
     merged = dict(parent)
-    for key in ("name", "description", "retention", "workspace"):
+    for key in ("name", "description", "retention", "workspace", "blas_buffers"):
         value = getattr(child, key)
         if value is not None:
             merged[key] = value

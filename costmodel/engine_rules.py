@@ -11,10 +11,13 @@ changes them the way an engine holds a step, in this order:
    is held once, alive from the earlier alloc to the later free;
 5. `temporaries` and `optimizer_temporaries` add buffers alive at one event;
 6. `runtime` adds bytes that are not tensors, once or per layer of some
-   kinds, alive the whole step (role `runtime`).
+   kinds, alive the whole step (role `runtime`);
+7. `blas_buffers` adds the BLAS library's cached packing buffers for the
+   step's `gemms` (role `runtime`), a step function of the batch size.
 
-Every byte count stays affine in the batch size, so the peak keeps its
-a + b x B form and the largest batch that fits is still solved exactly.
+Every other byte count stays affine in the batch size, so the peak keeps its
+a + b x B form between the steps of 7, and the largest batch that fits is
+still found by evaluating the peak.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from bnncost.costmodel.engine import STRATEGY_FORMAT, Engine, EngineError
+from bnncost.costmodel.engine import STRATEGY_FORMAT, BlasBuffers, Engine, EngineError, Gemm
 from bnncost.costmodel.variable import Variable, sized
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
@@ -141,7 +144,47 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         n = 1 if r.kinds is None else len(nodes(r))
         add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
                      0, len(events) - 1), where("runtime", i))
+    # 7. the BLAS library's packing buffers
+    pool = engine.blas_buffers
+    if pool is not None and engine.gemms:
+        calls = step_gemms(graph, engine.gemms)
+        if calls:
+            add(Variable(f"runtime.{pool.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
+                         len(events) - 1, by_batch=lambda batch: sum(kept_buffers(pool, calls, batch))),
+                "blas_buffers")
     return out
+
+
+def step_gemms(graph: Graph, rules: tuple[Gemm, ...]) -> list[tuple[str, Node, Gemm]]:
+    """(event, node, gemm) of every gemm of a step in the order they run: forward, then backward in reverse."""
+    out = []
+    for during, order in (("forward", graph.nodes), ("backward", list(reversed(graph.nodes)))):
+        for node in order:
+            for rule in rules:
+                w = rule.when
+                if rule.during == during and node in matching_nodes(graph, rule.kinds, w.binary, w.first,
+                                                                     w.needs_input_grad):
+                    out.append((f"{during}:{node.name}", node, rule))
+    return out
+
+
+def gemm_shape(node: Node, rule: Gemm, batch: int) -> tuple[int, int, int]:
+    """(m, n, k) of a gemm rule for this layer at this batch size."""
+    words = {"batch": batch, "inputs": node.fan_in, "outputs": node.units, "positions": node.positions}
+    return words[rule.m], words[rule.n], words[rule.k]
+
+
+def kept_buffers(pool: BlasBuffers, calls: list[tuple[str, Node, Gemm]], batch: int) -> list[int]:
+    """The buffers the library holds after a step: each gemm that needs more than every buffer it has adds one.
+
+    Warm-up steps run the same gemms, so a measured step starts with these and adds none.
+    """
+    kept: list[int] = []
+    for _, node, rule in calls:
+        need = pool.buffer_bytes(rule.trans, *gemm_shape(node, rule, batch))
+        if need and (not kept or need > max(kept)):
+            kept.append(need)
+    return kept
 
 
 def _tensor_holders(graph: Graph, variables: list[Variable]) -> dict[int, int]:

@@ -2,9 +2,11 @@
 
 The bytes of a variable are a + b x B, or, for chunked workspace,
 min(c, d x B): the scratch grows with the batch until it reaches its budget
-(METHOD 4.1). The live bytes at each event are therefore a sum of those, the
-peak is the maximum over events, and the largest batch that fits a budget is
-solved on these coefficients without rebuilding any variable.
+(METHOD 4.1). An engine's runtime may add a step function of B (a BLAS
+library's cached buffers, `Variable.by_batch`). The live bytes at each event
+are therefore a sum of those, the peak is the maximum over events, and the
+largest batch that fits a budget is solved on these terms without rebuilding
+any variable.
 """
 
 from __future__ import annotations
@@ -44,16 +46,23 @@ class MemoryPlan:
                 ws_event.append(v.alloc)  # workspace lives at one event
                 ws_cap.append(v.cap)
                 ws_slope.append(v.slope)
+        self._by_batch = [(v.alloc, v.free, v.by_batch) for v in self.variables if v.by_batch is not None]
         self.fixed_by_event = np.cumsum(a)[:n]
         self.per_sample_by_event = np.cumsum(b)[:n]
         self._ws_event = np.array(ws_event, dtype=np.int64)
         self._ws_cap = np.array(ws_cap, dtype=np.float64)
         self._ws_slope = np.array(ws_slope, dtype=np.float64)
 
-    @property
-    def runtime_bytes(self) -> int:
-        """Constant bytes of the engine that are not tensors; the rest of the peak is tensors."""
-        return sum(v.fixed for v in self.variables if v.role == RUNTIME_ROLE)
+    def runtime_bytes(self, batch: int) -> int:
+        """Bytes of the engine that are not tensors at this batch size; the rest of the peak is tensors."""
+        return sum(v.bytes_at(batch) for v in self.variables if v.role == RUNTIME_ROLE)
+
+    def _stepped(self, batch: np.ndarray) -> np.ndarray:
+        """Per event and batch: the bytes of variables that are step functions of B."""
+        out = np.zeros((len(self.events), batch.size))
+        for alloc, free, fn in self._by_batch:
+            out[alloc:free + 1] += np.array([fn(int(b)) for b in batch], dtype=np.float64)[None, :]
+        return out
 
     def _workspace(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per event and batch: workspace bytes, and the part of it still growing with B."""
@@ -71,7 +80,8 @@ class MemoryPlan:
         """Live bytes at every event (rows) for each batch size (columns)."""
         bs = np.atleast_1d(np.asarray(batch, dtype=np.float64))
         ws, _ = self._workspace(bs)
-        return self.fixed_by_event[:, None] + self.per_sample_by_event[:, None] * bs[None, :] + ws
+        stepped = self._stepped(bs) if self._by_batch else 0.0
+        return self.fixed_by_event[:, None] + self.per_sample_by_event[:, None] * bs[None, :] + ws + stepped
 
     def peak_bytes(self, batch) -> np.ndarray:
         return self.live_bytes(batch).max(axis=0)
@@ -80,7 +90,8 @@ class MemoryPlan:
         """(peak bytes, peak event index, fixed bytes, per-sample bytes) at this batch size.
 
         fixed + per_sample x B equals the peak, and holds for every batch size
-        whose peak falls on the same event with its workspace in the same regime.
+        whose peak falls on the same event with its workspace in the same regime
+        (and the engine's stepped runtime on the same step).
         Computed in Python integers, so no byte is lost at any batch size.
         """
         held = [0] * len(self.events)
@@ -89,6 +100,10 @@ class MemoryPlan:
             grow = int(slope) * batch
             held[e] += grow if grow < cap else int(cap)
             growing[e] += int(slope) if grow < cap else 0
+        for alloc, free, fn in self._by_batch:
+            extra = fn(batch)
+            for i in range(alloc, free + 1):
+                held[i] += extra
         fixed_by_event, per_by_event = self.fixed_by_event.tolist(), self.per_sample_by_event.tolist()
         live = [f + p * batch + w for f, p, w in zip(fixed_by_event, per_by_event, held)]
         e = max(range(len(live)), key=live.__getitem__)  # the first event that holds the peak

@@ -37,7 +37,7 @@ class VariableReport(BaseModel):
 class MemoryReport(BaseModel):
     peak_bytes: int  # the process peak: what fit compares with a device's usable memory
     tensor_peak_bytes: int  # the engine's tensors at the peak event
-    runtime_bytes: int  # the engine's constant bytes that are not tensors
+    runtime_bytes: int  # the engine's bytes that are not tensors (at this batch)
     process_peak_bytes: int  # tensor peak + runtime bytes
     peak_event: str
     fixed_bytes: int
@@ -238,7 +238,7 @@ def memory_report(plan: MemoryPlan, batch: int) -> MemoryReport:
             bytes=nbytes, alloc_event=plan.events[v.alloc], free_event=plan.events[v.free],
             alive_at_peak=v.alloc <= e <= v.free,
         ))
-    runtime = plan.runtime_bytes
+    runtime = plan.runtime_bytes(batch)
     return MemoryReport(
         peak_bytes=peak, tensor_peak_bytes=peak - runtime, runtime_bytes=runtime, process_peak_bytes=peak,
         peak_event=plan.events[e], fixed_bytes=fixed, per_sample_bytes=per,

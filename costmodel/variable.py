@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from bnncost.costmodel.formats import batched_bytes, tensor_bytes
 
@@ -22,15 +23,20 @@ class Variable:
     cap: float = math.inf  # workspace growing with the batch: bytes = min(cap, slope * B) ...
     slope: int = 0
     rows_per_sample: int = 0  # ... in rows of shape[1:], rows_per_sample x B of them in all
+    # bytes that are neither a + b x B nor workspace: a step function of B (a BLAS library's cached
+    # buffers, whose count and size follow the gemm shapes); added to fixed + per_sample x B
+    by_batch: Callable[[int], int] | None = field(default=None, compare=False, repr=False)
 
     def bytes_at(self, batch: int) -> int:
         ws = 0 if self.slope == 0 else int(min(self.cap, self.slope * batch))
-        return self.fixed + self.per_sample * batch + ws
+        return self.fixed + self.per_sample * batch + ws + (self.by_batch(batch) if self.by_batch else 0)
 
     def shape_at(self, batch: int) -> list:
         """Concrete shape at a batch size (growing workspace: rows held x row)."""
         if self.slope:
             return [self.bytes_at(batch) // (self.slope // self.rows_per_sample), *self.shape[1:]]
+        if self.by_batch:
+            return [self.bytes_at(batch)]
         return [batch if d == "B" else d for d in self.shape]
 
 

@@ -202,7 +202,7 @@ def test_runtime_bytes_once_and_per_layer(tmp_path):
                            "  - {name: kernels, kinds: dense, bytes: 3KiB, source: t}\n")
     extra = (1 << 20) + 2 * 3072
     assert delta(a, b) == span(a, "step_start", "step_end", extra)
-    assert b.runtime_bytes == extra and a.runtime_bytes == 0
+    assert b.runtime_bytes(B) == extra and a.runtime_bytes(B) == 0
     usable = 5 << 20
     assert b.max_batch(usable) == a.max_batch(usable - extra)  # exact, affine
 
@@ -253,6 +253,24 @@ def run(capsys, *args):
     return exc.value.code, got.out, got.err
 
 
+GEMM = "gemms:\n  - {kinds: dense, during: forward, trans: TN, m: outputs, n: batch, k: inputs, source: t}\n"
+POOL = ("blas_buffers: {name: pool, base: 100, element_bytes: 4, row_block: 2, col_block: 2, col_cap: 2, "
+        "depth_min: 1, depth_block: 8, small_depth: 0, small_depth_col_cap: 1, source: t,\n"
+        "  paths: [{trans: TN, min_n: 4}]}\n")
+
+
+def test_blas_buffers_are_a_step_function_of_the_batch(tmp_path):
+    """A gemm on the packing path adds one kept buffer to the whole step; below the path's bound, none."""
+    a, b = plans(tmp_path, GEMM + POOL)
+    # TINY: dense_1 8 -> 4 (m 4, k 8), dense_2 4 -> 2 (m 2, k 4); n = B. Buffer: 100 + 4 x depth x (rows + cols)
+    first = 100 + 4 * 8 * (4 + 2)  # dense_1: depth 8, 4 rows, n rounded to 2 and capped at 2 columns
+    assert delta(a, b, 3) == span(a, "step_start", "step_end", 0)  # n = 3 < min_n: no packing path
+    assert delta(a, b, 5) == span(a, "step_start", "step_end", first)  # dense_2's smaller buffer reuses it
+    assert b.runtime_bytes(5) == first and b.runtime_bytes(3) == 0
+    usable = int(b.peak_bytes(5)[0])
+    assert b.peak_bytes(b.max_batch(usable))[0] <= usable < b.peak_bytes(b.max_batch(usable) + 1)[0]
+
+
 BAD = {
     "malformed": ("retention: [step\n", "malformed YAML"),
     "not-a-mapping": ("- 1\n", "must be a mapping"),
@@ -281,6 +299,14 @@ BAD = {
     "no-retention": ("workspace: {budget: 0, source: t}\n", "retention: missing"),
     "in-place-maxpool": (BASE + "in_place_grads:\n  - {kinds: maxpool, source: t}\n",
                          "in_place_grads[0].kinds: 'maxpool'"),
+    "blas-unknown-field": (BASE + POOL.replace("col_cap: 2", "col_cap: 2, colour: red"),
+                           "blas_buffers.colour: unknown field"),
+    "blas-negative-base": (BASE + POOL.replace("base: 100", "base: -100"), "blas_buffers.base: -100 is negative"),
+    "blas-fractional-base": (BASE + POOL.replace("base: 100", "base: 100.5"),
+                             "blas_buffers.base: 100.5 is not a whole number"),
+    "blas-negative-bound": (BASE + POOL.replace("min_n: 4", "min_n: -4"), "blas_buffers.paths[0].min_n"),
+    "gemm-bad-trans": (BASE + GEMM.replace("trans: TN", "trans: XN"), "gemms[0].trans: 'XN' is not"),
+    "gemm-dim-of-a-sign": (BASE + GEMM.replace("kinds: dense", "kinds: sign"), "gemms[0].m: outputs needs kinds"),
     "zero-count": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, during: backward,"
                    " format: uint8, count: 0, source: t}\n", "temporaries[0].count"),
 }
@@ -365,7 +391,7 @@ def test_largest_batch_is_exact_with_runtime_bytes(name):
     eng = load_engine(name)
     plan = memory_plan(graph_of("cnv"), load_strategy("standard"), retention=eng.retention,
                        workspace_budget=eng.workspace.budget, engine=eng)
-    assert plan.runtime_bytes > 0
+    assert plan.runtime_bytes(1) > 0
     for usable in (plan.peak_bytes(1)[0] - 1, 50 << 20, 300 << 20, 4 << 30):
         b = plan.max_batch(int(usable))
         if b:

@@ -245,6 +245,19 @@ def test_a_real_weight_or_a_real_input_makes_a_full_precision_layer(tmp_path):
         "units: 10}", "units: 10, binary: false}"), [784])
 
 
+@pytest.mark.parametrize("zeros, binary", [(1, True), (40, False)])
+def test_a_rare_exact_zero_latent_weight_keeps_a_layer_binary(tmp_path, zeros, binary):
+    """Sign(0) = 0: one latent weight exactly 0 in a big binary layer (torch's uniform_ makes about one
+    in 2^24, as in BinaryNet's 8192 x 1024 dense) is still a binary layer; a ternary weight is not."""
+    nodes, inits = binary_mlp("sign")
+    w = numpy_helper.to_array(inits[0]).copy()
+    w.reshape(-1)[RNG.choice(w.size, zeros, replace=False)] = 0.0
+    inits[0] = const("w0", w)
+    got = import_onnx(save(tmp_path, nodes, inits, ["batch", 784]))
+    want = MLP if binary else MLP.replace("units: 32}", "units: 32, binary: false}")
+    assert kinds(got.model) == expected(want, [784])
+
+
 def gemm_head(x: str, k: int, classes: int, *, bias: bool = True, softmax: bool = False):
     inits = [const("fc.w", RNG.normal(size=(classes, k)))] + ([const("fc.b", RNG.normal(size=classes))] if bias else [])
     out = "logits" if softmax else "y"

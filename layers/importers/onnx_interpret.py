@@ -28,6 +28,8 @@ from bnncost.layers.spec import LAYER_CLASSES, Conv2D, Dense
 # The magnitudes of a binary weight's entries in one output channel agree to float32 rounding
 # of w + (sign(w) - w); anything farther apart is a real-valued weight.
 _BINARY_RTOL = 1e-5
+# At most this fraction of a binary weight's entries may be 0 (sign of an exact-zero latent weight).
+_SIGN_ZEROS = 1e-3
 
 
 def supports(kind: str, field_name: str | None = None) -> bool:
@@ -497,13 +499,18 @@ class Interpreter:
         return x.view(ENode("batchnorm", (x.node,), self.where))
 
     def _weight_binary(self, w: np.ndarray, out_axis: int) -> bool:
-        """Every output channel's weights are +-c (one magnitude per channel, no zeros)."""
+        """Every output channel's weights are +-c (one magnitude per channel). A rare zero is
+        sign(0) of a latent weight that is exactly zero (one in 2^24 of torch's uniform_ init:
+        about one in a 512x512x3x3 kernel); a ternary weight has far more."""
         rows = np.moveaxis(np.asarray(w, dtype=np.float64), out_axis, 0).reshape(w.shape[out_axis], -1)
         if rows.shape[1] < 2:
             return False  # one weight per channel says nothing
         mag = np.abs(rows)
         top = mag.max(axis=1, keepdims=True)
-        return bool((top > 0).all() and (np.abs(mag - top) <= _BINARY_RTOL * top).all())
+        zero = mag == 0
+        if not (top > 0).all() or zero.sum() > _SIGN_ZEROS * mag.size:
+            return False
+        return bool((zero | (np.abs(mag - top) <= _BINARY_RTOL * top)).all())
 
     def _bias(self, bias: Any) -> np.ndarray | None:
         """A layer's bias, or None when it has none or it is all zeros (dynamo writes zeros for bias=False)."""
