@@ -1,6 +1,6 @@
 #!/bin/sh
 # Every PyTorch recording in measurements/, one process per (model, strategy, batch), one thread each.
-# Usage: sh benchmarks/frameworks/record_torch.sh [standard]   (needs the `frameworks` extra)
+# Usage: sh benchmarks/frameworks/record_torch.sh [standard|proposed|"standard proposed"]   (needs the `frameworks` extra)
 set -e
 cd "$(dirname "$0")/../.."
 M=benchmarks/frameworks/models

@@ -8,7 +8,7 @@ MODEL is a zoo name or a model YAML. One process measures one (model, strategy, 
    conv / pool / batchnorm / loss kernels), by one step of a small probe model
    that is then dropped;
 3. one memray tracker from there on: build the model and Adam, create the batch
-   (float32 data, int64 targets), three warm-up steps (the first makes Adam's
+   (float32 data, float16 for proposed; int64 targets), three warm-up steps (the first makes Adam's
    state), then two measured steps, each `zero_grad(set_to_none=True)` and then
    between markers: forward + loss, backward, Adam + clip. Replaying every
    allocation and free (common.replay) gives the heap when the step starts
@@ -46,9 +46,24 @@ WARMUP = 3
 MEASURED = 2
 
 
-def _finish_import(torch) -> None:
+def _finish_import(torch, strategy: str) -> None:
     """Run the framework paths every model uses once, so their lazy imports are not counted as the model's."""
     from torch import nn
+
+    if strategy == "proposed":  # its Functions and float16 kernels, on a probe of the same layer kinds
+        from torch_proposed import L1BatchNorm, PackedConv2d, PackedLinear, PackedSign, ProposedTrainer
+
+        probe = nn.Sequential(PackedConv2d(2, 2, 3, 1, 1, False, False), L1BatchNorm(2), PackedSign(),
+                              PackedConv2d(2, 2, 3, 1, 1, True, True), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.AvgPool2d(1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                              PackedLinear(2, 2, True, False), L1BatchNorm(2))
+        trainer = ProposedTrainer(probe)
+        for _ in range(2):
+            trainer.zero_grad()
+            trainer.step(torch.randn(2, 2, 4, 4, dtype=torch.float16), torch.tensor([0, 1]))
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            trainer.step(torch.randn(2, 2, 4, 4, dtype=torch.float16), torch.tensor([0, 1]))
+        del probe, trainer
 
     probe = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2), nn.ReLU(),
                           nn.MaxPool2d(2), nn.AvgPool2d(1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -142,11 +157,14 @@ def measure(model_ref: str, batch: int, strategy: str, *, attribute: bool = True
     from bnncost.layers.graph import graph_of
 
     graph = graph_of(model_ref)
-    _finish_import(torch)
+    _finish_import(torch, strategy)
     tmp = Path(tempfile.mkdtemp(prefix="torch-measure-"))
     t0 = time.time()
     with memray.Tracker(tmp / "run.bin"):
-        from torch_model import Layers, StandardTrainer as Trainer
+        if strategy == "proposed":
+            from torch_proposed import ProposedLayers as Layers, ProposedTrainer as Trainer
+        else:
+            from torch_model import Layers, StandardTrainer as Trainer
         model = build_torch_model(graph, Layers())
         check_shapes(graph, model)
         trainer = Trainer(model)
@@ -199,8 +217,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("--batch", type=int, required=True)
-    ap.add_argument("--strategy", choices=("standard",), default="standard",
-                    help="the standard strategy (BinaryNet); proposed is not written in PyTorch yet")
+    ap.add_argument("--strategy", choices=("standard", "proposed"), default="standard",
+                    help="standard (BinaryNet, torch_model.py) or proposed (Wang et al. 2021, torch_proposed.py)")
     ap.add_argument("--out", help="record name (default pytorch-<model>-<strategy>-b<batch>)")
     ap.add_argument("--no-attribution", action="store_true")
     args = ap.parse_args(argv)

@@ -16,8 +16,9 @@ standard (Courbariaux & Bengio 2016, as PyTorch users write BinaryNet):
 - torch.optim.Adam (its CPU default, the single-tensor loop), then the latent
   weights of binary layers clamped to [-1, 1] in place.
 
-The proposed strategy (Wang et al. 2021: packed-bit autograd Functions, l1
-batchnorm, float16 state, 1-bit dW) is not written in PyTorch yet.
+proposed (Wang et al. 2021): torch_proposed.py, the same builder with
+`ProposedLayers` (packed-bit autograd Functions, l1 batchnorm, float16
+storage, 1-bit dW) and `ProposedTrainer` (SignAdam).
 
 "same" padding: PyTorch users write symmetric padding k // 2 (torchvision);
 where that gives the output shape bnncost infers, it is used, otherwise the
@@ -132,10 +133,11 @@ class _Builder:
             return [ResidualBlock(self.seq(spec.body), short)]
         node = self.graph.by_name[spec.name]
         if isinstance(spec, Dense):
-            return [L.dense(node.fan_in, spec.units, spec.binary)]
+            return [L.dense(node.fan_in, spec.units, spec.binary, first=node.first)]
         if isinstance(spec, Conv2D):
             pad, pre = _padding(node)
-            conv = L.conv(node.in_shape[-1], spec.filters, node.window, node.strides, pad, spec.binary)
+            conv = L.conv(node.in_shape[-1], spec.filters, node.window, node.strides, pad, spec.binary,
+                          first=node.first)
             return [pre, conv] if pre is not None else [conv]
         if isinstance(spec, BatchNorm):
             return [L.batchnorm(node.channels, len(node.in_shape) == 3)]
@@ -159,10 +161,10 @@ class _Builder:
 class Layers:
     """The standard strategy's modules."""
 
-    def dense(self, fan_in, units, binary):
+    def dense(self, fan_in, units, binary, first=False):
         return (BinaryLinear if binary else nn.Linear)(fan_in, units, bias=False)
 
-    def conv(self, cin, cout, k, s, pad, binary):
+    def conv(self, cin, cout, k, s, pad, binary, first=False):
         return (BinaryConv2d if binary else nn.Conv2d)(cin, cout, k, s, pad, bias=False)
 
     def batchnorm(self, c, spatial):
