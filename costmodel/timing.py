@@ -194,7 +194,7 @@ def step_operators(graph: Graph, s: Strategy, retention: str = "step") -> list[O
     """The step's own work outside the layers: the batch gather, the ledger's end of step, the optimizer loop."""
     at_end = sum(v.free == "step_end" for v in stored_variables(graph, batchnorm=s.batchnorm,
                                                                   optimizer=s.optimizer, retention=retention))
-    tensors = sum(n.has_params for n in graph.nodes)
+    tensors = sum(n.has_params + n.bias for n in graph.nodes)  # a bias is a tensor of its own
     return [OperatorWork("", "overhead", "step.start", f"input={s.format_of('input')}",
                          {"input_values": (0, _prod(graph.model.input))}),
             OperatorWork("", "overhead", "step.end", "", {"tensors": (at_end, 0)}),

@@ -303,6 +303,10 @@ def test_the_steps_own_work_is_three_operators_timed_from_its_events():
     # params, running and batch statistics, m and v, each saved input and output, the softmax output
     assert step["step.end"].units["tensors"][0] > 4 * 3
     assert step["update.loop"].units == {"tensors": (4, 0)} and step["update.loop"].event == "update"
+    biased = graph_of(parse_model({"name": "b", "input": [8], "layers": [
+        {"dense": {"units": 4, "binary": False, "bias": True}}, {"relu": {}}, {"dense": {"units": 2}},
+        {"batchnorm": {}}, {"softmax_ce": {}}]}))
+    assert {w.operator: w for w in step_operators(biased, s)}["update.loop"].units == {"tensors": (4, 0)}
     events = {"step_start": 1.0, "loss": 0.5, "step_end": 2.0, "update": 10.0, "forward:dense_1": 3.0}
     updates = {"dense_1": 4.0, "batchnorm_1": 3.0}
     assert measured_seconds(step["step.start"], events, updates) == 1.0
