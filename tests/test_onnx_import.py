@@ -427,13 +427,16 @@ def test_prelu_with_per_channel_slopes_bireal_style(tmp_path):
     assert [node.parameters() for node in graph_of(got.model).nodes if node.kind == "prelu"] == [8, 8, 8]
 
 
-def test_a_prelu_slope_shared_by_all_channels_is_refused_by_node(capsys, tmp_path):
+def test_a_prelu_slope_shared_by_all_channels_is_a_shared_prelu(tmp_path):
+    """torch.nn.PReLU()'s default exports one slope for every channel: one parameter, not C."""
     n = helper.make_node
     nodes = [n("PRelu", ["x", "slope"], ["p"], name="act"), n("GlobalAveragePool", ["p"], ["g"]),
              n("Flatten", ["g"], ["f"])]
     head, hi = gemm_head("f", 4, 10, bias=False)
     path = save(tmp_path, nodes + head, [const("slope", [0.25])] + hi, [1, 4, 8, 8])
-    refused(capsys, tmp_path, path, "node 'act' (PRelu)", "shared by all 4 channels", "one per channel")
+    got = import_onnx(path).model
+    assert kinds(got)[0] == ("prelu", {"shared": True})
+    assert graph_of(got).nodes[0].parameters() == 1
 
 
 def dropout_mlp(tmp_path, dropout: list, inits: list, opset: int, name: str) -> str:
