@@ -249,6 +249,7 @@ def _node_work(graph: Graph, node: Node, s: Strategy, budget: int = DEFAULT_BUDG
         G = node.groups
         taps = node.window[0] * node.window[1] * G if conv else 0
         rows = P * G if conv else 0  # a dense layer's row is a sample: its per-sample cost is in its values
+        outs = P * N * (2 if node.bias else 1)  # a bias: one more pass over the outputs (y += b; db = sum dY)
         dx = needs_dx and not node.first
         fwd_loops, bwd_loops = _loop_counters(node, s, dx, budget)
         if node.binary and not node.first:
@@ -257,12 +258,12 @@ def _node_work(graph: Graph, node: Node, s: Strategy, budget: int = DEFAULT_BUDG
                                      "rows": (0, rows), "patch_indices": (0, P * taps)}, loops=fwd_loops)
         else:
             add("forward", variant, {"gemm": (0, P * N * K), "input_values": (0, P * K * G if conv else 0),
-                                     "output_values": (0, P * N), "weights": (W if node.binary else 0, 0),
+                                     "output_values": (0, outs), "weights": (W if node.binary else 0, 0),
                                      "rows": (0, rows), "patch_indices": (0, P * taps)}, loops=fwd_loops)
         passes = 2 if dx and conv else 1  # the dW operand lowered again; dX's column gradient folded back
         add("backward", variant, {"gemm": (0, P * N * K * (2 if dx else 1)),
                                "input_values": (0, P * K * G * passes),
-                               "output_values": (0, P * N), "weights": (W * (2 if dx and node.binary else 1), 0),
+                               "output_values": (0, outs), "weights": (W * (2 if dx and node.binary else 1), 0),
                                "rows": (0, rows * passes), "patch_indices": (0, P * taps * passes)},
             ".dx" if dx else "", loops=bwd_loops)
         opt = s.optimizer if (s.optimizer != "bop" or node.binary) else "adam"
