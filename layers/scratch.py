@@ -28,13 +28,15 @@ dense / conv2d, with K inputs per output, N outputs, P output positions:
   above once per group, reusing the same buffers: rows of K values, xnor rows
   of N/G filters, weight rows of N/G values (K of them); `packed_weight` packs
   all N filters (each over its group's K) once;
-- batchnorm, sign, relu, maxpool backward, when what they saved is packed
+- batchnorm, sign, relu, maxpool, dropout backward (the last four only when
+  their input needs a gradient), when what they saved is packed
   bits: `unpacked`, one row of the saved tensor (C values) in the gradient
   format.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from bnncost.layers.graph import Graph, Node, Shape
@@ -51,6 +53,38 @@ class Scratch:
     fixed_format: str | None = None  # ... or this one
     only_if_packed: str | None = None  # exists only when this role's format is bool
     fixed_rows: int = 0  # rows that do not scale with the batch (weight rows)
+
+
+# Budget 0 models an in-place engine with no scratch; numpy still needs working rows, so the bundled trainer
+# then holds each scratch buffer untracked at this small size.
+UNTRACKED_WORKSPACE = 4096
+TILE_BYTES = 1 << 16  # all float32 temporaries of one tiled product together (4 blocks of TILE_BYTES / 4)
+
+
+def product_tiles(m: int, k: int, n: int) -> tuple[int, int, int]:
+    """(rows, cols, inner) of the float32 tiles a product (m, k) x (k, n) is cut into (trainer.kernels.matmul).
+
+    The four temporaries (a block of each operand, a result tile, the product added to it) hold at most
+    TILE_BYTES together: result tiles as wide as possible, square-ish when both sides are long (few,
+    large products, not thin slivers), the inner dimension cut into blocks summed in float32.
+    """
+    per = TILE_BYTES // 16  # floats per temporary
+    side = max(1, math.isqrt(per))
+    cols = min(n, side if m > side else per // max(1, m))
+    rows = max(1, min(m, per // cols))
+    inner = max(1, min(k, per // max(rows, cols)))
+    return rows, cols, inner
+
+
+def product_calls(m: int, k: int, n: int, direct: bool) -> int:
+    """numpy products one (m, k) x (k, n) product takes: one when it runs whole (float32 operands and
+    result, nothing to add to), else one per tile (product_tiles)."""
+    if m <= 0 or n <= 0:
+        return 0
+    if direct:
+        return 1
+    rows, cols, inner = product_tiles(m, k, n)
+    return -(-m // rows) * -(-n // cols) * -(-k // inner)
 
 
 def rows_held(total_rows: int, row_bytes: int, budget: int) -> int:
@@ -95,9 +129,9 @@ def _node_scratch(graph: Graph, node: Node) -> list[Scratch]:
                 s.append(Scratch(f"{n}.col_grad", n, bwd, P, (K,), "activation_grad"))
         return s
     saved_role = {"batchnorm": "norm_output", "sign": "activation_mask", "relu": "activation_mask",
-                  "maxpool": "pool_mask"}.get(node.kind)
-    if saved_role is None:
-        return []
+                  "maxpool": "pool_mask", "dropout": "dropout_mask"}.get(node.kind)
+    if saved_role is None or (node.kind != "batchnorm" and not graph.tensors[node.inputs[0]].requires_grad):
+        return []  # a gate or pool on the data batch has no backward (batchnorm still computes its dW)
     shape = node.in_shape
     rows = 1
     for d in shape[:-1]:

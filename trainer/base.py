@@ -32,17 +32,15 @@ import numpy as np
 from bnncost.costmodel.formats import tensor_bytes
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
-from bnncost.layers.scratch import Scratch, rows_held
+from bnncost.layers.scratch import UNTRACKED_WORKSPACE, Scratch, rows_held
 from bnncost.layers.storage import Stored
 from bnncost.trainer import codec
 from bnncost.trainer.counters import OpCounter
 from bnncost.trainer.ledger import Ledger
 
 DEFAULT_WORKSPACE = 65536  # METHOD 4.1: the trainer's default budget, bytes per operator
-# Budget 0 models an in-place engine with no scratch; numpy still needs working rows, so each scratch
-# buffer is then held untracked at this small size (it shows in tracemalloc only, well inside
-# verify's stated process margin).
-UNTRACKED_WORKSPACE = 4096
+# Budget 0: each scratch buffer held untracked at UNTRACKED_WORKSPACE (layers.scratch; it shows in
+# tracemalloc only, well inside verify's stated process margin).
 LOSS_SCALE = 1024.0
 
 
@@ -74,6 +72,7 @@ class ParamSpec:
     binary_kernel: bool = False  # a binary layer's kernel: clipped to [-1, 1] (adam, sgd), flipped (bop)
     bits: bool = False  # held as its sign, 1 bit (bop)
     sign_grad: bool = False  # its gradient is kept as its sign (weight_grad: sign)
+    state_prefix: str = ""  # its optimizer state is <layer>.<prefix>adam_m ...: "bias_" for a layer's bias
 
     @property
     def size(self) -> int:
@@ -94,6 +93,7 @@ class Context:
         self.training = True
         self.batch = 0
         self.written: set[str] = set()  # gradient buffers written this step
+        self.rng: np.random.Generator | None = None  # the step's random draws (dropout), set by the network
         self.loss_scale = loss_scale(strategy.format_of("activation_grad"))
 
     def fmt(self, role: str) -> str:
