@@ -33,6 +33,10 @@ dense / conv2d
                first or full precision: gmac M x K;
                weight_grad `sign`: compare at acc W (taking the sign)
   update       per weight n = W, at opt, see "optimizer"
+  bias         (full precision, `bias: true`) forward add M at fwd (onto its
+               output); backward_dw add M at acc (db = dY summed over R),
+               weight_grad `sign`: compare at acc N; update per bias value n = N
+               at opt, as a kernel's (no clipping)
 batchnorm (E, C)
   forward      l2: add 4E+3C, mul 3E+6C, sqrt C, div C at bn
                l1: add 5E+3C, abs 2E, mul E+7C, div C at bn (no square, no root;
@@ -51,6 +55,9 @@ prelu (E, C)   forward compare E, mul E at fwd (a x where x <= 0);
                backward_dx (only when its input needs a gradient) gmul E
                (dy a where x <= 0, reusing the compare); update per slope n = C,
                at opt, no clipping
+dropout        forward compare E (the uniform draw against the rate: the mask), mul E
+               (x times 1/(1 - rate)) at fwd; backward_dx gmul 2E (dy gated by the
+               mask, then times 1/(1 - rate)); drawing the random numbers is not counted
 maxpool k, s   forward compare O x (k*k - 1) at fwd;
                backward_dx add O x k*k at acc (scatter), gmul E (mask)
 avgpool k, s   forward add O x k*k, mul O at fwd; backward_dx gmul O, add O x k*k at acc
@@ -64,7 +71,7 @@ softmax_ce     (Q classes, O = B x Q) forward at the `softmax_output` format:
                an exp), div O; backward_dx add O, mul O at acc
 optimizer      per trainable value n, at opt:
                adam, full gradient: mul 6n, add 4n, sqrt n, div n
-               adam, sign gradient (weight_grad `sign`, kernels only): mul 3n,
+               adam, sign gradient (weight_grad `sign`, kernels and biases): mul 3n,
                  add 4n, sqrt n, div n
                sgd (momentum): mul 2n, add 2n
                bop (binary kernels): mul 2n (full) or n (sign), add n, abs n,
@@ -218,6 +225,12 @@ def _count_node(c: _Counter, graph: Graph, node: Node, fwd: str) -> None:
         if sign_grad:
             c.add(n, "backward_dw", "compare", acc, const=node.weights)
         c.optimizer(n, node.weights, sign_grad=sign_grad, binary_kernel=node.binary)
+        if node.bias:
+            c.add(n, "forward", "add", fwd, per=P * N)
+            c.add(n, "backward_dw", "add", acc, per=P * N)
+            if sign_grad:
+                c.add(n, "backward_dw", "compare", acc, const=N)
+            c.optimizer(n, N, sign_grad=sign_grad, binary_kernel=False)
     elif node.kind == "batchnorm":
         C, bn = node.channels, s.format_of("bn_param")
         if s.batchnorm == "l2":
@@ -261,6 +274,11 @@ def _count_node(c: _Counter, graph: Graph, node: Node, fwd: str) -> None:
         if needs_dx:
             c.gmul(n, "backward_dx", per=e)
         c.optimizer(n, node.channels, sign_grad=False, binary_kernel=False)
+    elif node.kind == "dropout":
+        c.add(n, "forward", "compare", fwd, per=e)
+        c.add(n, "forward", "mul", fwd, per=e)
+        if needs_dx:
+            c.gmul(n, "backward_dx", per=2 * e)
     elif node.kind in ("maxpool", "avgpool"):
         kk = node.window[0] * node.window[1]
         if node.kind == "maxpool":

@@ -102,7 +102,7 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
 def parameter_tensors(graph: Graph, batchnorm: str, optimizer: str) -> list[tuple[str, str, Shape, str]]:
     """(layer, name, shape, optimizer) of every trainable tensor, one tensor each, with what updates it.
 
-    A kernel is one tensor; batchnorm's parameters are one tensor per kind of
+    A kernel is one tensor, and a full-precision layer's bias another; batchnorm's parameters are one tensor per kind of
     parameter (gamma and beta for l2, beta alone for l1), one value per channel;
     a prelu's slopes are one tensor, one value per channel.
     Bop updates binary kernels only; the other tensors of a Bop strategy use
@@ -113,6 +113,8 @@ def parameter_tensors(graph: Graph, batchnorm: str, optimizer: str) -> list[tupl
         if node.kind in WEIGHTED_KINDS:
             by = "adam" if optimizer == "bop" and not node.binary else optimizer
             out.append((node.name, "weight", tuple(node.weight_shape), by))
+            if node.bias:
+                out.append((node.name, "bias", (node.units,), by))
         elif node.kind == "batchnorm":
             by = "adam" if optimizer == "bop" else optimizer
             names = ("gamma", "beta") if batchnorm == "l2" else ("beta",)

@@ -33,10 +33,16 @@ class _Layer(BaseModel):
     name: str | None = None
 
 
+# A full-precision dense/conv2d may add a learned bias per output (`bias: true`); a binary one may
+# not: batchnorm follows it (layers.graph refuses the pair)
+StrictBool = Annotated[bool, Field(strict=True)]
+
+
 class Dense(_Layer):
     kind: Literal["dense"] = "dense"
     units: PositiveInt
     binary: bool = True
+    bias: StrictBool = False
 
 
 class Conv2D(_Layer):
@@ -49,6 +55,7 @@ class Conv2D(_Layer):
     # grouped convolution: input channels and filters split into `groups` independent convs
     # (depthwise: groups = input channels); layers.graph checks that both divide
     groups: Annotated[int, Field(gt=0, strict=True)] = 1  # strict: `groups: true` is not 1 group
+    bias: StrictBool = False
 
 
 class BatchNorm(_Layer):
@@ -66,6 +73,18 @@ class ReLU(_Layer):
 class PReLU(_Layer):
     """y = x where x > 0, else a_c x: one learnable slope a_c per channel (Bi-Real Net, ReActNet)."""
     kind: Literal["prelu"] = "prelu"
+
+
+def _check_rate(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"expected a number with 0 <= rate < 1 (the fraction of values dropped), got {value!r}")
+    return float(value)
+
+
+class Dropout(_Layer):
+    """Training-time inverted dropout: zero each value with probability `rate`, scale the rest by 1/(1-rate)."""
+    kind: Literal["dropout"] = "dropout"
+    rate: Annotated[float, BeforeValidator(_check_rate)]
 
 
 class _Pool(_Layer):
@@ -101,7 +120,7 @@ class Residual(_Layer):
 
 
 LayerSpec = Union[
-    Dense, Conv2D, BatchNorm, Sign, ReLU, PReLU, MaxPool, AvgPool, GlobalAvgPool,
+    Dense, Conv2D, BatchNorm, Sign, ReLU, PReLU, Dropout, MaxPool, AvgPool, GlobalAvgPool,
     Flatten, SoftmaxCE, Residual,
 ]
 
@@ -112,6 +131,7 @@ LAYER_CLASSES: dict[str, type[_Layer]] = {
     "sign": Sign,
     "relu": ReLU,
     "prelu": PReLU,
+    "dropout": Dropout,
     "maxpool": MaxPool,
     "avgpool": AvgPool,
     "global_avgpool": GlobalAvgPool,

@@ -436,6 +436,48 @@ def test_a_prelu_slope_shared_by_all_channels_is_refused_by_node(capsys, tmp_pat
     refused(capsys, tmp_path, path, "node 'act' (PRelu)", "shared by all 4 channels", "one per channel")
 
 
+def dropout_mlp(tmp_path, dropout: list, inits: list, opset: int, name: str) -> str:
+    """Gemm(784 -> 32) -> Relu -> [the Dropout node(s) reading r, writing d] -> Gemm(32 -> 10)."""
+    n = helper.make_node
+    nodes = [n("Gemm", ["x", "w0"], ["h"], name="fc0", transB=1), n("Relu", ["h"], ["r"], name="relu0")]
+    head, hi = gemm_head("d", 32, 10, bias=False)
+    return save(tmp_path, nodes + dropout + head, [const("w0", RNG.normal(size=(32, 784)))] + inits + hi,
+                ["batch", 784], opset=opset, name=name)
+
+
+DROPOUT_MLP = """
+- dense: {units: 32, binary: false}
+- relu: {}
+- dropout: {rate: %s}
+- dense: {units: 10, binary: false}
+- softmax_ce: {}
+"""
+
+
+def test_dropout_in_training_mode_and_inference_exports(tmp_path):
+    """The model trains with its dropout, whichever mode the graph was exported in; the rate is the ratio."""
+    n = helper.make_node
+    true = numpy_helper.from_array(np.array(True), "train")
+    cases = {  # opset 12+: ratio (and training_mode) are inputs; before: an attribute
+        "training": ([n("Dropout", ["r", "ratio", "train"], ["d", "dmask"], name="drop")],
+                     [const("ratio", 0.2), true], 13, "0.2"),
+        "inference": ([n("Dropout", ["r", "ratio"], ["d"], name="drop")], [const("ratio", 0.35)], 13, "0.35"),
+        "opset-10": ([n("Dropout", ["r"], ["d"], name="drop", ratio=0.25)], [], 10, "0.25"),
+        "default-ratio": ([n("Dropout", ["r"], ["d"], name="drop")], [], 13, "0.5"),
+    }
+    for case, (nodes, inits, opset, rate) in cases.items():
+        got = import_onnx(dropout_mlp(tmp_path, nodes, inits, opset, f"{case}.onnx"))
+        assert kinds(got.model) == expected(DROPOUT_MLP % rate, [784]), case
+    path = dropout_mlp(tmp_path, *cases["training"][:3], "verify.onnx")
+    assert cli.run_verification(path, "proposed", 8, steps=1, retention="backward").ok
+
+
+def test_a_dropout_ratio_of_one_is_refused_by_node(capsys, tmp_path):
+    path = dropout_mlp(tmp_path, [helper.make_node("Dropout", ["r", "ratio"], ["d"], name="drop")],
+                       [const("ratio", 1.0)], 13, "m.onnx")
+    refused(capsys, tmp_path, path, "node 'drop' (Dropout)", "dropout ratio of 1.0", "0 <= rate < 1")
+
+
 # ------------------------------------------------------------------ kinds bnncost may not model yet
 
 def test_kinds_beyond_the_layer_set_are_refused_or_mapped(tmp_path):
@@ -679,3 +721,50 @@ def test_grouped_and_depthwise_convs_import_and_run_end_to_end(capsys, tmp_path)
     code, out, err = run(capsys, "verify", path, "--batch", "4", "--steps", "1", "--json")
     assert code == 0, err
     assert json.loads(out)["model"] == "grouped"
+
+
+# ------------------------------------------------------------------ a full-precision bias, kept or restored
+
+def test_a_full_precision_bias_is_a_batchnorm_by_default_and_a_bias_with_keep_bias(capsys, tmp_path):
+    """Gemm + bias feeding the loss (no batchnorm after it), and a full-precision conv with a bias before a relu."""
+    n = helper.make_node
+    nodes, inits = conv("x", "c0", RNG.normal(size=(4, 2, 3, 3)), "stem", bias=RNG.normal(size=4), pads=[1, 1, 1, 1])
+    nodes += [n("Relu", ["c0"], ["r0"]), n("Flatten", ["r0"], ["f"])]
+    head, hi = gemm_head("f", 4 * 6 * 6, 10, bias=True)
+    path = save(tmp_path, nodes + head, inits + hi, ["batch", 2, 6, 6], name="biased.onnx")
+    restored = import_onnx(path)
+    assert kinds(restored.model) == expected("""
+- conv2d: {filters: 4, kernel: 3, padding: same, binary: false}
+- batchnorm: {}
+- relu: {}
+- flatten: {}
+- dense: {units: 10, binary: false}
+- batchnorm: {}
+- softmax_ce: {}
+""", [6, 6, 2])
+    kept = import_onnx(path, keep_bias=True)
+    assert kinds(kept.model) == expected("""
+- conv2d: {filters: 4, kernel: 3, padding: same, binary: false, bias: true}
+- relu: {}
+- flatten: {}
+- dense: {units: 10, binary: false, bias: true}
+- softmax_ce: {}
+""", [6, 6, 2])
+    g = build_graph(kept.model)
+    assert g.parameter_count() == (3 * 3 * 2 * 4 + 4) + (144 * 10 + 10)  # the ONNX initializers' sizes
+    target = tmp_path / "biased.yaml"
+    code, out, err = run(capsys, "import", path, "-o", target, "--keep-bias")
+    assert code == 0, err
+    assert kinds(load_model(str(target))) == kinds(kept.model)
+    code, out, err = run(capsys, "verify", target, "--batch", "4", "--steps", "1", "--json")
+    assert code == 0, err
+
+
+def test_a_bias_on_a_binary_layer_is_always_a_batchnorm(tmp_path):
+    """--keep-bias keeps full-precision biases only: a binary layer's bias is a fused batchnorm."""
+    s, si = sign_idiom("sign", "x", "s0", "a0_")
+    nodes, inits = conv("s0", "c0", folded(4, 2, 3), "bconv", bias=RNG.normal(size=4))
+    nodes = s + nodes + [helper.make_node("Flatten", ["c0"], ["f"])]
+    head, hi = gemm_head("f", 4 * 4 * 4, 10, bias=False)
+    kept = import_onnx(save(tmp_path, nodes + head, si + inits + hi, ["batch", 2, 6, 6]), keep_bias=True)
+    assert kinds(kept.model)[:3] == [("sign", {}), ("conv2d", {"filters": 4, "kernel": 3}), ("batchnorm", {})]

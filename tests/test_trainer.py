@@ -212,6 +212,8 @@ def reference_grads(graph, net: Network, x, y, batchnorm: str, packed_norm: bool
                 out = cols @ wm
             else:
                 cols, out = inp, inp @ wm
+            if node.bias:
+                out = out + get_param(net, f"{node.name}.bias")
             cache.append((node, cols, wm, h.shape))
             h = out
         elif k == "batchnorm":
@@ -255,6 +257,8 @@ def reference_grads(graph, net: Network, x, y, batchnorm: str, packed_norm: bool
             _, cols, wm, in_shape = entry
             g2 = g.reshape(-1, node.units)
             grads[f"{node.name}.weight"] = _group_blocks(cols.reshape(-1, wm.shape[0]).T @ g2, node)
+            if node.bias:
+                grads[f"{node.name}.bias"] = g2.sum(0)
             dcols = g2 @ wm.T
             if k == "conv2d":
                 g = _fold(dcols.reshape(*g.shape[:-1], -1), in_shape, node.window, node.strides, node.padding)
@@ -316,6 +320,20 @@ def test_proposed_keeps_the_sign_of_the_reference_weight_gradient():
         big = np.abs(ref[name]) > 0.05 * np.abs(ref[name]).max()
         agree = (np.sign(ref[name][big]) == got[name][big]).mean()
         assert agree > 0.97, (name, agree)
+
+
+def test_proposed_keeps_the_sign_of_the_bias_gradient():
+    """A full-precision layer's bias gradient is a weight_grad: 1 bit under proposed, the sign of the real one."""
+    g = graph_of(FP_BIAS)
+    x, y = batch_for(g, 16, seed=3)
+    _, real = step_grads(Network(g, load_strategy("standard"), seed=5), x, y)
+    net = Network(g, load_strategy("proposed"), seed=5)
+    _, got = step_grads(net, x, y)
+    assert net.ledger.rows and {r.format for r in net.ledger.rows if r.name.endswith(".bias_grad")} == {"bool"}
+    for name in ("conv2d_1.bias", "conv2d_2.bias", "dense_1.bias", "dense_2.bias"):
+        assert set(np.unique(got[name])) <= {-1.0, 1.0}
+        big = np.abs(real[name]) > 0.05 * np.abs(real[name]).max()
+        assert (np.sign(real[name][big]) == got[name][big]).mean() > 0.9, name
 
 
 # ---------------------------------------------------------------- weight rows worked block by block
@@ -436,8 +454,22 @@ FP_PRELU = {
     ]}
 
 
-@pytest.mark.parametrize("model", [FP_NET, FP_NONSQUARE, FP_GROUPED, FP_PRELU],
-                         ids=["square", "nonsquare", "grouped", "prelu"])
+# biases on full-precision layers: a first conv, a grouped one after it, two dense layers (the last feeds
+# the loss with no batchnorm between, so its bias has a gradient of its own)
+FP_BIAS = {
+    "name": "fp-bias", "input": [6, 5, 2], "layers": [
+        {"conv2d": {"filters": 4, "kernel": 3, "padding": "same", "binary": False, "bias": True}},
+        {"relu": {}},
+        {"conv2d": {"filters": 4, "kernel": [2, 3], "stride": 2, "groups": 2, "binary": False, "bias": True}},
+        {"flatten": {}},
+        {"dense": {"units": 5, "binary": False, "bias": True}}, {"relu": {}},
+        {"dense": {"units": 3, "binary": False, "bias": True}},
+        {"softmax_ce": {}},
+    ]}
+
+
+@pytest.mark.parametrize("model", [FP_NET, FP_NONSQUARE, FP_GROUPED, FP_PRELU, FP_BIAS],
+                         ids=["square", "nonsquare", "grouped", "prelu", "bias"])
 def test_full_precision_paths_match_finite_differences(model):
     g = graph_of(model)
     net = Network(g, load_strategy("standard"), seed=7)
@@ -493,6 +525,59 @@ def test_prelu_gradients_match_a_float64_reference():
             "dense_1.weight": h0.T @ dz1, "prelu_1.params": np.where(x > 0, 0, dh0 * x).sum(0)}
     for name, w in want.items():
         np.testing.assert_allclose(grads[name], w, rtol=1e-4, atol=1e-7, err_msg=name)
+
+
+DROPOUT_MLP = {"name": "dropout-mlp", "input": [6], "layers": [
+    {"dropout": {"rate": 0.2}}, {"dense": {"units": 40, "binary": False}}, {"dropout": {"rate": 0.3}},
+    {"dense": {"units": 3, "binary": False}}, {"softmax_ce": {}}]}
+
+
+def test_dropout_gradients_match_a_float64_reference_under_the_step_mask():
+    """y = x mask / (1 - rate) forward, dx = dy mask / (1 - rate) backward, with the mask the step saved."""
+    g = graph_of(DROPOUT_MLP)
+    net = Network(g, load_strategy("standard"), seed=3)
+    x, y = batch_for(g, 50, seed=5)
+    masks = {}
+    for op in net.ops:
+        if op.node.kind == "dropout":  # read each mask as its forward leaves it (the data's dies there)
+            def forward(xs, op=op, run=op.forward):
+                out = run(xs)
+                masks[op.name] = np.array(net.ledger[f"{op.name}.mask"], np.float64)
+                return out
+            op.forward = forward
+    _, grads = step_grads(net, x, y)
+    m0, m1 = masks["dropout_1"], masks["dropout_2"]
+    assert set(np.unique(m1)) == {0.0, 1.0} and abs(1 - m1.mean() - 0.3) < 0.05  # 2,000 draws at rate 0.3
+    w1, w2 = get_param(net, "dense_1.weight"), get_param(net, "dense_2.weight")
+    h0 = x * m0 / 0.8
+    h1 = (h0 @ w1) * m1 / 0.7
+    z = h1 @ w2
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    dz = p.copy()
+    dz[np.arange(len(y)), y] -= 1
+    dz /= len(y)
+    dh1 = (dz @ w2.T) * m1 / 0.7
+    np.testing.assert_allclose(grads["dense_2.weight"], h1.T @ dz, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(grads["dense_1.weight"], h0.T @ dh1, rtol=1e-4, atol=1e-7)
+
+
+def test_dropout_masks_are_reproducible_per_seed_and_step():
+    g = graph_of(DROPOUT_MLP)
+
+    def masks(seed, steps):
+        net = Network(g, load_strategy("proposed"), seed=seed)
+        x, y = batch_for(g, 16, seed=5)
+        out, update = [], net.optimizer.step
+        net.optimizer.step = lambda params: (out.append(np.array(net.ledger["dropout_2.mask"])), update(params))
+        for _ in range(steps):
+            net.train_step(codec.encode(x, net.input_format), np.arange(16), y)
+        return out
+
+    a, b, c = masks(1, 2), masks(1, 2), masks(2, 1)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))  # same seed: the same masks, step by step
+    assert not np.array_equal(a[0], a[1]) and not np.array_equal(a[0], c[0])  # a new draw each step and seed
+    assert a[0].dtype == np.uint8 and a[0].shape == (16, 5)  # proposed: 40 bits packed in 5 bytes a sample
 
 
 # ---------------------------------------------------------------- the ledger, by hand

@@ -74,6 +74,7 @@ class ParamSpec:
     binary_kernel: bool = False  # a binary layer's kernel: clipped to [-1, 1] (adam, sgd), flipped (bop)
     bits: bool = False  # held as its sign, 1 bit (bop)
     sign_grad: bool = False  # its gradient is kept as its sign (weight_grad: sign)
+    state_prefix: str = ""  # its optimizer state is <layer>.<prefix>adam_m ...: "bias_" for a layer's bias
 
     @property
     def size(self) -> int:
@@ -94,6 +95,7 @@ class Context:
         self.training = True
         self.batch = 0
         self.written: set[str] = set()  # gradient buffers written this step
+        self.rng: np.random.Generator | None = None  # the step's random draws (dropout), set by the network
         self.loss_scale = loss_scale(strategy.format_of("activation_grad"))
 
     def fmt(self, role: str) -> str:

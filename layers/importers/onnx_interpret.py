@@ -213,9 +213,13 @@ class Interpreter:
         x = self.act(ins[0])
         if not supports("dropout"):
             raise self.error("dropout is not a bnncost layer yet")
-        ratio = attrs.get("ratio", 0.5)
+        ratio = np.float32(attrs.get("ratio", 0.5))  # a float attribute is float32 in ONNX
         if len(ins) > 1 and ins[1] is not None:
-            ratio = float(self.const(ins[1], "the dropout ratio"))
+            ratio = self.const(ins[1], "the dropout ratio").reshape(-1)[0]
+        # the rate as written before export (0.2, not float32's 0.20000000298)
+        ratio = float(ratio) if ratio.dtype == np.float64 else float(str(np.float32(ratio)))
+        if not 0 <= ratio < 1:
+            raise self.error(f"a dropout ratio of {ratio}; bnncost's dropout takes 0 <= rate < 1")
         node = ENode("dropout", (x.node,), self.where, {"rate": float(ratio)})
         return x.view(node, binarised=x.binarised)
 
