@@ -208,7 +208,7 @@ def _node_work(graph: Graph, node: Node, s: Strategy) -> list[OperatorWork]:
             ".dx" if needs_dx else "")
         opt = "adam" if s.optimizer == "bop" else s.optimizer
         works.append(OperatorWork(name, "update", f"update.{opt}.prelu", _update_formats(s, "bn_param", "full"),
-                                  {"values": (C, 0)}))
+                                  {"values": (node.parameters(), 0)}))
         return works
     if kind in ("maxpool", "avgpool"):
         kk = node.window[0] * node.window[1]

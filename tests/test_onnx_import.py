@@ -66,7 +66,11 @@ def test_fixture_parameter_counts_are_the_readmes():
     counts = {n: (build_graph(load_model(str(DATA / f"{n}.onnx"))).parameter_count("l2"),
                   build_graph(load_model(str(DATA / f"{n}.onnx"))).parameter_count("l1")) for n in FIXTURES}
     assert counts == {"digits-cnn.torchscript-opset13": (21492, 21386), "mlp.torchscript-opset17": (401940, 400906),
-                      "resnete-small.dynamo": (20004, 19850)}
+                      "resnete-small.dynamo": (20004, 19850),
+                      # exports made by benchmarks/frameworks/export_onnx.py (the command heads each expected YAML)
+                      "tiny-bireal.larq-noscale": (1848, 1800), "tiny-head.larq": (1088, 1066),
+                      "tiny-head.torchscript17-ste": (1088, 1066), "tiny-reactnet.dynamo-opt-function": (472, 448),
+                      "tiny-reactnet.torchscript13-function": (472, 448)}
 
 
 @pytest.mark.parametrize("name", FIXTURES)
@@ -375,6 +379,27 @@ def test_channels_last_keras_larq_export(tmp_path):
 """, [8, 8, 1])
 
 
+@pytest.mark.parametrize("idiom", ["larq", "sign"])
+def test_a_sign_after_a_flatten_is_written_before_it(tmp_path, idiom):
+    """Larq's QuantDense quantizes its input after Flatten (and a PyTorch BinaryLinear after view(B, -1)):
+    bn -> flatten -> sign -> binary dense imports as bnncost's models write it, sign -> flatten."""
+    n = helper.make_node
+    nodes, inits = conv("x", "c0", RNG.normal(size=(4, 1, 3, 3)), "stem", pads=[1, 1, 1, 1])
+    b, bi = bn("c0", "b0", 4, "bn0")
+    s, si = sign_idiom(idiom, "f", "s", "q_")
+    nodes += b + [n("Flatten", ["b0"], ["f"])] + s + [n("MatMul", ["s", "fc.w"], ["y"], name="qdense")]
+    inits += bi + si + [const("fc.w", np.sign(RNG.uniform(-1, 1, (4 * 8 * 8, 10))))]
+    got = import_onnx(save(tmp_path, nodes, inits, [1, 1, 8, 8], opset=13))
+    assert kinds(got.model) == expected("""
+- conv2d: {filters: 4, kernel: 3, padding: same, binary: false}
+- batchnorm: {}
+- sign: {}
+- flatten: {}
+- dense: {units: 10}
+- softmax_ce: {}
+""", [8, 8, 1])
+
+
 def test_training_mode_export_identity_dropout_and_final_softmax(tmp_path):
     """TorchScript training export: BN with training_mode=1 and its extra outputs; Identity on the path."""
     nodes, inits = binary_mlp("ste", opset=15)
@@ -427,13 +452,80 @@ def test_prelu_with_per_channel_slopes_bireal_style(tmp_path):
     assert [node.parameters() for node in graph_of(got.model).nodes if node.kind == "prelu"] == [8, 8, 8]
 
 
-def test_a_prelu_slope_shared_by_all_channels_is_refused_by_node(capsys, tmp_path):
+def keras_prelu(x: str, out: str, slope: np.ndarray, p: str) -> tuple[list, list]:
+    """Keras' PReLU as tf2onnx writes it: relu(x) + (-alpha) * relu(-x)."""
+    n = helper.make_node
+    return [n("Relu", [x], [f"{p}pos"]), n("Neg", [x], [f"{p}negx"], name=f"{p}neg"),
+            n("Relu", [f"{p}negx"], [f"{p}rn"]), n("Mul", [f"{p}rn", f"{p}alpha"], [f"{p}m"]),
+            n("Add", [f"{p}pos", f"{p}m"], [out], name=f"{p}add")], [const(f"{p}alpha", -slope)]
+
+
+def test_keras_prelu_written_out_by_tf2onnx_is_a_prelu(tmp_path):
+    n = helper.make_node
+    nodes, inits = conv("x", "c0", RNG.normal(size=(8, 3, 3, 3)), "stem", pads=[1, 1, 1, 1])
+    b0, b0i = bn("c0", "h0", 8, "bn0")
+    p0, p0i = keras_prelu("h0", "p0", RNG.uniform(0, 1, (1, 8, 1, 1)), "pr0_")
+    s, _ = sign_idiom("ste", "p0", "s1", "b1_")
+    c, ci = conv("s1", "c1", folded(8, 8, 3), "b1conv", pads=[1, 1, 1, 1])
+    b1, b1i = bn("c1", "h1", 8, "bn1")
+    p1, p1i = keras_prelu("j1", "p1", RNG.uniform(0, 1, (1, 8, 1, 1)), "pr1_")
+    nodes += b0 + p0 + s + c + b1 + [n("Add", ["h1", "p0"], ["j1"], name="join1")] + p1
+    nodes += [n("GlobalAveragePool", ["p1"], ["g"]), n("Flatten", ["g"], ["f"])]
+    head, hi = gemm_head("f", 8, 10, bias=False)
+    got = import_onnx(save(tmp_path, nodes + head, inits + b0i + p0i + ci + b1i + p1i + hi, ["batch", 3, 8, 8]))
+    assert kinds(got.model) == expected("""
+- conv2d: {filters: 8, kernel: 3, padding: same, binary: false}
+- batchnorm: {}
+- prelu: {}
+- residual:
+    body: [{sign: {}}, {conv2d: {filters: 8, kernel: 3, padding: same}}, {batchnorm: {}}]
+- prelu: {}
+- global_avgpool: {}
+- dense: {units: 10, binary: false}
+- softmax_ce: {}
+""", [8, 8, 3])
+
+
+@pytest.mark.parametrize("broken, needles", [
+    ("other", ["node 'pr_add' (Add)", "not a PReLU"]),  # relu(-x) added to something else
+    ("alone", ["(Relu)", "relu(-x) that is not the negative half of a PReLU"]),
+])
+def test_a_written_out_prelu_that_is_not_one_is_refused(capsys, tmp_path, broken, needles):
+    n = helper.make_node
+    nodes, inits = keras_prelu("x", "p", RNG.uniform(0, 1, (1, 4, 1, 1)), "pr_")
+    if broken == "other":
+        nodes[-1] = n("Add", ["x", "pr_m"], ["p"], name="pr_add")
+    if broken == "alone":
+        nodes = [nodes[1], n("Relu", ["pr_negx"], ["p"])]
+    nodes += [n("GlobalAveragePool", ["p"], ["g"]), n("Flatten", ["g"], ["f"])]
+    head, hi = gemm_head("f", 4, 10, bias=False)
+    refused(capsys, tmp_path, save(tmp_path, nodes + head, inits + hi, [1, 4, 8, 8]), *needles)
+
+
+def test_a_tensorflow_function_call_left_by_tf2onnx_is_refused_by_node(capsys, tmp_path):
+    """Keras' grouped Conv2D runs as an XLA function on CPU; tf2onnx leaves a PartitionedCall node."""
+    n = helper.make_node
+    nodes = [n("PartitionedCall", ["x", "w"], ["c"], name="qconv/PartitionedCall"),
+             n("GlobalAveragePool", ["c"], ["g"]), n("Flatten", ["g"], ["f"])]
+    head, hi = gemm_head("f", 4, 10, bias=False)
+    refused(capsys, tmp_path, save(tmp_path, nodes + head, [const("w", RNG.normal(size=(4, 1, 3, 3)))] + hi,
+                                   [1, 4, 8, 8]), "node 'qconv/PartitionedCall' (PartitionedCall)", "groups=1")
+
+
+def test_a_prelu_slope_shared_by_all_channels_is_a_shared_prelu(tmp_path):
+    """torch.nn.PReLU()'s default exports one slope for every channel: one parameter, not C."""
     n = helper.make_node
     nodes = [n("PRelu", ["x", "slope"], ["p"], name="act"), n("GlobalAveragePool", ["p"], ["g"]),
              n("Flatten", ["g"], ["f"])]
     head, hi = gemm_head("f", 4, 10, bias=False)
     path = save(tmp_path, nodes + head, [const("slope", [0.25])] + hi, [1, 4, 8, 8])
-    refused(capsys, tmp_path, path, "node 'act' (PRelu)", "shared by all 4 channels", "one per channel")
+    got = import_onnx(path).model
+    assert kinds(got)[0] == ("prelu", {"shared": True})
+    assert graph_of(got).nodes[0].parameters() == 1
+    # Keras' PReLU(shared_axes=[1, 2, 3]) written out by tf2onnx: one alpha
+    keras, ki = keras_prelu("x", "p", np.array(0.25), "pr_")
+    got = import_onnx(save(tmp_path, keras + nodes[1:] + head, ki + hi, [1, 4, 8, 8], name="k.onnx")).model
+    assert kinds(got)[0] == ("prelu", {"shared": True})
 
 
 def dropout_mlp(tmp_path, dropout: list, inits: list, opset: int, name: str) -> str:
