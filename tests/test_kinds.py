@@ -341,6 +341,19 @@ def test_biased_model_verifies_to_the_byte_and_op(strategy, retention):
     assert v.ok
 
 
+def test_time_units_count_the_bias_pass_and_update():
+    from bnncost.costmodel.timing import operator_work
+
+    def units(bias):
+        g = graph([{"flatten": {}}, {"dense": {"units": 3, "binary": False, "bias": bias}}, {"softmax_ce": {}}], (8,))
+        return {(w.event, w.layer): w.units for w in operator_work(g, load_strategy("standard"))}
+
+    plain, biased = units(False), units(True)
+    for event in ("forward", "backward"):  # y += b; db = dY summed: one more pass over the 3 outputs
+        assert biased[(event, "dense_1")]["output_values"] == (0, 2 * plain[(event, "dense_1")]["output_values"][1])
+    assert biased[("update", "dense_1")]["values"] == (8 * 3 + 3, 0)
+
+
 # ---------------------------------------------------------------- dropout
 
 DROPOUT = str(Path(__file__).parent / "data" / "small-dropout.yaml")

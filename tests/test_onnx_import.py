@@ -70,7 +70,8 @@ def test_fixture_parameter_counts_are_the_readmes():
                       # exports made by benchmarks/frameworks/export_onnx.py (the command heads each expected YAML)
                       "tiny-bireal.larq-noscale": (1848, 1800), "tiny-head.larq": (1088, 1066),
                       "tiny-head.torchscript17-ste": (1088, 1066), "tiny-reactnet.dynamo-opt-function": (472, 448),
-                      "tiny-reactnet.torchscript13-function": (472, 448)}
+                      "tiny-reactnet.torchscript13-function": (472, 448),
+                      "tiny-dropout.torchscript17-train-ste": (4348, 4328)}
 
 
 @pytest.mark.parametrize("name", FIXTURES)
