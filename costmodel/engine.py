@@ -62,7 +62,8 @@ OPTIMIZERS = ("adam", "sgd", "bop")
 PARAMETER_SHAPES = ("largest_parameter", "each_parameter")
 NAMED_LISTS = ("variables", "temporaries", "optimizer_temporaries", "runtime")
 APPENDED_LISTS = ("drop", "shares", "lifetimes", "in_place_grads", "gemms", "formats")
-FILE_KEYS = {"name", "description", "extends", "retention", "workspace", "blas_buffers", *NAMED_LISTS, *APPENDED_LISTS}
+FILE_KEYS = {"name", "description", "extends", "retention", "workspace", "blas_buffers", "jit_conv_kernels",
+             *NAMED_LISTS, *APPENDED_LISTS}
 GEMM_TRANSPOSES = ("NN", "NT", "TN", "TT")  # op(A), op(B) of column-major C(m x n) = op(A)(m x k) op(B)(k x n)
 GEMM_DIMS = {
     "batch": "the batch size B",
@@ -143,6 +144,7 @@ class When(BaseModel):
     binary: bool | None = None  # dense / conv2d with binary: true
     first: bool | None = None  # its input is the data batch
     needs_input_grad: bool | None = None  # its backward computes dX
+    pointwise: bool | None = None  # conv2d with a 1x1 kernel, stride 1, one group
 
 
 class _LayerRule(_Rule):
@@ -259,13 +261,16 @@ class RuntimeBytes(_Rule):
     """Bytes that are not tensors (framework state, allocator caches), whatever the batch size.
 
     Without `kinds`, `bytes` once; with `kinds`, `bytes` for each layer of those
-    kinds that passes `when` (a traced graph grows with the ops it holds).
+    kinds that passes `when` (a traced graph grows with the ops it holds). With
+    `min_batch`, only at batch sizes from it on (a library that takes another
+    code path for smaller batches): the runtime is then a step function of B.
     """
 
     name: Identifier
     bytes: ByteCount
     kinds: Kinds | None = None
     when: When = When()
+    min_batch: PositiveInt | None = None
 
 
 
@@ -342,6 +347,31 @@ class BlasBuffers(_Rule):
         return self.base + self.element_bytes * depth * (rows + cols)
 
 
+class JitConvKernels(_Rule):
+    """oneDNN's JIT-compiled code for convolutions, cached for the process (its primitive cache).
+
+    Each conv layer oneDNN runs makes one kernel per direction (forward,
+    backward-weights, and backward-data where it computes dX), plus one reorder
+    kernel per distinct (tensor shape, layout change) between PyTorch's plain
+    layout and oneDNN's blocked one: the input and dY to blocked (the input
+    stays plain where Cin < plain_input_below_channels), the output and dX
+    back, the weight to blocked for forward and for backward-data, dW back.
+    Reorders of the same shape and direction are one cached primitive, shared
+    between layers. A strided conv's backward-data takes strided_input_grad_kernels
+    kernels, a 1x1 stride-1 conv's backward-weights pointwise_weight_grad_kernels.
+    Each kernel holds kernel_bytes of code and state_bytes of primitive state.
+    1x1 stride-1 convs run on oneDNN only from pointwise_min_batch on.
+    """
+
+    name: Identifier
+    kernel_bytes: ByteCount
+    state_bytes: ByteCount
+    plain_input_below_channels: NonNegative
+    strided_input_grad_kernels: PositiveInt
+    pointwise_weight_grad_kernels: PositiveInt
+    pointwise_min_batch: PositiveInt
+
+
 class Workspace(_Rule):
     """Scratch per operator (METHOD 4.1): 0 computes in place; else chunks that fit the budget."""
 
@@ -365,6 +395,7 @@ class Engine(BaseModel):
     runtime: tuple[RuntimeBytes, ...] = ()
     gemms: tuple[Gemm, ...] = ()
     blas_buffers: BlasBuffers | None = None
+    jit_conv_kernels: JitConvKernels | None = None
     file: str = "<memory>"  # where it was loaded from, for error messages
 
 
@@ -388,6 +419,7 @@ class _EngineFile(BaseModel):
     runtime: list[RuntimeBytes] = []
     gemms: list[Gemm] = []
     blas_buffers: BlasBuffers | None = None
+    jit_conv_kernels: JitConvKernels | None = None
 
 
 # ---------------------------------------------------------------- loading
@@ -503,7 +535,7 @@ def _check_rules(f: _EngineFile, source: str, inherited_roles: set[str]) -> set[
 
 def _merge(parent: dict, child: _EngineFile) -> dict:
     merged = dict(parent)
-    for key in ("name", "description", "retention", "workspace", "blas_buffers"):
+    for key in ("name", "description", "retention", "workspace", "blas_buffers", "jit_conv_kernels"):
         value = getattr(child, key)
         if value is not None:
             merged[key] = value

@@ -14,7 +14,9 @@ changes them the way an engine holds a step, in this order:
 6. `runtime` adds bytes that are not tensors, once or per layer of some
    kinds, alive the whole step (role `runtime`);
 7. `blas_buffers` adds the BLAS library's cached packing buffers for the
-   step's `gemms` (role `runtime`), a step function of the batch size.
+   step's `gemms` (role `runtime`), a step function of the batch size;
+8. `jit_conv_kernels` adds oneDNN's cached JIT code for the step's convs
+   (role `runtime`), which depends on the batch where 1x1 convs change path.
 
 Every other byte count stays affine in the batch size, so the peak keeps its
 a + b x B form between the steps of 7, and the largest batch that fits is
@@ -26,11 +28,13 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from bnncost.costmodel.engine import STRATEGY_FORMAT, BlasBuffers, Engine, EngineError, Gemm
+from bnncost.costmodel.engine import STRATEGY_FORMAT, BlasBuffers, Engine, EngineError, Gemm, JitConvKernels
 from bnncost.costmodel.variable import Variable, sized
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
-from bnncost.layers.relative import matching_nodes, parameter_tensors, relative_event, relative_shape
+from bnncost.layers.relative import (
+    is_pointwise, matching_nodes, parameter_tensors, relative_event, relative_shape,
+)
 from bnncost.layers.storage import gradient_buffers
 
 RUNTIME_ROLE = "runtime"
@@ -49,7 +53,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         if not rule.applies_to(strategy):
             return []
         w = rule.when
-        return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad)
+        return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise)
 
     def event(node: Node, word: str) -> int:
         return index[relative_event(node, word, retention)]
@@ -154,8 +158,13 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         if not r.applies_to(strategy):
             continue
         n = 1 if r.kinds is None else len(nodes(r))
-        add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
-                     0, len(events) - 1), where("runtime", i))
+        if r.min_batch is None:
+            add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
+                         0, len(events) - 1), where("runtime", i))
+        elif n:
+            add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
+                         len(events) - 1, by_batch=lambda batch, r=r, n=n: n * r.bytes if batch >= r.min_batch else 0),
+                where("runtime", i))
     # 7. the BLAS library's packing buffers
     pool = engine.blas_buffers
     if pool is not None and engine.gemms:
@@ -164,7 +173,38 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
             add(Variable(f"runtime.{pool.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
                          len(events) - 1, by_batch=lambda batch: sum(kept_buffers(pool, calls, batch))),
                 "blas_buffers")
+    # 8. oneDNN's JIT code for convolutions
+    jit = engine.jit_conv_kernels
+    if jit is not None and any(n.kind == "conv2d" for n in graph.nodes):
+        add(Variable(f"runtime.{jit.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
+                     len(events) - 1,
+                     by_batch=lambda batch: conv_kernels(graph, jit, batch) * (jit.kernel_bytes + jit.state_bytes)),
+            "jit_conv_kernels")
     return out
+
+
+def conv_kernels(graph: Graph, rule: JitConvKernels, batch: int) -> int:
+    """oneDNN JIT kernels the step's convs leave cached: one per direction, one per distinct reorder."""
+    directions = 0
+    to_blocked: set = set()  # per-sample shapes reordered plain -> blocked (input, dY)
+    to_plain: set = set()  # blocked -> plain (output, dX)
+    weights: set = set()  # (weight shape, which reorder)
+    for node in graph.nodes:
+        if node.kind != "conv2d" or (is_pointwise(node) and batch < rule.pointwise_min_batch):
+            continue
+        dx = graph.tensors[node.inputs[0]].requires_grad
+        directions += 1 + (rule.pointwise_weight_grad_kernels if is_pointwise(node) else 1)
+        if dx:
+            directions += rule.strided_input_grad_kernels if node.strides != (1, 1) else 1
+        if node.in_shape[-1] >= rule.plain_input_below_channels:
+            to_blocked.add(tuple(node.in_shape))
+        to_blocked.add(tuple(node.out_shape))
+        to_plain.add(tuple(node.out_shape))
+        weights |= {(tuple(node.weight_shape), "forward"), (tuple(node.weight_shape), "weight_grad")}
+        if dx:
+            to_plain.add(tuple(node.in_shape))
+            weights.add((tuple(node.weight_shape), "backward_data"))
+    return directions + len(to_blocked) + len(to_plain) + len(weights)
 
 
 def step_gemms(graph: Graph, rules: tuple[Gemm, ...]) -> list[tuple[str, Node, Gemm]]:
@@ -175,7 +215,7 @@ def step_gemms(graph: Graph, rules: tuple[Gemm, ...]) -> list[tuple[str, Node, G
             for rule in rules:
                 w = rule.when
                 if rule.during == during and node in matching_nodes(graph, rule.kinds, w.binary, w.first,
-                                                                     w.needs_input_grad):
+                                                                     w.needs_input_grad, w.pointwise):
                     out.append((f"{during}:{node.name}", node, rule))
     return out
 

@@ -33,6 +33,10 @@ dense / conv2d
                first or full precision: gmac M x K;
                weight_grad `sign`: compare at acc W (taking the sign)
   update       per weight n = W, at opt, see "optimizer"
+  bias         (full precision, `bias: true`) forward add M at fwd (onto its
+               output); backward_dw add M at acc (db = dY summed over R),
+               weight_grad `sign`: compare at acc N; update per bias value n = N
+               at opt, as a kernel's (no clipping)
 batchnorm (E, C)
   forward      l2: add 4E+3C, mul 3E+6C, sqrt C, div C at bn
                l1: add 5E+3C, abs 2E, mul E+7C, div C at bn (no square, no root;
@@ -64,7 +68,7 @@ softmax_ce     (Q classes, O = B x Q) forward at the `softmax_output` format:
                an exp), div O; backward_dx add O, mul O at acc
 optimizer      per trainable value n, at opt:
                adam, full gradient: mul 6n, add 4n, sqrt n, div n
-               adam, sign gradient (weight_grad `sign`, kernels only): mul 3n,
+               adam, sign gradient (weight_grad `sign`, kernels and biases): mul 3n,
                  add 4n, sqrt n, div n
                sgd (momentum): mul 2n, add 2n
                bop (binary kernels): mul 2n (full) or n (sign), add n, abs n,
@@ -218,6 +222,12 @@ def _count_node(c: _Counter, graph: Graph, node: Node, fwd: str) -> None:
         if sign_grad:
             c.add(n, "backward_dw", "compare", acc, const=node.weights)
         c.optimizer(n, node.weights, sign_grad=sign_grad, binary_kernel=node.binary)
+        if node.bias:
+            c.add(n, "forward", "add", fwd, per=P * N)
+            c.add(n, "backward_dw", "add", acc, per=P * N)
+            if sign_grad:
+                c.add(n, "backward_dw", "compare", acc, const=N)
+            c.optimizer(n, N, sign_grad=sign_grad, binary_kernel=False)
     elif node.kind == "batchnorm":
         C, bn = node.channels, s.format_of("bn_param")
         if s.batchnorm == "l2":

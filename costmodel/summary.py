@@ -97,7 +97,7 @@ def summary(model, strategy="proposed", batch: int = 100, *, engine=None, retent
             layer=node.name, kind=node.kind, output_shape=list(node.out_shape),
             precision=("binary" if node.binary else "full") if kernel else "",
             params_1bit=node.weights if kernel and node.binary else 0,
-            params_real=(node.weights if kernel and not node.binary else 0) + channel_params,
+            params_real=(node.parameters() if kernel and not node.binary else 0) + channel_params,  # bias too
             param_bytes=sum(v.bytes_at(batch) for v in mine
                             if v.role == "latent_weight" or v.name == f"{node.name}.params"),
             forward_bit_macs=products if kernel and node.binary and not node.first else 0,

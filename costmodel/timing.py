@@ -185,7 +185,8 @@ def _node_work(graph: Graph, node: Node, s: Strategy) -> list[OperatorWork]:
         opt = s.optimizer if (s.optimizer != "bop" or node.binary) else "adam"
         upd = f"update.{opt}.{'binary' if node.binary else 'real'}"
         works.append(OperatorWork(name, "update", upd,
-                                  _update_formats(s, "latent_weight", s.weight_grad), {"values": (W, 0)}))
+                                  _update_formats(s, "latent_weight", s.weight_grad),
+                                  {"values": (W + (N if node.bias else 0), 0)}))  # a bias: N more values
         return works
     if kind == "batchnorm":
         C = node.channels

@@ -47,6 +47,7 @@ class Node:
     fan_in: int = 0  # K: inputs per output (units in, or kh*kw*Cin/groups)
     units: int = 0  # N: outputs per position (units or filters)
     groups: int = 1  # conv2d: channel groups; each output sees the Cin/groups channels of its group
+    bias: bool = False  # full-precision dense / conv2d: one learned bias per output channel (N values)
     positions: int = 1  # output positions per sample (Ho*Wo; 1 for dense)
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, bottom, left, right
     first: bool = False  # its input is the data batch: it saves the data, computes no dX
@@ -65,9 +66,10 @@ class Node:
         return self.in_shape[-1]
 
     def parameters(self, batchnorm: str = "l2") -> int:
-        """Its trainable values: a kernel; gamma and beta (l2) or beta (l1) per channel; one slope per channel."""
+        """Its trainable values: a kernel (and its bias); gamma and beta (l2) or beta (l1) per channel; one slope
+        per channel."""
         if self.kind in ("dense", "conv2d"):
-            return self.weights
+            return self.weights + (self.units if self.bias else 0)
         if self.kind == "batchnorm":
             return (2 if batchnorm == "l2" else 1) * self.channels
         return self.channels if self.kind == "prelu" else 0
@@ -155,6 +157,11 @@ class _Builder:
                 raise self.error(path, name, f"body output {list(bs)} differs from shortcut output {list(ss)}")
             return self.add_node(Node(name, "add", spec, path, (body, short), -1, bs, bs, residual=residual))
         node = Node(name, spec.kind, spec, path, (x,), -1, shape, shape, residual=residual)
+        if isinstance(spec, (Dense, Conv2D)) and spec.bias:
+            if spec.binary:
+                raise self.error(path, name, "bias: a binary layer has no bias; batchnorm follows it "
+                                             "(binary: false for a full-precision layer with a bias)")
+            node.bias = True
         if isinstance(spec, Dense):
             if len(shape) != 1:
                 raise self.error(path, name, f"dense needs a flat input, got {list(shape)} (add a flatten)")

@@ -75,8 +75,13 @@ def relative_event(node: Node, word: str, retention: str) -> str:
     raise ValueError(f"unknown event word {word!r}; events: {', '.join(END_EVENTS)}")
 
 
+def is_pointwise(node: Node) -> bool:
+    """A conv2d with a 1x1 kernel, stride 1 and one group: a plain matrix product per position."""
+    return node.kind == "conv2d" and node.window == (1, 1) and node.strides == (1, 1) and node.groups == 1
+
+
 def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = None, first: bool | None = None,
-                   needs_input_grad: bool | None = None) -> list[Node]:
+                   needs_input_grad: bool | None = None, pointwise: bool | None = None) -> list[Node]:
     """The nodes of these kinds that pass the optional conditions, in forward order."""
     out = []
     for node in graph.nodes:
@@ -88,6 +93,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
             continue
         if needs_input_grad is not None and graph.tensors[node.inputs[0]].requires_grad != needs_input_grad:
             continue
+        if pointwise is not None and is_pointwise(node) != pointwise:
+            continue
         out.append(node)
     return out
 
@@ -95,7 +102,7 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
 def parameter_tensors(graph: Graph, batchnorm: str, optimizer: str) -> list[tuple[str, str, Shape, str]]:
     """(layer, name, shape, optimizer) of every trainable tensor, one tensor each, with what updates it.
 
-    A kernel is one tensor; batchnorm's parameters are one tensor per kind of
+    A kernel is one tensor, and a full-precision layer's bias another; batchnorm's parameters are one tensor per kind of
     parameter (gamma and beta for l2, beta alone for l1), one value per channel;
     a prelu's slopes are one tensor, one value per channel.
     Bop updates binary kernels only; the other tensors of a Bop strategy use
@@ -106,6 +113,8 @@ def parameter_tensors(graph: Graph, batchnorm: str, optimizer: str) -> list[tupl
         if node.kind in WEIGHTED_KINDS:
             by = "adam" if optimizer == "bop" and not node.binary else optimizer
             out.append((node.name, "weight", tuple(node.weight_shape), by))
+            if node.bias:
+                out.append((node.name, "bias", (node.units,), by))
         elif node.kind == "batchnorm":
             by = "adam" if optimizer == "bop" else optimizer
             names = ("gamma", "beta") if batchnorm == "l2" else ("beta",)

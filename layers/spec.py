@@ -33,10 +33,16 @@ class _Layer(BaseModel):
     name: str | None = None
 
 
+# A full-precision dense/conv2d may add a learned bias per output (`bias: true`); a binary one may
+# not: batchnorm follows it (layers.graph refuses the pair)
+StrictBool = Annotated[bool, Field(strict=True)]
+
+
 class Dense(_Layer):
     kind: Literal["dense"] = "dense"
     units: PositiveInt
     binary: bool = True
+    bias: StrictBool = False
 
 
 class Conv2D(_Layer):
@@ -49,6 +55,7 @@ class Conv2D(_Layer):
     # grouped convolution: input channels and filters split into `groups` independent convs
     # (depthwise: groups = input channels); layers.graph checks that both divide
     groups: Annotated[int, Field(gt=0, strict=True)] = 1  # strict: `groups: true` is not 1 group
+    bias: StrictBool = False
 
 
 class BatchNorm(_Layer):

@@ -6,7 +6,12 @@ goes in front); otherwise they are whole. Lifetimes are event names of
 `layers.timeline`; alloc and free are both inclusive.
 
 Choices the docstrings of METHOD leave open, made here:
-- binary layers have no bias (batchnorm follows them);
+- binary layers have no bias (batchnorm follows them); a full-precision
+  dense/conv2d with `bias: true` keeps its bias (N values) as a second
+  parameter of the layer, in the roles of its kernel: `<layer>.bias`
+  (latent_weight), `<layer>.bias_grad` (weight_grad: under weight_grad `sign`
+  it is kept as its sign, like dW), `<layer>.bias_adam_m`/`bias_adam_v` or
+  `bias_momentum` (optimizer_state); it saves nothing (db is the sum of dY);
 - batchnorm keeps `params` (gamma and beta for l2, beta for l1) and
   `running_stats` (mean, spread) for good, `batch_stats` (mean, spread) and
   its saved output until its backward or the step's end, `param_grad` from its
@@ -82,12 +87,12 @@ def stored_variables(graph: Graph, *, batchnorm: str, optimizer: str, retention:
         out.append(Stored(f"{node.name}.{suffix}", node.name, role, tuple(shape), False,
                           f"backward:{node.name}", "update"))
 
-    def optimizer_state(node, shape, binary):
+    def optimizer_state(node, shape, binary, prefix=""):
         if optimizer == "sgd" or (optimizer == "bop" and binary):
-            persistent(f"{node.name}.momentum", node.name, "optimizer_state", shape)
+            persistent(f"{node.name}.{prefix}momentum", node.name, "optimizer_state", shape)
         else:  # adam, and bop's real-valued parameters
-            persistent(f"{node.name}.adam_m", node.name, "optimizer_state", shape)
-            persistent(f"{node.name}.adam_v", node.name, "optimizer_state", shape)
+            persistent(f"{node.name}.{prefix}adam_m", node.name, "optimizer_state", shape)
+            persistent(f"{node.name}.{prefix}adam_v", node.name, "optimizer_state", shape)
 
     data_free = "step_end"
     first_users = [n for n in graph.nodes if n.first]
@@ -111,6 +116,10 @@ def stored_variables(graph: Graph, *, batchnorm: str, optimizer: str, retention:
             if not node.first:
                 saved(node, "input", "binary_input" if node.binary else "real_input", node.in_shape)
             grad(node, "weight_grad", "weight_grad", node.weight_shape)
+            if node.bias:
+                persistent(f"{node.name}.bias", node.name, "latent_weight", (node.units,))
+                optimizer_state(node, (node.units,), False, "bias_")
+                grad(node, "bias_grad", "weight_grad", (node.units,))
         elif k == "batchnorm":
             c = node.channels
             p = 2 if batchnorm == "l2" else 1

@@ -291,6 +291,19 @@ def test_blas_buffers_are_a_step_function_of_the_batch(tmp_path):
     assert b.peak_bytes(b.max_batch(usable))[0] <= usable < b.peak_bytes(b.max_batch(usable) + 1)[0]
 
 
+def test_runtime_from_a_batch_size_on_and_pointwise_convs(tmp_path):
+    """min_batch: the bytes count only from that batch on; pointwise picks 1x1 stride-1 convs."""
+    model = tmp_path / "m.yaml"
+    model.write_text("name: m\ninput: [4, 4, 2]\nlayers:\n  - conv2d: {filters: 3, kernel: 1}\n"
+                     "  - conv2d: {filters: 3, kernel: 3, padding: same}\n  - flatten: {}\n"
+                     "  - dense: {units: 2}\n  - softmax_ce: {}\n")
+    a, b = plans(tmp_path, "runtime:\n  - {name: p, kinds: conv2d, when: {pointwise: true}, min_batch: 16, bytes: 7,"
+                           " source: t}\n  - {name: q, kinds: conv2d, when: {pointwise: false}, bytes: 5, source: t}\n",
+                 model=str(model))
+    assert b.runtime_bytes(15) == 5 and b.runtime_bytes(16) == 5 + 7
+    assert delta(a, b, 16) == span(a, "step_start", "step_end", 12)
+
+
 BAD = {
     "malformed": ("retention: [step\n", "malformed YAML"),
     "not-a-mapping": ("- 1\n", "must be a mapping"),
@@ -337,6 +350,13 @@ BAD = {
                                 " source: t}\n", "formats[0].format: a storage format"),
     "formats-unknown-role": (BASE + "formats:\n  - {kinds: sign, role: outputs, format: uint8, source: t}\n",
                              "formats[0].role: unknown role 'outputs'"),
+    "zero-min-batch": (BASE + "runtime:\n  - {name: x, bytes: 1, min_batch: 0, source: t}\n", "runtime[0].min_batch"),
+    "jit-unknown-field": (BASE + "jit_conv_kernels: {name: j, kernel_bytes: 1, state_bytes: 0, "
+                          "plain_input_below_channels: 16, strided_input_grad_kernels: 1, pointwise_weight_grad_kernels: 1,"
+                          " pointwise_min_batch: 1, source: t, colour: red}\n", "jit_conv_kernels.colour: unknown field"),
+    "jit-negative-bytes": (BASE + "jit_conv_kernels: {name: j, kernel_bytes: -1, state_bytes: 0, "
+                           "plain_input_below_channels: 16, strided_input_grad_kernels: 1, pointwise_weight_grad_kernels: 1,"
+                           " pointwise_min_batch: 1, source: t}\n", "jit_conv_kernels.kernel_bytes: -1 is negative"),
     "zero-count": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, during: backward,"
                    " format: uint8, count: 0, source: t}\n", "temporaries[0].count"),
 }

@@ -177,6 +177,10 @@ def test_model_yaml_with_wrong_types(capsys, tmp_path, key):
      "conv2d_1): groups: 3 does not divide the 8 filters"),
     ("name: m\ninput: [4, 4, 6]\nlayers:\n  - conv2d: {filters: 6, kernel: 1, groups: -6}\n" + MLP_LAYERS,
      "conv2d_1): groups: input should be greater than 0"),
+    ("name: m\ninput: [4, 4, 6]\nlayers:\n  - conv2d: {filters: 6, kernel: 1, bias: true}\n" + MLP_LAYERS,
+     "conv2d_1): bias: a binary layer has no bias; batchnorm follows it"),
+    ("name: m\ninput: [16]\nlayers:\n  - dense: {units: 4, binary: false, bias: 1}\n" + MLP_LAYERS,
+     "dense_1): bias: input should be a valid boolean"),
     ("name: m\ninput: [16]\nlayers: [\n", "malformed YAML"),
     ("name: m\ninput: [16]\nlayers:\n  - dense: {units: 4}\n\t- sign: {}\n", "malformed YAML"),
 ])

@@ -6,6 +6,7 @@ import pytest
 
 from bnncost import cli
 from bnncost.costmodel import load_strategy
+from bnncost.costmodel.strategy import Strategy
 from bnncost.costmodel.ops import count_ops
 from bnncost.layers import build_graph, parse_model
 from bnncost.layers.model import ModelError
@@ -245,3 +246,89 @@ def test_prelu_on_the_data_batch_verifies():
 def test_prelu_takes_no_fields():
     with pytest.raises(ModelError, match=r"layer 0 \(prelu_1\): slope: unknown field \(fields of prelu: none\)"):
         graph([{"prelu": {"slope": 0.1}}, *TAIL], (4, 4, 1))
+
+
+# ---------------------------------------------------------------- a bias on full-precision layers
+
+BIASED = str(Path(__file__).parent / "data" / "small-bias.yaml")
+
+
+def test_bias_is_a_parameter_in_the_roles_of_the_kernel():
+    g = graph([{"conv2d": {"filters": 4, "kernel": 3, "binary": False, "bias": True}}, {"relu": {}},
+               {"flatten": {}}, {"dense": {"units": 3, "binary": False, "bias": True}}, {"softmax_ce": {}}],
+              (5, 5, 2))
+    assert [n.bias for n in g.nodes if n.kind in ("conv2d", "dense")] == [True, True]
+    assert g.parameter_count() == (3 * 3 * 2 * 4 + 4) + (3 * 3 * 4 * 3 + 3)
+    for strategy, states in (("proposed", ("bias_adam_m", "bias_adam_v")), ("bop", ("bias_adam_m", "bias_adam_v"))):
+        v = stored(g, strategy, retention="backward")
+        for layer, n in (("conv2d_1", 4), ("dense_1", 3)):
+            assert (v[f"{layer}.bias"].role, v[f"{layer}.bias"].shape, v[f"{layer}.bias"].batched) == \
+                ("latent_weight", (n,), False)
+            grad = v[f"{layer}.bias_grad"]
+            assert (grad.role, grad.shape, grad.alloc, grad.free) == ("weight_grad", (n,), f"backward:{layer}", "update")
+            for state in states:
+                assert v[f"{layer}.{state}"].role == "optimizer_state" and v[f"{layer}.{state}"].shape == (n,)
+            assert not [name for name in v if name.startswith(f"{layer}.bias") and v[name].alloc.startswith("forward")]
+    sgd = Strategy(**{**load_strategy("standard").model_dump(), "optimizer": "sgd"})
+    from bnncost.layers.storage import stored_variables
+    names = {s.name for s in stored_variables(g, batchnorm="l2", optimizer=sgd.optimizer, retention="step")}
+    assert {"conv2d_1.bias_momentum", "dense_1.bias_momentum"} <= names
+    from bnncost.layers.relative import parameter_tensors
+    assert ("dense_1", "bias", (3,), "adam") in parameter_tensors(g, "l1", "bop")
+
+
+def test_a_bias_on_a_binary_layer_is_refused_in_one_line():
+    for layer in ({"dense": {"units": 3, "bias": True}}, {"conv2d": {"filters": 3, "kernel": 1, "bias": True}}):
+        with pytest.raises(ModelError) as err:
+            graph([layer, {"flatten": {}}, {"dense": {"units": 2, "binary": False}}, {"softmax_ce": {}}],
+                  (4, 4, 2) if "conv2d" in layer else (8,))
+        msg = str(err.value)
+        assert msg.startswith("t: layer 0 (") and "bias: a binary layer has no bias; batchnorm follows it" in msg
+        assert "\n" not in msg
+    with pytest.raises(ModelError, match=r"layer 0 \(dense_1\): bias: input should be a valid boolean"):
+        graph([{"dense": {"units": 3, "binary": False, "bias": "yes"}}, {"softmax_ce": {}}], (8,))
+    # bias: false on a binary layer is what it has anyway
+    assert not graph([{"dense": {"units": 3, "bias": False}}, {"softmax_ce": {}}], (8,)).nodes[0].bias
+
+
+def test_bias_ops_by_hand():
+    b = 5
+    g = graph([{"conv2d": {"filters": 4, "kernel": 3, "binary": False, "bias": True}}, {"relu": {}},
+               {"flatten": {}}, {"dense": {"units": 3, "binary": False, "bias": True}}, {"softmax_ce": {}}],
+              (5, 5, 2))
+    for strategy, fwd, acc, opt, sign in (("standard", "float32", "float32", "float32", False),
+                                          ("proposed", "float16", "float16", "float16", True)):
+        ops = ops_at(g, strategy, b)
+        plain = ops_at(graph([{"conv2d": {"filters": 4, "kernel": 3, "binary": False}}, {"relu": {}},
+                              {"flatten": {}}, {"dense": {"units": 3, "binary": False}}, {"softmax_ce": {}}],
+                             (5, 5, 2)), strategy, b)
+        extra = {k: v - plain.get(k, 0) for k, v in ops.items() if v != plain.get(k, 0)}
+        # conv2d_1: 3x3x4 outputs, R = 9 b rows; dense_1: 3 outputs
+        want = {
+            ("conv2d_1", "forward", "add", fwd): b * 9 * 4,  # the bias onto every output
+            ("conv2d_1", "backward_dw", "add", acc): b * 9 * 4,  # db = dY summed over the rows
+            ("dense_1", "forward", "add", fwd): b * 3,
+            ("dense_1", "backward_dw", "add", acc): b * 3,
+            ("conv2d_1", "update", "add", opt): 4 * 4,  # Adam: per bias value as per weight
+            ("conv2d_1", "update", "sqrt", opt): 4,
+            ("conv2d_1", "update", "div", opt): 4,
+            ("conv2d_1", "update", "mul", opt): (3 if sign else 6) * 4,
+            ("dense_1", "update", "add", opt): 4 * 3,
+            ("dense_1", "update", "sqrt", opt): 3,
+            ("dense_1", "update", "div", opt): 3,
+            ("dense_1", "update", "mul", opt): (3 if sign else 6) * 3,
+        }
+        if sign:  # the bias gradient kept as its sign, as dW
+            want[("conv2d_1", "backward_dw", "compare", acc)] = 4
+            want[("dense_1", "backward_dw", "compare", acc)] = 3
+        assert extra == want, strategy
+
+
+@pytest.mark.parametrize("retention", ["step", "backward"])
+@pytest.mark.parametrize("strategy", SHIPPED)
+def test_biased_model_verifies_to_the_byte_and_op(strategy, retention):
+    v = cli.run_verification(BIASED, strategy, 4, steps=1, retention=retention)
+    assert not [c.name for c in v.variables if not c.ok]
+    assert {c.name for c in v.variables} >= {"conv2d_1.bias", "conv2d_2.bias_grad", "dense_2.bias"}
+    assert v.peak.ledger_ok and not v.op_mismatches
+    assert v.ok

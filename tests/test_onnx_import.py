@@ -679,3 +679,50 @@ def test_grouped_and_depthwise_convs_import_and_run_end_to_end(capsys, tmp_path)
     code, out, err = run(capsys, "verify", path, "--batch", "4", "--steps", "1", "--json")
     assert code == 0, err
     assert json.loads(out)["model"] == "grouped"
+
+
+# ------------------------------------------------------------------ a full-precision bias, kept or restored
+
+def test_a_full_precision_bias_is_a_batchnorm_by_default_and_a_bias_with_keep_bias(capsys, tmp_path):
+    """Gemm + bias feeding the loss (no batchnorm after it), and a full-precision conv with a bias before a relu."""
+    n = helper.make_node
+    nodes, inits = conv("x", "c0", RNG.normal(size=(4, 2, 3, 3)), "stem", bias=RNG.normal(size=4), pads=[1, 1, 1, 1])
+    nodes += [n("Relu", ["c0"], ["r0"]), n("Flatten", ["r0"], ["f"])]
+    head, hi = gemm_head("f", 4 * 6 * 6, 10, bias=True)
+    path = save(tmp_path, nodes + head, inits + hi, ["batch", 2, 6, 6], name="biased.onnx")
+    restored = import_onnx(path)
+    assert kinds(restored.model) == expected("""
+- conv2d: {filters: 4, kernel: 3, padding: same, binary: false}
+- batchnorm: {}
+- relu: {}
+- flatten: {}
+- dense: {units: 10, binary: false}
+- batchnorm: {}
+- softmax_ce: {}
+""", [6, 6, 2])
+    kept = import_onnx(path, keep_bias=True)
+    assert kinds(kept.model) == expected("""
+- conv2d: {filters: 4, kernel: 3, padding: same, binary: false, bias: true}
+- relu: {}
+- flatten: {}
+- dense: {units: 10, binary: false, bias: true}
+- softmax_ce: {}
+""", [6, 6, 2])
+    g = build_graph(kept.model)
+    assert g.parameter_count() == (3 * 3 * 2 * 4 + 4) + (144 * 10 + 10)  # the ONNX initializers' sizes
+    target = tmp_path / "biased.yaml"
+    code, out, err = run(capsys, "import", path, "-o", target, "--keep-bias")
+    assert code == 0, err
+    assert kinds(load_model(str(target))) == kinds(kept.model)
+    code, out, err = run(capsys, "verify", target, "--batch", "4", "--steps", "1", "--json")
+    assert code == 0, err
+
+
+def test_a_bias_on_a_binary_layer_is_always_a_batchnorm(tmp_path):
+    """--keep-bias keeps full-precision biases only: a binary layer's bias is a fused batchnorm."""
+    s, si = sign_idiom("sign", "x", "s0", "a0_")
+    nodes, inits = conv("s0", "c0", folded(4, 2, 3), "bconv", bias=RNG.normal(size=4))
+    nodes = s + nodes + [helper.make_node("Flatten", ["c0"], ["f"])]
+    head, hi = gemm_head("f", 4 * 4 * 4, 10, bias=False)
+    kept = import_onnx(save(tmp_path, nodes + head, si + inits + hi, ["batch", 2, 6, 6]), keep_bias=True)
+    assert kinds(kept.model)[:3] == [("sign", {}), ("conv2d", {"filters": 4, "kernel": 3}), ("batchnorm", {})]

@@ -212,6 +212,8 @@ def reference_grads(graph, net: Network, x, y, batchnorm: str, packed_norm: bool
                 out = cols @ wm
             else:
                 cols, out = inp, inp @ wm
+            if node.bias:
+                out = out + get_param(net, f"{node.name}.bias")
             cache.append((node, cols, wm, h.shape))
             h = out
         elif k == "batchnorm":
@@ -255,6 +257,8 @@ def reference_grads(graph, net: Network, x, y, batchnorm: str, packed_norm: bool
             _, cols, wm, in_shape = entry
             g2 = g.reshape(-1, node.units)
             grads[f"{node.name}.weight"] = _group_blocks(cols.reshape(-1, wm.shape[0]).T @ g2, node)
+            if node.bias:
+                grads[f"{node.name}.bias"] = g2.sum(0)
             dcols = g2 @ wm.T
             if k == "conv2d":
                 g = _fold(dcols.reshape(*g.shape[:-1], -1), in_shape, node.window, node.strides, node.padding)
@@ -316,6 +320,20 @@ def test_proposed_keeps_the_sign_of_the_reference_weight_gradient():
         big = np.abs(ref[name]) > 0.05 * np.abs(ref[name]).max()
         agree = (np.sign(ref[name][big]) == got[name][big]).mean()
         assert agree > 0.97, (name, agree)
+
+
+def test_proposed_keeps_the_sign_of_the_bias_gradient():
+    """A full-precision layer's bias gradient is a weight_grad: 1 bit under proposed, the sign of the real one."""
+    g = graph_of(FP_BIAS)
+    x, y = batch_for(g, 16, seed=3)
+    _, real = step_grads(Network(g, load_strategy("standard"), seed=5), x, y)
+    net = Network(g, load_strategy("proposed"), seed=5)
+    _, got = step_grads(net, x, y)
+    assert net.ledger.rows and {r.format for r in net.ledger.rows if r.name.endswith(".bias_grad")} == {"bool"}
+    for name in ("conv2d_1.bias", "conv2d_2.bias", "dense_1.bias", "dense_2.bias"):
+        assert set(np.unique(got[name])) <= {-1.0, 1.0}
+        big = np.abs(real[name]) > 0.05 * np.abs(real[name]).max()
+        assert (np.sign(real[name][big]) == got[name][big]).mean() > 0.9, name
 
 
 # ---------------------------------------------------------------- weight rows worked block by block
@@ -436,8 +454,22 @@ FP_PRELU = {
     ]}
 
 
-@pytest.mark.parametrize("model", [FP_NET, FP_NONSQUARE, FP_GROUPED, FP_PRELU],
-                         ids=["square", "nonsquare", "grouped", "prelu"])
+# biases on full-precision layers: a first conv, a grouped one after it, two dense layers (the last feeds
+# the loss with no batchnorm between, so its bias has a gradient of its own)
+FP_BIAS = {
+    "name": "fp-bias", "input": [6, 5, 2], "layers": [
+        {"conv2d": {"filters": 4, "kernel": 3, "padding": "same", "binary": False, "bias": True}},
+        {"relu": {}},
+        {"conv2d": {"filters": 4, "kernel": [2, 3], "stride": 2, "groups": 2, "binary": False, "bias": True}},
+        {"flatten": {}},
+        {"dense": {"units": 5, "binary": False, "bias": True}}, {"relu": {}},
+        {"dense": {"units": 3, "binary": False, "bias": True}},
+        {"softmax_ce": {}},
+    ]}
+
+
+@pytest.mark.parametrize("model", [FP_NET, FP_NONSQUARE, FP_GROUPED, FP_PRELU, FP_BIAS],
+                         ids=["square", "nonsquare", "grouped", "prelu", "bias"])
 def test_full_precision_paths_match_finite_differences(model):
     g = graph_of(model)
     net = Network(g, load_strategy("standard"), seed=7)

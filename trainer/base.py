@@ -74,6 +74,7 @@ class ParamSpec:
     binary_kernel: bool = False  # a binary layer's kernel: clipped to [-1, 1] (adam, sgd), flipped (bop)
     bits: bool = False  # held as its sign, 1 bit (bop)
     sign_grad: bool = False  # its gradient is kept as its sign (weight_grad: sign)
+    state_prefix: str = ""  # its optimizer state is <layer>.<prefix>adam_m ...: "bias_" for a layer's bias
 
     @property
     def size(self) -> int:

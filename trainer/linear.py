@@ -20,6 +20,12 @@ its input is saved in.
 Weights are (K, N) for dense and (kh, kw, Cin, N) for conv (K = kh*kw*Cin, patch
 order (i, j, c)); bool (Bop) kernels are packed along N.
 
+Bias (full precision, `bias: true`): `<layer>.bias` (N values, latent_weight
+format, zeros at first as Keras does) is added to the output rows in float32
+and stored once; db is dY summed over the output rows (R x N adds), kept in
+`<layer>.bias_grad` in the weight_grad format (its sign under weight_grad
+`sign`, as dW), updated by the layer's optimizer like its kernel.
+
 Grouped conv (G groups; depthwise when G = Cin): the kernel is (kh, kw, Cin/G,
 N), a (K, N) matrix with K = kh*kw*Cin/G whose columns g*N/G..(g+1)*N/G are
 group g's filters, reading input channels g*Cin/G..(g+1)*Cin/G. Every phase
@@ -97,12 +103,20 @@ class Linear(Op):
             arr = codec.encode(rng.uniform(-limit, limit, size=shape).astype(np.float32) + np.float32(0.0),
                                self.w_fmt)
         self.ctx.ledger.persist(self.w_name, self.name, "latent_weight", self.w_fmt, shape, arr)
+        if self.node.bias:
+            self.ctx.ledger.persist(f"{self.name}.bias", self.name, "latent_weight", self.w_fmt, (self.N,),
+                                    codec.empty(self.w_fmt, (self.N,), zero=True))
 
     def params(self):
         s = self.ctx.strategy
-        return [ParamSpec(self.w_name, f"{self.name}.weight_grad", self.name, self.w_fmt,
-                          s.format_of("weight_grad"), self.node.weight_shape, binary_kernel=self.binary,
-                          bits=self.bits, sign_grad=s.weight_grad == "sign")]
+        out = [ParamSpec(self.w_name, f"{self.name}.weight_grad", self.name, self.w_fmt,
+                         s.format_of("weight_grad"), self.node.weight_shape, binary_kernel=self.binary,
+                         bits=self.bits, sign_grad=s.weight_grad == "sign")]
+        if self.node.bias:
+            out.append(ParamSpec(f"{self.name}.bias", f"{self.name}.bias_grad", self.name, self.w_fmt,
+                                 s.format_of("weight_grad"), (self.N,), sign_grad=s.weight_grad == "sign",
+                                 state_prefix="bias_"))
+        return out
 
     def _w2(self) -> np.ndarray:
         """The kernel as a (K, N) matrix (bits: (K, ceil(N/8)))."""
@@ -195,7 +209,19 @@ class Linear(Op):
             self._forward_xnor(x, xf, y2, R)
         else:
             self._forward_real(x, xf, y2, R)
+        if node.bias:
+            self._add_bias(y2, R)
         return y, ctx.fwd
+
+    def _add_bias(self, y2, R):
+        """y2 (R, N) in the forward format += the bias, a chunk of rows at a time in float32."""
+        fwd = self.ctx.fwd
+        b = codec.decode_copy(self.ctx.ledger[f"{self.name}.bias"], self.w_fmt)
+        for r0, r1 in row_chunks(R, temp_rows(self.N)):
+            rows = codec.decode_copy(y2[r0:r1], fwd)
+            rows += b
+            codec.encode_into(y2[r0:r1], rows, fwd)
+        self.count("forward", "add", fwd, R * self.N)
 
     def _save_binary_input(self, x: np.ndarray, xf: str) -> np.ndarray | None:
         """sign(X) saved in the binary_input format (a copy when X already is +1/-1 in that format)."""
@@ -361,6 +387,8 @@ class Linear(Op):
         R = B * self.P
         dy2 = dy.reshape(R, self.N)
         self._backward_dw(dy2, gf, R)
+        if node.bias:
+            self._backward_db(dy2, gf, R)
         if self.needs_dx:
             self._backward_dx(dy2, gf, R)
 
@@ -469,6 +497,21 @@ class Linear(Op):
             ctx.counter.gmac(self.name, "backward_dw", m)
         if sign:
             self.count("backward_dw", "compare", acc_fmt, self.K * self.N)
+
+    def _backward_db(self, dy2, gf, R):
+        """bias_grad <- dY summed over the R output rows (its sign under weight_grad `sign`)."""
+        ctx, s = self.ctx, self.ctx.strategy
+        db = np.zeros(self.N, np.float32)
+        for r0, r1 in row_chunks(R, temp_rows(self.N)):
+            db += codec.decode(dy2[r0:r1], gf).sum(axis=0, dtype=np.float32)
+        acc = ctx.counter.acc
+        self.count("backward_dw", "add", acc, R * self.N)
+        fmt = s.format_of("weight_grad")
+        out = ctx.param_grad(self.node, "bias_grad", "weight_grad", (self.N,))
+        if s.weight_grad == "sign":
+            db = np.where(db >= 0, np.float32(1), np.float32(-1))
+            self.count("backward_dw", "compare", acc, self.N)
+        codec.encode_into(out, db, fmt)
 
     def _dw_rows(self, acc, af, k0, k1, op, of, dy2, gf, R, g: int = 0):
         """acc (k1 - k0, N/G) in af <- the rows k0..k1 of group g's dW (dy2: its dY columns), summed over

@@ -56,9 +56,10 @@ class Optimizer:
         return self.kind
 
     def state_names(self, p: ParamSpec) -> list[str]:
+        at = f"{p.layer}.{p.state_prefix}"
         if self.rule(p) in ("sgd", "bop"):
-            return [f"{p.layer}.momentum"]
-        return [f"{p.layer}.adam_m", f"{p.layer}.adam_v"]
+            return [f"{at}momentum"]
+        return [f"{at}adam_m", f"{at}adam_v"]
 
     def init_state(self, params: list[ParamSpec]) -> None:
         for p in params:
