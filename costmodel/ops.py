@@ -55,6 +55,9 @@ prelu (E, C)   forward compare E, mul E at fwd (a x where x <= 0);
                backward_dx (only when its input needs a gradient) gmul E
                (dy a where x <= 0, reusing the compare); update per slope n = C,
                at opt, no clipping
+dropout        forward compare E (the uniform draw against the rate: the mask), mul E
+               (x times 1/(1 - rate)) at fwd; backward_dx gmul 2E (dy gated by the
+               mask, then times 1/(1 - rate)); drawing the random numbers is not counted
 maxpool k, s   forward compare O x (k*k - 1) at fwd;
                backward_dx add O x k*k at acc (scatter), gmul E (mask)
 avgpool k, s   forward add O x k*k, mul O at fwd; backward_dx gmul O, add O x k*k at acc
@@ -271,6 +274,11 @@ def _count_node(c: _Counter, graph: Graph, node: Node, fwd: str) -> None:
         if needs_dx:
             c.gmul(n, "backward_dx", per=e)
         c.optimizer(n, node.channels, sign_grad=False, binary_kernel=False)
+    elif node.kind == "dropout":
+        c.add(n, "forward", "compare", fwd, per=e)
+        c.add(n, "forward", "mul", fwd, per=e)
+        if needs_dx:
+            c.gmul(n, "backward_dx", per=2 * e)
     elif node.kind in ("maxpool", "avgpool"):
         kk = node.window[0] * node.window[1]
         if node.kind == "maxpool":

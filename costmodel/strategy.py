@@ -3,6 +3,10 @@
 A strategy is a YAML table; `extends:` inherits another strategy's rows and
 overrides some. Shipped strategies live in `costmodel/strategies/`; a user
 passes a path to their own.
+
+A file that gives no `dropout_mask` format (written before dropout was a
+layer kind) holds dropout's mask like the STE and relu masks: in its
+`activation_mask` format.
 """
 
 from __future__ import annotations
@@ -137,6 +141,8 @@ def _load_rows(ref: str, chain: tuple[str, ...], base: Path | None = None) -> di
 
 def _finish(rows: dict) -> Strategy:
     source = rows["source"]
+    if "dropout_mask" not in rows["formats"] and "activation_mask" in rows["formats"]:
+        rows["formats"]["dropout_mask"] = rows["formats"]["activation_mask"]  # both are 0/1 gradient gates
     missing = [r for r in FORMATTED_ROLES if r not in rows["formats"]]
     if missing:
         raise StrategyError(f"{source}: formats: no format for role(s) {', '.join(missing)}")

@@ -72,6 +72,8 @@ _ROLES = {
     ("gate", "backward"): ("activation_mask", "activation_grad"),
     ("prelu", "forward"): ("real_input", "bn_param"),
     ("prelu", "backward"): ("real_input", "bn_param", "activation_grad"),
+    ("dropout", "forward"): ("real_input", "dropout_mask"),
+    ("dropout", "backward"): ("dropout_mask", "activation_grad"),
     ("maxpool", "forward"): ("real_input", "pool_mask"),
     ("maxpool", "backward"): ("pool_mask", "activation_grad"),
     ("pool", "forward"): ("real_input",),

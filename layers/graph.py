@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from bnncost.layers.model import Model, ModelError, load_model
 from bnncost.layers.spec import (
-    AvgPool, BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, PReLU, ReLU,
+    AvgPool, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, PReLU, ReLU,
     Residual, Sign, SoftmaxCE, pair,
 )
 
@@ -215,7 +215,7 @@ class _Builder:
                 raise self.error(path, name, f"softmax_ce needs a flat input of class scores, got {list(shape)}")
             if shape[0] < 2:
                 raise self.error(path, name, "softmax_ce needs at least 2 classes")
-        elif not isinstance(spec, (BatchNorm, Sign, ReLU, PReLU)):  # pragma: no cover - exhaustive
+        elif not isinstance(spec, (BatchNorm, Sign, ReLU, PReLU, Dropout)):  # pragma: no cover - exhaustive
             raise self.error(path, name, f"unsupported layer kind {spec.kind}")
         node.first = t.is_data and node.kind in ("dense", "conv2d")
         return self.add_node(node)

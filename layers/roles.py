@@ -12,6 +12,7 @@ ROLES: dict[str, str] = {
     "norm_output": "what batchnorm saves per element",
     "activation_mask": "what sign / relu saves per element",
     "pool_mask": "max-pool mask, one per pool-input element",
+    "dropout_mask": "dropout's training-time keep mask, one per dropout-input element",
     "softmax_output": "probabilities",
     "latent_weight": "W (and a full-precision layer's bias b)",
     "weight_grad": "dW (and db)",

@@ -28,7 +28,8 @@ dense / conv2d, with K inputs per output, N outputs, P output positions:
   above once per group, reusing the same buffers: rows of K values, xnor rows
   of N/G filters, weight rows of N/G values (K of them); `packed_weight` packs
   all N filters (each over its group's K) once;
-- batchnorm, sign, relu, maxpool backward, when what they saved is packed
+- batchnorm, sign, relu, maxpool, dropout backward (the last four only when
+  their input needs a gradient), when what they saved is packed
   bits: `unpacked`, one row of the saved tensor (C values) in the gradient
   format.
 """
@@ -95,9 +96,9 @@ def _node_scratch(graph: Graph, node: Node) -> list[Scratch]:
                 s.append(Scratch(f"{n}.col_grad", n, bwd, P, (K,), "activation_grad"))
         return s
     saved_role = {"batchnorm": "norm_output", "sign": "activation_mask", "relu": "activation_mask",
-                  "maxpool": "pool_mask"}.get(node.kind)
-    if saved_role is None:
-        return []
+                  "maxpool": "pool_mask", "dropout": "dropout_mask"}.get(node.kind)
+    if saved_role is None or (node.kind != "batchnorm" and not graph.tensors[node.inputs[0]].requires_grad):
+        return []  # a gate or pool on the data batch has no backward (batchnorm still computes its dW)
     shape = node.in_shape
     rows = 1
     for d in shape[:-1]:

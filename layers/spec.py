@@ -75,6 +75,18 @@ class PReLU(_Layer):
     kind: Literal["prelu"] = "prelu"
 
 
+def _check_rate(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"expected a number with 0 <= rate < 1 (the fraction of values dropped), got {value!r}")
+    return float(value)
+
+
+class Dropout(_Layer):
+    """Training-time inverted dropout: zero each value with probability `rate`, scale the rest by 1/(1-rate)."""
+    kind: Literal["dropout"] = "dropout"
+    rate: Annotated[float, BeforeValidator(_check_rate)]
+
+
 class _Pool(_Layer):
     size: Pair = 2
     stride: Pair | None = None  # defaults to size
@@ -108,7 +120,7 @@ class Residual(_Layer):
 
 
 LayerSpec = Union[
-    Dense, Conv2D, BatchNorm, Sign, ReLU, PReLU, MaxPool, AvgPool, GlobalAvgPool,
+    Dense, Conv2D, BatchNorm, Sign, ReLU, PReLU, Dropout, MaxPool, AvgPool, GlobalAvgPool,
     Flatten, SoftmaxCE, Residual,
 ]
 
@@ -119,6 +131,7 @@ LAYER_CLASSES: dict[str, type[_Layer]] = {
     "sign": Sign,
     "relu": ReLU,
     "prelu": PReLU,
+    "dropout": Dropout,
     "maxpool": MaxPool,
     "avgpool": AvgPool,
     "global_avgpool": GlobalAvgPool,

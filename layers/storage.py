@@ -24,6 +24,11 @@ Choices the docstrings of METHOD leave open, made here:
   backward needs x itself (da = sum dy x over x <= 0; dx = dy where x > 0, else
   a dy), so it saves its input as a real value in the `real_input` format
   whatever arrives (float16 under proposed); a sign of x would not do;
+- dropout saves its keep mask (`mask`, role `dropout_mask`, one per input
+  element) from its forward, like the other masks: 1 bit when the strategy
+  holds it as bool, since it is 0/1 by construction; the 1/(1 - rate) scale is
+  a constant, not stored. On a tensor that needs no gradient (the data batch)
+  no backward reads it: it lives during the dropout's forward only;
 - Adam keeps m and v, SGD one momentum, Bop one momentum per binary weight
   (Bop trains binary weights with no latent copy, so a binary layer's weight is
   held as its sign, 1 bit; batchnorm and full-precision layers use Adam, as
@@ -44,7 +49,7 @@ Choices the docstrings of METHOD leave open, made here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bnncost.layers.graph import Graph, Node, Shape
 from bnncost.layers.timeline import step_events
@@ -141,6 +146,10 @@ def stored_variables(graph: Graph, *, batchnorm: str, optimizer: str, retention:
             saved(node, "mask", "activation_mask", node.in_shape)
         elif k == "maxpool":
             saved(node, "mask", "pool_mask", node.in_shape)
+        elif k == "dropout":
+            saved(node, "mask", "dropout_mask", node.in_shape)
+            if not graph.tensors[node.inputs[0]].requires_grad:  # no backward reads it: made and used
+                out[-1] = replace(out[-1], free=f"forward:{node.name}")  # within the forward only
         elif k == "softmax_ce":
             saved(node, "probs", "softmax_output", node.out_shape)
     out.extend(forward_outputs(graph))

@@ -53,8 +53,6 @@ PROPOSED_TENSOR_GAPS: dict[str, str] = {
     "pytorch-digits-mlp-proposed-b512.json": PACK_OVERLAP,
     "pytorch-mlp-proposed-b100.json": PACK_OVERLAP,
     "pytorch-mlp-proposed-b256.json": PACK_OVERLAP,
-    "pytorch-digits-cnn-proposed-b32.json": "oneDNN's weight-gradient convolution holds ~100 KB more than the "
-                                            "blocked dY and input the engine charges (at_peak, _ops.py)",
 }
 PROPOSED_PROCESS_GAPS: dict[str, str] = {}
 

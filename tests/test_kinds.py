@@ -332,3 +332,87 @@ def test_biased_model_verifies_to_the_byte_and_op(strategy, retention):
     assert {c.name for c in v.variables} >= {"conv2d_1.bias", "conv2d_2.bias_grad", "dense_2.bias"}
     assert v.peak.ledger_ok and not v.op_mismatches
     assert v.ok
+
+
+# ---------------------------------------------------------------- dropout
+
+DROPOUT = str(Path(__file__).parent / "data" / "small-dropout.yaml")
+
+
+def test_dropout_saves_its_mask_in_its_own_role_from_forward_to_backward():
+    g = graph([{"conv2d": {"filters": 4, "kernel": 3}}, {"dropout": {"rate": 0.25}}, *TAIL], (5, 5, 2))
+    node = g.nodes[1]
+    assert node.out_shape == node.in_shape == (3, 3, 4) and node.parameters() == 0
+    assert not g.tensors[node.output].binary
+    for retention, free in (("step", "step_end"), ("backward", "backward:dropout_1")):
+        mask = stored(g, retention=retention)["dropout_1.mask"]
+        assert (mask.role, mask.shape, mask.batched, mask.alloc, mask.free) == \
+            ("dropout_mask", (3, 3, 4), True, "forward:dropout_1", free)
+    fmt = {s: load_strategy(s).format_of("dropout_mask") for s in SHIPPED}
+    assert fmt == {"standard": "float32", "bop": "float32", "proposed": "bool", "proposed-po2": "bool",
+                   "ladder-1-binary-activations": "bool", "ladder-2-l1-batchnorm": "bool",
+                   "ladder-3-binary-dw": "bool"}
+    # on the data batch no backward reads the mask: it lives in the dropout's forward only
+    g = graph([{"dropout": {"rate": 0.2}}, {"conv2d": {"filters": 4, "kernel": 3}}, *TAIL], (5, 5, 2))
+    assert stored(g)["dropout_1.mask"].free == "forward:dropout_1"
+
+
+def test_a_strategy_without_a_dropout_mask_format_holds_it_like_the_other_masks(tmp_path):
+    std = load_strategy("standard")
+    rows = {k: v for k, v in std.formats.items() if k != "dropout_mask"}
+    rows["activation_mask"] = "uint8"
+    path = tmp_path / "old.yaml"
+    path.write_text("name: old\nbatchnorm: l2\nweight_grad: full\noptimizer: adam\nformats:\n"
+                    + "".join(f"  {k}: {v}\n" for k, v in rows.items()))
+    assert load_strategy(str(path)).format_of("dropout_mask") == "uint8"
+
+
+def test_dropout_ops_by_hand():
+    b = 5
+    g = graph([{"dense": {"units": 6, "binary": False}}, {"dropout": {"rate": 0.5}}, {"dense": {"units": 2}},
+               {"softmax_ce": {}}], (4,))
+    e = b * 6
+    for strategy, acc in (("standard", "float32"), ("proposed", "float16")):
+        mine = {k[1:]: v for k, v in ops_at(g, strategy, b).items() if k[0] == "dropout_1"}
+        # forward: the draw compared with the rate, the kept value scaled; backward: gate and scale
+        assert mine == {("forward", "compare", acc): e, ("forward", "mul", acc): e,
+                        ("backward_dx", "mul", acc): 2 * e}, strategy
+    mine = {k[1:]: v for k, v in ops_at(g, "proposed-po2", b).items() if k[0] == "dropout_1"}
+    assert mine[("backward_dx", "shift", "po2")] == 2 * e
+    g = graph([{"dropout": {"rate": 0.5}}, {"dense": {"units": 2}}, {"softmax_ce": {}}], (4,))
+    assert not [k for k in ops_at(g, "standard", b) if k[0] == "dropout_1" and k[1] == "backward_dx"]
+
+
+@pytest.mark.parametrize("bad, says", [
+    (1, "0 <= rate < 1"), (1.5, "0 <= rate < 1"), (-0.1, "0 <= rate < 1"), ("0.2", "got '0.2'"),
+    (True, "got true"), (float("nan"), "0 <= rate < 1"), (None, "0 <= rate < 1")])
+def test_a_bad_dropout_rate_is_refused_by_file_layer_and_field(bad, says):
+    with pytest.raises(ModelError) as exc:
+        graph([{"dense": {"units": 3}}, {"dropout": {"rate": bad}}, *TAIL[1:]], (4,))
+    msg = str(exc.value)
+    assert msg.startswith("t: layer 1 (dropout_1): rate: ") and says in msg and "\n" not in msg
+
+
+def test_a_dropout_without_a_rate_is_refused():
+    with pytest.raises(ModelError, match=r"t: layer 0 \(dropout_1\): rate: field required"):
+        graph([{"dropout": {}}, *TAIL[1:]], (4,))
+
+
+def test_bad_dropout_rate_on_the_command_line_is_one_line_exit_2(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("input: [4]\nlayers:\n  - dense: {units: 3}\n  - dropout: {rate: 1.0}\n"
+                    "  - dense: {units: 2}\n  - softmax_ce: {}\n")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["predict", str(path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{path}: layer 1 (dropout_1): rate: " in err
+
+
+@pytest.mark.parametrize("retention", ["step", "backward"])
+@pytest.mark.parametrize("strategy", SHIPPED)
+def test_dropout_model_verifies_to_the_byte_and_op(strategy, retention):
+    v = cli.run_verification(DROPOUT, strategy, 4, steps=2, retention=retention)
+    assert not [c.name for c in v.variables if not c.ok]
+    assert v.peak.ledger_ok and not v.op_mismatches
+    assert v.ok

@@ -66,7 +66,11 @@ def test_fixture_parameter_counts_are_the_readmes():
     counts = {n: (build_graph(load_model(str(DATA / f"{n}.onnx"))).parameter_count("l2"),
                   build_graph(load_model(str(DATA / f"{n}.onnx"))).parameter_count("l1")) for n in FIXTURES}
     assert counts == {"digits-cnn.torchscript-opset13": (21492, 21386), "mlp.torchscript-opset17": (401940, 400906),
-                      "resnete-small.dynamo": (20004, 19850)}
+                      "resnete-small.dynamo": (20004, 19850),
+                      # exports made by benchmarks/frameworks/export_onnx.py (the command heads each expected YAML)
+                      "tiny-bireal.larq-noscale": (1848, 1800), "tiny-head.larq": (1088, 1066),
+                      "tiny-head.torchscript17-ste": (1088, 1066), "tiny-reactnet.dynamo-opt-function": (472, 448),
+                      "tiny-reactnet.torchscript13-function": (472, 448)}
 
 
 @pytest.mark.parametrize("name", FIXTURES)
@@ -375,6 +379,27 @@ def test_channels_last_keras_larq_export(tmp_path):
 """, [8, 8, 1])
 
 
+@pytest.mark.parametrize("idiom", ["larq", "sign"])
+def test_a_sign_after_a_flatten_is_written_before_it(tmp_path, idiom):
+    """Larq's QuantDense quantizes its input after Flatten (and a PyTorch BinaryLinear after view(B, -1)):
+    bn -> flatten -> sign -> binary dense imports as bnncost's models write it, sign -> flatten."""
+    n = helper.make_node
+    nodes, inits = conv("x", "c0", RNG.normal(size=(4, 1, 3, 3)), "stem", pads=[1, 1, 1, 1])
+    b, bi = bn("c0", "b0", 4, "bn0")
+    s, si = sign_idiom(idiom, "f", "s", "q_")
+    nodes += b + [n("Flatten", ["b0"], ["f"])] + s + [n("MatMul", ["s", "fc.w"], ["y"], name="qdense")]
+    inits += bi + si + [const("fc.w", np.sign(RNG.uniform(-1, 1, (4 * 8 * 8, 10))))]
+    got = import_onnx(save(tmp_path, nodes, inits, [1, 1, 8, 8], opset=13))
+    assert kinds(got.model) == expected("""
+- conv2d: {filters: 4, kernel: 3, padding: same, binary: false}
+- batchnorm: {}
+- sign: {}
+- flatten: {}
+- dense: {units: 10}
+- softmax_ce: {}
+""", [8, 8, 1])
+
+
 def test_training_mode_export_identity_dropout_and_final_softmax(tmp_path):
     """TorchScript training export: BN with training_mode=1 and its extra outputs; Identity on the path."""
     nodes, inits = binary_mlp("ste", opset=15)
@@ -427,6 +452,68 @@ def test_prelu_with_per_channel_slopes_bireal_style(tmp_path):
     assert [node.parameters() for node in graph_of(got.model).nodes if node.kind == "prelu"] == [8, 8, 8]
 
 
+def keras_prelu(x: str, out: str, slope: np.ndarray, p: str) -> tuple[list, list]:
+    """Keras' PReLU as tf2onnx writes it: relu(x) + (-alpha) * relu(-x)."""
+    n = helper.make_node
+    return [n("Relu", [x], [f"{p}pos"]), n("Neg", [x], [f"{p}negx"], name=f"{p}neg"),
+            n("Relu", [f"{p}negx"], [f"{p}rn"]), n("Mul", [f"{p}rn", f"{p}alpha"], [f"{p}m"]),
+            n("Add", [f"{p}pos", f"{p}m"], [out], name=f"{p}add")], [const(f"{p}alpha", -slope)]
+
+
+def test_keras_prelu_written_out_by_tf2onnx_is_a_prelu(tmp_path):
+    n = helper.make_node
+    nodes, inits = conv("x", "c0", RNG.normal(size=(8, 3, 3, 3)), "stem", pads=[1, 1, 1, 1])
+    b0, b0i = bn("c0", "h0", 8, "bn0")
+    p0, p0i = keras_prelu("h0", "p0", RNG.uniform(0, 1, (1, 8, 1, 1)), "pr0_")
+    s, _ = sign_idiom("ste", "p0", "s1", "b1_")
+    c, ci = conv("s1", "c1", folded(8, 8, 3), "b1conv", pads=[1, 1, 1, 1])
+    b1, b1i = bn("c1", "h1", 8, "bn1")
+    p1, p1i = keras_prelu("j1", "p1", RNG.uniform(0, 1, (1, 8, 1, 1)), "pr1_")
+    nodes += b0 + p0 + s + c + b1 + [n("Add", ["h1", "p0"], ["j1"], name="join1")] + p1
+    nodes += [n("GlobalAveragePool", ["p1"], ["g"]), n("Flatten", ["g"], ["f"])]
+    head, hi = gemm_head("f", 8, 10, bias=False)
+    got = import_onnx(save(tmp_path, nodes + head, inits + b0i + p0i + ci + b1i + p1i + hi, ["batch", 3, 8, 8]))
+    assert kinds(got.model) == expected("""
+- conv2d: {filters: 8, kernel: 3, padding: same, binary: false}
+- batchnorm: {}
+- prelu: {}
+- residual:
+    body: [{sign: {}}, {conv2d: {filters: 8, kernel: 3, padding: same}}, {batchnorm: {}}]
+- prelu: {}
+- global_avgpool: {}
+- dense: {units: 10, binary: false}
+- softmax_ce: {}
+""", [8, 8, 3])
+
+
+@pytest.mark.parametrize("broken, needles", [
+    ("other", ["node 'pr_add' (Add)", "not a PReLU"]),  # relu(-x) added to something else
+    ("alone", ["(Relu)", "relu(-x) that is not the negative half of a PReLU"]),
+    ("shared", ["node 'pr_add' (Add)", "shared by all 4 channels"]),
+])
+def test_a_written_out_prelu_that_is_not_one_is_refused(capsys, tmp_path, broken, needles):
+    n = helper.make_node
+    slope = np.array(0.25) if broken == "shared" else RNG.uniform(0, 1, (1, 4, 1, 1))
+    nodes, inits = keras_prelu("x", "p", slope, "pr_")
+    if broken == "other":
+        nodes[-1] = n("Add", ["x", "pr_m"], ["p"], name="pr_add")
+    if broken == "alone":
+        nodes = [nodes[1], n("Relu", ["pr_negx"], ["p"])]
+    nodes += [n("GlobalAveragePool", ["p"], ["g"]), n("Flatten", ["g"], ["f"])]
+    head, hi = gemm_head("f", 4, 10, bias=False)
+    refused(capsys, tmp_path, save(tmp_path, nodes + head, inits + hi, [1, 4, 8, 8]), *needles)
+
+
+def test_a_tensorflow_function_call_left_by_tf2onnx_is_refused_by_node(capsys, tmp_path):
+    """Keras' grouped Conv2D runs as an XLA function on CPU; tf2onnx leaves a PartitionedCall node."""
+    n = helper.make_node
+    nodes = [n("PartitionedCall", ["x", "w"], ["c"], name="qconv/PartitionedCall"),
+             n("GlobalAveragePool", ["c"], ["g"]), n("Flatten", ["g"], ["f"])]
+    head, hi = gemm_head("f", 4, 10, bias=False)
+    refused(capsys, tmp_path, save(tmp_path, nodes + head, [const("w", RNG.normal(size=(4, 1, 3, 3)))] + hi,
+                                   [1, 4, 8, 8]), "node 'qconv/PartitionedCall' (PartitionedCall)", "groups=1")
+
+
 def test_a_prelu_slope_shared_by_all_channels_is_refused_by_node(capsys, tmp_path):
     n = helper.make_node
     nodes = [n("PRelu", ["x", "slope"], ["p"], name="act"), n("GlobalAveragePool", ["p"], ["g"]),
@@ -434,6 +521,48 @@ def test_a_prelu_slope_shared_by_all_channels_is_refused_by_node(capsys, tmp_pat
     head, hi = gemm_head("f", 4, 10, bias=False)
     path = save(tmp_path, nodes + head, [const("slope", [0.25])] + hi, [1, 4, 8, 8])
     refused(capsys, tmp_path, path, "node 'act' (PRelu)", "shared by all 4 channels", "one per channel")
+
+
+def dropout_mlp(tmp_path, dropout: list, inits: list, opset: int, name: str) -> str:
+    """Gemm(784 -> 32) -> Relu -> [the Dropout node(s) reading r, writing d] -> Gemm(32 -> 10)."""
+    n = helper.make_node
+    nodes = [n("Gemm", ["x", "w0"], ["h"], name="fc0", transB=1), n("Relu", ["h"], ["r"], name="relu0")]
+    head, hi = gemm_head("d", 32, 10, bias=False)
+    return save(tmp_path, nodes + dropout + head, [const("w0", RNG.normal(size=(32, 784)))] + inits + hi,
+                ["batch", 784], opset=opset, name=name)
+
+
+DROPOUT_MLP = """
+- dense: {units: 32, binary: false}
+- relu: {}
+- dropout: {rate: %s}
+- dense: {units: 10, binary: false}
+- softmax_ce: {}
+"""
+
+
+def test_dropout_in_training_mode_and_inference_exports(tmp_path):
+    """The model trains with its dropout, whichever mode the graph was exported in; the rate is the ratio."""
+    n = helper.make_node
+    true = numpy_helper.from_array(np.array(True), "train")
+    cases = {  # opset 12+: ratio (and training_mode) are inputs; before: an attribute
+        "training": ([n("Dropout", ["r", "ratio", "train"], ["d", "dmask"], name="drop")],
+                     [const("ratio", 0.2), true], 13, "0.2"),
+        "inference": ([n("Dropout", ["r", "ratio"], ["d"], name="drop")], [const("ratio", 0.35)], 13, "0.35"),
+        "opset-10": ([n("Dropout", ["r"], ["d"], name="drop", ratio=0.25)], [], 10, "0.25"),
+        "default-ratio": ([n("Dropout", ["r"], ["d"], name="drop")], [], 13, "0.5"),
+    }
+    for case, (nodes, inits, opset, rate) in cases.items():
+        got = import_onnx(dropout_mlp(tmp_path, nodes, inits, opset, f"{case}.onnx"))
+        assert kinds(got.model) == expected(DROPOUT_MLP % rate, [784]), case
+    path = dropout_mlp(tmp_path, *cases["training"][:3], "verify.onnx")
+    assert cli.run_verification(path, "proposed", 8, steps=1, retention="backward").ok
+
+
+def test_a_dropout_ratio_of_one_is_refused_by_node(capsys, tmp_path):
+    path = dropout_mlp(tmp_path, [helper.make_node("Dropout", ["r", "ratio"], ["d"], name="drop")],
+                       [const("ratio", 1.0)], 13, "m.onnx")
+    refused(capsys, tmp_path, path, "node 'drop' (Dropout)", "dropout ratio of 1.0", "0 <= rate < 1")
 
 
 # ------------------------------------------------------------------ kinds bnncost may not model yet

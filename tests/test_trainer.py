@@ -527,6 +527,59 @@ def test_prelu_gradients_match_a_float64_reference():
         np.testing.assert_allclose(grads[name], w, rtol=1e-4, atol=1e-7, err_msg=name)
 
 
+DROPOUT_MLP = {"name": "dropout-mlp", "input": [6], "layers": [
+    {"dropout": {"rate": 0.2}}, {"dense": {"units": 40, "binary": False}}, {"dropout": {"rate": 0.3}},
+    {"dense": {"units": 3, "binary": False}}, {"softmax_ce": {}}]}
+
+
+def test_dropout_gradients_match_a_float64_reference_under_the_step_mask():
+    """y = x mask / (1 - rate) forward, dx = dy mask / (1 - rate) backward, with the mask the step saved."""
+    g = graph_of(DROPOUT_MLP)
+    net = Network(g, load_strategy("standard"), seed=3)
+    x, y = batch_for(g, 50, seed=5)
+    masks = {}
+    for op in net.ops:
+        if op.node.kind == "dropout":  # read each mask as its forward leaves it (the data's dies there)
+            def forward(xs, op=op, run=op.forward):
+                out = run(xs)
+                masks[op.name] = np.array(net.ledger[f"{op.name}.mask"], np.float64)
+                return out
+            op.forward = forward
+    _, grads = step_grads(net, x, y)
+    m0, m1 = masks["dropout_1"], masks["dropout_2"]
+    assert set(np.unique(m1)) == {0.0, 1.0} and abs(1 - m1.mean() - 0.3) < 0.05  # 2,000 draws at rate 0.3
+    w1, w2 = get_param(net, "dense_1.weight"), get_param(net, "dense_2.weight")
+    h0 = x * m0 / 0.8
+    h1 = (h0 @ w1) * m1 / 0.7
+    z = h1 @ w2
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    dz = p.copy()
+    dz[np.arange(len(y)), y] -= 1
+    dz /= len(y)
+    dh1 = (dz @ w2.T) * m1 / 0.7
+    np.testing.assert_allclose(grads["dense_2.weight"], h1.T @ dz, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(grads["dense_1.weight"], h0.T @ dh1, rtol=1e-4, atol=1e-7)
+
+
+def test_dropout_masks_are_reproducible_per_seed_and_step():
+    g = graph_of(DROPOUT_MLP)
+
+    def masks(seed, steps):
+        net = Network(g, load_strategy("proposed"), seed=seed)
+        x, y = batch_for(g, 16, seed=5)
+        out, update = [], net.optimizer.step
+        net.optimizer.step = lambda params: (out.append(np.array(net.ledger["dropout_2.mask"])), update(params))
+        for _ in range(steps):
+            net.train_step(codec.encode(x, net.input_format), np.arange(16), y)
+        return out
+
+    a, b, c = masks(1, 2), masks(1, 2), masks(2, 1)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))  # same seed: the same masks, step by step
+    assert not np.array_equal(a[0], a[1]) and not np.array_equal(a[0], c[0])  # a new draw each step and seed
+    assert a[0].dtype == np.uint8 and a[0].shape == (16, 5)  # proposed: 40 bits packed in 5 bytes a sample
+
+
 # ---------------------------------------------------------------- the ledger, by hand
 
 TINY = {"name": "tiny", "input": [16], "layers": [

@@ -1,10 +1,15 @@
-"""sign (with the straight-through estimator), relu and prelu (METHOD 2.1).
+"""sign (with the straight-through estimator), relu, dropout and prelu (METHOD 2.1).
 
 sign: y = +1 where x >= 0, else -1 (sign(0) = +1, the same convention as the
 bits of a packed tensor); it saves the STE mask |x| <= 1 and its backward
 passes dy where the mask holds. relu: y = max(0, x), saves x > 0. Masks are
 held in the `activation_mask` format (1 bit each when bool) and expanded a
 chunk of rows at a time into the `unpacked` scratch for the backward.
+dropout (training): keeps each value where a uniform draw in [0, 1) is >= rate
+and scales it by 1/(1 - rate), saves the keep mask in the `dropout_mask`
+format; its backward gates dy by the mask and scales it alike. The draws come
+from a generator seeded with (network seed, step number), so a run, and a run
+resumed from a checkpoint, repeat the same masks. At evaluation it passes x on.
 prelu: y = x where x > 0, else a_c x, with one slope a_c per channel (the
 last axis) held in the `bn_param` format and initialised to 0.25 (PyTorch's
 nn.PReLU); it saves x in the `real_input` format (layers.storage) and its
@@ -22,7 +27,10 @@ PRELU_INIT = 0.25  # torch.nn.PReLU's default slope (Bi-Real Net and ReActNet tr
 
 
 class _Gate(Op):
-    """An elementwise layer whose backward multiplies dy by a saved 0/1 mask."""
+    """An elementwise layer whose backward multiplies dy by a saved 0/1 mask (and a constant factor)."""
+
+    mask_role = "activation_mask"
+    grad_factor: float | None = None  # dropout's 1/(1 - rate): dx = dy x mask x factor
 
     def _fwd_chunk(self, x: np.ndarray, y: np.ndarray, of: str) -> np.ndarray:
         """Write this chunk's output into y (held in `of`); return the mask to save (booleans)."""
@@ -38,9 +46,9 @@ class _Gate(Op):
         of = ctx.out_fmt(self.node)
         y2 = codec.rows(y, of, C)
         mask2 = None
-        mf = ctx.fmt("activation_mask")
+        mf = ctx.fmt(self.mask_role)
         if ctx.training:
-            mask = ctx.save(self.node, "mask", "activation_mask", (x.shape[0], *self.node.in_shape))
+            mask = ctx.save(self.node, "mask", self.mask_role, (x.shape[0], *self.node.in_shape))
             mask2 = mask.reshape(m, -1)
         for r0, r1 in row_chunks(m, temp_rows(C)):
             xc = x2[r0:r1] if xf in codec.FLOATS else codec.decode(x2[r0:r1], xf, C)
@@ -58,7 +66,7 @@ class _Gate(Op):
         C = dy.shape[-1]
         dy2 = dy.reshape(-1, C)
         m = dy2.shape[0]
-        mf = ctx.fmt("activation_mask")
+        mf = ctx.fmt(self.mask_role)
         mask2 = ctx.ledger[f"{self.name}.mask"].reshape(m, -1)
         tgt, tf, accumulate = ctx.grad_out(node.inputs[0])
         t2 = tgt.reshape(m, C)
@@ -73,11 +81,14 @@ class _Gate(Op):
                     keep_s *= 64  # the po2 code of 1 is 64
             else:
                 keep_s, kf = mask2[r0:r1], mf
-            if not accumulate and codec.gate(dy2[r0:r1], keep_s, t2[r0:r1]):
+            factor = self.grad_factor
+            if factor is None and not accumulate and codec.gate(dy2[r0:r1], keep_s, t2[r0:r1]):
                 continue
             g = codec.decode(dy2[r0:r1], gf) * codec.decode(keep_s, kf)
+            if factor is not None:
+                g *= np.float32(factor)
             codec.store(t2[r0:r1], g, tf, accumulate)
-        ctx.counter.gmul(self.name, "backward_dx", m * C)
+        ctx.counter.gmul(self.name, "backward_dx", m * C * (1 if self.grad_factor is None else 2))
 
 
 class Sign(_Gate):
@@ -102,6 +113,30 @@ class ReLU(_Gate):
 
     def _count_forward(self, E):
         self.count("forward", "compare", self.ctx.fwd, E)
+
+
+class Dropout(_Gate):
+    """Inverted dropout: its saved mask is the keep mask, in the `dropout_mask` format."""
+
+    mask_role = "dropout_mask"
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.rate = node.spec.rate
+        self.grad_factor = 1.0 / (1.0 - self.rate)
+
+    def _fwd_chunk(self, x, y, of):
+        v = x.astype(np.float32, copy=False)
+        if not self.ctx.training:
+            codec.encode_into(y, v, of)
+            return None
+        keep = self.ctx.rng.random(v.shape, dtype=np.float32) >= np.float32(self.rate)
+        codec.encode_into(y, np.where(keep, v * np.float32(self.grad_factor), np.float32(0)), of)
+        return keep
+
+    def _count_forward(self, E):
+        self.count("forward", "compare", self.ctx.fwd, E)
+        self.count("forward", "mul", self.ctx.fwd, E)
 
 
 class PReLU(Op):

@@ -95,6 +95,7 @@ class Context:
         self.training = True
         self.batch = 0
         self.written: set[str] = set()  # gradient buffers written this step
+        self.rng: np.random.Generator | None = None  # the step's random draws (dropout), set by the network
         self.loss_scale = loss_scale(strategy.format_of("activation_grad"))
 
     def fmt(self, role: str) -> str:

@@ -19,7 +19,7 @@ from bnncost.layers.scratch import scratch_needs
 from bnncost.layers.storage import gradient_buffer_names, gradient_buffers, stored_variables
 from bnncost.layers.timeline import step_events
 from bnncost.trainer import codec
-from bnncost.trainer.activation import PReLU, ReLU, Sign
+from bnncost.trainer.activation import Dropout, PReLU, ReLU, Sign
 from bnncost.trainer.base import DEFAULT_WORKSPACE, Context, Op, ParamSpec
 from bnncost.trainer.batchnorm import BatchNorm
 from bnncost.trainer.counters import OpCounter
@@ -31,7 +31,7 @@ from bnncost.trainer.pooling import AvgPool, GlobalAvgPool, MaxPool
 from bnncost.trainer.structure import Add, Flatten, SoftmaxCE
 
 OPS: dict[str, type[Op]] = {
-    "dense": Linear, "conv2d": Linear, "batchnorm": BatchNorm, "sign": Sign, "relu": ReLU, "prelu": PReLU,
+    "dense": Linear, "conv2d": Linear, "batchnorm": BatchNorm, "sign": Sign, "relu": ReLU, "prelu": PReLU, "dropout": Dropout,
     "maxpool": MaxPool, "avgpool": AvgPool, "global_avgpool": GlobalAvgPool, "flatten": Flatten,
     "add": Add, "softmax_ce": SoftmaxCE,
 }
@@ -66,6 +66,7 @@ class Network:
             raise TrainerError("workspace budget must be >= 0 bytes")
         check_strategy(strategy, graph)
         self.graph, self.strategy = graph, strategy
+        self.seed = seed
         self.retention, self.budget = retention, workspace_budget
         self.events = step_events(graph)
         self.ledger = Ledger(self.events)
@@ -110,6 +111,7 @@ class Network:
         L, ctx = self.ledger, self.ctx
         B = len(idx)
         ctx.training, ctx.batch, ctx.labels = True, B, labels
+        ctx.rng = np.random.default_rng((self.seed, self.steps))  # dropout's draws: one stream per step
         ctx.written = set()
         ctx.ledger, ctx.counter = L, self.counter
         self.counter.reset()

@@ -53,8 +53,10 @@ sys.path.insert(0, str(HERE))
 TORCH_EXPORTERS = ("torchscript13", "torchscript17", "torchscript17-train", "dynamo", "dynamo-opt")
 LARQ_EXPORTERS = ("larq", "larq-noscale")
 # Every zoo model and every measured model; the ImageNet ones export in a minute each.
+# export-models/ holds the layer kinds real BNNs add (grouped/depthwise conv, PReLU, ...).
 DEFAULT_MODELS = ("mlp", "digits-mlp", "digits-cnn", "cnv", "binarynet", "resnete18", "bireal18",
-                  *sorted(str(p) for p in (HERE / "models").glob("*.yaml")))
+                  *sorted(str(p) for p in (HERE / "models").glob("*.yaml")),
+                  *sorted(str(p) for p in (HERE / "export-models").glob("*.yaml")))
 
 
 # ------------------------------------------------------------------ PyTorch
@@ -94,7 +96,7 @@ def _bireal(x):
 SIGN_IDIOMS = {"ste": _ste, "where": _where, "clip": _clip_ste, "bireal": _bireal}
 
 
-def _torch_module(graph, idiom: str, seed: int):
+def _torch_module(graph, idiom: str, seed: int, zero_weights: bool = False):
     import torch
     import torch_model
 
@@ -106,19 +108,23 @@ def _torch_module(graph, idiom: str, seed: int):
         for m in model.modules():
             if isinstance(m, (torch_model.BinaryLinear, torch_model.BinaryConv2d)):
                 m.weight.uniform_(-1, 1)
+                if zero_weights:  # a latent weight exactly 0: its sign is 0 (torch.sign, ONNX Sign)
+                    m.weight.view(-1)[0] = 0.0
             elif isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 m.running_mean.normal_(0, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0, 0.2)
+            elif isinstance(m, torch.nn.PReLU):
+                m.weight.uniform_(0.05, 0.4)
     return model.eval()
 
 
-def export_torch(graph, exporter: str, idiom: str, path: Path, seed: int = 0) -> None:
+def export_torch(graph, exporter: str, idiom: str, path: Path, seed: int = 0, zero_weights: bool = False) -> None:
     import torch
     import torch_model
 
-    model = _torch_module(graph, idiom, seed)
+    model = _torch_module(graph, idiom, seed, zero_weights)
     x = torch.randn((1 if exporter == "torchscript13" else 2, *torch_model.input_shape(graph)))
     names = dict(input_names=["input"], output_names=["logits"])
     if exporter.startswith("torchscript"):
@@ -161,6 +167,8 @@ def export_larq(graph, exporter: str, path: Path, seed: int = 0) -> None:
                               rng.normal(0, 0.5, n) if part.startswith("moving_mean") else
                               rng.uniform(0.5, 2.0, n))
             layer.set_weights([v.astype(np.float32) for v in values])
+        elif isinstance(layer, tf.keras.layers.PReLU):
+            layer.set_weights([rng.uniform(0.05, 0.4, w.shape).astype(np.float32) for w in layer.weights])
     spec = (tf.TensorSpec((None, *graph.model.input), tf.float32, name="input"),)
     tf2onnx.convert.from_keras(model, input_signature=spec, opset=13, output_path=str(path))
 
@@ -219,6 +227,33 @@ def compare(onnx_path: Path, source: str) -> str:
     return "exact"
 
 
+def _write_expected(path: Path, ref: str, exporter: str, idiom: str, argv: list[str]) -> None:
+    """The source model as the fixture's expected import, headed by the exporter and the command."""
+    from importlib.metadata import version
+
+    from bnncost.layers.graph import graph_of
+    from bnncost.layers.model import zoo_names
+
+    source = Path(ref) if ref not in zoo_names() else HERE.parent.parent / "layers" / "zoo" / f"{ref}.yaml"
+    frameworks = ("torch", "onnx", "onnxscript") if exporter in TORCH_EXPORTERS else \
+        ("tensorflow", "tf-keras", "larq", "tf2onnx", "onnx")
+    versions = []
+    for package in frameworks:
+        try:
+            versions.append(f"{package} {version(package)}")
+        except Exception:  # noqa: BLE001 - not installed under that name
+            continue
+    graph = graph_of(ref)
+    header = [f"# Expected import of {path.name}: exported from {source.name} by",
+              f"#   python benchmarks/frameworks/export_onnx.py {' '.join(argv)}",
+              f"# exporter {exporter}" + (f", sign idiom {idiom}" if exporter in TORCH_EXPORTERS else "")
+              + f" ({', '.join(versions)}); weights random.",
+              f"# {graph.parameter_count('l2')} parameters as bnncost counts them with l2 batchnorm, "
+              f"{graph.parameter_count('l1')} with l1."]
+    body = [line for line in source.read_text().splitlines() if not line.startswith("#")]
+    path.with_name(path.name[: -len(".onnx")] + ".expected.yaml").write_text("\n".join(header + body) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="*", default=list(DEFAULT_MODELS), help="zoo names or model YAMLs")
@@ -226,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idiom", default="function,ste", help="PyTorch sign idioms: function, ste")
     ap.add_argument("--out", default="/tmp/bnncost-onnx-exports", help="folder for the .onnx files")
     ap.add_argument("--json", help="write the rows as JSON here too")
+    ap.add_argument("--zero-weights", action="store_true",
+                    help="PyTorch: make one latent weight of every binary layer exactly 0 (its sign is 0)")
+    ap.add_argument("--expected", action="store_true",
+                    help="write NAME.TAG.expected.yaml beside each .onnx (the source model, headed by how the "
+                         "file was made): a fixture for tests/data/onnx/")
     args = ap.parse_args(argv)
     from bnncost.layers.graph import graph_of
 
@@ -243,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     with contextlib.redirect_stdout(sys.stderr):  # the exporters' progress lines
                         if exporter in TORCH_EXPORTERS:
-                            export_torch(graph, exporter, idiom, path)
+                            export_torch(graph, exporter, idiom, path, zero_weights=args.zero_weights)
                         elif exporter in LARQ_EXPORTERS:
                             export_larq(graph, exporter, path)
                         else:
@@ -252,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:  # noqa: BLE001 - the exporter failed: report it, go on
                     traceback.print_exc(file=sys.stderr)
                     result = f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                if args.expected and path.is_file():
+                    _write_expected(path, ref, exporter, idiom, argv if argv is not None else sys.argv[1:])
                 rows.append({"model": name, "exporter": exporter, "idiom": idiom, "file": str(path),
                              "result": result})
                 print(f"{name:16} {tag:26} {result}", flush=True)

@@ -11,6 +11,10 @@ Larq user writes a BNN:
   is a standalone `lq.quantizers.SteSign()` layer;
 - `binary: false` layers are plain `Dense` / `Conv2D`; no layer has a bias
   (bnncost's layers have none: batchnorm follows them);
+- a depthwise conv (groups = input channels) is `QuantDepthwiseConv2D` /
+  `DepthwiseConv2D` (depth_multiplier = filters / groups), other `groups` are
+  Conv2D's / QuantConv2D's `groups` (TensorFlow runs those XLA-compiled on CPU);
+  prelu is `PReLU` with one slope per channel (`shared_axes=[1, 2]` on images);
 - batchnorm is Keras' `BatchNormalization` (defaults: gamma and beta, fused
   kernel), relu `ReLU`, pools `MaxPooling2D` / `AveragePooling2D` /
   `GlobalAveragePooling2D`, flatten `Flatten`, a residual join `Add`;
@@ -41,6 +45,11 @@ def _consumers(graph: Graph) -> dict[int, list[Node]]:
 
 def _binary_weighted(node: Node) -> bool:
     return node.kind in ("dense", "conv2d") and node.binary and not node.first
+
+
+def _depthwise(node: Node) -> bool:
+    """A conv with one group per input channel: Keras' DepthwiseConv2D (what Larq users write)."""
+    return node.kind == "conv2d" and node.spec.groups > 1 and node.spec.groups == node.in_shape[-1]
 
 
 def absorbed_signs(graph: Graph) -> set[str]:
@@ -85,13 +94,22 @@ def build_larq_model(graph: Graph) -> tf.keras.Model:
                 )
                 if k == "dense":
                     y = lq.layers.QuantDense(spec.units, **common)(x)
+                elif _depthwise(node):
+                    common["depthwise_quantizer"] = common.pop("kernel_quantizer")
+                    common["depthwise_constraint"] = common.pop("kernel_constraint")
+                    y = lq.layers.QuantDepthwiseConv2D(spec.kernel, strides=spec.stride, padding=spec.padding,
+                                                       depth_multiplier=spec.filters // spec.groups, **common)(x)
                 else:
                     y = lq.layers.QuantConv2D(spec.filters, spec.kernel, strides=spec.stride,
-                                              padding=spec.padding, **common)(x)
+                                              padding=spec.padding, groups=spec.groups, **common)(x)
             elif k == "dense":
                 y = tf.keras.layers.Dense(spec.units, use_bias=False, name=name)(x)
+            elif _depthwise(node):
+                y = tf.keras.layers.DepthwiseConv2D(spec.kernel, strides=spec.stride, padding=spec.padding,
+                                                    depth_multiplier=spec.filters // spec.groups, use_bias=False,
+                                                    name=name)(x)
             else:
-                y = tf.keras.layers.Conv2D(spec.filters, spec.kernel, strides=spec.stride,
+                y = tf.keras.layers.Conv2D(spec.filters, spec.kernel, strides=spec.stride, groups=spec.groups,
                                            padding=spec.padding, use_bias=False, name=name)(x)
         elif k == "batchnorm":
             y = tf.keras.layers.BatchNormalization(name=name)(x)
@@ -104,6 +122,9 @@ def build_larq_model(graph: Graph) -> tf.keras.Model:
             pm1_out = True
         elif k == "relu":
             y = tf.keras.layers.ReLU(name=name)(x)
+        elif k == "prelu":  # one slope per channel: shared over height and width
+            shared = [1, 2] if len(node.in_shape) == 3 else None
+            y = tf.keras.layers.PReLU(shared_axes=shared, name=name)(x)
         elif k in ("maxpool", "avgpool"):
             cls = tf.keras.layers.MaxPooling2D if k == "maxpool" else tf.keras.layers.AveragePooling2D
             y = cls(pool_size=spec.size, strides=spec.stride or spec.size, padding=spec.padding, name=name)(x)

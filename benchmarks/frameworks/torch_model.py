@@ -9,6 +9,7 @@ standard (Courbariaux & Bengio 2016, as PyTorch users write BinaryNet):
   full-precision ones are plain nn.Linear / nn.Conv2d (no bias);
 - sign: `SignSTE`, an autograd Function that saves its input x and passes
   the gradient where abs(x) <= 1 (`grad * (x.abs() <= 1)`);
+- conv2d with `groups`: nn.Conv2d(groups=...); prelu: nn.PReLU(channels);
 - batchnorm: nn.BatchNorm1d / nn.BatchNorm2d; relu: nn.ReLU; maxpool /
   avgpool: nn.MaxPool2d / nn.AvgPool2d; global_avgpool: nn.AdaptiveAvgPool2d(1)
   then flatten (torchvision's ResNet); flatten: torch.flatten; residual:
@@ -34,7 +35,7 @@ from torch import nn
 
 from bnncost.layers.graph import Graph
 from bnncost.layers.spec import (
-    AvgPool, BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU, Residual, Sign, SoftmaxCE,
+    AvgPool, BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, PReLU, ReLU, Residual, Sign, SoftmaxCE,
 )
 
 
@@ -132,6 +133,13 @@ class _Builder:
             short = self.seq(spec.shortcut) if spec.shortcut else None
             return [ResidualBlock(self.seq(spec.body), short)]
         node = self.graph.by_name[spec.name]
+        if isinstance(spec, Conv2D) and spec.groups != 1:
+            pad, pre = _padding(node)
+            conv = L.grouped_conv(node.in_shape[-1], spec.filters, node.window, node.strides, pad, spec.binary,
+                                  spec.groups)
+            return [pre, conv] if pre is not None else [conv]
+        if isinstance(spec, PReLU):
+            return [L.prelu(node.channels)]
         if isinstance(spec, Dense):
             return [L.dense(node.fan_in, spec.units, spec.binary, first=node.first)]
         if isinstance(spec, Conv2D):
@@ -166,6 +174,14 @@ class Layers:
 
     def conv(self, cin, cout, k, s, pad, binary, first=False):
         return (BinaryConv2d if binary else nn.Conv2d)(cin, cout, k, s, pad, bias=False)
+
+    def grouped_conv(self, cin, cout, k, s, pad, binary, groups):
+        """Grouped / depthwise conv (ReActNet, MobileNet-style BNNs): nn.Conv2d(groups=...)."""
+        return (BinaryConv2d if binary else nn.Conv2d)(cin, cout, k, s, pad, bias=False, groups=groups)
+
+    def prelu(self, c):
+        """One slope per channel, as Bi-Real Net / ReActNet write it (nn.PReLU(num_parameters=C))."""
+        return nn.PReLU(c)
 
     def batchnorm(self, c, spatial):
         return (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(c)

@@ -21,14 +21,15 @@ from typing import Any, Callable
 import numpy as np
 
 from bnncost.layers.importers.onnx_file import OnnxGraph
-from bnncost.layers.importers.onnx_values import BATCH, Act, Cmp, ENode, Lin, family
+from bnncost.layers.importers.onnx_values import BATCH, Act, Cmp, ENode, Lin, NegPart, family
 from bnncost.layers.model import ModelError
 from bnncost.layers.spec import LAYER_CLASSES, Conv2D, Dense
 
 # The magnitudes of a binary weight's entries in one output channel agree to float32 rounding
 # of w + (sign(w) - w); anything farther apart is a real-valued weight.
 _BINARY_RTOL = 1e-5
-# At most this fraction of a binary weight's entries may be 0 (sign of an exact-zero latent weight).
+# At most one entry, or this fraction of a binary weight's entries, may be 0 (the sign of an
+# exact-zero latent weight); a ternary weight {-c, 0, c} has a third or more.
 _SIGN_ZEROS = 1e-3
 
 
@@ -66,9 +67,13 @@ class Interpreter:
         return self.g.error(self.node, problem)
 
     def unsupported(self) -> ModelError:
+        if self.node.op_type in ("PartitionedCall", "StatefulPartitionedCall"):
+            return self.error("a TensorFlow function call tf2onnx could not convert (Keras runs a grouped "
+                              "Conv2D as an XLA function on CPU), not an ONNX op; export it with groups=1 or "
+                              "as DepthwiseConv2D")
         domain = f" (domain {self.node.domain})" if self.node.domain not in ("", "ai.onnx") else ""
         return self.error(f"unsupported op{domain} on activations; bnncost models Conv, Gemm, MatMul, "
-                          "BatchNormalization, the sign idioms, Relu, pooling, Flatten/Reshape, Add joins and Softmax")
+                          "BatchNormalization, the sign idioms, Relu, PRelu, pooling, Flatten/Reshape, Add joins and Softmax")
 
     @property
     def where(self) -> str:
@@ -161,6 +166,9 @@ class Interpreter:
                              "idiom (x + (Sign(x) - x)) nor a residual join (Add of two branches)")
         if isinstance(v, Cmp):
             raise ModelError(f"{self.g.source}: {v.where}: a comparison that is not part of Where(x >= 0, 1, -1)")
+        if isinstance(v, NegPart):
+            raise ModelError(f"{self.g.source}: {v.where}: relu(-x) that is not the negative half of a PReLU "
+                             "(relu(x) - a * relu(-x))")
         raise self.error("expects an activation here, got a constant")
 
     def act(self, v: Any) -> Act:
@@ -213,9 +221,13 @@ class Interpreter:
         x = self.act(ins[0])
         if not supports("dropout"):
             raise self.error("dropout is not a bnncost layer yet")
-        ratio = attrs.get("ratio", 0.5)
+        ratio = np.float32(attrs.get("ratio", 0.5))  # a float attribute is float32 in ONNX
         if len(ins) > 1 and ins[1] is not None:
-            ratio = float(self.const(ins[1], "the dropout ratio"))
+            ratio = self.const(ins[1], "the dropout ratio").reshape(-1)[0]
+        # the rate as written before export (0.2, not float32's 0.20000000298)
+        ratio = float(ratio) if ratio.dtype == np.float64 else float(str(np.float32(ratio)))
+        if not 0 <= ratio < 1:
+            raise self.error(f"a dropout ratio of {ratio}; bnncost's dropout takes 0 <= rate < 1")
         node = ENode("dropout", (x.node,), self.where, {"rate": float(ratio)})
         return x.view(node, binarised=x.binarised)
 
@@ -327,6 +339,8 @@ class Interpreter:
 
     def _combine(self, a: Any, b: Any, scale: float):
         """a + scale * b where at least one side is an activation."""
+        if isinstance(a, NegPart) or isinstance(b, NegPart):
+            return self._prelu_halves(a, b, scale)
         for act_side, const_side in ((a, b), (b, a)):
             if isinstance(const_side, np.ndarray) and const_side.size > 1 and isinstance(act_side, (Act, Lin)):
                 if act_side is b and scale < 0:
@@ -372,6 +386,9 @@ class Interpreter:
         a, b = ins
         if isinstance(a, np.ndarray):
             a, b = b, a
+        if isinstance(a, NegPart) and isinstance(b, np.ndarray) and self.node.op_type == "Mul":
+            self._per_channel(a.act, b, "the factor")
+            return NegPart(a.act, a.factor * b, self.where)
         if not isinstance(b, np.ndarray) or b.size == 1 or not isinstance(a, Act):
             return self._pointwise([a, b])  # x * x, c * x, mask * x: only inside a sign idiom
         self._per_channel(a, b, "the factor")
@@ -467,14 +484,28 @@ class Interpreter:
         return Act(x.node.inputs[0], x.labels, sizes, x.flat, x.binarised, x.data), (t, l, b, r)
 
     def op_Relu(self, ins, attrs):
-        x = self.act(ins[0])
+        v = ins[0]
+        if isinstance(v, Lin) and len(v.terms) == 1 and v.offset == 0.0 and -1.0 in v.terms.values():
+            return NegPart(next(iter(v.views.values())), 1.0, self.where)  # relu(-x): half of a written-out PReLU
+        x = self.act(v)
         return x.view(ENode("relu", (x.node,), self.where))
 
+    def _prelu_halves(self, a: Any, b: Any, scale: float) -> Act:
+        """relu(x) + scale * f * relu(-x) (Keras' PReLU through tf2onnx) is PReLU(x) with slope -scale * f."""
+        relu, neg = (a, b) if isinstance(b, NegPart) else (b, a)
+        if scale < 0 and neg is a:
+            raise self.error("subtracts relu(x) from a multiple of relu(-x)")
+        if not (isinstance(relu, Act) and isinstance(neg, NegPart) and relu.node.kind == "relu"
+                and relu.node.inputs[0] is neg.act.node):
+            raise self.error("adds relu(-x) to something other than relu(x): not a PReLU")
+        return self._prelu(neg.act, -scale * np.asarray(neg.factor, dtype=np.float64))
+
     def op_PRelu(self, ins, attrs):
-        x = self.act(ins[0])
+        return self._prelu(self.act(ins[0]), self.const(ins[1], "the PReLU slope"))
+
+    def _prelu(self, x: Act, slope: np.ndarray) -> Act:
         if not supports("prelu"):
             raise self.error("PReLU is not a bnncost layer yet")
-        slope = self.const(ins[1], "the PReLU slope")
         if slope.size == 1 and x.sizes["C"] > 1:
             raise self.error(f"one PReLU slope shared by all {x.sizes['C']} channels (torch.nn.PReLU()'s default); "
                              "bnncost's prelu learns one per channel (nn.PReLU(num_parameters=channels))")
@@ -501,14 +532,14 @@ class Interpreter:
     def _weight_binary(self, w: np.ndarray, out_axis: int) -> bool:
         """Every output channel's weights are +-c (one magnitude per channel). A rare zero is
         sign(0) of a latent weight that is exactly zero (one in 2^24 of torch's uniform_ init:
-        about one in a 512x512x3x3 kernel); a ternary weight has far more."""
+        about one in a 512x512x3x3 kernel)."""
         rows = np.moveaxis(np.asarray(w, dtype=np.float64), out_axis, 0).reshape(w.shape[out_axis], -1)
         if rows.shape[1] < 2:
             return False  # one weight per channel says nothing
         mag = np.abs(rows)
         top = mag.max(axis=1, keepdims=True)
         zero = mag == 0
-        if not (top > 0).all() or zero.sum() > _SIGN_ZEROS * mag.size:
+        if not (top > 0).all() or zero.sum() > max(1.0, _SIGN_ZEROS * mag.size):
             return False
         return bool((zero | (np.abs(mag - top) <= _BINARY_RTOL * top)).all())
 

@@ -9,6 +9,9 @@ Then, within each straight run of layers:
 - any other bias is a batchnorm fused into the layer by the exporter: a binary layer never has
   a bias, and a full-precision one in a BNN is followed by a batchnorm by convention. It is
   restored as a batchnorm unless `keep_bias` asks for a plain bias on full-precision layers.
+- a sign right after a flatten (Larq's QuantDense input quantizer, a PyTorch BinaryLinear that
+  binarises its input after x.view(B, -1)) is written before it, the order bnncost's models use:
+  elementwise, they commute, and every prediction is the same.
 - a final Softmax/LogSoftmax is dropped and softmax_ce, the loss, is appended.
 """
 
@@ -205,6 +208,9 @@ class _Linearise:
             if node.kind == "pointwise":
                 raise self.error(node, "elementwise arithmetic on activations that is not part of a sign idiom "
                                        "is not a bnncost layer")
+            if node.kind == "sign" and merged and merged[-1][0] is not None and merged[-1][0].kind == "flatten":
+                merged.insert(len(merged) - 1, (node, {"sign": {}}))  # see the module docstring
+                continue
             if node.kind in WEIGHTED:
                 merged.append((node, {node.kind: dict(node.fields)}))
             elif node.kind in _PLAIN:

@@ -2,10 +2,11 @@
 
 A tensor is either a constant (a numpy array, folded as the graph is read; shape arithmetic
 holds the symbolic batch as BATCH), an activation (`Act`: a view of one expression node with
-its axis labels), or one of two pending forms that only the idiom recognisers consume:
+its axis labels), or one of three pending forms that only the idiom recognisers consume:
 `Lin`, a linear combination of activations of one family (x, sign(x), clip(x)) that the
 straight-through trick `x + (sign(x) - x)` builds up and cancels; and `Cmp`, a comparison
-of an activation with zero that `Where(x >= 0, 1, -1)` turns into a sign.
+of an activation with zero that `Where(x >= 0, 1, -1)` turns into a sign; and `NegPart`,
+f * relu(-x), which Keras' PReLU adds to relu(x) (tf2onnx writes it out: relu(x) - a * relu(-x)).
 """
 
 from __future__ import annotations
@@ -113,3 +114,11 @@ class Cmp:
     op: str
     where: str
     threshold: float = 0.0
+
+
+@dataclass(eq=False)
+class NegPart:
+    """factor * relu(-x): the negative half of a PReLU written out (factor is -slope)."""
+    act: Act
+    factor: "object"  # a number or a per-channel numpy array
+    where: str
