@@ -810,6 +810,7 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
 
 def with_time_check(v, model: str, strategy: str, device: Device, steps: int, clock: str = "cpu"):
     """The verification with the trainer's median step time (and per phase) against the prediction."""
+    from bnncost.costmodel.timing import EVENTS as TIME_EVENTS, event_of
     from bnncost.costmodel.verification import check_time
     from bnncost.trainer.timing import time_steps as time_trainer
 
@@ -817,10 +818,10 @@ def with_time_check(v, model: str, strategy: str, device: Device, steps: int, cl
                 workspace_budget=v.workspace_budget)
     t = time_trainer(model, strategy, batch=v.batch_size, steps=steps, warmup=1,
                      workspace_budget=v.workspace_budget or 65536, retention=v.retention, clock=clock)
-    measured = {"forward": 0.0, "backward": 0.0, "update": 0.0}
+    measured = {e: 0.0 for e in TIME_EVENTS}
     for event, sec in t.events_s.items():
-        phase = event.split(":", 1)[0]
-        if phase in measured:
+        phase = event_of(event)
+        if phase is not None:
             measured[phase] += sec
     measured["step"] = t.step_s
     tc = check_time(device.name, p.time.seconds_by_event, measured, t.steps, t.warmup, clock, t.wall_step_s)

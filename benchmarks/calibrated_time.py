@@ -4,7 +4,7 @@
 
 Without --device it first runs `bnncost calibrate` in this process (the full run; --quick-calibration
 for the quick one). Then for every point of the matrix it predicts the step time with that device
-file and times the trainer (median of --steps steps after one warm-up step, trainer.timing, in the
+file and times the trainer (median of --steps steps (7) after one warm-up step, trainer.timing, in the
 process's CPU time, as calibrate measures: on a machine other processes share, wall time also counts
 their turns on the cores; the wall time is reported beside), and
 reports the error distribution: the fraction of points within +-15% and the median absolute error
@@ -64,7 +64,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", help="a device file written by bnncost calibrate on this machine")
     ap.add_argument("--quick-calibration", action="store_true", help="calibrate with --quick first")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per point, after one warm-up")
+    # 7: on a machine other agents share, the median of 3 steps moved by up to 1.7x between runs of a point
+    ap.add_argument("--steps", type=int, default=7, help="timed steps per point, after one warm-up")
     ap.add_argument("--models", help="comma-separated subset of the matrix's models")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     args = ap.parse_args()

@@ -21,6 +21,7 @@ import yaml
 
 from bnncost.calibrate import machine, operators, rates
 from bnncost.hardware_profiles import Device, DeviceError, load_device, parse_device
+from bnncost.hardware_profiles.schema import TIME_MODEL_VERSION
 from bnncost.layers.outfile import OutputPathError, atomic_output, check_output
 from bnncost.trainer.base import DEFAULT_WORKSPACE
 
@@ -173,6 +174,7 @@ def document(m: Measured, *, name: str, base: Device | None = None, idle_w: floa
         "ops": ops_doc,
         "power": power,
         "trainer": {
+            "time_model": TIME_MODEL_VERSION,
             "implementation": f"bnncost's bundled numpy trainer, workspace {DEFAULT_WORKSPACE} B per operator",
             "workspace_bytes": DEFAULT_WORKSPACE, "blas_threads": m.blas_threads, "cores": cores,
             "call_s": _g(call_s), "operators": op_docs,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bnncost.costmodel.strategy import as_strategy
-from bnncost.costmodel.timing import OperatorWork, operator_work
+from bnncost.costmodel.timing import OperatorWork, measured_seconds, operator_work
 from bnncost.layers.graph import graph_of
 from bnncost.layers.model import parse_model
 from bnncost.trainer.base import DEFAULT_WORKSPACE
@@ -106,9 +106,9 @@ def measure(plan: Plan, progress=None) -> list[Sample]:
                 progress(f"{net['name']} {strategy}: not runnable, skipped")
             continue
         t = time_steps(graph, strat, batch=batch, steps=plan.steps, warmup=1, workspace_budget=DEFAULT_WORKSPACE)
-        for w in operator_work(graph, strat):
-            sec = t.updates_s.get(w.layer) if w.event == "update" else t.events_s.get(f"{w.event}:{w.layer}")
-            if sec is not None and np.isfinite(sec):
+        for w in operator_work(graph, strat, "step", DEFAULT_WORKSPACE):
+            sec = measured_seconds(w, t.events_s, t.updates_s, t.update_loop_s)
+            if sec is not None and np.isfinite(sec) and sec > 0:
                 samples.append(Sample(w, batch, sec))
         if progress is not None:
             progress(f"{net['name']} {strategy} batch {batch}")
@@ -153,7 +153,8 @@ def fit(samples: list[Sample]) -> list[Fitted]:
         groups.setdefault((s.work.operator, s.work.formats), []).append(s)
     out = []
     for (operator, formats), group in sorted(groups.items()):
-        mechs = sorted({m for s in group for m in s.work.units})
+        # the mechanisms the operator performs in some sample (a dense layer computes no patch indices)
+        mechs = sorted({m for s in group for m in s.work.mechanisms if s.work.at(m, s.batch) > 0})
         a = np.array([[1.0] + [s.work.at(m, s.batch) for m in mechs] for s in group])
         t = np.array([s.seconds for s in group])
         scale = np.maximum(a.max(axis=0), 1e-30)  # columns of comparable size

@@ -31,7 +31,8 @@ import numpy as np
 from bnncost.costmodel.ops import INFORMATIONAL, OpCount, Traffic
 from bnncost.costmodel.timing import OperatorWork
 
-_EVENT_PHASES = {"forward": ("forward",), "backward": ("backward_dx", "backward_dw"), "update": ("update",)}
+_EVENT_PHASES = {"forward": ("forward",), "backward": ("backward_dx", "backward_dw"), "update": ("update",),
+                 "overhead": ()}  # the step's own work (costmodel.timing.step_operators): no layer-phase
 
 
 class MissingOpError(ValueError):
@@ -50,7 +51,7 @@ class EnergyTime:
     compute_s: np.ndarray  # sum of compute times (what the step would take were memory free)
     memory_s: np.ndarray
     bytes_by_level: dict[str, np.ndarray]
-    seconds_by_event: dict[str, np.ndarray] | None = None  # calibrated machines: forward, backward, update
+    seconds_by_event: dict[str, np.ndarray] | None = None  # calibrated machines: timing.EVENTS
 
     @property
     def dynamic_j(self) -> np.ndarray:
@@ -115,11 +116,14 @@ class EnergyModel:
         self.ev_const = {e: 0.0 for e in _EVENT_PHASES}
         self.ev_per = {e: 0.0 for e in _EVENT_PHASES}
         self.unlisted: list[str] = []
+        self.looped: list[tuple[str, dict[str, float], OperatorWork]] = []  # counted per batch (timing.linear_loops)
         for w in work:
             cost = table.get((w.operator, w.formats))
             if cost is not None:
                 c = cost.fixed_s + sum(cost.per_unit_s.get(m, 0.0) * u[0] for m, u in w.units.items())
                 p = sum(cost.per_unit_s.get(m, 0.0) * u[1] for m, u in w.units.items())
+                if w.loops is not None:
+                    self.looped.append((w.event, cost.per_unit_s, w))
             else:
                 self.unlisted.append(w.key)
                 c, p = self.trainer.call_s, 0.0
@@ -158,6 +162,9 @@ class EnergyModel:
             seconds = np.maximum(t_ops, t_mem).sum(axis=0)
         else:
             by_event = {e: self.ev_const[e] + self.ev_per[e] * bs for e in _EVENT_PHASES}
+            for event, per_unit, w in self.looped:
+                by_event[event] = by_event[event] + np.array(
+                    [sum(per_unit.get(m, 0.0) * n for m, n in w.loops(int(b)).items()) for b in bs])
             seconds = sum(by_event.values())
             power = self.device.power
             core_w = (power.active_w - power.idle_w) / self.trainer.cores if power.known else np.nan

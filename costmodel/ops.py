@@ -53,8 +53,8 @@ prelu (E, C)   forward compare E, mul E at fwd (a x where x <= 0);
                backward_dw compare E at fwd (x > 0, on the saved x), gmul E
                (dy x), add E at acc (the per-channel sums of da);
                backward_dx (only when its input needs a gradient) gmul E
-               (dy a where x <= 0, reusing the compare); update per slope n = C,
-               at opt, no clipping
+               (dy a where x <= 0, reusing the compare); update per slope n = C
+               (1 when `shared`: the same E adds sum into one slope), at opt, no clipping
 dropout        forward compare E (the uniform draw against the rate: the mask), mul E
                (x times 1/(1 - rate)) at fwd; backward_dx gmul 2E (dy gated by the
                mask, then times 1/(1 - rate)); drawing the random numbers is not counted
@@ -273,7 +273,7 @@ def _count_node(c: _Counter, graph: Graph, node: Node, fwd: str) -> None:
         c.add(n, "backward_dw", "add", acc, per=e)
         if needs_dx:
             c.gmul(n, "backward_dx", per=e)
-        c.optimizer(n, node.channels, sign_grad=False, binary_kernel=False)
+        c.optimizer(n, node.parameters(), sign_grad=False, binary_kernel=False)
     elif node.kind == "dropout":
         c.add(n, "forward", "compare", fwd, per=e)
         c.add(n, "forward", "mul", fwd, per=e)

@@ -93,7 +93,7 @@ class TimeReport(BaseModel):
     # what the time is: "peak-rate lower bound" (a shipped board's peak rates) or
     # "calibrated bundled trainer" (operator costs measured by bnncost calibrate: a prediction)
     basis: str = "peak-rate lower bound"
-    seconds_by_event: dict[str, float] | None = None  # calibrated: forward, backward, update
+    seconds_by_event: dict[str, float] | None = None  # calibrated: forward, backward, update, overhead
 
 
 ENERGY_UNAVAILABLE = "unavailable: the device file has no power figures (calibrate with --base DEVICE or --idle-w/--active-w)"
@@ -333,7 +333,8 @@ def predict(
     )
     if device is not None:
         energy = EnergyModel(ops, count_traffic(graph, strat, plan), device, context=f"{pred.strategy}: ",
-                             work=operator_work(graph, strat) if device.trainer is not None else None)
+                             work=(operator_work(graph, strat, retention, workspace_budget)
+                                   if device.trainer is not None else None))
         pred.device = device.name
         pred.energy, pred.time, pred.fit = device_reports(
             energy, plan, batch, epoch_samples or graph.model.train_samples)

@@ -142,7 +142,8 @@ def sweep(model, strategies: list[str | Strategy], batches: list[int], *, engine
             usable = device.memory.usable_bytes
             model = EnergyModel(count_ops(graph, strat), count_traffic(graph, strat, plan), device,
                                 context=f"{label}: ",
-                                work=operator_work(graph, strat) if device.trainer is not None else None)
+                                work=(operator_work(graph, strat, retention, workspace_budget)
+                                      if device.trainer is not None else None))
             et = model.evaluate(bs)
             line.fits = [p <= usable for p in exact]
             line.max_batch = plan.max_batch(usable)

@@ -197,7 +197,13 @@ class PowerSpec(_Model):
 
 
 Mechanism = Literal["gemm", "xnor_words", "input_values", "output_values", "weights", "values", "window_values",
-                    "channels", "rows", "patch_indices"]
+                    "channels", "rows", "patch_indices", "tensors", "products", "blocks"]
+
+# The version of the time model's mechanisms (costmodel.timing) a calibrated file was fitted for. A file
+# fitted for another version has operators or units this version counts differently: it must be
+# calibrated again. 1: layer operators only; 2: the step's own work (batch gather, ledger, optimizer loop);
+# 3: the linear operators' loops (numpy products per tile, K-block and row-chunk iterations).
+TIME_MODEL_VERSION: Final[int] = 3
 
 
 def _nonnegative(value: float) -> float:
@@ -233,6 +239,7 @@ class TrainerTiming(_Model):
     work is then priced at the ``ops`` rates).
     """
 
+    time_model: int = 1  # TIME_MODEL_VERSION of the mechanisms the operators were fitted for
     implementation: Text
     workspace_bytes: Bytes
     blas_threads: Optional[int] = None
@@ -240,6 +247,13 @@ class TrainerTiming(_Model):
     call_s: Seconds
     operators: list[OperatorCost] = Field(default_factory=list)
     source: Source
+
+    @model_validator(mode="after")
+    def _current(self) -> "TrainerTiming":
+        if self.time_model != TIME_MODEL_VERSION:
+            raise _located("time_model", f"fitted for time model {self.time_model}, this bnncost has time model "
+                                         f"{TIME_MODEL_VERSION}: run `bnncost calibrate` again to rewrite the file")
+        return self
 
     def lookup(self) -> dict[tuple[str, str], OperatorCost]:
         return {(o.operator, o.formats): o for o in self.operators}

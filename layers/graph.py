@@ -66,13 +66,15 @@ class Node:
         return self.in_shape[-1]
 
     def parameters(self, batchnorm: str = "l2") -> int:
-        """Its trainable values: a kernel (and its bias); gamma and beta (l2) or beta (l1) per channel; one slope
-        per channel."""
+        """Its trainable values: a kernel (and its bias); gamma and beta (l2) or beta (l1) per channel; a prelu's
+        slopes (one per channel, or one shared)."""
         if self.kind in ("dense", "conv2d"):
             return self.weights + (self.units if self.bias else 0)
         if self.kind == "batchnorm":
             return (2 if batchnorm == "l2" else 1) * self.channels
-        return self.channels if self.kind == "prelu" else 0
+        if self.kind == "prelu":
+            return 1 if self.spec.shared else self.channels
+        return 0
 
     @property
     def group_channels(self) -> int:

@@ -104,7 +104,7 @@ def parameter_tensors(graph: Graph, batchnorm: str, optimizer: str) -> list[tupl
 
     A kernel is one tensor, and a full-precision layer's bias another; batchnorm's parameters are one tensor per kind of
     parameter (gamma and beta for l2, beta alone for l1), one value per channel;
-    a prelu's slopes are one tensor, one value per channel.
+    a prelu's slopes are one tensor, one value per channel (or one in all).
     Bop updates binary kernels only; the other tensors of a Bop strategy use
     Adam (as layers.storage keeps their state).
     """
@@ -120,5 +120,5 @@ def parameter_tensors(graph: Graph, batchnorm: str, optimizer: str) -> list[tupl
             names = ("gamma", "beta") if batchnorm == "l2" else ("beta",)
             out.extend((node.name, p, (node.channels,), by) for p in names)
         elif node.kind == "prelu":
-            out.append((node.name, "slope", (node.channels,), "adam" if optimizer == "bop" else optimizer))
+            out.append((node.name, "slope", (node.parameters(),), "adam" if optimizer == "bop" else optimizer))
     return out

@@ -36,6 +36,7 @@ dense / conv2d, with K inputs per output, N outputs, P output positions:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from bnncost.layers.graph import Graph, Node, Shape
@@ -52,6 +53,38 @@ class Scratch:
     fixed_format: str | None = None  # ... or this one
     only_if_packed: str | None = None  # exists only when this role's format is bool
     fixed_rows: int = 0  # rows that do not scale with the batch (weight rows)
+
+
+# Budget 0 models an in-place engine with no scratch; numpy still needs working rows, so the bundled trainer
+# then holds each scratch buffer untracked at this small size.
+UNTRACKED_WORKSPACE = 4096
+TILE_BYTES = 1 << 16  # all float32 temporaries of one tiled product together (4 blocks of TILE_BYTES / 4)
+
+
+def product_tiles(m: int, k: int, n: int) -> tuple[int, int, int]:
+    """(rows, cols, inner) of the float32 tiles a product (m, k) x (k, n) is cut into (trainer.kernels.matmul).
+
+    The four temporaries (a block of each operand, a result tile, the product added to it) hold at most
+    TILE_BYTES together: result tiles as wide as possible, square-ish when both sides are long (few,
+    large products, not thin slivers), the inner dimension cut into blocks summed in float32.
+    """
+    per = TILE_BYTES // 16  # floats per temporary
+    side = max(1, math.isqrt(per))
+    cols = min(n, side if m > side else per // max(1, m))
+    rows = max(1, min(m, per // cols))
+    inner = max(1, min(k, per // max(rows, cols)))
+    return rows, cols, inner
+
+
+def product_calls(m: int, k: int, n: int, direct: bool) -> int:
+    """numpy products one (m, k) x (k, n) product takes: one when it runs whole (float32 operands and
+    result, nothing to add to), else one per tile (product_tiles)."""
+    if m <= 0 or n <= 0:
+        return 0
+    if direct:
+        return 1
+    rows, cols, inner = product_tiles(m, k, n)
+    return -(-m // rows) * -(-n // cols) * -(-k // inner)
 
 
 def rows_held(total_rows: int, row_bytes: int, budget: int) -> int:

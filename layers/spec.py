@@ -73,6 +73,7 @@ class ReLU(_Layer):
 class PReLU(_Layer):
     """y = x where x > 0, else a_c x: one learnable slope a_c per channel (Bi-Real Net, ReActNet)."""
     kind: Literal["prelu"] = "prelu"
+    shared: bool = False  # one slope for every channel (torch.nn.PReLU()'s default, num_parameters=1)
 
 
 def _check_rate(value):

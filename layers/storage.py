@@ -17,7 +17,7 @@ Choices the docstrings of METHOD leave open, made here:
   its saved output until its backward or the step's end, `param_grad` from its
   backward to the update; l1 also saves `norm_scale`, the per-channel mean of
   abs(normalised output) that its backward multiplies the saved sign by;
-- prelu keeps its slopes (one per channel) as `params` in the `bn_param` role
+- prelu keeps its slopes (one per channel, or one if `shared`) as `params` in the `bn_param` role
   and their gradient `param_grad` likewise, with the optimizer state of a
   batchnorm's parameters: like beta they are per-channel real values with a
   full gradient (a 1-bit sign gradient is for kernels, METHOD 3.1 step 4). Its
@@ -137,7 +137,7 @@ def stored_variables(graph: Graph, *, batchnorm: str, optimizer: str, retention:
                 saved(node, "norm_scale", "bn_param", (c,), batched=False)
             grad(node, "param_grad", "bn_param", (p, c))
         elif k == "prelu":
-            c = node.channels
+            c = node.parameters()  # one slope per channel, or one shared by all
             persistent(f"{node.name}.params", node.name, "bn_param", (c,))
             optimizer_state(node, (c,), False)
             saved(node, "input", "real_input", node.in_shape)

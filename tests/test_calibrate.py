@@ -222,6 +222,8 @@ def test_trainer_timing_covers_every_event():
         assert f"forward:{node.name}" in t.events_s and f"backward:{node.name}" in t.events_s
     assert set(t.updates_s) == {"dense_1", "batchnorm_1", "dense_2", "batchnorm_2"}
     assert t.clock == "cpu" and t.steps == 1
+    # the update's loop, per step: the update event less its tensors' updates
+    assert t.update_loop_s == pytest.approx(t.events_s["update"] - sum(t.updates_s.values()))
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 2, nothing written
@@ -289,3 +291,138 @@ def test_calibration_networks_span_narrow_and_wide_layers():
         g = graph_of(parse_model(net, net["name"]))
         channels |= {n.channels for n in g.nodes if n.kind == "conv2d"}
     assert min(channels) <= 3 and max(channels) >= 128  # per-index costs separable from per-value ones
+
+
+def test_the_steps_own_work_is_three_operators_timed_from_its_events():
+    from bnncost.costmodel.timing import event_of, measured_seconds, step_operators
+
+    g, s = graph_of(MLP), as_strategy("standard")
+    step = {w.operator: w for w in step_operators(g, s)}
+    assert step["step.start"].units == {"input_values": (0, 784)} and step["step.start"].event == "overhead"
+    # at step_end the ledger writes a row for the data, each weight and its Adam m and v, each batchnorm's
+    # params, running and batch statistics, m and v, each saved input and output, the softmax output
+    assert step["step.end"].units["tensors"][0] > 4 * 3
+    assert step["update.loop"].units == {"tensors": (4, 0)} and step["update.loop"].event == "update"
+    biased = graph_of(parse_model({"name": "b", "input": [8], "layers": [
+        {"dense": {"units": 4, "binary": False, "bias": True}}, {"relu": {}}, {"dense": {"units": 2}},
+        {"batchnorm": {}}, {"softmax_ce": {}}]}))
+    assert {w.operator: w for w in step_operators(biased, s)}["update.loop"].units == {"tensors": (4, 0)}
+    events = {"step_start": 1.0, "loss": 0.5, "step_end": 2.0, "update": 10.0, "forward:dense_1": 3.0}
+    updates = {"dense_1": 4.0, "batchnorm_1": 3.0}
+    assert measured_seconds(step["step.start"], events, updates) == 1.0
+    assert measured_seconds(step["step.end"], events, updates) == 2.5
+    assert measured_seconds(step["update.loop"], events, updates, 3.0) == 3.0  # per step: update less its rules
+    work = {(w.layer, w.event): w for w in operator_work(g, s)}
+    assert measured_seconds(work[("dense_1", "update")], events, updates) == 4.0
+    assert measured_seconds(work[("dense_1", "forward")], events, updates) == 3.0
+    assert [event_of(e) for e in ("step_start", "loss", "forward:dense_1", "update", "step_end")] == [
+        "overhead", "overhead", "forward", "update", "overhead"]
+    ops = [{"operator": w.operator, "formats": w.formats, "fixed_s": 1e-4, "per_unit_s": {"tensors": 1e-6},
+            "samples": 3, "source": "hand-made for a test"} for w in step.values()]
+    p = predict(MLP, "standard", 8, device=_device_with(ops, call_s=0.0))
+    assert p.time.seconds_by_event["overhead"] == pytest.approx(2e-4 + step["step.end"].units["tensors"][0] * 1e-6)
+
+
+def test_a_file_fitted_for_another_time_model_is_refused_in_one_line(capsys, tmp_path):
+    doc = cal.document(fake(), name="host")
+    doc["trainer"].pop("time_model")
+    out = tmp_path / "old.yaml"
+    out.write_text(yaml.safe_dump(doc))
+    _refused(capsys, ["predict", "mlp", "--device", str(out)], "run `bnncost calibrate` again")
+
+
+def _trainer_loops(model, strategy, batch, budget=65536):
+    """Run one training step and count, per (layer, event), the numpy products the trainer's matmul runs
+    (layers.scratch.product_calls of each call), its loops' iterations (the outermost calls of the
+    operator's block and chunk routines) and the patch indices it computes."""
+    from bnncost.layers.scratch import product_calls
+    from bnncost.trainer import kernels, linear
+    from bnncost.trainer.timing import time_steps
+
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    where = {"at": None, "depth": 0}
+    real_matmul = linear.matmul
+
+    def counting_matmul(a, af, b, bf, out, of, accumulate=False):
+        direct = af == bf == of == "float32" and not accumulate and out.flags.c_contiguous
+        c = counts.setdefault(where["at"], {"products": 0, "blocks": 0})
+        c["products"] += product_calls(a.shape[0], a.shape[1], b.shape[1], direct)
+        return real_matmul(a, af, b, bf, out, of, accumulate)
+
+    def in_event(fn, event):
+        def run(self, *args):
+            where["at"] = (self.name, event)
+            return fn(self, *args)
+        return run
+
+    def block(fn):
+        def run(self, *args, **kw):
+            if where["depth"] == 0:
+                counts.setdefault(where["at"], {"products": 0, "blocks": 0})["blocks"] += 1
+            where["depth"] += 1
+            try:
+                return fn(self, *args, **kw)
+            finally:
+                where["depth"] -= 1
+        return run
+
+    patches = {"forward": in_event(linear.Linear.forward, "forward"),
+               "backward": in_event(linear.Linear.backward, "backward")}
+    for name in ("_signs_into", "_lower", "_operand_rows", "_fold", "_packed_rows"):
+        patches[name] = block(getattr(linear.Linear, name))
+    saved = {k: getattr(linear.Linear, k) for k in patches}
+    real_rows = kernels.Patches.rows
+
+    def counting_rows(self, r0, r1):
+        c = counts.setdefault(where["at"], {"products": 0, "blocks": 0})
+        c["patch_indices"] = c.get("patch_indices", 0) + (r1 - r0) * self.taps
+        return real_rows(self, r0, r1)
+
+    try:
+        linear.matmul = counting_matmul
+        kernels.Patches.rows = counting_rows
+        for k, v in patches.items():
+            setattr(linear.Linear, k, v)
+        time_steps(model, strategy, batch=batch, steps=1, warmup=0, workspace_budget=budget)
+    finally:
+        linear.matmul = real_matmul
+        kernels.Patches.rows = real_rows
+        for k, v in saved.items():
+            setattr(linear.Linear, k, v)
+    return counts
+
+
+@pytest.mark.parametrize("strategy", ["standard", "proposed", "proposed-po2", "bop", "ladder-3-binary-dw"])
+def test_the_linear_loops_are_the_trainers(strategy):
+    """The cost model's replay of a linear operator's loops counts the products and block iterations the
+    trainer runs: K cut into blocks of weight rows, rows into chunks, products into tiles."""
+    model = parse_model({"name": "loops", "input": [10, 10, 3], "layers": [
+        {"conv2d": {"filters": 64, "kernel": 3, "padding": "same"}}, {"batchnorm": {}}, {"sign": {}},
+        {"conv2d": {"filters": 32, "kernel": 3, "padding": "same"}}, {"batchnorm": {}}, {"sign": {}},
+        {"conv2d": {"filters": 32, "kernel": 3, "padding": "same", "groups": 4}}, {"batchnorm": {}}, {"sign": {}},
+        {"conv2d": {"filters": 24, "kernel": 3, "binary": False, "groups": 2}}, {"batchnorm": {}}, {"relu": {}},
+        {"flatten": {}}, {"dense": {"units": 300}}, {"batchnorm": {}}, {"sign": {}},
+        {"dense": {"units": 10}}, {"batchnorm": {}}, {"softmax_ce": {}}]})
+    g, s = graph_of(model), as_strategy(strategy)
+    for batch in (3, 40):
+        measured = _trainer_loops(model, strategy, batch)
+        for w in operator_work(g, s):
+            if w.loops is None:
+                continue
+            got = {m: w.at(m, batch) for m in ("products", "blocks", "patch_indices")}
+            want = measured[(w.layer, w.event)]
+            assert got == {"patch_indices": 0, **want}, (w.key, batch)
+    # the 32-filter conv on 64 channels (K = 576): its dW operand, in chunks, is expanded block by block of
+    # its K columns, and each block computes the patch indices again
+    back = next(w for w in operator_work(g, s) if (w.layer, w.event) == ("conv2d_2", "backward"))
+    assert back.loops(40)["patch_indices"] > 0
+
+
+def test_fit_leaves_out_mechanisms_an_operator_never_performs():
+    g, s = graph_of(MLP), as_strategy("standard")
+    first = [w for w in operator_work(g, s) if w.operator == "dense.first.forward"][0]  # a dense layer: no patches
+    samples = [Sample(first, b, 1e-4 + 1e-5 * first.at("products", b) + 1e-9 * first.at("weights", b))
+               for b in (1, 4, 16, 64, 128)]
+    f = fit(samples)[0]
+    assert "patch_indices" not in f.per_unit_s and "products" in f.per_unit_s
+    assert all(v < 1e-3 for v in f.per_unit_s.values())

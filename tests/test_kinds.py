@@ -225,15 +225,6 @@ def test_prelu_ops_by_hand():
     assert not [k for k in layer if k[0] == "prelu_1" and k[1] == "backward_dx"]
 
 
-@pytest.mark.parametrize("retention", ["step", "backward"])
-@pytest.mark.parametrize("strategy", SHIPPED)
-def test_prelu_model_verifies_to_the_byte_and_op(strategy, retention):
-    v = cli.run_verification(PRELU, strategy, 4, steps=1, retention=retention)
-    assert not [c.name for c in v.variables if not c.ok]
-    assert v.peak.ledger_ok and not v.op_mismatches
-    assert v.ok
-
-
 def test_prelu_on_the_data_batch_verifies():
     model = parse_model({"name": "prelu-first", "input": [5, 5, 2],
                          "layers": [{"prelu": {}}, {"conv2d": {"filters": 3, "kernel": 3}}, {"batchnorm": {}},
@@ -243,9 +234,25 @@ def test_prelu_on_the_data_batch_verifies():
         assert v.ok, strategy
 
 
-def test_prelu_takes_no_fields():
-    with pytest.raises(ModelError, match=r"layer 0 \(prelu_1\): slope: unknown field \(fields of prelu: none\)"):
+def test_prelu_takes_only_shared():
+    with pytest.raises(ModelError, match=r"layer 0 \(prelu_1\): slope: unknown field \(fields of prelu: shared\)"):
         graph([{"prelu": {"slope": 0.1}}, *TAIL], (4, 4, 1))
+
+
+def test_a_shared_prelu_has_one_slope_for_every_channel():
+    g = graph([{"conv2d": {"filters": 5, "kernel": 3}}, {"prelu": {"shared": True}}, *TAIL], (6, 6, 2))
+    assert g.nodes[1].parameters() == 1
+    v = stored(g)
+    assert v["prelu_1.params"].shape == v["prelu_1.param_grad"].shape == v["prelu_1.adam_m"].shape == (1,)
+    upd = {k[2]: n for k, n in ops_at(g, "standard", 3).items() if k[:2] == ("prelu_1", "update")}
+    assert upd == {"mul": 6, "add": 4, "sqrt": 1, "div": 1}  # Adam on one value
+    assert ops_at(g, "standard", 3)[("prelu_1", "backward_dw", "add", "float32")] == 3 * 4 * 4 * 5
+    model = parse_model({"name": "shared", "input": [6, 6, 2], "layers": [
+        {"conv2d": {"filters": 5, "kernel": 3, "binary": False}}, {"prelu": {"shared": True}},
+        {"sign": {}}, {"conv2d": {"filters": 3, "kernel": 3}}, {"batchnorm": {}}, {"prelu": {"shared": True}},
+        *TAIL]}, "t")
+    for strategy in ("standard", "proposed"):
+        assert cli.run_verification(model, strategy, 3, steps=1, retention="step").ok, strategy
 
 
 # ---------------------------------------------------------------- a bias on full-precision layers
@@ -334,6 +341,19 @@ def test_biased_model_verifies_to_the_byte_and_op(strategy, retention):
     assert v.ok
 
 
+def test_time_units_count_the_bias_pass_and_update():
+    from bnncost.costmodel.timing import operator_work
+
+    def units(bias):
+        g = graph([{"flatten": {}}, {"dense": {"units": 3, "binary": False, "bias": bias}}, {"softmax_ce": {}}], (8,))
+        return {(w.event, w.layer): w.units for w in operator_work(g, load_strategy("standard"))}
+
+    plain, biased = units(False), units(True)
+    for event in ("forward", "backward"):  # y += b; db = dY summed: one more pass over the 3 outputs
+        assert biased[(event, "dense_1")]["output_values"] == (0, 2 * plain[(event, "dense_1")]["output_values"][1])
+    assert biased[("update", "dense_1")]["values"] == (8 * 3 + 3, 0)
+
+
 # ---------------------------------------------------------------- dropout
 
 DROPOUT = str(Path(__file__).parent / "data" / "small-dropout.yaml")
@@ -411,8 +431,9 @@ def test_bad_dropout_rate_on_the_command_line_is_one_line_exit_2(tmp_path, capsy
 
 @pytest.mark.parametrize("retention", ["step", "backward"])
 @pytest.mark.parametrize("strategy", SHIPPED)
-def test_dropout_model_verifies_to_the_byte_and_op(strategy, retention):
-    v = cli.run_verification(DROPOUT, strategy, 4, steps=2, retention=retention)
+@pytest.mark.parametrize("model, steps", [(PRELU, 1), (DROPOUT, 2)], ids=["prelu", "dropout"])
+def test_prelu_and_dropout_models_verify_to_the_byte_and_op(model, steps, strategy, retention):
+    v = cli.run_verification(model, strategy, 4, steps=steps, retention=retention)  # dropout: two steps' masks
     assert not [c.name for c in v.variables if not c.ok]
     assert v.peak.ledger_ok and not v.op_mismatches
     assert v.ok

@@ -70,7 +70,8 @@ def test_fixture_parameter_counts_are_the_readmes():
                       # exports made by benchmarks/frameworks/export_onnx.py (the command heads each expected YAML)
                       "tiny-bireal.larq-noscale": (1848, 1800), "tiny-head.larq": (1088, 1066),
                       "tiny-head.torchscript17-ste": (1088, 1066), "tiny-reactnet.dynamo-opt-function": (472, 448),
-                      "tiny-reactnet.torchscript13-function": (472, 448)}
+                      "tiny-reactnet.torchscript13-function": (472, 448),
+                      "tiny-dropout.torchscript17-train-ste": (4348, 4328)}
 
 
 @pytest.mark.parametrize("name", FIXTURES)
@@ -489,12 +490,10 @@ def test_keras_prelu_written_out_by_tf2onnx_is_a_prelu(tmp_path):
 @pytest.mark.parametrize("broken, needles", [
     ("other", ["node 'pr_add' (Add)", "not a PReLU"]),  # relu(-x) added to something else
     ("alone", ["(Relu)", "relu(-x) that is not the negative half of a PReLU"]),
-    ("shared", ["node 'pr_add' (Add)", "shared by all 4 channels"]),
 ])
 def test_a_written_out_prelu_that_is_not_one_is_refused(capsys, tmp_path, broken, needles):
     n = helper.make_node
-    slope = np.array(0.25) if broken == "shared" else RNG.uniform(0, 1, (1, 4, 1, 1))
-    nodes, inits = keras_prelu("x", "p", slope, "pr_")
+    nodes, inits = keras_prelu("x", "p", RNG.uniform(0, 1, (1, 4, 1, 1)), "pr_")
     if broken == "other":
         nodes[-1] = n("Add", ["x", "pr_m"], ["p"], name="pr_add")
     if broken == "alone":
@@ -514,13 +513,20 @@ def test_a_tensorflow_function_call_left_by_tf2onnx_is_refused_by_node(capsys, t
                                    [1, 4, 8, 8]), "node 'qconv/PartitionedCall' (PartitionedCall)", "groups=1")
 
 
-def test_a_prelu_slope_shared_by_all_channels_is_refused_by_node(capsys, tmp_path):
+def test_a_prelu_slope_shared_by_all_channels_is_a_shared_prelu(tmp_path):
+    """torch.nn.PReLU()'s default exports one slope for every channel: one parameter, not C."""
     n = helper.make_node
     nodes = [n("PRelu", ["x", "slope"], ["p"], name="act"), n("GlobalAveragePool", ["p"], ["g"]),
              n("Flatten", ["g"], ["f"])]
     head, hi = gemm_head("f", 4, 10, bias=False)
     path = save(tmp_path, nodes + head, [const("slope", [0.25])] + hi, [1, 4, 8, 8])
-    refused(capsys, tmp_path, path, "node 'act' (PRelu)", "shared by all 4 channels", "one per channel")
+    got = import_onnx(path).model
+    assert kinds(got)[0] == ("prelu", {"shared": True})
+    assert graph_of(got).nodes[0].parameters() == 1
+    # Keras' PReLU(shared_axes=[1, 2, 3]) written out by tf2onnx: one alpha
+    keras, ki = keras_prelu("x", "p", np.array(0.25), "pr_")
+    got = import_onnx(save(tmp_path, keras + nodes[1:] + head, ki + hi, [1, 4, 8, 8], name="k.onnx")).model
+    assert kinds(got)[0] == ("prelu", {"shared": True})
 
 
 def dropout_mlp(tmp_path, dropout: list, inits: list, opset: int, name: str) -> str:

@@ -495,10 +495,11 @@ def test_full_precision_paths_match_finite_differences(model):
             assert fd == pytest.approx(float((grad * u).sum()), rel=1e-2, abs=tol), name
 
 
-def test_prelu_gradients_match_a_float64_reference():
+@pytest.mark.parametrize("shared", [False, True])
+def test_prelu_gradients_match_a_float64_reference(shared):
     """da = sum of dy x over x <= 0 and dx = dy (x > 0) or a dy, through two dense layers, exactly."""
     doc = {"name": "prelu-mlp", "input": [6], "layers": [
-        {"prelu": {}}, {"dense": {"units": 5, "binary": False}}, {"prelu": {}},
+        {"prelu": {"shared": shared}}, {"dense": {"units": 5, "binary": False}}, {"prelu": {}},
         {"dense": {"units": 3, "binary": False}}, {"softmax_ce": {}}]}
     g = graph_of(doc)
     net = Network(g, load_strategy("standard"), seed=3)
@@ -523,6 +524,8 @@ def test_prelu_gradients_match_a_float64_reference():
     dh0 = dz1 @ w1.T
     want = {"dense_2.weight": h1.T @ dz2, "prelu_2.params": np.where(z1 > 0, 0, dh1 * z1).sum(0),
             "dense_1.weight": h0.T @ dz1, "prelu_1.params": np.where(x > 0, 0, dh0 * x).sum(0)}
+    if shared:  # one slope: the sum over every channel too
+        want["prelu_1.params"] = want["prelu_1.params"].sum(keepdims=True)
     for name, w in want.items():
         np.testing.assert_allclose(grads[name], w, rtol=1e-4, atol=1e-7, err_msg=name)
 

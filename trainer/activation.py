@@ -11,7 +11,7 @@ format; its backward gates dy by the mask and scales it alike. The draws come
 from a generator seeded with (network seed, step number), so a run, and a run
 resumed from a checkpoint, repeat the same masks. At evaluation it passes x on.
 prelu: y = x where x > 0, else a_c x, with one slope a_c per channel (the
-last axis) held in the `bn_param` format and initialised to 0.25 (PyTorch's
+last axis; one for all channels when `shared`) held in the `bn_param` format and initialised to 0.25 (PyTorch's
 nn.PReLU); it saves x in the `real_input` format (layers.storage) and its
 backward computes da_c = sum of dy x over x <= 0 and dx = dy (x > 0) or a_c dy.
 """
@@ -145,15 +145,16 @@ class PReLU(Op):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.C = node.channels
+        self.n = node.parameters()  # C slopes, or 1 shared (broadcast over the channels)
         self.bn = ctx.fmt("bn_param")
 
     def init_params(self, rng):
-        slopes = np.full(self.C, PRELU_INIT, np.float32)
-        self.ctx.ledger.persist(f"{self.name}.params", self.name, "bn_param", self.bn, (self.C,),
+        slopes = np.full(self.n, PRELU_INIT, np.float32)
+        self.ctx.ledger.persist(f"{self.name}.params", self.name, "bn_param", self.bn, (self.n,),
                                 codec.encode(slopes, self.bn))
 
     def params(self):
-        return [ParamSpec(f"{self.name}.params", f"{self.name}.param_grad", self.name, self.bn, self.bn, (self.C,))]
+        return [ParamSpec(f"{self.name}.params", f"{self.name}.param_grad", self.name, self.bn, self.bn, (self.n,))]
 
     def _slopes(self) -> np.ndarray:
         return codec.decode_copy(self.ctx.ledger[f"{self.name}.params"], self.bn)
@@ -199,7 +200,9 @@ class PReLU(Op):
             da += np.where(pos, np.float32(0), g * xc).sum(axis=0)
             if needs_dx:
                 codec.store(t2[r0:r1], np.where(pos, g, g * a), tf, accumulate)
-        pg = ctx.param_grad(node, "param_grad", "bn_param", (C,))
+        if self.n == 1:
+            da = da.sum(keepdims=True)
+        pg = ctx.param_grad(node, "param_grad", "bn_param", (self.n,))
         codec.encode_into(pg, da.astype(np.float32), self.bn)
         E, acc = m * C, ctx.counter.acc
         self.count("backward_dw", "compare", ctx.fwd, E)

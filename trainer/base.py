@@ -32,17 +32,15 @@ import numpy as np
 from bnncost.costmodel.formats import tensor_bytes
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
-from bnncost.layers.scratch import Scratch, rows_held
+from bnncost.layers.scratch import UNTRACKED_WORKSPACE, Scratch, rows_held
 from bnncost.layers.storage import Stored
 from bnncost.trainer import codec
 from bnncost.trainer.counters import OpCounter
 from bnncost.trainer.ledger import Ledger
 
 DEFAULT_WORKSPACE = 65536  # METHOD 4.1: the trainer's default budget, bytes per operator
-# Budget 0 models an in-place engine with no scratch; numpy still needs working rows, so each scratch
-# buffer is then held untracked at this small size (it shows in tracemalloc only, well inside
-# verify's stated process margin).
-UNTRACKED_WORKSPACE = 4096
+# Budget 0: each scratch buffer held untracked at UNTRACKED_WORKSPACE (layers.scratch; it shows in
+# tracemalloc only, well inside verify's stated process margin).
 LOSS_SCALE = 1024.0
 
 

@@ -9,13 +9,13 @@ Tiles bound numpy's temporaries, which is what keeps the process peak
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from bnncost.layers.scratch import TILE_BYTES, product_tiles
 from bnncost.trainer import codec
 
-TILE_BYTES = 1 << 16  # all float32 temporaries of one product together (4 blocks of TILE_BYTES / 4)
+__all__ = ["TILE_BYTES", "Patches", "matmul"]
+
 
 
 def _f32(a: np.ndarray, fmt: str) -> np.ndarray:
@@ -39,11 +39,7 @@ def matmul(a: np.ndarray, af: str, b: np.ndarray, bf: str, out: np.ndarray, of: 
     if af == bf == of == "float32" and not accumulate and out.flags.c_contiguous:
         np.matmul(a, b, out=out)
         return
-    per = TILE_BYTES // 16  # floats per temporary
-    side = max(1, math.isqrt(per))  # square-ish tiles: few, large products (not thin slivers of k)
-    cols = min(n, side if m > side else per // max(1, m))
-    rows = max(1, min(m, per // cols))
-    kb = max(1, min(k, per // max(rows, cols)))
+    rows, cols, kb = product_tiles(m, k, n)  # layers.scratch: the cost model counts the same tiles
     for i in range(0, m, rows):
         for j in range(0, n, cols):
             r = None

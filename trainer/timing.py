@@ -48,6 +48,7 @@ class StepTiming(BaseModel):
     wall_step_s: float
     events_s: dict[str, float]  # event name -> median seconds
     updates_s: dict[str, float]  # layer -> median seconds of its tensor's optimizer update
+    update_loop_s: float = 0.0  # median over steps of the update event less its tensors' updates (the loop)
 
 
 def time_steps(model: str | Model | Graph, strategy: str | Strategy, *, batch: int = 32, steps: int = 5,
@@ -65,6 +66,8 @@ def time_steps(model: str | Model | Graph, strategy: str | Strategy, *, batch: i
     events: dict[str, list[float]] = defaultdict(list)
     updates: dict[str, list[float]] = defaultdict(list)
     totals: list[float] = []
+    loops: list[float] = []  # per step: the update event less the time of its tensors' rules
+    rules = {"s": 0.0}  # the rules' time in the current step
     walls: list[float] = []
     current = {"name": None, "t": 0.0, "on": False}
     ledger_event = net.ledger.event
@@ -81,10 +84,12 @@ def time_steps(model: str | Model | Graph, strategy: str | Strategy, *, batch: i
     for p in net.params:  # wrap each rule once: time per trainable tensor
         rule = "_" + opt.rule(p)
         if rule not in vars(opt):
-            setattr(opt, rule, _timed_rule(getattr(opt, rule), updates, current, now))
+            setattr(opt, rule, _timed_rule(getattr(opt, rule), updates, current, now, rules))
     for i in range(warmup + steps):
         current["on"] = i >= warmup
         current["name"] = None
+        rules["s"] = 0.0
+        seen = len(events.get("update", ()))
         w0, t0 = time.perf_counter(), now()
         loss, _ = net.train_step(X, idx, y)
         t1, w1 = now(), time.perf_counter()
@@ -92,23 +97,28 @@ def time_steps(model: str | Model | Graph, strategy: str | Strategy, *, batch: i
             events[current["name"]].append(t1 - current["t"])
             totals.append(t1 - t0)
             walls.append(w1 - w0)
+            if len(events.get("update", ())) > seen:
+                loops.append(events["update"][-1] - rules["s"])
         if not np.isfinite(loss):
             break  # a diverged step skips its backward: its time would not be a step's
     med = {k: float(np.median(v)) for k, v in events.items()}
     return StepTiming(model=graph.model.name, strategy=strat.name, batch=batch, steps=len(totals), warmup=warmup,
                       clock=clock, step_s=float(np.median(totals)) if totals else float("nan"),
                       wall_step_s=float(np.median(walls)) if walls else float("nan"), events_s=med,
-                      updates_s={k: float(np.median(v)) for k, v in updates.items()})
+                      updates_s={k: float(np.median(v)) for k, v in updates.items()},
+                      update_loop_s=float(np.median(loops)) if loops else 0.0)
 
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
-def _timed_rule(fn, updates: dict[str, list[float]], current: dict, now):
+def _timed_rule(fn, updates: dict[str, list[float]], current: dict, now, rules: dict):
     def timed(p):
         t0 = now()
         fn(p)
         if current["on"]:
-            updates[p.layer].append(now() - t0)
+            dt = now() - t0
+            updates[p.layer].append(dt)
+            rules["s"] += dt
 
     return timed

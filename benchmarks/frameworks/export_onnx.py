@@ -199,17 +199,45 @@ def _predict(ref: str) -> str:
     return text.getvalue()
 
 
-def compare(onnx_path: Path, source: str) -> str:
-    """'exact', 'refused: ...' or 'differs: ...' for one export against its source model."""
+def _without_dropout(items: list) -> list:
+    out = []
+    for item in items:
+        (kind, fields), = item.items()
+        if kind == "residual":
+            fields = {part: _without_dropout(fields[part]) for part in ("body", "shortcut") if fields.get(part)}
+        if kind != "dropout":
+            out.append({kind: fields})
+    return out
+
+
+def compare(onnx_path: Path, source: str, keep_bias: bool = False) -> str:
+    """'exact', 'refused: ...' or 'differs: ...' for one export against its source model. An inference
+    graph holds no Dropout: when the source's only difference is its dropout layers, that is said."""
+    import yaml
+
+    from bnncost.layers.model import load_model, parse_model
+
+    result = _compare(onnx_path, load_model(source), source, keep_bias)
+    text = yaml.safe_load(Path(source).read_text()) if Path(source).is_file() else None
+    if result.startswith("differs") and text is not None and "dropout" in Path(source).read_text():
+        text["layers"] = _without_dropout(text["layers"])
+        plain = Path(onnx_path).with_suffix(".nodropout.yaml")
+        plain.write_text(yaml.safe_dump(text, sort_keys=False))
+        if _compare(onnx_path, parse_model(text, str(plain)), str(plain), keep_bias) == "exact":
+            return "exact but dropout (an inference graph has none)"
+    return result
+
+
+def _compare(onnx_path: Path, want, source: str, keep_bias: bool) -> str:
     from bnncost.layers.graph import build_graph
     from bnncost.layers.importers import import_onnx
-    from bnncost.layers.model import ModelError, load_model
+    from bnncost.layers.model import ModelError
 
-    want = load_model(source)
     try:
-        got = import_onnx(str(onnx_path)).model
+        imported = import_onnx(str(onnx_path), keep_bias=keep_bias)
     except ModelError as exc:
         return f"refused: {str(exc).replace(str(onnx_path) + ': ', '')}"
+    got = imported.model
     if got.input != want.input:
         return f"differs: input {got.input} != {want.input}"
     a, b = _layers(got.layers), _layers(want.layers)
@@ -222,7 +250,12 @@ def compare(onnx_path: Path, source: str) -> str:
     for bn in ("l2", "l1"):
         if g.parameter_count(bn) != w.parameter_count(bn):
             return f"differs: {bn} parameters {g.parameter_count(bn)} != {w.parameter_count(bn)}"
-    if _predict(str(onnx_path)) != _predict(source):
+    predicted = onnx_path
+    if keep_bias:  # `predict X.onnx` imports without --keep-bias: predict what `import --keep-bias` writes
+        from bnncost.layers.importers.writer import model_yaml
+        predicted = Path(onnx_path).with_suffix(".keep-bias.yaml")
+        predicted.write_text(model_yaml(imported.document, []))
+    if _predict(str(predicted)) != _predict(source):
         return "differs: predict --json"
     return "exact"
 
@@ -261,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idiom", default="function,ste", help="PyTorch sign idioms: function, ste")
     ap.add_argument("--out", default="/tmp/bnncost-onnx-exports", help="folder for the .onnx files")
     ap.add_argument("--json", help="write the rows as JSON here too")
+    ap.add_argument("--keep-bias", action="store_true",
+                    help="import with keep_bias (bnncost import --keep-bias): a full-precision bias stays a bias")
     ap.add_argument("--zero-weights", action="store_true",
                     help="PyTorch: make one latent weight of every binary layer exactly 0 (its sign is 0)")
     ap.add_argument("--expected", action="store_true",
@@ -288,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                             export_larq(graph, exporter, path)
                         else:
                             raise SystemExit(f"unknown exporter {exporter}")
-                    result = compare(path, ref)
+                    result = compare(path, ref, args.keep_bias)
                 except Exception as exc:  # noqa: BLE001 - the exporter failed: report it, go on
                     traceback.print_exc(file=sys.stderr)
                     result = f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"

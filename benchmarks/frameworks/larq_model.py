@@ -9,8 +9,9 @@ Larq user writes a BNN:
 - a `sign` whose every consumer is a binary dense/conv2d is that layer's input
   quantizer (one `ste_sign` op, as in Larq's own examples); any other `sign`
   is a standalone `lq.quantizers.SteSign()` layer;
-- `binary: false` layers are plain `Dense` / `Conv2D`; no layer has a bias
-  (bnncost's layers have none: batchnorm follows them);
+- `binary: false` layers are plain `Dense` / `Conv2D`, with a bias only where
+  the model says `bias: true` (binary layers never: batchnorm follows them);
+  dropout is `Dropout(rate)`;
 - a depthwise conv (groups = input channels) is `QuantDepthwiseConv2D` /
   `DepthwiseConv2D` (depth_multiplier = filters / groups), other `groups` are
   Conv2D's / QuantConv2D's `groups` (TensorFlow runs those XLA-compiled on CPU);
@@ -103,14 +104,14 @@ def build_larq_model(graph: Graph) -> tf.keras.Model:
                     y = lq.layers.QuantConv2D(spec.filters, spec.kernel, strides=spec.stride,
                                               padding=spec.padding, groups=spec.groups, **common)(x)
             elif k == "dense":
-                y = tf.keras.layers.Dense(spec.units, use_bias=False, name=name)(x)
+                y = tf.keras.layers.Dense(spec.units, use_bias=spec.bias, name=name)(x)
             elif _depthwise(node):
                 y = tf.keras.layers.DepthwiseConv2D(spec.kernel, strides=spec.stride, padding=spec.padding,
-                                                    depth_multiplier=spec.filters // spec.groups, use_bias=False,
+                                                    depth_multiplier=spec.filters // spec.groups, use_bias=spec.bias,
                                                     name=name)(x)
             else:
                 y = tf.keras.layers.Conv2D(spec.filters, spec.kernel, strides=spec.stride, groups=spec.groups,
-                                           padding=spec.padding, use_bias=False, name=name)(x)
+                                           padding=spec.padding, use_bias=spec.bias, name=name)(x)
         elif k == "batchnorm":
             y = tf.keras.layers.BatchNormalization(name=name)(x)
         elif k == "sign":
@@ -122,6 +123,9 @@ def build_larq_model(graph: Graph) -> tf.keras.Model:
             pm1_out = True
         elif k == "relu":
             y = tf.keras.layers.ReLU(name=name)(x)
+        elif k == "dropout":
+            y = tf.keras.layers.Dropout(spec.rate, name=name)(x)
+            pm1_out = False  # scaled by 1 / (1 - rate) while training
         elif k == "prelu":  # one slope per channel: shared over height and width
             shared = [1, 2] if len(node.in_shape) == 3 else None
             y = tf.keras.layers.PReLU(shared_axes=shared, name=name)(x)

@@ -10,6 +10,7 @@ standard (Courbariaux & Bengio 2016, as PyTorch users write BinaryNet):
 - sign: `SignSTE`, an autograd Function that saves its input x and passes
   the gradient where abs(x) <= 1 (`grad * (x.abs() <= 1)`);
 - conv2d with `groups`: nn.Conv2d(groups=...); prelu: nn.PReLU(channels);
+  dropout: nn.Dropout(rate); `bias: true` (full precision): the layer's bias;
 - batchnorm: nn.BatchNorm1d / nn.BatchNorm2d; relu: nn.ReLU; maxpool /
   avgpool: nn.MaxPool2d / nn.AvgPool2d; global_avgpool: nn.AdaptiveAvgPool2d(1)
   then flatten (torchvision's ResNet); flatten: torch.flatten; residual:
@@ -35,7 +36,7 @@ from torch import nn
 
 from bnncost.layers.graph import Graph
 from bnncost.layers.spec import (
-    AvgPool, BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, PReLU, ReLU, Residual, Sign, SoftmaxCE,
+    AvgPool, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, PReLU, ReLU, Residual, Sign, SoftmaxCE,
 )
 
 
@@ -128,6 +129,14 @@ class _Builder:
         return nn.Sequential(*mods)
 
     def one(self, spec) -> list[nn.Module]:
+        made = self._one(spec)
+        if getattr(spec, "bias", False):  # a full-precision layer's own bias (nn.Linear / nn.Conv2d use it)
+            layer = next(m for m in made if isinstance(m, (nn.Linear, nn.Conv2d)))
+            fan_in = layer.weight[0].numel()  # PyTorch's default init: uniform in +-1/sqrt(fan_in)
+            layer.bias = nn.Parameter(torch.empty(layer.weight.shape[0]).uniform_(-fan_in ** -0.5, fan_in ** -0.5))
+        return made
+
+    def _one(self, spec) -> list[nn.Module]:
         L = self.L
         if isinstance(spec, Residual):
             short = self.seq(spec.shortcut) if spec.shortcut else None
@@ -140,6 +149,8 @@ class _Builder:
             return [pre, conv] if pre is not None else [conv]
         if isinstance(spec, PReLU):
             return [L.prelu(node.channels)]
+        if isinstance(spec, Dropout):
+            return [nn.Dropout(spec.rate)]
         if isinstance(spec, Dense):
             return [L.dense(node.fan_in, spec.units, spec.binary, first=node.first)]
         if isinstance(spec, Conv2D):

@@ -506,11 +506,9 @@ class Interpreter:
     def _prelu(self, x: Act, slope: np.ndarray) -> Act:
         if not supports("prelu"):
             raise self.error("PReLU is not a bnncost layer yet")
-        if slope.size == 1 and x.sizes["C"] > 1:
-            raise self.error(f"one PReLU slope shared by all {x.sizes['C']} channels (torch.nn.PReLU()'s default); "
-                             "bnncost's prelu learns one per channel (nn.PReLU(num_parameters=channels))")
         self._per_channel(x, slope, "the PReLU slope")
-        return x.view(ENode("prelu", (x.node,), self.where))
+        shared = slope.size == 1 and x.sizes["C"] > 1  # torch.nn.PReLU()'s default: one slope in all
+        return x.view(ENode("prelu", (x.node,), self.where, {"shared": True} if shared else {}))
 
     def op_Softmax(self, ins, attrs):
         x = self.act(ins[0])
