@@ -192,10 +192,16 @@ class LayerVariable(_LayerRule, _Buffer):
 
 
 class LayerTemporary(_LayerRule, _Buffer):
-    """A buffer an operator makes while one event of a layer runs."""
+    """A buffer an operator makes while one event of a layer runs.
+
+    `after_backward` is a moment of its own, right after the layer's backward
+    op has freed its saved tensors and dY (an engine whose backward runs as
+    several ops: autograd's STE of the weight's sign runs after the product's
+    backward); it exists in the step only where a rule names it.
+    """
 
     shape: Literal[tuple(SHAPES)]
-    during: Literal["forward", "backward"]
+    during: Literal["forward", "backward", "after_backward"]
 
 
 class OptimizerTemporary(_Rule, _Buffer):

@@ -40,9 +40,13 @@ from bnncost.layers.storage import gradient_buffers
 RUNTIME_ROLE = "runtime"
 
 
+AFTER_BACKWARD = "after_backward"
+
+
 def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: list[Variable], events: list[str],
-                 retention: str) -> list[Variable]:
-    """The variables of the step as this engine holds them."""
+                 retention: str) -> tuple[list[Variable], list[str]]:
+    """The variables of the step as this engine holds them, and the step's events (with any after_backward)."""
+    events, variables = _with_after_backward(graph, engine, events, variables)
     index = {e: i for i, e in enumerate(events)}
     out = list(variables)
 
@@ -56,6 +60,8 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise)
 
     def event(node: Node, word: str) -> int:
+        if word == AFTER_BACKWARD:
+            return index[f"{AFTER_BACKWARD}:{node.name}"]
         return index[relative_event(node, word, retention)]
 
     def fmt(rule) -> str:
@@ -180,7 +186,29 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                      len(events) - 1,
                      by_batch=lambda batch: conv_kernels(graph, jit, batch) * (jit.kernel_bytes + jit.state_bytes)),
             "jit_conv_kernels")
-    return out
+    return out, events
+
+
+def _with_after_backward(graph: Graph, engine: Engine, events: list[str],
+                         variables: list[Variable]) -> tuple[list[str], list[Variable]]:
+    """Insert `after_backward:<layer>` right after `backward:<layer>` for the layers a temporary names.
+
+    A variable freed at backward:<layer> (the layer's saved tensors, its dY) is
+    not alive there; one that outlives backward:<layer> (dX, dW) is.
+    """
+    layers = {n.name for rule in engine.temporaries if rule.during == AFTER_BACKWARD
+              for n in matching_nodes(graph, rule.kinds, rule.when.binary, rule.when.first,
+                                      rule.when.needs_input_grad, rule.when.pointwise)}
+    if not layers:
+        return events, variables
+    out: list[str] = []
+    moved: list[int] = []  # old event index -> new
+    for e in events:
+        moved.append(len(out))
+        out.append(e)
+        if e.startswith("backward:") and e.split(":", 1)[1] in layers:
+            out.append(f"{AFTER_BACKWARD}:{e.split(':', 1)[1]}")
+    return out, [replace(v, alloc=moved[v.alloc], free=moved[v.free]) for v in variables]
 
 
 def conv_kernels(graph: Graph, rule: JitConvKernels, batch: int) -> int:

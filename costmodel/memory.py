@@ -145,7 +145,8 @@ def memory_plan(graph: Graph, strategy: Strategy, *, retention: str = "step", wo
         variables.append(sized(s.name, s.layer, s.role, s.format_in(strategy.format_of), s.shape,
                                s.batched, index[s.alloc], index[s.free]))
     if engine is not None:
-        variables = apply_engine(graph, strategy, engine, variables, events, retention)
+        variables, events = apply_engine(graph, strategy, engine, variables, events, retention)
+        index = {e: i for i, e in enumerate(events)}
     if workspace_budget > 0:
         for w in scratch_needs(graph):
             if w.only_if_packed and strategy.format_of(w.only_if_packed) != "bool":

@@ -304,6 +304,23 @@ def test_runtime_from_a_batch_size_on_and_pointwise_convs(tmp_path):
     assert delta(a, b, 16) == span(a, "step_start", "step_end", 12)
 
 
+def test_after_backward_is_a_moment_after_the_layer_frees_its_saved_tensors(tmp_path):
+    """A temporary during after_backward lives at its own event, where the layer's saved tensors are gone."""
+    path = tmp_path / "ab.yaml"
+    path.write_text("retention: backward\nworkspace: {budget: 0, source: t}\ntemporaries:\n  - {kinds: dense, "
+                    "when: {first: false}, name: t, shape: weight, format: uint8, during: after_backward, source: t}\n")
+    eng, graph, strat = load_engine(str(path)), graph_of(TINY), load_strategy("standard")
+    a = memory_plan(graph, strat, retention="backward")
+    b = memory_plan(graph, strat, retention="backward", engine=eng)
+    assert b.events.index("after_backward:dense_2") == b.events.index("backward:dense_2") + 1
+    at = b.events.index("after_backward:dense_2")
+    alive = {v.name for v in b.variables if v.alloc <= at <= v.free}
+    assert "dense_2.t" in alive and "dense_2.weight_grad" in alive  # dW outlives the layer's backward
+    assert not any(v.layer == "dense_2" and v.role == "binary_input" for v in b.variables if v.name in alive)
+    before = {v.name: (a.events[v.alloc], a.events[v.free]) for v in a.variables}
+    assert {v.name: (b.events[v.alloc], b.events[v.free]) for v in b.variables if v.name in before} == before
+
+
 BAD = {
     "malformed": ("retention: [step\n", "malformed YAML"),
     "not-a-mapping": ("- 1\n", "must be a mapping"),
