@@ -15,6 +15,7 @@ file says so without code:
 - `shares`: a saved variable that is the layer's input or output tensor itself
   whenever their formats agree (held once, the tensor kept alive meanwhile);
 - `lifetimes`: METHOD variables it holds from or until other events;
+- `formats`: METHOD variables it holds in another storage format;
 - `in_place_grads`: elementwise layers whose backward writes dX over dY;
 - `runtime`: bytes that are not tensors (allocator caches, a traced graph),
   each with its source; `batch_below: N` holds them only while the batch has
@@ -48,6 +49,7 @@ from pydantic import (
 )
 
 from bnncost.costmodel.formats import STORAGE_BITS
+from bnncost.costmodel.strategy import STRATEGY_CHOICES, Strategy
 from bnncost.hardware_profiles.units import QuantityError, convert
 from bnncost.layers.model import looks_like_path
 from bnncost.layers.relative import (
@@ -64,7 +66,7 @@ STRATEGY_ROLES = (*FORMATTED_ROLES, *DERIVED_FORMAT)
 OPTIMIZERS = ("adam", "sgd", "bop")
 PARAMETER_SHAPES = ("largest_parameter", "each_parameter")
 NAMED_LISTS = ("variables", "temporaries", "optimizer_temporaries", "runtime", "constants")
-APPENDED_LISTS = ("drop", "shares", "lifetimes", "in_place_grads", "gemms")
+APPENDED_LISTS = ("drop", "shares", "lifetimes", "in_place_grads", "gemms", "formats")
 FILE_KEYS = {"name", "description", "extends", "retention", "workspace", "blas_buffers", "jit_conv_kernels",
              *NAMED_LISTS, *APPENDED_LISTS}
 GEMM_TRANSPOSES = ("NN", "NT", "TN", "TT")  # op(A), op(B) of column-major C(m x n) = op(A)(m x k) op(B)(k x n)
@@ -106,9 +108,31 @@ def _known_kinds(v: tuple[str, ...]) -> tuple[str, ...]:
 Kinds = Annotated[tuple[str, ...], BeforeValidator(_one_or_many), Field(min_length=1), AfterValidator(_known_kinds)]
 
 
+def _strategy_condition(v: dict[str, str]) -> dict[str, str]:
+    for key, value in v.items():
+        if key in STRATEGY_CHOICES:
+            if value not in STRATEGY_CHOICES[key]:
+                raise ValueError(f"{key}: '{value}' is not one of {', '.join(STRATEGY_CHOICES[key])}")
+        elif key in FORMATTED_ROLES:
+            if value not in STORAGE_BITS:
+                raise ValueError(f"{key}: unknown format '{value}'; formats: {', '.join(STORAGE_BITS)}")
+        else:
+            raise ValueError(f"'{key}' is neither a strategy choice ({', '.join(STRATEGY_CHOICES)}) nor a role "
+                             f"({', '.join(FORMATTED_ROLES)})")
+    return v
+
+
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
     source: Annotated[str, Field(min_length=1)]  # the measurement or document behind the rule
+    # Only under strategies with these choices / role formats (unset: any): an implementation holds a
+    # strategy the way its code for that strategy's choices does (e.g. a packed-bit autograd Function
+    # where weight_grad is sign).
+    strategy: Annotated[dict[str, str], AfterValidator(_strategy_condition)] = {}
+
+    def applies_to(self, strategy: Strategy) -> bool:
+        return all((getattr(strategy, k) if k in STRATEGY_CHOICES else strategy.formats.get(k)) == v
+                   for k, v in self.strategy.items())
 
     @field_validator("source")
     @classmethod
@@ -205,6 +229,20 @@ class Share(_LayerRule):
 
     role: Identifier
     tensor: Literal["input", "output"]
+
+
+class Reformat(_LayerRule):
+    """METHOD variables of this role that the engine holds in another format (e.g. a ±1 tensor as float16)."""
+
+    role: Identifier
+    format: str
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        if v.startswith(STRATEGY_FORMAT):
+            raise ValueError("a storage format, not strategy:<role> (the strategy's own format needs no rule)")
+        return _check_format(v)
 
 
 class Lifetime(_LayerRule):
@@ -401,6 +439,7 @@ class Engine(BaseModel):
     shares: tuple[Share, ...] = ()
     lifetimes: tuple[Lifetime, ...] = ()
     in_place_grads: tuple[InPlaceGrad, ...] = ()
+    formats: tuple[Reformat, ...] = ()
     runtime: tuple[RuntimeBytes, ...] = ()
     constants: tuple[GraphConstant, ...] = ()
     gemms: tuple[Gemm, ...] = ()
@@ -425,6 +464,7 @@ class _EngineFile(BaseModel):
     shares: list[Share] = []
     lifetimes: list[Lifetime] = []
     in_place_grads: list[InPlaceGrad] = []
+    formats: list[Reformat] = []
     runtime: list[RuntimeBytes] = []
     constants: list[GraphConstant] = []
     gemms: list[Gemm] = []
@@ -527,7 +567,7 @@ def _check_rules(f: _EngineFile, source: str, inherited_roles: set[str]) -> set[
             if rule.format is None and rule.role not in STRATEGY_ROLES:
                 raise EngineError(f"{source}: {key}[{i}].format: role '{rule.role}' has no strategy format; "
                                   f"give one ({', '.join(STORAGE_BITS)}, or strategy:<role>)")
-    for key in ("drop", "shares", "lifetimes"):
+    for key in ("drop", "shares", "lifetimes", "formats"):
         for i, rule in enumerate(getattr(f, key)):
             if rule.role not in roles:
                 raise EngineError(f"{source}: {key}[{i}].role: unknown role '{rule.role}'; roles: "

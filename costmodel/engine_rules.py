@@ -3,7 +3,8 @@
 `memory_plan` builds METHOD's variables with their formats; this module
 changes them the way an engine holds a step, in this order:
 0. `in_place_grads` regroup the activation-gradient buffers (layers.storage);
-1. `lifetimes` move the alloc or free event of METHOD variables of a role;
+1. `lifetimes` move the alloc or free event of METHOD variables of a role,
+   and `formats` change their storage format (bytes follow);
 2. `drop` removes METHOD variables of a role;
 3. `variables` add what the engine keeps per layer;
 4. `shares` fold a saved variable into the layer's input or output tensor
@@ -58,6 +59,8 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         return f"{engine.file}: {key}[{i}]"
 
     def nodes(rule) -> list[Node]:
+        if not rule.applies_to(strategy):
+            return []
         w = rule.when
         return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial)
 
@@ -95,6 +98,11 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                     moved = replace(v, alloc=event(node, rule.alloc) if rule.alloc else v.alloc,
                                     free=event(node, rule.free) if rule.free else v.free)
                     out[j] = check_order(moved, f"{where('lifetimes', i)}.{'free' if rule.free else 'alloc'}")
+    for rule in engine.formats:
+        names = {n.name for n in nodes(rule)}
+        out = [_reformatted(v, rule.format)
+               if v.layer in names and v.role == rule.role and not v.slope and v.by_batch is None else v
+               for v in out]
     # 2. drop
     for rule in engine.drop:
         names = {n.name for n in nodes(rule)}
@@ -148,6 +156,8 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     update = index["update"]
     params = parameter_tensors(graph, strategy.batchnorm, strategy.optimizer)
     for i, rule in enumerate(engine.optimizer_temporaries):
+        if not rule.applies_to(strategy):
+            continue
         mine = [(layer, name, shape) for layer, name, shape, opt in params if opt in rule.optimizers]
         if rule.shape == "largest_parameter" and mine:
             mine = [max(mine, key=lambda p: math.prod(p[2]))]  # first of the largest, in forward order
@@ -157,6 +167,8 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     # 6. runtime
     last = len(events) - 1
     for i, r in enumerate(engine.runtime):
+        if not r.applies_to(strategy):
+            continue
         n = 1 if r.kinds is None else len({_configuration(v) for v in nodes(r)} if r.distinct else nodes(r))
         if r.min_batch is None:
             add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
@@ -276,6 +288,11 @@ def _configuration(node: Node) -> tuple:
     """What a library that caches per shape tells layers apart by (binary or not is the same float op)."""
     return (node.kind, tuple(node.in_shape), tuple(node.out_shape), tuple(node.weight_shape), node.window,
             node.strides, node.padding, node.groups)
+
+
+def _reformatted(v: Variable, fmt: str) -> Variable:
+    batched = bool(v.shape) and v.shape[0] == "B"
+    return sized(v.name, v.layer, v.role, fmt, v.shape[1:] if batched else v.shape, batched, v.alloc, v.free)
 
 
 def _tensor_holders(graph: Graph, variables: list[Variable]) -> dict[int, int]:

@@ -43,7 +43,8 @@ class Strategy(BaseModel):
         return self.formats[DERIVED_FORMAT.get(role, role)]
 
 
-_CHOICES = {"batchnorm": ("l1", "l2"), "weight_grad": ("sign", "full"), "optimizer": ("adam", "sgd", "bop")}
+STRATEGY_CHOICES = {"batchnorm": ("l1", "l2"), "weight_grad": ("sign", "full"), "optimizer": ("adam", "sgd", "bop")}
+_CHOICES = STRATEGY_CHOICES
 _KEYS = {"name", "description", "extends", "formats", *_CHOICES}
 MAX_EXTENDS = 32  # a longer chain is a mistake, not a design
 

@@ -166,6 +166,26 @@ def test_shares_of_different_sizes_are_refused(tmp_path):
         plans(tmp_path, "shares:\n  - {kinds: maxpool, role: pool_mask, tensor: output, source: t}\n", model="cnv")
 
 
+def test_rules_apply_only_to_the_strategies_they_name(tmp_path):
+    rule = "drop:\n  - {strategy: {weight_grad: sign}, kinds: batchnorm, role: norm_output, source: t}\n"
+    a, b = plans(tmp_path, rule)
+    assert b.variables == a.variables  # standard: weight_grad full
+    a, b = plans(tmp_path, rule, "proposed")  # 1 bit per element, 4 and 2 channels: 1 byte per sample each
+    assert delta(a, b) == add(span(a, "forward:batchnorm_1", "step_end", -B),
+                              span(a, "forward:batchnorm_2", "step_end", -B))
+    a, b = plans(tmp_path, rule.replace("weight_grad: sign", "binary_input: bool"), "proposed")
+    assert b.variables != a.variables  # a role's format is a condition too
+
+
+def test_formats_change_what_a_role_is_held_in(tmp_path):
+    a, b = plans(tmp_path, "formats:\n  - {kinds: sign, role: activation, format: float16, source: t}\n",
+                 "proposed")
+    # sign_1's output: 4 values per sample, 1 packed byte under proposed, float16 here: +7 B per sample
+    out = {v.name: v for v in b.variables}
+    assert out["sign_1.output"].format == "float16" and out["sign_1.output"].per_sample == 8
+    assert delta(a, b) == span(a, "forward:sign_1", b.events[out["sign_1.output"].free], 7 * B)
+
+
 def test_lifetimes(tmp_path):
     a, b = plans(tmp_path, "lifetimes:\n  - {kinds: dense, role: weight_grad, free: step_end, source: t}\n")
     assert delta(a, b) == span(a, "step_end", "step_end", 128 + 32)
@@ -394,6 +414,16 @@ BAD = {
     "blas-negative-bound": (BASE + POOL.replace("min_n: 4", "min_n: -4"), "blas_buffers.paths[0].min_n"),
     "gemm-bad-trans": (BASE + GEMM.replace("trans: TN", "trans: XN"), "gemms[0].trans: 'XN' is not"),
     "gemm-dim-of-a-sign": (BASE + GEMM.replace("kinds: dense", "kinds: sign"), "gemms[0].m: outputs needs kinds"),
+    "strategy-unknown-key": (BASE + "drop:\n  - {strategy: {retention: step}, kinds: dense, role: weight_grad,"
+                             " source: t}\n", "drop[0].strategy: 'retention' is neither"),
+    "strategy-bad-choice": (BASE + "drop:\n  - {strategy: {weight_grad: half}, kinds: dense, role: weight_grad,"
+                            " source: t}\n", "drop[0].strategy: weight_grad: 'half' is not one of sign, full"),
+    "strategy-bad-format": (BASE + "drop:\n  - {strategy: {binary_input: bit}, kinds: dense, role: weight_grad,"
+                            " source: t}\n", "drop[0].strategy: binary_input: unknown format 'bit'"),
+    "formats-strategy-format": (BASE + "formats:\n  - {kinds: sign, role: activation, format: 'strategy:input',"
+                                " source: t}\n", "formats[0].format: a storage format"),
+    "formats-unknown-role": (BASE + "formats:\n  - {kinds: sign, role: outputs, format: uint8, source: t}\n",
+                             "formats[0].role: unknown role 'outputs'"),
     "zero-min-batch": (BASE + "runtime:\n  - {name: x, bytes: 1, min_batch: 0, source: t}\n", "runtime[0].min_batch"),
     "jit-unknown-field": (BASE + "jit_conv_kernels: {name: j, kernel_bytes: 1, state_bytes: 0, "
                           "plain_input_below_channels: 16, strided_input_grad_kernels: 1, pointwise_weight_grad_kernels: 1,"
