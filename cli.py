@@ -22,7 +22,7 @@ from rich.text import Text
 from bnncost.costmodel.fitting import fit
 from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.engine import DEFAULT_ENGINE, Engine, EngineError, as_engine, engine_names, load_engine
-from bnncost.costmodel.ops import INFORMATIONAL, KINDS, count_ops
+from bnncost.costmodel.ops import INFORMATIONAL, count_ops
 from bnncost.costmodel.plots import check_path, plot_comparison, plot_sweep
 from bnncost.costmodel.prediction import (
     Comparison, Prediction, check_batch, compare, implementation_knobs, predict,
@@ -576,7 +576,7 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
         t.row(f"  {role}", [human_bytes(p.memory.by_role_max[role]) if role in p.memory.by_role_max else ""
                             for p in preds])
     t.section()
-    t.row(f"[bold]saving of the largest[/]", ["" for _ in preds])
+    t.row("[bold]saving of the largest[/]", ["" for _ in preds])
     base = p0.memory.by_role_max
     for role in roles:
         t.row(f"  {role}", [f"{base[role] / p.memory.by_role_max[role]:.3g}x"

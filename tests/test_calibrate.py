@@ -16,7 +16,7 @@ import yaml
 
 from bnncost.calibrate import device as cal
 from bnncost.calibrate.machine import cache_levels
-from bnncost.calibrate.operators import Fitted, Sample, fit, nnls
+from bnncost.calibrate.operators import Sample, fit, nnls
 from bnncost.cli import main
 from bnncost.costmodel import predict
 from bnncost.costmodel.strategy import as_strategy
