@@ -2,10 +2,10 @@
 
 nn-Meter's approach (MobiSys 2021): time kernels, not whole networks. Every
 layer event of a few calibration networks (their shapes spread like real
-BNNs': dense layers of 10 to 512 units over 96 to 2048 inputs, 3x3 convs of
-8 to 256 filters on 4x4 to 16x16 maps, a stem of 3 channels and 8 filters,
-1x1 shortcuts, every pooling, a residual join), under each strategy, at a
-few batch sizes, is one sample:
+BNNs': dense layers of 10 to 512 units over 96 to 2048 inputs, first layers
+over 96, 256 and 1024, 3x3 convs of 8 to 256 filters on 4x4 to 28x28 maps,
+stems of 3 channels and 8 to 32 filters, 1x1 shortcuts, every pooling, a
+residual join), under each strategy, at a few batch sizes, is one sample:
 its median time (trainer.timing, at the calibration's core speed) against the units of each mechanism
 costmodel.timing counts for it. For each operator (kind, variant, event,
 formats), the per-call cost and the per-unit costs are the non-negative
@@ -56,6 +56,13 @@ NETWORKS = [
     {"name": "calibration-mlp-wide", "input": [96], "layers": [  # a second first-layer and binary dense shape:
         {"dense": {"units": 384}}, *_BN_SIGN, {"dense": {"units": 64}}, *_BN_SIGN,  # one shape alone cannot
         {"dense": {"units": 10}}, {"batchnorm": {}}, {"softmax_ce": {}}]},  # tell per-input from per-output costs
+    {"name": "calibration-mlp-input", "input": [1024], "layers": [  # a first layer reading a wide raw input
+        {"dense": {"units": 128}}, *_BN_SIGN, {"dense": {"units": 10}}, {"batchnorm": {}},  # (a flattened
+        {"softmax_ce": {}}]},  # image: 784 to 3072 values), its dW operand cut into many row chunks
+    {"name": "calibration-stem", "input": [28, 28, 3], "layers": [  # a stem on a larger map: many rows and
+        {"conv2d": {"filters": 16, "kernel": 3}}, *_BN_SIGN, {"maxpool": {"size": 2}},  # patch indices per
+        {"conv2d": {"filters": 32, "kernel": 3}}, *_BN_SIGN, {"flatten": {}},  # call, as a 32x32 image's stem
+        {"dense": {"units": 10}}, {"batchnorm": {}}, {"softmax_ce": {}}]},
     {"name": "calibration-narrow", "input": [12, 12, 3], "layers": [  # few channels on many positions:
         {"conv2d": {"filters": 8, "kernel": 3, "padding": "same", "binary": False}}, {"batchnorm": {}},  # per-row
         {"relu": {}}, {"maxpool": {"size": 2}}, {"sign": {}},  # and per-index costs outweigh per-value ones
