@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bnncost.costmodel.engine import load_engine
 from bnncost.costmodel.prediction import predict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +37,20 @@ TENSOR_MISSES: dict[str, str] = {
     "larq-larq-resnet-b-standard-b64": f"tensor peak -5.4%; {_ORDER}",
 }
 PROCESS_MISSES: dict[str, str] = {}
+
+
+def test_gemm_scratch_matches_the_onednn_probe_to_the_byte():
+    """The engine's oneDNN sgemm scratch (path choice and blocking) against a probe of dense-layer products
+    at shapes no recording has (benchmarks/frameworks/larq_gemm_probe.py)."""
+    probe = json.loads((ROOT / "benchmarks" / "frameworks" / "measurements" / "probes" / "larq-onednn-sgemm.json")
+                       .read_text(encoding="utf-8"))
+    scratch = load_engine("larq").gemm_scratch
+    products = {"forward": lambda b, i, o: ("NN", o, b, i), "input_grad": lambda b, i, o: ("TN", i, b, o),
+                "weight_grad": lambda b, i, o: ("NT", o, i, b)}
+    got = [scratch.scratch_bytes(*products[c["product"]](c["batch"], c["inputs"], c["outputs"]))
+           for c in probe["cases"]]
+    assert got == [c["scratch_bytes"] for c in probe["cases"]]
+    assert len({g for g in got if g}) >= 10 and 0 in got  # copy-based sizes, the nocopy one, and none
 
 
 def _cases(misses: dict[str, str]) -> list:
