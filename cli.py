@@ -22,7 +22,7 @@ from rich.text import Text
 from bnncost.costmodel.fitting import fit
 from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.engine import DEFAULT_ENGINE, Engine, EngineError, as_engine, engine_names, load_engine
-from bnncost.costmodel.ops import INFORMATIONAL, KINDS, count_ops
+from bnncost.costmodel.ops import INFORMATIONAL, count_ops
 from bnncost.costmodel.plots import check_path, plot_comparison, plot_sweep
 from bnncost.costmodel.prediction import (
     Comparison, Prediction, check_batch, compare, implementation_knobs, predict,
@@ -576,7 +576,7 @@ def print_comparison(c: Comparison, stepwise: bool) -> None:
         t.row(f"  {role}", [human_bytes(p.memory.by_role_max[role]) if role in p.memory.by_role_max else ""
                             for p in preds])
     t.section()
-    t.row(f"[bold]saving of the largest[/]", ["" for _ in preds])
+    t.row("[bold]saving of the largest[/]", ["" for _ in preds])
     base = p0.memory.by_role_max
     for role in roles:
         t.row(f"  {role}", [f"{base[role] / p.memory.by_role_max[role]:.3g}x"
@@ -809,22 +809,30 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
 
 
 def with_time_check(v, model: str, strategy: str, device: Device, steps: int, clock: str = "cpu"):
-    """The verification with the trainer's median step time (and per phase) against the prediction."""
+    """The verification with the trainer's median step time (and per phase) against the prediction.
+
+    A calibrated device knows its reference step's time (trainer.timing): the steps are timed with
+    reference steps between them, and compared at the core speed the device was calibrated at."""
     from bnncost.costmodel.timing import EVENTS as TIME_EVENTS, event_of
     from bnncost.costmodel.verification import check_time
     from bnncost.trainer.timing import time_steps as time_trainer
 
     p = predict(model, strategy, v.batch_size, device=device, retention=v.retention,
                 workspace_budget=v.workspace_budget)
-    t = time_trainer(model, strategy, batch=v.batch_size, steps=steps, warmup=1,
-                     workspace_budget=v.workspace_budget or 65536, retention=v.retention, clock=clock)
+    reference = device.trainer.reference_step_s if device.trainer is not None else None
+    raw = time_trainer(model, strategy, batch=v.batch_size, steps=steps, warmup=1,
+                       workspace_budget=v.workspace_budget or 65536, retention=v.retention, clock=clock,
+                       reference=reference is not None and clock == "cpu")
+    t = raw.at_reference(reference) if raw.relative is not None else raw
     measured = {e: 0.0 for e in TIME_EVENTS}
     for event, sec in t.events_s.items():
         phase = event_of(event)
         if phase is not None:
             measured[phase] += sec
     measured["step"] = t.step_s
-    tc = check_time(device.name, p.time.seconds_by_event, measured, t.steps, t.warmup, clock, t.wall_step_s)
+    tc = check_time(device.name, p.time.seconds_by_event, measured, t.steps, t.warmup, clock, t.wall_step_s,
+                    raw_step_s=raw.step_s, reference_s=raw.reference_s if raw.relative is not None else None,
+                    calibration_reference_s=reference if raw.relative is not None else None)
     return v.model_copy(update={"time": tc, "ok": v.ok and tc.ok})
 
 
@@ -925,7 +933,9 @@ def print_verification(v, by: str) -> None:
         from bnncost.costmodel.verification import TIME_PHASE_FLOOR, TIME_TOLERANCE
 
         tc = v.time
-        t = Table(title=f"Time per step on {tc.device} ({tc.clock} time, median of {tc.steps} steps after {tc.warmup} warm-up; "
+        speed = ", at the calibration's core speed" if tc.reference_s is not None else ""
+        t = Table(title=f"Time per step on {tc.device} ({tc.clock} time{speed}, median of {tc.steps} steps after "
+                        f"{tc.warmup} warm-up; "
                         f"tolerance: step ±{100 * TIME_TOLERANCE:.0f}%, each phase ±{100 * TIME_TOLERANCE:.0f}% "
                         f"or ±{100 * TIME_PHASE_FLOOR:.0f}% of the step)")
         for col in ("phase", "predicted", "measured", "error", ""):
@@ -934,6 +944,11 @@ def print_verification(v, by: str) -> None:
             t.add_row(r.phase, si(r.predicted_s, "s"), si(r.measured_s, "s"), f"{100 * r.error:+.1f}%",
                       ok if r.ok else bad)
         out.print(t)
+        if tc.reference_s is not None:
+            out.print(f"[dim]measured at the calibration's core speed: this core ran the reference step in "
+                      f"{si(tc.reference_s, 's')}, {si(tc.calibration_reference_s, 's')} when calibrated "
+                      f"({tc.calibration_reference_s / tc.reference_s:.2f}x that speed); as timed, the step took "
+                      f"{si(tc.raw_step_s, 's')}[/]")
         if tc.clock == "cpu":
             out.print(f"[dim]wall time of the step: {si(tc.wall_step_s, 's')} (load average "
                       f"{tc.load_average:.1f}: other processes' turns on the cores count there, not in CPU time)[/]")

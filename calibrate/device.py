@@ -24,6 +24,7 @@ from bnncost.hardware_profiles import Device, DeviceError, load_device, parse_de
 from bnncost.hardware_profiles.schema import TIME_MODEL_VERSION
 from bnncost.layers.outfile import OutputPathError, atomic_output, check_output
 from bnncost.trainer.base import DEFAULT_WORKSPACE
+from bnncost.trainer.timing import REFERENCE_BATCH, REFERENCE_STRATEGY
 
 
 class CalibrationError(ValueError):
@@ -75,6 +76,7 @@ class Measured:
     levels: list[dict]  # {name, capacity_bytes, bandwidth_bytes_per_s, how}, smallest first, DRAM last
     rates: dict[str, dict[str, tuple[float, str]]]  # format -> kind -> (per second, how)
     operators: list[operators.Fitted]
+    reference_step_s: float  # median reference step over the operators' runs: the speed they are priced at
 
 
 def measure(*, quick: bool = False, progress=None, total=None) -> Measured:
@@ -109,10 +111,11 @@ def measure(*, quick: bool = False, progress=None, total=None) -> Measured:
                               f"(read + write), median of {max(3, repeats // 2)}"})
     step("bandwidth dram")
     measured_rates = rates.sustained_rates(repeats, step)
-    fitted = operators.fit(operators.measure(plan, step))
+    samples, reference_s = operators.measure(plan, step)
+    fitted = operators.fit(samples)
     step("fit")
     return Measured(stamp, cpu, cores, threads, quick, repeats, plan.steps, ram_total, ram_avail, ram_how,
-                    level_docs, measured_rates, fitted)
+                    level_docs, measured_rates, fitted, reference_s)
 
 
 def document(m: Measured, *, name: str, base: Device | None = None, idle_w: float | None = None,
@@ -145,7 +148,7 @@ def document(m: Measured, *, name: str, base: Device | None = None, idle_w: floa
         "operator": f.operator, "formats": f.formats, "fixed_s": _g(f.fixed_s),
         "per_unit_s": {k: _g(v) for k, v in f.per_unit_s.items()}, "samples": f.samples,
         "source": (f"{stamp}; non-negative least squares (relative) over {f.samples} timed calls on the "
-                   f"calibration networks, median of {m.steps} steps each; median fit error "
+                   f"calibration networks, median of {m.steps} steps each at the reference speed; median fit error "
                    f"{100 * f.median_rel_error:.1f}%")} for f in m.operators]
     levels_out = []
     for i, lv in enumerate(m.levels):
@@ -177,8 +180,11 @@ def document(m: Measured, *, name: str, base: Device | None = None, idle_w: floa
             "time_model": TIME_MODEL_VERSION,
             "implementation": f"bnncost's bundled numpy trainer, workspace {DEFAULT_WORKSPACE} B per operator",
             "workspace_bytes": DEFAULT_WORKSPACE, "blas_threads": m.blas_threads, "cores": cores,
-            "call_s": _g(call_s), "operators": op_docs,
-            "source": f"{stamp}; call_s is the median fixed cost of the fitted operators (for one not listed)",
+            "call_s": _g(call_s), "reference_step_s": _g(m.reference_step_s), "operators": op_docs,
+            "source": f"{stamp}; call_s is the median fixed cost of the fitted operators (for one not listed); "
+                      f"reference_step_s is the median time of the reference step (trainer.timing.REFERENCE_MODEL, "
+                      f"{REFERENCE_STRATEGY}, batch {REFERENCE_BATCH}) timed between the calibration's steps: "
+                      f"the core speed every operator's time is priced at",
         },
     }
     parse_device(doc, f"<calibration of {name}>")  # what is written must load

@@ -6,7 +6,7 @@ BNNs': dense layers of 10 to 512 units over 96 to 2048 inputs, 3x3 convs of
 8 to 256 filters on 4x4 to 16x16 maps, a stem of 3 channels and 8 filters,
 1x1 shortcuts, every pooling, a residual join), under each strategy, at a
 few batch sizes, is one sample:
-its median wall time (trainer.timing) against the units of each mechanism
+its median time (trainer.timing, at the calibration's core speed) against the units of each mechanism
 costmodel.timing counts for it. For each operator (kind, variant, event,
 formats), the per-call cost and the per-unit costs are the non-negative
 least-squares fit over its samples, each weighted by 1 / its time (relative
@@ -25,7 +25,7 @@ from bnncost.layers.graph import graph_of
 from bnncost.layers.model import parse_model
 from bnncost.trainer.base import DEFAULT_WORKSPACE
 from bnncost.trainer.network import check_strategy
-from bnncost.trainer.timing import time_steps
+from bnncost.trainer.timing import StepTiming, time_steps
 from bnncost.trainer.errors import TrainerError
 
 _BN_SIGN = [{"batchnorm": {}}, {"sign": {}}]
@@ -93,9 +93,13 @@ class Sample:
     seconds: float
 
 
-def measure(plan: Plan, progress=None) -> list[Sample]:
-    """Time every operator of every run of the plan (skipping strategies the trainer cannot hold)."""
-    samples: list[Sample] = []
+def measure(plan: Plan, progress=None) -> tuple[list[Sample], float]:
+    """Time every operator of every run of the plan (skipping strategies the trainer cannot hold).
+
+    Each run times a reference step between its steps (trainer.timing): a shared core's speed changes
+    from one second to the next, so every operator's time is taken at one speed, the median reference
+    step's over the whole calibration, which is returned beside the samples (device `reference_step_s`)."""
+    runs: list[tuple[list[OperatorWork], int, StepTiming]] = []
     for strategy, net, batch in plan.runs():
         strat = as_strategy(strategy)
         graph = graph_of(parse_model(net, f"<{net['name']}>"))
@@ -105,14 +109,20 @@ def measure(plan: Plan, progress=None) -> list[Sample]:
             if progress is not None:
                 progress(f"{net['name']} {strategy}: not runnable, skipped")
             continue
-        t = time_steps(graph, strat, batch=batch, steps=plan.steps, warmup=1, workspace_budget=DEFAULT_WORKSPACE)
-        for w in operator_work(graph, strat, "step", DEFAULT_WORKSPACE):
+        t = time_steps(graph, strat, batch=batch, steps=plan.steps, warmup=1, workspace_budget=DEFAULT_WORKSPACE,
+                       reference=True)
+        runs.append((operator_work(graph, strat, "step", DEFAULT_WORKSPACE), batch, t))
+        if progress is not None:
+            progress(f"{net['name']} {strategy} batch {batch}")
+    reference_s = float(np.median([t.reference_s for _, _, t in runs])) if runs else float("nan")
+    samples: list[Sample] = []
+    for works, batch, timing in runs:
+        t = timing.at_reference(reference_s)
+        for w in works:
             sec = measured_seconds(w, t.events_s, t.updates_s, t.update_loop_s)
             if sec is not None and np.isfinite(sec) and sec > 0:
                 samples.append(Sample(w, batch, sec))
-        if progress is not None:
-            progress(f"{net['name']} {strategy} batch {batch}")
-    return samples
+    return samples, reference_s
 
 
 @dataclass

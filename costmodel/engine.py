@@ -9,12 +9,15 @@ file says so without code:
 - `variables`: what it keeps beyond METHOD's roles, per layer kind, with a
   shape relative to the layer, a format and a lifetime (new roles allowed);
 - `temporaries`: buffers an operator makes while one event of a layer runs;
+  `stage: N` orders those an op makes one after another (it frees one
+  before it makes the next): the event splits into its stages, in order;
 - `optimizer_temporaries`: buffers the optimizer makes during `update`, one
   parameter at a time (`largest_parameter`) or all at once (`each_parameter`);
 - `drop`: METHOD variables it does not hold (an op that saves nothing);
 - `shares`: a saved variable that is the layer's input or output tensor itself
   whenever their formats agree (held once, the tensor kept alive meanwhile);
-- `lifetimes`: METHOD variables it holds from or until other events;
+- `lifetimes`: METHOD variables it holds from or until other events (from
+  one stage of the layer's op: `stage`);
 - `formats`: METHOD variables it holds in another storage format;
 - `in_place_grads`: elementwise layers whose backward writes dX over dY;
 - `runtime`: bytes that are not tensors (allocator caches, a traced graph),
@@ -200,6 +203,15 @@ class LayerVariable(_LayerRule, _Buffer):
     free: Literal[END_EVENTS]
 
 
+def _stage_range(v: Any) -> Any:
+    """A stage N as the range (N, N); [first, last] as a range, first <= last."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) for x in v) and v[0] > v[1]:
+        raise ValueError(f"[{v[0]}, {v[1]}]: the first stage comes after the last")
+    return v
+
+
 class LayerTemporary(_LayerRule, _Buffer):
     """A buffer an operator makes while one event of a layer runs.
 
@@ -211,6 +223,20 @@ class LayerTemporary(_LayerRule, _Buffer):
 
     shape: Literal[tuple(SHAPES)]
     during: Literal["forward", "backward", "after_backward"]
+    # Where the layer's op makes its temporaries one after another (an autograd Function whose backward
+    # builds dW's operand, frees it, then packs dW): the event splits into one sub-event per stage named
+    # for that layer, in ascending order (events `<event>#<stage>`, after the event itself). Every variable
+    # alive at the event is alive at each of its stages (saved tensors are freed, dX and dW handed back,
+    # only when the op returns), and so is a temporary without a stage; a staged one only at its stage,
+    # or from its first to its last stage (`stage: [3, 4]`: made in stage 3, freed after stage 4).
+    stage: Annotated[tuple[PositiveInt, PositiveInt] | None, BeforeValidator(_stage_range)] = None
+
+    @model_validator(mode="after")
+    def _stage_of_an_op(self) -> "LayerTemporary":
+        if self.stage is not None and self.during == "after_backward":
+            raise ValueError("stage: after_backward is a moment of its own, not an op with stages; "
+                             "stage a forward or backward temporary")
+        return self
 
 
 class OptimizerTemporary(_Rule, _Buffer):
@@ -254,6 +280,15 @@ class Lifetime(_LayerRule):
     role: Identifier
     alloc: Literal[EVENTS] | None = None
     free: Literal[END_EVENTS] | None = None
+    # made at this stage of the alloc event (a layer's forward or backward split into stages by its
+    # temporaries): an op's output that exists only once the op's last step makes it
+    stage: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _stage_of_the_alloc(self) -> "Lifetime":
+        if self.stage is not None and self.alloc not in ("forward", "backward"):
+            raise ValueError("stage: a stage of the layer's forward or backward op; give alloc: forward or backward")
+        return self
 
 
 ELEMENTWISE_KINDS = ("batchnorm", "sign", "relu")

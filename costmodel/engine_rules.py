@@ -10,7 +10,10 @@ changes them the way an engine holds a step, in this order:
 4. `shares` fold a saved variable into the layer's input or output tensor
    when both have the same format (their bytes must then agree): the tensor
    is held once, alive from the earlier alloc to the later free;
-5. `temporaries` and `optimizer_temporaries` add buffers alive at one event;
+5. `temporaries` and `optimizer_temporaries` add buffers alive at one event
+   (a staged temporary at one stage of it: the event is split into the
+   stages its rules name, `<event>#<stage>`, and after_backward moments are
+   inserted, before any rule is applied);
 6. `runtime` adds bytes that are not tensors, once or per layer of some
    kinds, alive the whole step (role `runtime`), some only from or below a
    batch size;
@@ -38,7 +41,9 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from bnncost.costmodel.engine import STRATEGY_FORMAT, BlasBuffers, Engine, EngineError, Gemm, JitConvKernels
+from bnncost.costmodel.engine import (
+    STRATEGY_FORMAT, BlasBuffers, Engine, EngineError, Gemm, JitConvKernels, Lifetime,
+)
 from bnncost.costmodel.variable import Variable, sized
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
@@ -51,12 +56,13 @@ RUNTIME_ROLE = "runtime"
 
 
 AFTER_BACKWARD = "after_backward"
+STAGE_MARK = "#"  # backward:dense_1#3: the third stage of dense_1's backward op
 
 
 def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: list[Variable], events: list[str],
                  retention: str) -> tuple[list[Variable], list[str]]:
-    """The variables of the step as this engine holds them, and the step's events (with any after_backward)."""
-    events, variables = _with_after_backward(graph, engine, events, variables)
+    """The variables of the step as this engine holds them, and the step's events (with any stages, after_backward)."""
+    events, variables, spans = _with_sub_events(graph, strategy, engine, events, variables, retention)
     index = {e: i for i, e in enumerate(events)}
     out = list(variables)
 
@@ -69,10 +75,11 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         w = rule.when
         return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial)
 
-    def event(node: Node, word: str) -> int:
+    def event(node: Node, word: str, end: bool = False) -> int:
+        """The event a word names; for an event split into stages, its first (an alloc) or last (`end`)."""
         if word == AFTER_BACKWARD:
             return index[f"{AFTER_BACKWARD}:{node.name}"]
-        return index[relative_event(node, word, retention)]
+        return spans[relative_event(node, word, retention)][end]
 
     def fmt(rule) -> str:
         f = rule.resolved_format()
@@ -93,15 +100,18 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     if in_place:
         grad_format = strategy.format_of("activation_grad")
         out = [v for v in out if v.role != "activation_grad"] + [
-            sized(g.name, g.layer, g.role, grad_format, g.shape, g.batched, index[g.alloc], index[g.free])
+            sized(g.name, g.layer, g.role, grad_format, g.shape, g.batched, spans[g.alloc][0], spans[g.free][1])
             for g in gradient_buffers(graph, in_place)]
     # 1. lifetimes
     for i, rule in enumerate(engine.lifetimes):
         for node in nodes(rule):
             for j, v in enumerate(out):
                 if v.layer == node.name and v.role == rule.role:
-                    moved = replace(v, alloc=event(node, rule.alloc) if rule.alloc else v.alloc,
-                                    free=event(node, rule.free) if rule.free else v.free)
+                    alloc = v.alloc if not rule.alloc else (
+                        event(node, rule.alloc) if rule.stage is None
+                        else index[staged_event(relative_event(node, rule.alloc, retention), rule.stage)])
+                    moved = replace(v, alloc=alloc,
+                                    free=event(node, rule.free, end=True) if rule.free else v.free)
                     out[j] = check_order(moved, f"{where('lifetimes', i)}.{'free' if rule.free else 'alloc'}")
     for rule in engine.formats:
         names = {n.name for n in nodes(rule)}
@@ -125,7 +135,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         for node in nodes(rule):
             shape, batched = relative_shape(node, rule.shape)
             v = buffer(f"{node.name}.{rule.name}", node.name, rule.role, fmt(rule), shape, batched, rule.count,
-                       event(node, rule.alloc), event(node, rule.free))
+                       event(node, rule.alloc), event(node, rule.free, end=True))
             add(check_order(v, f"{where('variables', i)}.free"), where("variables", i))
     # 4. shares
     holder = _tensor_holders(graph, out)
@@ -156,11 +166,15 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     for i, rule in enumerate(engine.temporaries):
         for node in nodes(rule):
             shape, batched = relative_shape(node, rule.shape)
-            at = event(node, rule.during)
+            if rule.stage is not None:
+                op = relative_event(node, rule.during, retention)
+                alloc, free = (index[staged_event(op, k)] for k in rule.stage)
+            else:  # the whole event, every stage of it included
+                alloc, free = event(node, rule.during), event(node, rule.during, end=True)
             add(buffer(f"{node.name}.{rule.name}", node.name, rule.role, fmt(rule), shape, batched, rule.count,
-                       at, at), where("temporaries", i))
+                       alloc, free), where("temporaries", i))
             temporary.add(f"{node.name}.{rule.name}")
-    update = index["update"]
+    update_first, update = spans["update"]
     params = parameter_tensors(graph, strategy.batchnorm, strategy.optimizer)
     for i, rule in enumerate(engine.optimizer_temporaries):
         if not rule.applies_to(strategy):
@@ -170,7 +184,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
             mine = [max(mine, key=lambda p: math.prod(p[2]))]  # first of the largest, in forward order
         for layer, name, shape in mine:
             add(buffer(f"{layer}.{name}.{rule.name}", layer, rule.role, fmt(rule), shape, False, rule.count,
-                       update, update), where("optimizer_temporaries", i))
+                       update_first, update), where("optimizer_temporaries", i))
     # 6. runtime
     last = len(events) - 1
     for i, r in enumerate(engine.runtime):
@@ -214,9 +228,9 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         for at, node, rule in step_gemms(graph, engine.gemms):
             by_event.setdefault(at, []).append((node, rule))
         for at, calls in by_event.items():
-            i = index[at]
+            i, j = spans[at]  # the whole event, every stage of it included, as an unstaged temporary
             layer = calls[0][0].name
-            here = [v for v in out if v.layer == layer and v.alloc == v.free == i]
+            here = [v for v in out if v.layer == layer and i <= v.alloc and v.free <= j]
             temps = [v for v in here if v.name in temporary]
             grads = [v for v in here if v.role == "weight_grad"]
 
@@ -227,7 +241,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                                   for node, rule in calls))
 
             add(Variable(f"{layer}.{scratch.name}.{at.split(':', 1)[0]}", layer, "workspace", "uint8", ("bytes",),
-                         0, 0, i, i, by_batch=excess), "gemm_scratch")
+                         0, 0, i, j, by_batch=excess), "gemm_scratch")
     # 9. oneDNN's JIT code for convolutions
     jit = engine.jit_conv_kernels
     if jit is not None and any(n.kind == "conv2d" for n in graph.nodes):
@@ -238,26 +252,58 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     return out, events
 
 
-def _with_after_backward(graph: Graph, engine: Engine, events: list[str],
-                         variables: list[Variable]) -> tuple[list[str], list[Variable]]:
-    """Insert `after_backward:<layer>` right after `backward:<layer>` for the layers a temporary names.
+def staged_event(event: str, stage: int) -> str:
+    """The sub-event of one stage of an event (an op that makes its temporaries one after another)."""
+    return f"{event}{STAGE_MARK}{stage}"
 
-    A variable freed at backward:<layer> (the layer's saved tensors, its dY) is
-    not alive there; one that outlives backward:<layer> (dX, dW) is.
+
+def event_span(events: list[str], event: str) -> tuple[int, int]:
+    """(first, last) index of an event and the stages it is split into."""
+    first = events.index(event)
+    last = first
+    while last + 1 < len(events) and events[last + 1].startswith(f"{event}{STAGE_MARK}"):
+        last += 1
+    return first, last
+
+
+def _with_sub_events(graph: Graph, strategy: Strategy, engine: Engine, events: list[str], variables: list[Variable],
+                     retention: str) -> tuple[list[str], list[Variable], dict[str, tuple[int, int]]]:
+    """Split events into the stages temporaries name, and insert `after_backward:<layer>` after backward:<layer>.
+
+    An event's stages follow it, in ascending order: a variable alive at the
+    event is alive at each (an op frees what it was given, and hands back
+    what it made, only when it returns). A variable freed at backward:<layer>
+    (the layer's saved tensors, its dY) is not alive at after_backward; one
+    that outlives backward:<layer> (dX, dW) is. Returns the events, the
+    variables re-indexed to them, and each old event's (first, last) index.
     """
-    layers = {n.name for rule in engine.temporaries if rule.during == AFTER_BACKWARD
-              for n in matching_nodes(graph, rule.kinds, rule.when.binary, rule.when.first,
-                                      rule.when.needs_input_grad, rule.when.pointwise, rule.when.spatial)}
-    if not layers:
-        return events, variables
+    stages: dict[str, set[int]] = {}
+    after: set[str] = set()
+    for rule in (*engine.temporaries, *engine.lifetimes):
+        if not rule.applies_to(strategy):
+            continue
+        w = rule.when
+        for n in matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial):
+            if isinstance(rule, Lifetime):
+                if rule.stage is not None:
+                    stages.setdefault(relative_event(n, rule.alloc, retention), set()).add(rule.stage)
+            elif rule.during == AFTER_BACKWARD:
+                after.add(n.name)
+            elif rule.stage is not None:
+                stages.setdefault(relative_event(n, rule.during, retention), set()).update(rule.stage)
     out: list[str] = []
-    moved: list[int] = []  # old event index -> new
+    spans: dict[str, tuple[int, int]] = {}
     for e in events:
-        moved.append(len(out))
+        first = len(out)
         out.append(e)
-        if e.startswith("backward:") and e.split(":", 1)[1] in layers:
+        out.extend(staged_event(e, k) for k in sorted(stages.get(e, ())))
+        spans[e] = (first, len(out) - 1)
+        if e.startswith("backward:") and e.split(":", 1)[1] in after:
             out.append(f"{AFTER_BACKWARD}:{e.split(':', 1)[1]}")
-    return out, [replace(v, alloc=moved[v.alloc], free=moved[v.free]) for v in variables]
+    if len(out) == len(events):
+        return events, variables, spans
+    return out, [replace(v, alloc=spans[events[v.alloc]][0], free=spans[events[v.free]][1])
+                 for v in variables], spans
 
 
 def conv_kernels(graph: Graph, rule: JitConvKernels, batch: int) -> int:

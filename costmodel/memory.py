@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bnncost.costmodel.engine import Engine
-from bnncost.costmodel.engine_rules import RUNTIME_ROLE, apply_engine
+from bnncost.costmodel.engine_rules import RUNTIME_ROLE, apply_engine, event_span
 from bnncost.costmodel.formats import tensor_bytes
 from bnncost.costmodel.strategy import Strategy
 from bnncost.costmodel.variable import Variable, sized
@@ -48,8 +48,8 @@ class MemoryPlan:
             a[v.free + 1] -= v.fixed
             b[v.alloc] += v.per_sample
             b[v.free + 1] -= v.per_sample
-            if v.slope:
-                ws_event.append(v.alloc)  # workspace lives at one event
+            for e in range(v.alloc, v.free + 1) if v.slope else ():  # one event, or each stage of one
+                ws_event.append(e)
                 ws_cap.append(v.cap)
                 ws_slope.append(v.slope)
         self._by_batch = [(v.alloc, v.free, v.by_batch) for v in self.variables if v.by_batch is not None]
@@ -179,21 +179,20 @@ def memory_plan(graph: Graph, strategy: Strategy, *, retention: str = "step", wo
                                s.batched, index[s.alloc], index[s.free]))
     if engine is not None:
         variables, events = apply_engine(graph, strategy, engine, variables, events, retention)
-        index = {e: i for i, e in enumerate(events)}
     if workspace_budget > 0:
         for w in scratch_needs(graph):
             if w.only_if_packed and strategy.format_of(w.only_if_packed) != "bool":
                 continue
             fmt = w.fixed_format or strategy.format_of(w.operand_role)
             row_bytes = tensor_bytes(fmt, w.row_shape)
-            at = index[w.event]
+            at, last = event_span(events, w.event)  # an engine may split the event into stages: all of them
             if w.rows_per_sample == 0:  # weight rows: as many as fit, whatever the batch
                 held = rows_held(w.fixed_rows, row_bytes, workspace_budget)
                 variables.append(Variable(w.name, w.layer, "workspace", fmt, (held, *w.row_shape), held * row_bytes,
-                                          0, at, at))
+                                          0, at, last))
             else:
                 cap = max(1, workspace_budget // row_bytes) * row_bytes
-                variables.append(Variable(w.name, w.layer, "workspace", fmt, ("rows", *w.row_shape), 0, 0, at, at,
+                variables.append(Variable(w.name, w.layer, "workspace", fmt, ("rows", *w.row_shape), 0, 0, at, last,
                                           cap=cap, slope=w.rows_per_sample * row_bytes,
                                           rows_per_sample=w.rows_per_sample))
     return MemoryPlan(events, variables)

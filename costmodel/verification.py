@@ -110,13 +110,19 @@ class TimeCheck(BaseModel):
     clock: str  # "cpu" (the process's CPU time) or "wall"
     wall_step_s: float
     load_average: float  # 1-minute load average when the steps were timed
+    raw_step_s: float | None = None  # the median step as timed, at the core's speed then
+    reference_s: float | None = None  # the reference step's median time between the steps (trainer.timing)
+    calibration_reference_s: float | None = None  # ... when the device was calibrated: phases are at this speed
     phases: list[PhaseTime]
     ok: bool
 
 
 def check_time(device: str, predicted: dict[str, float], measured: dict[str, float], steps: int,
-               warmup: int, clock: str = "cpu", wall_step_s: float = float("nan")) -> TimeCheck:
-    """Predicted seconds per phase (forward, backward, update) against measured medians; 'step' is the total."""
+               warmup: int, clock: str = "cpu", wall_step_s: float = float("nan"), *,
+               raw_step_s: float | None = None, reference_s: float | None = None,
+               calibration_reference_s: float | None = None) -> TimeCheck:
+    """Predicted seconds per phase (forward, backward, update) against measured medians; 'step' is the total.
+    With reference figures, `measured` is at the calibration's core speed (trainer.timing)."""
     total_p, total_m = sum(predicted.values()), measured.get("step", sum(measured.values()))
     rows = []
     for phase in list(predicted) + ["step"]:
@@ -127,7 +133,8 @@ def check_time(device: str, predicted: dict[str, float], measured: dict[str, flo
         rows.append(PhaseTime(phase=phase, predicted_s=p, measured_s=m, error=err, ok=ok))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return TimeCheck(device=device, steps=steps, warmup=warmup, clock=clock, wall_step_s=wall_step_s,
-                     load_average=load, phases=rows, ok=all(r.ok for r in rows))
+                     load_average=load, raw_step_s=raw_step_s, reference_s=reference_s,
+                     calibration_reference_s=calibration_reference_s, phases=rows, ok=all(r.ok for r in rows))
 
 
 class Verification(BaseModel):

@@ -203,7 +203,7 @@ Mechanism = Literal["gemm", "xnor_words", "input_values", "output_values", "weig
 # fitted for another version has operators or units this version counts differently: it must be
 # calibrated again. 1: layer operators only; 2: the step's own work (batch gather, ledger, optimizer loop);
 # 3: the linear operators' loops (numpy products per tile, K-block and row-chunk iterations).
-TIME_MODEL_VERSION: Final[int] = 3
+TIME_MODEL_VERSION: Final[int] = 4
 
 
 def _nonnegative(value: float) -> float:
@@ -236,7 +236,10 @@ class TrainerTiming(_Model):
     With this section the device's step time is a prediction of the trainer's
     measured step (``costmodel.timing``), not a peak-rate lower bound.
     ``call_s`` is the fixed cost of an operator the table does not list (its
-    work is then priced at the ``ops`` rates).
+    work is then priced at the ``ops`` rates). ``reference_step_s`` is the time
+    of the trainer's reference step (trainer.timing) at the core speed the
+    operators were timed at: a shared core's speed changes, and ``verify``
+    compares a step measured at another speed at this one.
     """
 
     time_model: int = 1  # TIME_MODEL_VERSION of the mechanisms the operators were fitted for
@@ -245,6 +248,7 @@ class TrainerTiming(_Model):
     blas_threads: Optional[int] = None
     cores: Annotated[int, AfterValidator(_positive)]
     call_s: Seconds
+    reference_step_s: Optional[Annotated[float, AfterValidator(_positive)]] = None
     operators: list[OperatorCost] = Field(default_factory=list)
     source: Source
 

@@ -16,7 +16,7 @@ import yaml
 
 from bnncost.calibrate import device as cal
 from bnncost.calibrate.machine import cache_levels
-from bnncost.calibrate.operators import Fitted, Sample, fit, nnls
+from bnncost.calibrate.operators import Sample, fit, nnls
 from bnncost.cli import main
 from bnncost.costmodel import predict
 from bnncost.costmodel.strategy import as_strategy
@@ -41,7 +41,7 @@ def fake(levels=None, operators=None) -> cal.Measured:
                   {"name": "l2", "capacity_bytes": 1 << 20, "bandwidth_bytes_per_s": 5e10, "how": "sysfs"}]
     levels = levels + [{"name": "dram", "capacity_bytes": 8 << 30, "bandwidth_bytes_per_s": 1e10, "how": "copy"}]
     return cal.Measured(STAMP, "Test CPU", 2, 1, True, 5, 2, 8 << 30, 4 << 30, "/proc/meminfo", levels, rates,
-                        operators or [])
+                        operators or [], 0.003)
 
 
 def test_document_is_a_device_with_sources_and_no_energy_without_power():
@@ -224,6 +224,55 @@ def test_trainer_timing_covers_every_event():
     assert t.clock == "cpu" and t.steps == 1
     # the update's loop, per step: the update event less its tensors' updates
     assert t.update_loop_s == pytest.approx(t.events_s["update"] - sum(t.updates_s.values()))
+
+
+def test_reference_steps_put_every_figure_at_one_core_speed(monkeypatch):
+    """A core that runs 3x slower for the first steps: the raw median says so, the figures relative to
+    the reference steps timed between the steps do not (a fake clock: every read is one tick of the
+    core's current speed, and the reference step sets that speed)."""
+    from bnncost.trainer import timing
+
+    speeds = iter([3.0, 3.0, 3.0, 1.0, 1.0, 1.0])
+    clock = {"t": 0.0, "speed": 1.0}
+
+    def now():
+        clock["t"] += clock["speed"]
+        return clock["t"]
+
+    def reference_step(seed):
+        def run():
+            clock["speed"] = next(speeds)
+        return run
+
+    monkeypatch.setitem(timing.CLOCKS, "cpu", now)
+    monkeypatch.setattr(timing, "_reference_step", reference_step)
+    t = timing.time_steps(MLP, "standard", batch=2, steps=5, warmup=1, reference=True)
+    at1 = t.at_reference(1.0)
+    assert t.reference_s == 2.0  # median of 3, 3, 3, 1, 1, 1
+    assert t.step_s == pytest.approx(3 * at1.step_s)  # 3 of 5 steps ran at 3x; at speed 1 the step is its ticks
+    for k, v in at1.events_s.items():  # every event: its ticks at speed 1, 3x that as timed
+        assert v == pytest.approx(round(v)) and t.events_s[k] == pytest.approx(3 * v), k
+    assert at1.wall_step_s == t.wall_step_s  # the wall time stays as measured
+    assert t.at_reference(2.0).step_s == pytest.approx(2 * at1.step_s)
+    with pytest.raises(Exception, match="without reference steps"):
+        timing.time_steps(MLP, "standard", batch=2, steps=1, warmup=0).at_reference(1.0)
+
+
+def test_verify_compares_time_at_the_calibrations_core_speed(capsys, tmp_path):
+    doc = cal.document(fake(), name="host")
+    assert doc["trainer"]["reference_step_s"] == 0.003 and "reference step" in doc["trainer"]["source"]
+    f = tmp_path / "host.yaml"
+    cal.write_device(doc, str(f))
+    with pytest.raises(SystemExit):
+        main(["verify", "digits-mlp", "-b", "8", "--device", str(f), "--time-steps", "2", "--json"])
+    tc = __import__("json").loads(capsys.readouterr().out)["time"]
+    assert tc["calibration_reference_s"] == 0.003 and tc["reference_s"] > 0 and tc["raw_step_s"] > 0
+    step = {r["phase"]: r for r in tc["phases"]}["step"]
+    # the measured step at the calibration's speed: as timed, scaled by the reference steps' speed then
+    assert step["measured_s"] == pytest.approx(tc["raw_step_s"] * 0.003 / tc["reference_s"], rel=0.5)
+    with pytest.raises(SystemExit):
+        main(["verify", "digits-mlp", "-b", "8", "--device", str(f), "--time-steps", "2"])
+    assert "measured at the calibration's core speed" in " ".join(capsys.readouterr().out.split())
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 2, nothing written

@@ -396,6 +396,71 @@ def test_gemm_scratch_lives_while_its_product_runs_and_not_beside_other_ops(tmp_
     assert delta(f, g, 20) == only(delta(f, g), f)
 
 
+STAGED = ("temporaries:\n"
+          "  - {kinds: dense, when: {first: false}, name: operand, shape: input, format: float32, during: backward,"
+          " stage: [1, 2], source: t}\n"
+          "  - {kinds: dense, when: {first: false}, name: product, shape: weight, format: float32, during: backward,"
+          " stage: [2, 3], source: t}\n"
+          "  - {kinds: dense, when: {first: false}, name: packing, shape: weight, format: uint8, count: 3,"
+          " during: backward, stage: 3, source: t}\n"
+          "  - {kinds: dense, when: {first: false}, name: whole, shape: output, format: float32, during: backward,"
+          " source: t}\n")
+
+
+def test_staged_temporaries_are_alive_one_stage_after_another(tmp_path):
+    """An op that frees dW's operand before it packs dW: its stages follow the event, each holding only its own."""
+    a, b = plans(tmp_path, STAGED)
+    at = b.events.index("backward:dense_2")
+    assert b.events[at:at + 4] == ["backward:dense_2", "backward:dense_2#1", "backward:dense_2#2",
+                                   "backward:dense_2#3"]
+    live = dict(zip(b.events, b.live_bytes(B)[:, 0].astype(int)))
+    base = dict(zip(a.events, a.live_bytes(B)[:, 0].astype(int)))["backward:dense_2"]
+    operand, product, packing, whole = 4 * 4 * B, 4 * 4 * 2, 3 * 4 * 2, 4 * 2 * B
+    # every variable alive at the op (its saved input, dY, the dX and dW it hands back) is alive at each stage
+    assert live["backward:dense_2"] == base + whole
+    assert live["backward:dense_2#1"] == base + whole + operand
+    assert live["backward:dense_2#2"] == base + whole + operand + product
+    assert live["backward:dense_2#3"] == base + whole + product + packing  # the operand is gone
+    assert b.peak(B)[0] == a.peak(B)[0] + max(0, base + whole + max(operand, packing) + product - a.peak(B)[0])
+    # the other events keep their bytes, and every METHOD variable its lifetime (one freed at the op: its last stage)
+    assert {e: v for e, v in live.items() if e != "backward:dense_2" and "#" not in e} == {
+        e: v for e, v in dict(zip(a.events, a.live_bytes(B)[:, 0].astype(int))).items() if e != "backward:dense_2"}
+    before = {v.name: (a.events[v.alloc], a.events[v.free]) for v in a.variables}
+    moved = {v.name: (b.events[v.alloc], b.events[v.free]) for v in b.variables if v.name in before}
+    for name, (alloc, free) in before.items():
+        assert moved[name][0] == alloc
+        assert moved[name][1] == (free + "#3" if free == "backward:dense_2" else free)
+
+
+def test_a_lifetime_stage_makes_an_output_at_the_end_of_its_op(tmp_path):
+    """lifetimes.stage: an op's output exists only from its last stage (made after its operands are freed)."""
+    text = ("temporaries:\n"
+            "  - {kinds: dense, name: operand, shape: input, format: float32, during: forward, stage: 1, source: t}\n"
+            "lifetimes:\n  - {kinds: dense, role: activation, alloc: forward, stage: 2, source: t}\n")
+    _, b = plans(tmp_path, text)
+    out = next(v for v in b.variables if v.name == "dense_1.output")
+    assert b.events[out.alloc] == "forward:dense_1#2"
+    alive = {v.name for v in b.variables if v.alloc <= b.events.index("forward:dense_1#1") <= v.free}
+    assert "dense_1.operand" in alive and "dense_1.output" not in alive
+
+
+def test_staged_events_hold_the_scratch_of_their_op(tmp_path):
+    """A workspace budget's scratch at an op that an engine splits into stages is alive at each of them."""
+    graph, strat = graph_of(TINY), load_strategy("standard")
+    a = memory_plan(graph, strat, retention="step", workspace_budget=1024, engine=engine(tmp_path, "", "plain.yaml"))
+    b = memory_plan(graph, strat, retention="step", workspace_budget=1024, engine=engine(tmp_path, STAGED))
+    scratch = {v.name for v in a.variables if v.role == "workspace" and a.events[v.alloc] == "backward:dense_2"}
+    assert scratch == {"dense_2.dw_operand", "dense_2.weight_signs"}  # growing rows, and fixed ones
+    for v in (v for v in b.variables if v.name in scratch):
+        assert (b.events[v.alloc], b.events[v.free]) == ("backward:dense_2", "backward:dense_2#3")
+    held = {e: int(x) for e, x in zip(a.events, a.live_bytes(B)[:, 0])}["backward:dense_2"]
+    held_b = {e: int(x) for e, x in zip(b.events, b.live_bytes(B)[:, 0])}
+    whole = 4 * 2 * B
+    assert held_b["backward:dense_2"] == held + whole  # the scratch counted once per event, at every stage
+    assert held_b["backward:dense_2#1"] == held + whole + 4 * 4 * B
+    assert b.peak(B)[0] == max(int(x) for x in b.live_bytes(B)[:, 0])
+
+
 BAD = {
     "malformed": ("retention: [step\n", "malformed YAML"),
     "not-a-mapping": ("- 1\n", "must be a mapping"),
@@ -417,6 +482,14 @@ BAD = {
     "bad-event": (BASE + "lifetimes:\n  - {kinds: dense, role: weight_grad, free: later, source: t}\n",
                   "lifetimes[0].free"),
     "negative-bytes": (BASE + "runtime:\n  - {name: x, bytes: -4, source: t}\n", "runtime[0].bytes: -4 is negative"),
+    "stage-after-backward": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, format: uint8,"
+                             " during: after_backward, stage: 2, source: t}\n",
+                             "temporaries[0]: stage: after_backward is a moment of its own"),
+    "stage-backwards": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, format: uint8,"
+                        " during: backward, stage: [4, 2], source: t}\n",
+                        "temporaries[0].stage: [4, 2]: the first stage comes after the last"),
+    "lifetime-stage-without-op": (BASE + "lifetimes:\n  - {kinds: dense, role: weight_grad, free: step_end,"
+                                  " stage: 2, source: t}\n", "lifetimes[0]: stage: a stage of the layer's"),
     "fractional-bytes": (BASE + "runtime:\n  - {name: x, bytes: 1.5, source: t}\n",
                          "runtime[0].bytes: 1.5 is not a whole number"),
     "bad-unit": ("retention: step\nworkspace: {budget: 64 KJ, source: t}\n", "workspace.budget"),

@@ -31,8 +31,6 @@ PROCESS_TOLERANCE = 0.10
 _ORDER = "cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)"
 TENSOR_MISSES: dict[str, str] = {
     "larq-cnv-standard-b128": f"tensor peak +11.3%; {_ORDER}",
-    "larq-digits-cnn-standard-b16": ("tensor peak -14.4%: a 172,288 B MklMatMulOp scratch buffer is live at the "
-                                     "peak (attribution), oneDNN's gemm workspace, not modelled"),
     "larq-digits-mlp-standard-b64": f"tensor peak +6.0%; {_ORDER}",
     "larq-larq-resnet-b-standard-b64": f"tensor peak -5.4%; {_ORDER}",
 }
