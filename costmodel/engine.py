@@ -281,7 +281,9 @@ class Lifetime(_LayerRule):
     alloc: Literal[EVENTS] | None = None
     free: Literal[END_EVENTS] | None = None
     # made at this stage of the alloc event (a layer's forward or backward split into stages by its
-    # temporaries): an op's output that exists only once the op's last step makes it
+    # temporaries): an op's output that exists only once a later step of the op makes it. A rule with a
+    # stage moves the variables of its role that the layer's op makes (allocated at that event: its output,
+    # the dX of its input, its dW), whichever layer they are named after
     stage: PositiveInt | None = None
 
     @model_validator(mode="after")

@@ -105,14 +105,16 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     # 1. lifetimes
     for i, rule in enumerate(engine.lifetimes):
         for node in nodes(rule):
+            op = event(node, rule.alloc) if rule.stage is not None else None
             for j, v in enumerate(out):
-                if v.layer == node.name and v.role == rule.role:
-                    alloc = v.alloc if not rule.alloc else (
-                        event(node, rule.alloc) if rule.stage is None
-                        else index[staged_event(relative_event(node, rule.alloc, retention), rule.stage)])
-                    moved = replace(v, alloc=alloc,
-                                    free=event(node, rule.free, end=True) if rule.free else v.free)
-                    out[j] = check_order(moved, f"{where('lifetimes', i)}.{'free' if rule.free else 'alloc'}")
+                # a staged rule: what the layer's op makes (its output, the dX of its input, its dW); else the layer's
+                if v.role != rule.role or (v.alloc != op if op is not None else v.layer != node.name):
+                    continue
+                alloc = v.alloc if not rule.alloc else (
+                    event(node, rule.alloc) if rule.stage is None
+                    else index[staged_event(relative_event(node, rule.alloc, retention), rule.stage)])
+                moved = replace(v, alloc=alloc, free=event(node, rule.free, end=True) if rule.free else v.free)
+                out[j] = check_order(moved, f"{where('lifetimes', i)}.{'free' if rule.free else 'alloc'}")
     for rule in engine.formats:
         names = {n.name for n in nodes(rule)}
         out = [_reformatted(v, rule.format)

@@ -168,8 +168,8 @@ def test_proposed_dense_backward_packs_dw_after_freeing_its_operand():
     engine = load_engine("pytorch")
     operand = ("input_of", "unpack_signs")  # harness lines that make dW's float32 operand
     packing = "torch_proposed.py:56 pack_signs"  # the uint8 copy of dw >= 0, alive only while dW is packed
-    for model, batch, event in (("mlp", 256, "backward:dense_1#4"), ("mlp", 100, "backward:dense_1#5"),
-                                ("digits-mlp", 128, "backward:dense_2#5")):
+    for model, batch, event in (("mlp", 256, "backward:dense_1#5"), ("mlp", 100, "backward:dense_1#6"),
+                                ("digits-mlp", 128, "backward:dense_2#6")):
         rec = next(r for r in RECORDINGS if (r["model"], r["batch"], r["strategy"]) == (model, batch, "proposed"))
         lines = [a["where"] for a in rec["attribution"]["at_peak"]]
         plan = memory_plan(graph_of(model), as_strategy("proposed"), retention=engine.retention,
@@ -179,12 +179,24 @@ def test_proposed_dense_backward_packs_dw_after_freeing_its_operand():
         assert plan.events[at] == event, (model, batch)
         layer = event.split(":")[1].split("#")[0]
         alive = {v.name.removeprefix(f"{layer}.") for v in plan.variables if v.alloc <= at <= v.free}
-        if event.endswith("#4"):  # the dW product: its float32 operand, no packing yet
+        if event.endswith("#5"):  # the dW product: its float32 operand, no packing yet
             assert {"input_float32_backward", "weight_grad_float32"} <= alive and "grad_pack_bytes" not in alive
             assert any(w.endswith(operand) for w in lines) and packing not in lines
         else:  # the packing, the operand freed
             assert {"weight_grad_float32", "grad_pack_bytes"} <= alive and "input_float32_backward" not in alive
             assert packing in lines and not any(w.endswith(operand) for w in lines)
+
+
+@pytest.mark.parametrize("rec", [pytest.param(r, id=r["file"]) for r in RECORDINGS if r["strategy"] == "proposed"])
+def test_proposed_forward_peak_within_10_percent(rec):
+    """The forward's own peak (process bytes, memray's phase_peaks): its staged Functions and batchnorm's copies."""
+    engine = load_engine("pytorch")
+    plan = memory_plan(graph_of(_model(rec)), as_strategy("proposed"), retention=engine.retention,
+                       workspace_budget=engine.workspace.budget, engine=engine)
+    live = plan.live_bytes(rec["batch"])[:, 0]
+    predicted = max(b for e, b in zip(plan.events, live) if e.startswith("forward:"))
+    measured = rec["steps"][0]["phase_peaks"]["forward"]
+    assert abs(predicted - measured) <= 0.10 * measured, f"predicted {predicted:,.0f} measured {measured:,}"
 
 
 def test_onednn_kernels_are_the_ones_memray_saw():

@@ -442,6 +442,17 @@ def test_a_lifetime_stage_makes_an_output_at_the_end_of_its_op(tmp_path):
     assert b.events[out.alloc] == "forward:dense_1#2"
     alive = {v.name for v in b.variables if v.alloc <= b.events.index("forward:dense_1#1") <= v.free}
     assert "dense_1.operand" in alive and "dense_1.output" not in alive
+    # with a stage, what the op makes moves, whichever layer it is named after: dense_2's dX is sign_1's
+    text = ("temporaries:\n  - {kinds: dense, name: operand, shape: weight, format: float32, during: backward,"
+            " stage: 1, source: t}\nlifetimes:\n  - {kinds: dense, when: {first: false}, role: activation_grad,"
+            " alloc: backward, stage: 2, source: t}\n")
+    a, b = plans(tmp_path, text)
+    grads = {v.name: (b.events[v.alloc], b.events[v.free].split("#")[0]) for v in b.variables
+             if v.role == "activation_grad"}  # (one freed at a split op: at its last stage)
+    assert grads["sign_1.output_grad"] == ("backward:dense_2#2", "backward:sign_1")
+    assert {k: v for k, v in grads.items() if k != "sign_1.output_grad"} == {
+        v.name: (a.events[v.alloc], a.events[v.free]) for v in a.variables
+        if v.role == "activation_grad" and v.name != "sign_1.output_grad"}
 
 
 def test_staged_events_hold_the_scratch_of_their_op(tmp_path):

@@ -1,0 +1,85 @@
+"""The allocations one torch_proposed.py module makes in its forward and backward, in order (memray).
+
+    python benchmarks/frameworks/torch_op_sequence.py linear 256 1024 512
+    python benchmarks/frameworks/torch_op_sequence.py conv2d 128 3 32 32      # B Cin Cout H(=W), 3x3 same
+    python benchmarks/frameworks/torch_op_sequence.py sign 256 1024
+    python benchmarks/frameworks/torch_op_sequence.py batchnorm 128 32 32 32  # B C H W (or B C)
+
+Prints every allocation and free of at least an eighth of the input's elements
+in bytes, with the bytes live (above what was live before the step) and the
+harness line that allocated it: what the engine's staged temporaries
+(costmodel/engines/pytorch.yaml) say an op holds one stage after another.
+One thread, two warm-up steps first (oneDNN's and MKL's caches are filled).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def module_and_input(kind: str, dims: list[int]):
+    import torch
+
+    from torch_proposed import L1BatchNorm, PackedConv2d, PackedLinear, PackedSign
+
+    if kind == "linear":
+        batch, fan_in, units = dims
+        return PackedLinear(fan_in, units, True, True).half(), torch.randn(batch, fan_in)
+    if kind == "conv2d":
+        batch, cin, cout, hw = dims
+        return PackedConv2d(cin, cout, 3, 1, 1, True, True).half(), torch.randn(batch, cin, hw, hw)
+    if kind == "sign":
+        return PackedSign(), torch.randn(*dims)
+    if kind == "batchnorm":
+        return L1BatchNorm(dims[1]).half(), torch.randn(*dims)
+    raise SystemExit(f"unknown module '{kind}'; one of linear, conv2d, sign, batchnorm")
+
+
+def main(argv: list[str]) -> int:
+    sys.path.insert(0, str(HERE))
+    import memray
+    import torch
+
+    torch.set_num_threads(1)
+    module, x = module_and_input(argv[0], [int(a) for a in argv[1:]])
+    x = x.half().requires_grad_()
+
+    def step():
+        y = module(x)
+        y.backward(torch.ones_like(y))
+
+    for _ in range(2):
+        step()
+    path = Path(tempfile.mkdtemp(prefix="op-sequence-")) / "run.bin"
+    with memray.Tracker(path):
+        step()
+    frees = {int(getattr(memray.AllocatorType, n)) for n in ("FREE", "MUNMAP", "PYMALLOC_FREE")}
+    smallest = max(1, math.prod(x.shape) // 8)
+    live: dict[int, int] = {}
+    now = 0
+    for rec in memray.FileReader(path).get_allocation_records():
+        if int(rec.allocator) in frees:
+            size = live.pop(rec.address, None)
+            if size is not None:
+                now -= size
+                if size >= smallest:
+                    print(f"  free  {size:>13,}  live {now:>13,}")
+        elif rec.size >= 1000:
+            live[rec.address] = rec.size
+            now += rec.size
+            if rec.size >= smallest:
+                frame = rec.stack_trace(max_stacks=1)
+                where = f"{Path(frame[0][1]).name}:{frame[0][2]} {frame[0][0]}" if frame else "?"
+                print(f"alloc {rec.size:>13,}  live {now:>13,}  {where}")
+    path.unlink()
+    path.parent.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
