@@ -73,7 +73,8 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         if not rule.applies_to(strategy):
             return []
         w = rule.when
-        return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial)
+        return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial,
+                              w.follows)
 
     def event(node: Node, word: str, end: bool = False) -> int:
         """The event a word names; for an event split into stages, its first (an alloc) or last (`end`)."""
@@ -285,7 +286,8 @@ def _with_sub_events(graph: Graph, strategy: Strategy, engine: Engine, events: l
         if not rule.applies_to(strategy):
             continue
         w = rule.when
-        for n in matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial):
+        for n in matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial,
+                              w.follows):
             if isinstance(rule, Lifetime):
                 if rule.stage is not None:
                     stages.setdefault(relative_event(n, rule.alloc, retention), set()).add(rule.stage)
@@ -340,7 +342,8 @@ def step_gemms(graph: Graph, rules: tuple[Gemm, ...]) -> list[tuple[str, Node, G
             for rule in rules:
                 w = rule.when
                 if rule.during == during and node in matching_nodes(graph, rule.kinds, w.binary, w.first,
-                                                                     w.needs_input_grad, w.pointwise):
+                                                                     w.needs_input_grad, w.pointwise, w.spatial,
+                                                                     w.follows):
                     out.append((f"{during}:{node.name}", node, rule))
     return out
 

@@ -336,6 +336,20 @@ def test_blas_buffers_are_a_step_function_of_the_batch(tmp_path):
     assert b.peak_bytes(b.max_batch(usable))[0] <= usable < b.peak_bytes(b.max_batch(usable) + 1)[0]
 
 
+def test_follows_picks_a_layer_that_alone_reads_a_layer_of_that_kind(tmp_path):
+    """follows: batchnorm matches a relu whose input is a batchnorm's output read by nothing else (fusable);
+    not one after a conv, nor one whose batchnorm output another layer reads too."""
+    model = tmp_path / "m.yaml"
+    model.write_text("name: m\ninput: [4, 4, 2]\nlayers:\n  - conv2d: {filters: 2, kernel: 3, padding: same, "
+                     "binary: false}\n  - batchnorm: {}\n  - relu: {}\n  - conv2d: {filters: 2, kernel: 3, "
+                     "padding: same, binary: false}\n  - relu: {}\n  - batchnorm: {}\n  - residual:\n      body:\n"
+                     "        - relu: {}\n  - flatten: {}\n  - dense: {units: 2}\n  - softmax_ce: {}\n")
+    rule = ("variables:\n  - {kinds: relu, when: {follows: batchnorm}, name: ws, role: relu_workspace, "
+            "format: uint8, shape: input, alloc: forward, free: saved, source: t}\n")
+    _, b = plans(tmp_path, rule, model=str(model))
+    assert [v.layer for v in b.variables if v.role == "relu_workspace"] == ["relu_1"]
+
+
 def test_runtime_from_a_batch_size_on_and_pointwise_convs(tmp_path):
     """min_batch: the bytes count only from that batch on; pointwise picks 1x1 stride-1 convs."""
     model = tmp_path / "m.yaml"
@@ -526,6 +540,8 @@ BAD = {
     "blas-fractional-base": (BASE + POOL.replace("base: 100", "base: 100.5"),
                              "blas_buffers.base: 100.5 is not a whole number"),
     "blas-negative-bound": (BASE + POOL.replace("min_n: 4", "min_n: -4"), "blas_buffers.paths[0].min_n"),
+    "follows-unknown-kind": (BASE + "drop:\n  - {kinds: relu, when: {follows: lstm}, role: activation_mask,"
+                             " source: t}\n", "drop[0].when.follows: 'lstm' is not"),
     "gemm-scratch-unknown-path": (BASE + SCRATCH.replace("onednn_avx512_one_thread", "openblas"),
                                   "gemm_scratch.path: 'openblas' is not"),
     "gemm-bad-trans": (BASE + GEMM.replace("trans: TN", "trans: XN"), "gemms[0].trans: 'XN' is not"),
