@@ -40,8 +40,9 @@ TENSOR_MISSES: dict[str, str] = {
                                "abs(x) <= 1 was computed in the forward (a 7.4 MB bool) and its 29.5 MB float32 "
                                "input freed, sign_2's not"),
     "larq-digits-mlp-standard-b64": (f"tensor peak +6.0%; {_SPREAD}: 3 fresh runs 2.094 to 2.251 MB (engine -0.2% to "
-                                     "+7.3%); attributed runs differ in whether dense_2's dW product runs before "
-                                     "its dX product, whose 377 KB sgemm scratch it then meets"),
+                                     "+7.3%); of two attributed runs, one peaked in dense_2's dX product (its 377 KB sgemm "
+                                     "scratch beside dW, whose product had run first), the other later, in the "
+                                     "kernel STE's select"),
     "larq-larq-resnet-b-standard-b32": (f"tensor peak +7.4%; {_SPREAD}: 3 fresh runs 18.51 to 18.58 MB, all 6.4% "
                                         "above this recording's 17.40 (engine +0.6% to +0.9%)"),
     "larq-resnete18-standard-b2": (f"tensor peak +5.4%; {_SPREAD}: 3 fresh runs 256.7, 263.3, 287.1 MB against this "
