@@ -31,7 +31,8 @@ OUT = HERE / "measurements" / "probes" / "larq-onednn-sgemm.json"
 
 # (product, batch, inputs, outputs): shapes chosen to pass through each branch of oneDNN's path choice and
 # of its blocking (depth k <= 128, <= 384, < 768, beyond; n below 48-deep small-k blocking, above 384; m
-# beyond the 48-row unroll), none of them a point of the recordings.
+# beyond the 48-row unroll), and a batch of 1 or 2 (gemv, the small-n kernel), none of them a point of the
+# recordings.
 CASES = [
     ("input_grad", 16, 256, 10), ("input_grad", 32, 300, 64), ("input_grad", 100, 784, 200),
     ("input_grad", 128, 512, 600), ("input_grad", 48, 1000, 900), ("input_grad", 8, 512, 10),
@@ -40,6 +41,8 @@ CASES = [
     ("forward", 64, 784, 512), ("forward", 256, 2048, 1024), ("forward", 16, 256, 10),
     ("weight_grad", 64, 256, 256), ("weight_grad", 64, 8192, 1024), ("weight_grad", 32, 2048, 1024),
     ("weight_grad", 500, 600, 400), ("weight_grad", 16, 4096, 2048),
+    ("forward", 1, 512, 1000), ("input_grad", 1, 512, 1000), ("weight_grad", 1, 512, 1000),
+    ("input_grad", 2, 512, 1000), ("forward", 64, 3, 1),
 ]
 
 
