@@ -30,7 +30,10 @@ file says so without code:
   terms (transposes, m, n, k relative to the layer and the batch), and the
   packing buffers the BLAS library keeps after them: which calls take its
   packing path, the buffer size from its blocking parameters, and a pool that
-  keeps every buffer it ever allocated (a step function of B, not a constant).
+  keeps every buffer it ever allocated (a step function of B, not a constant);
+- `gemm_scratch`: the buffer a BLAS library allocates inside each of those
+  gemm calls that takes its copy-based path and frees on return (oneDNN's
+  sgemm): a temporary of the gemm's event, sized by the library's blocking.
 
 Every rule carries `source`: the measurement or document behind it. `extends`
 inherits another engine: scalars are overridden, named rules (variables,
@@ -70,8 +73,8 @@ OPTIMIZERS = ("adam", "sgd", "bop")
 PARAMETER_SHAPES = ("largest_parameter", "each_parameter")
 NAMED_LISTS = ("variables", "temporaries", "optimizer_temporaries", "runtime", "constants")
 APPENDED_LISTS = ("drop", "shares", "lifetimes", "in_place_grads", "gemms", "formats")
-FILE_KEYS = {"name", "description", "extends", "retention", "workspace", "blas_buffers", "jit_conv_kernels",
-             *NAMED_LISTS, *APPENDED_LISTS}
+FILE_KEYS = {"name", "description", "extends", "retention", "workspace", "blas_buffers", "gemm_scratch",
+             "jit_conv_kernels", *NAMED_LISTS, *APPENDED_LISTS}
 GEMM_TRANSPOSES = ("NN", "NT", "TN", "TT")  # op(A), op(B) of column-major C(m x n) = op(A)(m x k) op(B)(k x n)
 GEMM_DIMS = {
     "batch": "the batch size B",
@@ -154,6 +157,8 @@ class When(BaseModel):
     needs_input_grad: bool | None = None  # its backward computes dX
     pointwise: bool | None = None  # conv2d with a 1x1 kernel, stride 1, one group
     spatial: bool | None = None  # its input is a feature map (height, width, channels), not a vector
+    # its input is the output of a layer of this kind, read by it alone (two ops a graph optimiser fuses)
+    follows: Literal[LAYER_KINDS] | None = None
 
 
 class _LayerRule(_Rule):
@@ -368,6 +373,11 @@ class Gemm(_LayerRule):
     n: Literal[tuple(GEMM_DIMS)]
     k: Literal[tuple(GEMM_DIMS)]
 
+    @property
+    def makes_weight_grad(self) -> bool:
+        """Its output C (m x n) is the weight's shape: the backward's dW product."""
+        return self.during == "backward" and {self.m, self.n} == {"inputs", "outputs"}
+
 
 NonNegative = Annotated[int, Field(ge=0, strict=True)]
 
@@ -432,6 +442,106 @@ class BlasBuffers(_Rule):
         return self.base + self.element_bytes * depth * (rows + cols)
 
 
+def _copy_path_onednn_avx512_one_thread(trans: str, m: int, n: int, k: int) -> bool | None:
+    """Whether oneDNN's f32 gemm takes its copy-based path (True), its nocopy one (False) or neither (None).
+
+    oneDNN's gemm_driver (src/cpu/x64/gemm/gemm_driver.cpp, gemm_threading_driver)
+    on AVX-512 with one thread: TN with 1 < n < 16 goes to the small-n kernel and
+    m or n = 1 to gemv, neither of which allocates; else nocopy_checker_avx512
+    (nthr = 1) picks the nocopy kernel or the copy-based one. The operands are
+    contiguous, so the leading dimensions follow from the transposes: lda = m (N)
+    or k (T), ldb = k (N) or n (T), ldc = m.
+    """
+    if trans == "TN" and 1 < n < 16:
+        return None  # jump_to_gemm_smalln_tn
+    if m == 1 or n == 1:
+        return None  # jump_to_gemv
+    lda = m if trans[0] == "N" else k
+    ldb = k if trans[1] == "N" else n
+    ldc = m
+    bad = [ld % 256 == 0 for ld in (lda, ldb, ldc)]  # BAD_LD_MULT
+    lda_very_bad = lda % 1024 == 0  # VERYBAD_LD_MULT
+    if trans == "TN" and m > 100 and ((m < 1200 and n < 200 and k < 1200) or (bad[0] and bad[1])):
+        return True  # "copy-based performs better for TN case with small N in sequential case"
+    if trans == "NN" and lda_very_bad and k > 500 and n > 100:
+        return True
+    if 1.0 / m + 1.0 / n >= 0.00196 and not (lda_very_bad and trans == "NT"):
+        return False  # FORCE_NOCOPY_THRESH
+    if any(bad) and m >= 32 and (n > 16 or (n == 16 and (k >= 6400 or trans[0] == "T" or m == 4096))):
+        return True
+    if m <= 378 and n <= 378 and k >= 378:
+        return True
+    if m >= 378 and k >= 378:
+        return True
+    if trans[1] == "N":
+        return not (m <= 28 or n <= 28 or k <= 1)  # MN_NOTRANSB_PER_THR, K_NOTRANSB_PER_THR
+    return not ((m <= 28 and m >= n) or n <= 28 or k <= 1)  # M_/N_/K_TRANSB_PER_THR
+
+
+GEMM_PATH_CHOICES = {"onednn_avx512_one_thread": _copy_path_onednn_avx512_one_thread}
+
+
+class GemmScratch(_Rule):
+    """The buffer a BLAS library mallocs inside each gemm call that takes its copy-based path, freed on return.
+
+    oneDNN's gemm_kernel_driver packs op(A) in blocks of m_padd rows and op(B)
+    in blocks of n_padd columns, both k_padd deep, into one malloc'd buffer,
+    plus a column- and a row-offset workspace (unroll_m and n_padd elements)
+    and a page of alignment for each of the four parts:
+    element_bytes x (m_padd k_padd + k_padd n_padd + unroll_m + n_padd) + 4 pages.
+    k_padd is the whole depth for k <= whole_depth (at least min_depth), half
+    of it (rounded up) below 2 x block_k, else block_k; m_padd is m rounded up
+    to unroll_m, at most block_m; n_padd is n rounded up to unroll_n, at most
+    block_n (small_depth_block_n where k < small_depth). `path` names the
+    library's choice between that path and those that allocate nothing.
+    The nocopy path's kernel takes nocopy_block_k x nocopy_unroll_m + 64 +
+    nocopy_unroll_m elements of workspace, on the heap when `nocopy_heap`
+    (jit_avx512_common_gemm_f32.cpp sgemm_nocopy_driver, where the block depth
+    exceeds the kernel's stack capacity). Either buffer lives only while the
+    call runs: a temporary of the gemm's event.
+    """
+
+    name: Identifier
+    path: Literal[tuple(GEMM_PATH_CHOICES)]
+    element_bytes: PositiveInt
+    unroll_m: PositiveInt
+    unroll_n: PositiveInt
+    block_m: PositiveInt
+    block_n: PositiveInt
+    block_k: PositiveInt
+    whole_depth: PositiveInt
+    min_depth: PositiveInt
+    small_depth: NonNegative
+    small_depth_block_n: PositiveInt
+    page_bytes: PositiveInt
+    nocopy_unroll_m: PositiveInt
+    nocopy_block_k: PositiveInt
+    nocopy_heap: bool
+
+    def scratch_bytes(self, trans: str, m: int, n: int, k: int) -> int:
+        """Bytes of the buffer one gemm allocates while it runs (0 on a path that allocates none)."""
+        copies = GEMM_PATH_CHOICES[self.path](trans, m, n, k)
+        if copies is None:
+            return 0
+        if not copies:
+            return (self.element_bytes * (self.nocopy_block_k * self.nocopy_unroll_m + 64 + self.nocopy_unroll_m)
+                    if self.nocopy_heap else 0)
+
+        def up(x: int, unit: int) -> int:
+            return -(-x // unit) * unit
+
+        if k <= self.whole_depth:
+            depth = max(k, self.min_depth)
+        elif k < 2 * self.block_k:
+            depth = (k + 1) // 2
+        else:
+            depth = self.block_k
+        rows = up(min(max(m, self.unroll_m), self.block_m), self.unroll_m)
+        cols_cap = self.small_depth_block_n if k < self.small_depth else self.block_n
+        cols = up(min(max(n, self.unroll_n), cols_cap), self.unroll_n)
+        return self.element_bytes * (rows * depth + depth * cols + self.unroll_m + cols) + 4 * self.page_bytes
+
+
 class JitConvKernels(_Rule):
     """oneDNN's JIT-compiled code for convolutions, cached for the process (its primitive cache).
 
@@ -481,6 +591,7 @@ class Engine(BaseModel):
     constants: tuple[GraphConstant, ...] = ()
     gemms: tuple[Gemm, ...] = ()
     blas_buffers: BlasBuffers | None = None
+    gemm_scratch: GemmScratch | None = None
     jit_conv_kernels: JitConvKernels | None = None
     file: str = "<memory>"  # where it was loaded from, for error messages
 
@@ -506,6 +617,7 @@ class _EngineFile(BaseModel):
     constants: list[GraphConstant] = []
     gemms: list[Gemm] = []
     blas_buffers: BlasBuffers | None = None
+    gemm_scratch: GemmScratch | None = None
     jit_conv_kernels: JitConvKernels | None = None
 
 
@@ -622,7 +734,7 @@ def _check_rules(f: _EngineFile, source: str, inherited_roles: set[str]) -> set[
 
 def _merge(parent: dict, child: _EngineFile) -> dict:
     merged = dict(parent)
-    for key in ("name", "description", "retention", "workspace", "blas_buffers", "jit_conv_kernels"):
+    for key in ("name", "description", "retention", "workspace", "blas_buffers", "gemm_scratch", "jit_conv_kernels"):
         value = getattr(child, key)
         if value is not None:
             merged[key] = value

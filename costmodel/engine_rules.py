@@ -22,7 +22,12 @@ changes them the way an engine holds a step, in this order:
    variable or the batch);
 8. `blas_buffers` adds the BLAS library's cached packing buffers for the
    step's `gemms` (role `runtime`), a step function of the batch size;
-9. `jit_conv_kernels` adds oneDNN's cached JIT code for the step's convs
+9. `gemm_scratch` adds the buffer a gemm call of the step's `gemms` allocates
+   and frees while it runs (role `workspace`, at the gemm's event), a step
+   function of the batch size too; the event's ops run one at a time, so a
+   call's buffer does not add to the event's other temporaries, nor to dW
+   unless the call makes dW;
+10. `jit_conv_kernels` adds oneDNN's cached JIT code for the step's convs
    (role `runtime`), which depends on the batch where 1x1 convs change path.
 
 Every other byte count stays affine in the batch size, so the peak keeps its
@@ -68,7 +73,8 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         if not rule.applies_to(strategy):
             return []
         w = rule.when
-        return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial)
+        return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial,
+                              w.follows)
 
     def event(node: Node, word: str, end: bool = False) -> int:
         """The event a word names; for an event split into stages, its first (an alloc) or last (`end`)."""
@@ -159,6 +165,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                 holder = _tensor_holders(graph, out)
                 held = holder[tensor]
     # 5. temporaries
+    temporary: set[str] = set()
     for i, rule in enumerate(engine.temporaries):
         for node in nodes(rule):
             shape, batched = relative_shape(node, rule.shape)
@@ -169,6 +176,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                 alloc, free = event(node, rule.during), event(node, rule.during, end=True)
             add(buffer(f"{node.name}.{rule.name}", node.name, rule.role, fmt(rule), shape, batched, rule.count,
                        alloc, free), where("temporaries", i))
+            temporary.add(f"{node.name}.{rule.name}")
     update_first, update = spans["update"]
     params = parameter_tensors(graph, strategy.batchnorm, strategy.optimizer)
     for i, rule in enumerate(engine.optimizer_temporaries):
@@ -212,7 +220,32 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
             add(Variable(f"runtime.{pool.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
                          last, by_batch=lambda batch: sum(kept_buffers(pool, calls, batch))),
                 "blas_buffers")
-    # 8. oneDNN's JIT code for convolutions
+    # 8. the scratch a BLAS library allocates inside a gemm call. The ops of one event run one at a time, in
+    # the order the layer's gradient function makes them (the dX product, then dW's, then the optimizer's
+    # update of dW): a product's scratch does not coexist with another product's, nor with the event's other
+    # temporaries (buffers of the update), nor with dW unless it is dW's own product. The event holds the
+    # largest excess of a product's scratch over what it does not coexist with
+    scratch = engine.gemm_scratch
+    if scratch is not None and engine.gemms:
+        by_event: dict[str, list[tuple[Node, Gemm]]] = {}
+        for at, node, rule in step_gemms(graph, engine.gemms):
+            by_event.setdefault(at, []).append((node, rule))
+        for at, calls in by_event.items():
+            i, j = spans[at]  # the whole event, every stage of it included, as an unstaged temporary
+            layer = calls[0][0].name
+            here = [v for v in out if v.layer == layer and i <= v.alloc and v.free <= j]
+            temps = [v for v in here if v.name in temporary]
+            grads = [v for v in here if v.role == "weight_grad"]
+
+            def excess(batch: int, calls=calls, temps=temps, grads=grads) -> int:
+                apart = sum(v.bytes_at(batch) for v in temps)
+                return max(0, max(scratch.scratch_bytes(rule.trans, *gemm_shape(node, rule, batch)) - apart
+                                  - (0 if rule.makes_weight_grad else sum(v.bytes_at(batch) for v in grads))
+                                  for node, rule in calls))
+
+            add(Variable(f"{layer}.{scratch.name}.{at.split(':', 1)[0]}", layer, "workspace", "uint8", ("bytes",),
+                         0, 0, i, j, by_batch=excess), "gemm_scratch")
+    # 9. oneDNN's JIT code for convolutions
     jit = engine.jit_conv_kernels
     if jit is not None and any(n.kind == "conv2d" for n in graph.nodes):
         add(Variable(f"runtime.{jit.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
@@ -253,7 +286,8 @@ def _with_sub_events(graph: Graph, strategy: Strategy, engine: Engine, events: l
         if not rule.applies_to(strategy):
             continue
         w = rule.when
-        for n in matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial):
+        for n in matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial,
+                              w.follows):
             if isinstance(rule, Lifetime):
                 if rule.stage is not None:
                     stages.setdefault(relative_event(n, rule.alloc, retention), set()).add(rule.stage)
@@ -308,7 +342,8 @@ def step_gemms(graph: Graph, rules: tuple[Gemm, ...]) -> list[tuple[str, Node, G
             for rule in rules:
                 w = rule.when
                 if rule.during == during and node in matching_nodes(graph, rule.kinds, w.binary, w.first,
-                                                                     w.needs_input_grad, w.pointwise):
+                                                                     w.needs_input_grad, w.pointwise, w.spatial,
+                                                                     w.follows):
                     out.append((f"{during}:{node.name}", node, rule))
     return out
 

@@ -82,14 +82,24 @@ def is_pointwise(node: Node) -> bool:
 
 def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = None, first: bool | None = None,
                    needs_input_grad: bool | None = None, pointwise: bool | None = None,
-                   spatial: bool | None = None) -> list[Node]:
+                   spatial: bool | None = None, follows: str | None = None) -> list[Node]:
     """The nodes of these kinds that pass the optional conditions, in forward order.
 
     `spatial`: the layer's input is a feature map (height, width, channels),
-    not a vector.
+    not a vector. `follows`: the layer's input is the output of a layer of that
+    kind and no other layer reads it (two ops a graph optimiser can fuse).
     """
+    readers: dict[int, int] = {}
+    for n in graph.nodes:
+        for t in n.inputs:
+            readers[t] = readers.get(t, 0) + 1
+    kind_of = {n.name: n.kind for n in graph.nodes}
     out = []
     for node in graph.nodes:
+        if follows is not None:
+            src = graph.tensors[node.inputs[0]]
+            if len(node.inputs) != 1 or kind_of.get(src.producer) != follows or readers[src.id] != 1:
+                continue
         if node.kind not in kinds:
             continue
         if binary is not None and node.binary != binary:

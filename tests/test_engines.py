@@ -336,6 +336,20 @@ def test_blas_buffers_are_a_step_function_of_the_batch(tmp_path):
     assert b.peak_bytes(b.max_batch(usable))[0] <= usable < b.peak_bytes(b.max_batch(usable) + 1)[0]
 
 
+def test_follows_picks_a_layer_that_alone_reads_a_layer_of_that_kind(tmp_path):
+    """follows: batchnorm matches a relu whose input is a batchnorm's output read by nothing else (fusable);
+    not one after a conv, nor one whose batchnorm output another layer reads too."""
+    model = tmp_path / "m.yaml"
+    model.write_text("name: m\ninput: [4, 4, 2]\nlayers:\n  - conv2d: {filters: 2, kernel: 3, padding: same, "
+                     "binary: false}\n  - batchnorm: {}\n  - relu: {}\n  - conv2d: {filters: 2, kernel: 3, "
+                     "padding: same, binary: false}\n  - relu: {}\n  - batchnorm: {}\n  - residual:\n      body:\n"
+                     "        - relu: {}\n  - flatten: {}\n  - dense: {units: 2}\n  - softmax_ce: {}\n")
+    rule = ("variables:\n  - {kinds: relu, when: {follows: batchnorm}, name: ws, role: relu_workspace, "
+            "format: uint8, shape: input, alloc: forward, free: saved, source: t}\n")
+    _, b = plans(tmp_path, rule, model=str(model))
+    assert [v.layer for v in b.variables if v.role == "relu_workspace"] == ["relu_1"]
+
+
 def test_runtime_from_a_batch_size_on_and_pointwise_convs(tmp_path):
     """min_batch: the bytes count only from that batch on; pointwise picks 1x1 stride-1 convs."""
     model = tmp_path / "m.yaml"
@@ -364,6 +378,36 @@ def test_after_backward_is_a_moment_after_the_layer_frees_its_saved_tensors(tmp_
     assert not any(v.layer == "dense_2" and v.role == "binary_input" for v in b.variables if v.name in alive)
     before = {v.name: (a.events[v.alloc], a.events[v.free]) for v in a.variables}
     assert {v.name: (b.events[v.alloc], b.events[v.free]) for v in b.variables if v.name in before} == before
+
+
+SCRATCH = ("gemm_scratch: {name: s, path: onednn_avx512_one_thread, element_bytes: 4, unroll_m: 48, unroll_n: 8,"
+           " block_m: 9984, block_n: 384, block_k: 384, whole_depth: 384, min_depth: 128, small_depth: 48,"
+           " small_depth_block_n: 24, page_bytes: 4096, nocopy_unroll_m: 48, nocopy_block_k: 384,"
+           " nocopy_heap: false, source: t}\n")
+DX = ("gemms:\n  - {kinds: dense, when: {needs_input_grad: true}, during: backward, trans: TN, m: inputs, n: batch,"
+      " k: outputs, source: t}\n")
+
+
+def test_gemm_scratch_lives_while_its_product_runs_and_not_beside_other_ops(tmp_path):
+    """A copy-based gemm's buffer exists at its event only, sized by the blocking; the event's other
+    temporaries (other ops, run one at a time) are not added to it: the event holds the larger."""
+    model = tmp_path / "m.yaml"
+    model.write_text("name: m\ninput: [200]\nlayers:\n  - dense: {units: 150}\n  - batchnorm: {}\n  - sign: {}\n"
+                     "  - dense: {units: 120}\n  - softmax_ce: {}\n")
+    # dense_2's dX: TN, m = 150 inputs, n = B, k = 120 outputs: the copy-based path (one thread, TN, m > 100,
+    # 16 <= n < 200, k < 1200); rows 150 -> 192, depth 120 -> 128, columns 20 -> 24
+    scratch = 4 * (192 * 128 + 128 * 24 + 48 + 24) + 4 * 4096
+    a, b = plans(tmp_path, DX + SCRATCH, model=str(model))
+    assert delta(a, b, 20) == only(delta(a, b), a, backward__dense_2=scratch)  # dense_1 computes no dX
+    assert delta(a, b, 15) == only(delta(a, b), a)  # n < 16: oneDNN's small-n TN kernel, no buffer
+    temp = "temporaries:\n  - {kinds: dense, name: t, shape: weight, format: uint8, during: backward, source: t}\n"
+    c, d = plans(tmp_path, temp, model=str(model))
+    _, e = plans(tmp_path, temp + DX + SCRATCH, model=str(model))
+    assert delta(d, e, 20) == only(delta(d, e), d, backward__dense_2=scratch - 150 * 120)
+    big = temp.replace("format: uint8", "format: float32, count: 2")  # 144,000 B: larger than the scratch
+    _, f = plans(tmp_path, big, model=str(model))
+    _, g = plans(tmp_path, big + DX + SCRATCH, model=str(model))
+    assert delta(f, g, 20) == only(delta(f, g), f)
 
 
 STAGED = ("temporaries:\n"
@@ -441,6 +485,7 @@ def test_staged_events_hold_the_scratch_of_their_op(tmp_path):
     assert held_b["backward:dense_2#1"] == held + whole + 4 * 4 * B
     assert b.peak(B)[0] == max(int(x) for x in b.live_bytes(B)[:, 0])
 
+
 BAD = {
     "malformed": ("retention: [step\n", "malformed YAML"),
     "not-a-mapping": ("- 1\n", "must be a mapping"),
@@ -495,6 +540,10 @@ BAD = {
     "blas-fractional-base": (BASE + POOL.replace("base: 100", "base: 100.5"),
                              "blas_buffers.base: 100.5 is not a whole number"),
     "blas-negative-bound": (BASE + POOL.replace("min_n: 4", "min_n: -4"), "blas_buffers.paths[0].min_n"),
+    "follows-unknown-kind": (BASE + "drop:\n  - {kinds: relu, when: {follows: lstm}, role: activation_mask,"
+                             " source: t}\n", "drop[0].when.follows: 'lstm' is not"),
+    "gemm-scratch-unknown-path": (BASE + SCRATCH.replace("onednn_avx512_one_thread", "openblas"),
+                                  "gemm_scratch.path: 'openblas' is not"),
     "gemm-bad-trans": (BASE + GEMM.replace("trans: TN", "trans: XN"), "gemms[0].trans: 'XN' is not"),
     "gemm-dim-of-a-sign": (BASE + GEMM.replace("kinds: dense", "kinds: sign"), "gemms[0].m: outputs needs kinds"),
     "strategy-unknown-key": (BASE + "drop:\n  - {strategy: {retention: step}, kinds: dense, role: weight_grad,"

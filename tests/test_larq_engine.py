@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bnncost.costmodel.engine import load_engine
 from bnncost.costmodel.prediction import predict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,15 +28,43 @@ PROCESS_TOLERANCE = 0.10
 # tensor) is per layer kind from small probes at B=16, the small-batch MatMul state below 16 rows, the
 # graph constants by shape and oneDNN's primitives once per distinct layer configuration
 # (costmodel/engines/larq.yaml): every process peak is within 10%.
-_ORDER = "cause not isolated (which saved tensors coexist depends on the op order TensorFlow's executor picks)"
+# The tensor misses are points whose peak differs from process to process: TensorFlow's executor does not
+# run a step's ready ops in one order, so which saved tensors, gradients and temporaries meet at the peak
+# varies. Each was measured again in 3 fresh processes with the recordings' harness
+# (benchmarks/frameworks/larq_repeat.py -> measurements/repeats/larq-repeats.json); the engine is checked
+# against that spread below (test_larq_engine_is_within_the_process_to_process_spread).
+_SPREAD = "the peak varies from process to process (TensorFlow's executor order)"
 TENSOR_MISSES: dict[str, str] = {
-    "larq-cnv-standard-b128": f"tensor peak +11.3%; {_ORDER}",
-    "larq-digits-cnn-standard-b16": ("tensor peak -14.4%: a 172,288 B MklMatMulOp scratch buffer is live at the "
-                                     "peak (attribution), oneDNN's gemm workspace, not modelled"),
-    "larq-digits-mlp-standard-b64": f"tensor peak +6.0%; {_ORDER}",
-    "larq-larq-resnet-b-standard-b64": f"tensor peak -5.4%; {_ORDER}",
+    "larq-cnv-standard-b128": (f"tensor peak +12.2%; {_SPREAD}: 3 fresh runs 216.7, 258.1, 258.1 MB against this "
+                               "recording's 231.0 (engine +0.4% on two); in one attributed run sign_1's STE mask "
+                               "abs(x) <= 1 was computed in the forward (a 7.4 MB bool) and its 29.5 MB float32 "
+                               "input freed, sign_2's not"),
+    "larq-digits-mlp-standard-b64": (f"tensor peak +6.0%; {_SPREAD}: 8 fresh runs 2.063 to 2.521 MB (engine -10.9% "
+                                     "to +8.9%), also with a fixed PYTHONHASHSEED (so the order is set as the step "
+                                     "runs, not when it is traced); of two attributed runs, one peaked in dense_2's dX product (its 377 KB sgemm "
+                                     "scratch beside dW, whose product had run first), the other later, in the "
+                                     "kernel STE's select"),
+    "larq-larq-resnet-b-standard-b32": (f"tensor peak +7.4%; {_SPREAD}: 3 fresh runs 18.51 to 18.58 MB, all 6.4% "
+                                        "above this recording's 17.40 (engine +0.6% to +0.9%)"),
+    "larq-resnete18-standard-b2": (f"tensor peak +5.4%; {_SPREAD}: 3 fresh runs 256.7, 263.3, 287.1 MB against this "
+                                   "recording's 258.5 (engine -5.1% to +6.1%); bireal18, the same network, "
+                                   "recorded 276.3 at B=2"),
 }
 PROCESS_MISSES: dict[str, str] = {}
+
+
+def test_gemm_scratch_matches_the_onednn_probe_to_the_byte():
+    """The engine's oneDNN sgemm scratch (path choice and blocking) against a probe of dense-layer products
+    at shapes no recording has (benchmarks/frameworks/larq_gemm_probe.py)."""
+    probe = json.loads((ROOT / "benchmarks" / "frameworks" / "measurements" / "probes" / "larq-onednn-sgemm.json")
+                       .read_text(encoding="utf-8"))
+    scratch = load_engine("larq").gemm_scratch
+    products = {"forward": lambda b, i, o: ("NN", o, b, i), "input_grad": lambda b, i, o: ("TN", i, b, o),
+                "weight_grad": lambda b, i, o: ("NT", o, i, b)}
+    got = [scratch.scratch_bytes(*products[c["product"]](c["batch"], c["inputs"], c["outputs"]))
+           for c in probe["cases"]]
+    assert got == [c["scratch_bytes"] for c in probe["cases"]]
+    assert len({g for g in got if g}) >= 10 and 0 in got  # copy-based sizes, the nocopy one, and none
 
 
 def _cases(misses: dict[str, str]) -> list:
@@ -85,3 +114,29 @@ def test_larq_engine_predicts_the_measured_tensor_peak(path: Path):
 def test_larq_engine_predicts_the_measured_process_peak(path: Path):
     _, process_error = _errors(path)
     assert abs(process_error) <= PROCESS_TOLERANCE, f"process peak off by {process_error:+.1%}"
+
+
+REPEATS = ROOT / "benchmarks" / "frameworks" / "measurements" / "repeats" / "larq-repeats.json"
+
+
+def _repeated_points() -> list:
+    doc = json.loads(REPEATS.read_text(encoding="utf-8"))
+    return [pytest.param(p, id=f"{p['model']}-b{p['batch']}") for p in doc["points"]]
+
+
+def test_every_tensor_miss_was_measured_again():
+    doc = json.loads(REPEATS.read_text(encoding="utf-8"))
+    repeated = {f"larq-{p['model']}-standard-b{p['batch']}" for p in doc["points"] if len(p["runs"]) >= 3}
+    assert set(TENSOR_MISSES) <= repeated
+
+
+@pytest.mark.parametrize("point", _repeated_points())
+def test_larq_engine_is_within_the_process_to_process_spread(point: dict):
+    """Where one point's peak varies between processes, the prediction lies within what was measured
+    (the recording and the fresh runs), widened by the tolerance."""
+    path = ROOT / "benchmarks" / "frameworks" / "measurements" / f"larq-{point['model']}-standard-b{point['batch']}.json"
+    record = _record(path)
+    measured = [record["tensor_peak_bytes"], *(r["tensor_peak_bytes"] for r in point["runs"])]
+    predicted = predict(_model_ref(record), "standard", record["batch"], engine="larq").memory.tensor_peak_bytes
+    assert min(measured) * (1 - TENSOR_TOLERANCE) <= predicted <= max(measured) * (1 + TENSOR_TOLERANCE), \
+        f"{predicted} outside {min(measured)}..{max(measured)} +-{TENSOR_TOLERANCE:.0%}"

@@ -1,9 +1,13 @@
-"""The allocations one torch_proposed.py module makes in its forward and backward, in order (memray).
+"""The allocations one harness module makes in its forward and backward, in order (memray).
 
     python benchmarks/frameworks/torch_op_sequence.py linear 256 1024 512
     python benchmarks/frameworks/torch_op_sequence.py conv2d 128 3 32 32      # B Cin Cout H(=W), 3x3 same
     python benchmarks/frameworks/torch_op_sequence.py sign 256 1024
     python benchmarks/frameworks/torch_op_sequence.py batchnorm 128 32 32 32  # B C H W (or B C)
+    python benchmarks/frameworks/torch_op_sequence.py --standard conv2d 2 512 512 4  # torch_model.py's
+
+The proposed strategy's modules (torch_proposed.ProposedLayers, float16), or
+with --standard the standard strategy's (torch_model.Layers, float32).
 
 Prints every allocation and free of at least an eighth of the input's elements
 in bytes, with the bytes live (above what was live before the step) and the
@@ -22,22 +26,27 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def module_and_input(kind: str, dims: list[int]):
+def module_and_input(kind: str, dims: list[int], standard: bool):
+    """One module as the harness builds it (torch_model.Layers for the standard strategy), and its input."""
     import torch
 
-    from torch_proposed import L1BatchNorm, PackedConv2d, PackedLinear, PackedSign
+    from torch_model import Layers
+    from torch_proposed import ProposedLayers
 
+    layers = Layers() if standard else ProposedLayers()
     if kind == "linear":
         batch, fan_in, units = dims
-        return PackedLinear(fan_in, units, True, True).half(), torch.randn(batch, fan_in)
-    if kind == "conv2d":
+        module, x = layers.dense(fan_in, units, True), torch.randn(batch, fan_in)
+    elif kind == "conv2d":
         batch, cin, cout, hw = dims
-        return PackedConv2d(cin, cout, 3, 1, 1, True, True).half(), torch.randn(batch, cin, hw, hw)
-    if kind == "sign":
-        return PackedSign(), torch.randn(*dims)
-    if kind == "batchnorm":
-        return L1BatchNorm(dims[1]).half(), torch.randn(*dims)
-    raise SystemExit(f"unknown module '{kind}'; one of linear, conv2d, sign, batchnorm")
+        module, x = layers.conv(cin, cout, 3, 1, 1, True), torch.randn(batch, cin, hw, hw)
+    elif kind == "sign":
+        module, x = layers.sign(), torch.randn(*dims)
+    elif kind == "batchnorm":
+        module, x = layers.batchnorm(dims[1], len(dims) == 4), torch.randn(*dims)
+    else:
+        raise SystemExit(f"unknown module '{kind}'; one of linear, conv2d, sign, batchnorm")
+    return (module, x) if standard else (module.half(), x.half())
 
 
 def main(argv: list[str]) -> int:
@@ -46,8 +55,10 @@ def main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(1)
-    module, x = module_and_input(argv[0], [int(a) for a in argv[1:]])
-    x = x.half().requires_grad_()
+    standard = argv[0] == "--standard"
+    argv = argv[1:] if standard else argv
+    module, x = module_and_input(argv[0], [int(a) for a in argv[1:]], standard)
+    x = x.requires_grad_()
 
     def step():
         y = module(x)
