@@ -90,7 +90,7 @@ class Plan:
 
 
 QUICK = Plan(QUICK_STRATEGIES, (8, 32), 2)
-FULL = Plan(FULL_STRATEGIES, (8, 32, 96), 3)
+FULL = Plan(FULL_STRATEGIES, (8, 32, 96), 5)
 
 
 @dataclass
