@@ -32,7 +32,29 @@ PROCESS_TOLERANCE = 0.10
 # tensor) is per layer kind from small probes at B=16, the small-batch MatMul state below 16 rows, the
 # graph constants by shape and oneDNN's primitives once per distinct layer configuration
 # (costmodel/engines/larq.yaml): every process peak is within 10%.
+# The tensor misses are points whose peak differs from process to process (TensorFlow's executor orders a
+# step's ready ops as it runs, not the same way in every process), where the engine's one order gives a
+# peak the median of the runs does not have. Each reason ends with the point's runs (from its recording).
+
+
+def _runs(stem: str) -> str:
+    record = json.loads((MEASUREMENTS[0].parent / f"{stem}.json").read_text(encoding="utf-8"))
+    values = sorted(r["tensor_peak_bytes"] / 1e6 for r in record["runs"])
+    return (f"tensor peaks of its {len(values)} fresh processes (MB): {', '.join(f'{v:.2f}' for v in values)}; "
+            f"median {record['tensor_peak_bytes'] / 1e6:.2f}")
+
+
 TENSOR_MISSES: dict[str, str] = {
+    "larq-cnv-standard-b128": ("engine +5.9% of the median, +0.4% of the high mode; in one attributed run "
+                               "sign_1's STE mask abs(x) <= 1 was computed in the forward (a 7.4 MB bool) and its "
+                               "29.5 MB float32 input freed, sign_2's not; " + _runs("larq-cnv-standard-b128")),
+    "larq-digits-cnn-standard-b256": ("engine +14.1% of the median: two modes, the engine's order gives the high "
+                                      "one; " + _runs("larq-digits-cnn-standard-b256")),
+    "larq-digits-mlp-standard-b64": ("engine +6.0% of the median (5 of the runs with a fixed PYTHONHASHSEED: the "
+                                     "order is set as the step runs); of two attributed runs, one peaked in "
+                                     "dense_2's dX product (its 377 KB sgemm scratch beside dW, whose product had "
+                                     "run first), the other later, in the kernel STE's select; "
+                                     + _runs("larq-digits-mlp-standard-b64")),
 }
 PROCESS_MISSES: dict[str, str] = {}
 
@@ -93,26 +115,28 @@ def _predicted(record: dict):
     return predict(_model_ref(record), "standard", record["batch"], engine="larq").memory
 
 
+def _assert_predicts_the_median(path: Path, key: str, tolerance: float) -> None:
+    record = _record(path)
+    predicted = getattr(_predicted(record), key)
+    error = predicted / record[key] - 1
+    assert abs(error) <= tolerance, f"{key} off by {error:+.1%}: {_spread(record, key, predicted)}"
+
+
 @pytest.mark.parametrize("path", _cases(TENSOR_MISSES))
 def test_larq_engine_predicts_the_median_tensor_peak(path: Path):
-    record = _record(path)
-    predicted = _predicted(record).tensor_peak_bytes
-    error = predicted / record["tensor_peak_bytes"] - 1
-    assert abs(error) <= TENSOR_TOLERANCE, \
-        f"tensor peak off by {error:+.1%}: {_spread(record, 'tensor_peak_bytes', predicted)}"
+    _assert_predicts_the_median(path, "tensor_peak_bytes", TENSOR_TOLERANCE)
 
 
 @pytest.mark.parametrize("path", _cases(PROCESS_MISSES))
 def test_larq_engine_predicts_the_median_process_peak(path: Path):
-    record = _record(path)
-    predicted = _predicted(record).process_peak_bytes
-    error = predicted / record["process_peak_bytes"] - 1
-    assert abs(error) <= PROCESS_TOLERANCE, \
-        f"process peak off by {error:+.1%}: {_spread(record, 'process_peak_bytes', predicted)}"
+    _assert_predicts_the_median(path, "process_peak_bytes", PROCESS_TOLERANCE)
 
 
 # Points still measured in fewer than 3 processes (no time left in the session that repeated the others).
-SINGLE_PROCESS: set[str] = set()
+SINGLE_PROCESS = {"larq-binarynet-standard-b8", "larq-binarynet-standard-b32", "larq-binarynet-standard-b64",
+                  "larq-bireal18-standard-b2", "larq-cnv-standard-b16", "larq-cnv-standard-b64",
+                  "larq-larq-resnet-a-standard-b8", "larq-larq-resnet-a-standard-b32",
+                  "larq-larq-resnet-a-standard-b64", "larq-larq-resnet-b-standard-b8", "larq-resnete18-standard-b1"}
 
 
 @pytest.mark.parametrize("path", MEASUREMENTS, ids=lambda p: p.stem)
