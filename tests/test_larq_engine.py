@@ -45,9 +45,6 @@ def _runs(stem: str) -> str:
 
 
 TENSOR_MISSES: dict[str, str] = {
-    "larq-cnv-standard-b128": ("engine +5.9% of the median, +0.4% of the high mode; in one attributed run "
-                               "sign_1's STE mask abs(x) <= 1 was computed in the forward (a 7.4 MB bool) and its "
-                               "29.5 MB float32 input freed, sign_2's not; " + _runs("larq-cnv-standard-b128")),
     "larq-digits-cnn-standard-b256": ("engine +14.1% of the median: two modes, the engine's order gives the high "
                                       "one; " + _runs("larq-digits-cnn-standard-b256")),
     "larq-digits-mlp-standard-b64": ("engine +6.0% of the median (5 of the runs with a fixed PYTHONHASHSEED: the "
@@ -132,11 +129,8 @@ def test_larq_engine_predicts_the_median_process_peak(path: Path):
     _assert_predicts_the_median(path, "process_peak_bytes", PROCESS_TOLERANCE)
 
 
-# Points still measured in fewer than 3 processes (no time left in the session that repeated the others).
-SINGLE_PROCESS = {"larq-binarynet-standard-b8", "larq-binarynet-standard-b32", "larq-binarynet-standard-b64",
-                  "larq-bireal18-standard-b2", "larq-cnv-standard-b16", "larq-cnv-standard-b64",
-                  "larq-larq-resnet-a-standard-b8", "larq-larq-resnet-a-standard-b32",
-                  "larq-larq-resnet-a-standard-b64", "larq-larq-resnet-b-standard-b8", "larq-resnete18-standard-b1"}
+# Points measured in fewer than 3 fresh processes (none: every point has 3 to 11 runs).
+SINGLE_PROCESS: set[str] = set()
 
 
 @pytest.mark.parametrize("path", MEASUREMENTS, ids=lambda p: p.stem)
