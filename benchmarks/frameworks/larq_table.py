@@ -4,7 +4,8 @@
 
 Reads benchmarks/frameworks/measurements/larq-*.json (no TensorFlow needed)
 and predicts each point with the engine (and with `reference --retention
-backward`, for comparison).
+backward`, for comparison). Each measured peak is the median of the point's
+fresh-process runs (larq_repeat.py), shown with the runs' range (min-max).
 """
 
 from __future__ import annotations
@@ -28,11 +29,19 @@ def rows(engine: str) -> list[dict]:
         plain = predict(ref, "standard", rec["batch"], engine="reference", retention="backward").memory
         out.append({
             "model": rec["model"], "batch": rec["batch"],
+            "runs": rec["repeats"]["runs"],
             "tensor_measured": rec["tensor_peak_bytes"], "tensor_predicted": mem.tensor_peak_bytes,
+            "tensor_range": _range(rec["repeats"]["tensor_peak_bytes"]),
             "process_measured": rec["process_peak_bytes"], "process_predicted": mem.process_peak_bytes,
+            "process_range": _range(rec["repeats"]["process_peak_bytes"]),
             "reference_backward": plain.peak_bytes,
         })
     return out
+
+
+def _range(spread: dict) -> str:
+    """The runs' min-max in MiB ('' for a point measured once)."""
+    return f"{spread['min'] / 2**20:.2f}-{spread['max'] / 2**20:.2f}" if spread["runs"] > 1 else ""
 
 
 def _mb(n: int) -> str:
@@ -45,13 +54,16 @@ def _pct(pred: int, meas: int) -> str:
 
 def markdown(table: list[dict], engine: str) -> str:
     lines = [
-        f"| model | batch | tensor peak measured (MiB) | `{engine}` | error | process peak measured (MiB) | `{engine}` | error | `reference`, retention backward | error |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| model | batch | runs | tensor peak measured, median (MiB) | runs' range | `{engine}` | error | "
+        f"process peak measured, median (MiB) | runs' range | `{engine}` | error | `reference`, retention backward | "
+        "error |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table:
         lines.append(
-            f"| {r['model']} | {r['batch']} | {_mb(r['tensor_measured'])} | {_mb(r['tensor_predicted'])} | "
-            f"{_pct(r['tensor_predicted'], r['tensor_measured'])} | {_mb(r['process_measured'])} | "
+            f"| {r['model']} | {r['batch']} | {r['runs']} | {_mb(r['tensor_measured'])} | {r['tensor_range']} | "
+            f"{_mb(r['tensor_predicted'])} | {_pct(r['tensor_predicted'], r['tensor_measured'])} | "
+            f"{_mb(r['process_measured'])} | {r['process_range']} | "
             f"{_mb(r['process_predicted'])} | {_pct(r['process_predicted'], r['process_measured'])} | "
             f"{_mb(r['reference_backward'])} | {_pct(r['reference_backward'], r['tensor_measured'])} |"
         )
