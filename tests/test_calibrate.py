@@ -246,6 +246,7 @@ def test_reference_steps_put_every_figure_at_one_core_speed(monkeypatch):
 
     monkeypatch.setitem(timing.CLOCKS, "cpu", now)
     monkeypatch.setattr(timing, "_reference_step", reference_step)
+    monkeypatch.setattr(timing, "REFERENCE_INTERVAL_S", 1e9)  # short steps: references between steps only
     t = timing.time_steps(MLP, "standard", batch=2, steps=5, warmup=1, reference=True)
     at1 = t.at_reference(1.0)
     assert t.reference_s == 2.0  # median of 3, 3, 3, 1, 1, 1
@@ -256,6 +257,39 @@ def test_reference_steps_put_every_figure_at_one_core_speed(monkeypatch):
     assert t.at_reference(2.0).step_s == pytest.approx(2 * at1.step_s)
     with pytest.raises(Exception, match="without reference steps"):
         timing.time_steps(MLP, "standard", batch=2, steps=1, warmup=0).at_reference(1.0)
+
+
+def test_a_long_step_reads_the_core_speed_between_its_events(monkeypatch):
+    """A step longer than REFERENCE_INTERVAL_S runs reference steps between its events too: a core that
+    turns 3x faster in the middle of a step still gives every event at one speed (a fake clock: every read
+    is one tick of the core's speed, 3 until the clock reaches `switch`, then 1)."""
+    from bnncost.trainer import timing
+
+    clock = {"t": 0.0, "refs": 0}
+
+    def now():
+        clock["t"] += 3.0 if clock["t"] < clock["switch"] else 1.0
+        return clock["t"]
+
+    def reference_step(seed):
+        def run():
+            clock["refs"] += 1
+        return run
+
+    monkeypatch.setitem(timing.CLOCKS, "cpu", now)
+    monkeypatch.setattr(timing, "_reference_step", reference_step)
+    monkeypatch.setattr(timing, "REFERENCE_INTERVAL_S", 2.0)  # a reference step between every two events
+    clock["switch"] = float("inf")
+    ticks = timing.time_steps(MLP, "standard", batch=2, steps=1, warmup=0).step_s  # a step's ticks at 3
+    clock.update(t=0.0, refs=0, switch=1.5 * ticks)  # in the middle of the first timed step
+    t = timing.time_steps(MLP, "standard", batch=2, steps=2, warmup=1, reference=True)
+    assert clock["refs"] > 2 + 1  # more than one between every two steps
+    at1 = t.at_reference(1.0)
+    assert any(raw != pytest.approx(at1.events_s[k]) for k, raw in t.events_s.items())  # some ran at 3x
+    # at speed 1 every event is its ticks, whole, but those between the two reference steps around the
+    # switch (a segment of two speeds: its events, in one of the two steps, are off by its mixed speed)
+    off = {k: v for k, v in at1.events_s.items() if v != pytest.approx(round(v))}
+    assert len(off) <= 3 and len(off) < len(at1.events_s) // 4, off
 
 
 def test_verify_compares_time_at_the_calibrations_core_speed(capsys, tmp_path):

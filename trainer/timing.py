@@ -53,6 +53,7 @@ REFERENCE_MODEL = {  # the reference step: Python dispatch, numpy elementwise wo
     "layers": [{"dense": {"units": 64}}, {"batchnorm": {}}, {"sign": {}}, {"dense": {"units": 10}},
                {"batchnorm": {}}, {"softmax_ce": {}}]}
 REFERENCE_STRATEGY, REFERENCE_BATCH = "standard", 8
+REFERENCE_INTERVAL_S = 0.05  # a step longer than this reads the core's speed again between its events
 
 
 class RelativeTiming(BaseModel):
@@ -112,64 +113,123 @@ def time_steps(model: str | Model | Graph, strategy: str | Strategy, *, batch: i
     loops: list[float] = []  # per step: the update event less the time of its tensors' rules
     rules = {"s": 0.0}  # the rules' time in the current step
     walls: list[float] = []
-    current = {"name": None, "t": 0.0, "on": False}
+    current = {"name": None, "t": 0.0, "on": False, "step": -1}
     ledger_event = net.ledger.event
+    ref = _Reference(_reference_step(seed), now) if reference else None
 
     def enter(name: str) -> None:
         t = now()
+        if current["on"] and current["name"] is None and ref is not None:
+            ref.add(current["step"], "before", "", t - current["t"])  # the step's call before its first event
         if current["on"] and current["name"] is not None:
             events[current["name"]].append(t - current["t"])
+            if ref is not None:
+                ref.add(current["step"], "events", current["name"], t - current["t"])
+                if ref.due():  # a long step: the core's speed is read again between two of its events
+                    ref.run()
+                    t = now()
         current["name"], current["t"] = name, t
         ledger_event(name)
+
+    def rule_done(layer: str, dt: float) -> None:
+        updates[layer].append(dt)
+        rules["s"] += dt
+        if ref is not None:
+            ref.add(current["step"], "updates", layer, dt)
 
     net.ledger.event = enter  # the step's ledger calls it at every event
     opt = net.optimizer
     for p in net.params:  # wrap each rule once: time per trainable tensor
         rule = "_" + opt.rule(p)
         if rule not in vars(opt):
-            setattr(opt, rule, _timed_rule(getattr(opt, rule), updates, current, now, rules))
-    ref_step = _reference_step(seed) if reference else None
-    refs: list[float] = []  # reference step times: one before the first timed step, one after each
-    step_events: list[dict[str, float]] = []  # per timed step: event -> seconds
+            setattr(opt, rule, _timed_rule(getattr(opt, rule), current, now, rule_done))
     step_updates: list[dict[str, float]] = []  # per timed step: layer -> seconds of its tensors' rules
     for i in range(warmup + steps):
         current["on"] = i >= warmup
         current["name"] = None
+        current["step"] = i - warmup
         rules["s"] = 0.0
         seen = len(events.get("update", ()))
-        if ref_step is not None and i == warmup:
-            refs.append(_timed(ref_step, now))
-        marks = {k: len(v) for k, v in events.items()}, {k: len(v) for k, v in updates.items()}
+        if ref is not None and i == warmup:
+            ref.run()
+        if ref is not None:
+            ref.in_step = [0.0, 0.0]
+        marks = {k: len(v) for k, v in updates.items()}
         w0, t0 = time.perf_counter(), now()
+        current["t"] = t0
         loss, _ = net.train_step(X, idx, y)
         t1, w1 = now(), time.perf_counter()
         if current["on"]:
-            events[current["name"]].append(t1 - current["t"])
-            totals.append(t1 - t0)
-            walls.append(w1 - w0)
+            last = t1 - current["t"]
+            events[current["name"]].append(last)
+            inside = ref.in_step if ref is not None else [0.0, 0.0]  # reference steps run inside this step
+            totals.append(t1 - t0 - inside[0])
+            walls.append(w1 - w0 - inside[1])
+            step_updates.append(_since(updates, marks))
+            if ref is not None:
+                ref.add(current["step"], "events", current["name"], last)
             if len(events.get("update", ())) > seen:
                 loops.append(events["update"][-1] - rules["s"])
-            step_events.append(_since(events, marks[0]))
-            step_updates.append(_since(updates, marks[1]))
-            if ref_step is not None:
-                refs.append(_timed(ref_step, now))
+                if ref is not None:
+                    ref.add(current["step"], "loop", "", loops[-1])
+            if ref is not None:
+                ref.run()
         if not np.isfinite(loss):
             break  # a diverged step skips its backward: its time would not be a step's
     med = {k: float(np.median(v)) for k, v in events.items()}
-    relative = None
-    if refs and totals:
-        around = [(a + b) / 2 for a, b in zip(refs, refs[1:])]  # the core's speed during each timed step
-        relative = RelativeTiming(
-            step=float(np.median([t / r for t, r in zip(totals, around)])),
-            events=_relative_medians(step_events, around), updates=_relative_medians(step_updates, around),
-            update_loop=float(np.median([t / r for t, r in zip(loops, around)])) if len(loops) == len(totals)
-            else 0.0)
     return StepTiming(model=graph.model.name, strategy=strat.name, batch=batch, steps=len(totals), warmup=warmup,
                       clock=clock, step_s=float(np.median(totals)) if totals else float("nan"),
                       wall_step_s=float(np.median(walls)) if walls else float("nan"), events_s=med,
                       updates_s={k: float(np.median([d[k] for d in step_updates if k in d])) for k in updates},
                       update_loop_s=float(np.median(loops)) if loops else 0.0,
-                      reference_s=float(np.median(refs)) if refs else None, relative=relative)
+                      reference_s=float(np.median(ref.times)) if ref is not None and ref.times else None,
+                      relative=ref.relative(len(totals), len(loops) == len(totals)) if ref is not None and totals
+                      else None)
+
+
+class _Reference:
+    """Reference steps between the timed steps (and between the events of a step longer than
+    REFERENCE_INTERVAL_S): every figure timed between two reference steps is kept over their mean."""
+
+    def __init__(self, step, now):
+        self.step, self.now = step, now
+        self.times: list[float] = []
+        self.last = 0.0  # clock reading when the last reference step ended
+        self.pending: list[tuple[int, str, str, float]] = []  # (timed step, series, key, seconds) since then
+        self.per_step: dict[int, dict[str, dict[str, float]]] = defaultdict(
+            lambda: {series: defaultdict(float) for series in ("events", "updates", "loop", "before")})
+        self.in_step = [0.0, 0.0]  # CPU (of the clock) and wall seconds of reference steps inside the step
+
+    def due(self) -> bool:
+        return self.now() - self.last >= REFERENCE_INTERVAL_S
+
+    def add(self, step: int, series: str, key: str, seconds: float) -> None:
+        self.pending.append((step, series, key, seconds))
+
+    def run(self) -> None:
+        w0, t0 = time.perf_counter(), self.now()
+        self.step()
+        t1 = self.now()
+        self.in_step[0] += t1 - t0
+        self.in_step[1] += time.perf_counter() - w0
+        if self.times:
+            around = (self.times[-1] + t1 - t0) / 2  # the core's speed between the two reference steps
+            for step, series, key, sec in self.pending:
+                self.per_step[step][series][key] += sec / around
+        self.pending = []
+        self.times.append(t1 - t0)
+        self.last = t1
+
+    def relative(self, steps: int, with_loop: bool) -> RelativeTiming:
+        per = [self.per_step[i] for i in range(steps)]
+
+        def medians(series: str) -> dict[str, float]:
+            keys = {k for d in per for k in d[series]}
+            return {k: float(np.median([d[series][k] for d in per if k in d[series]])) for k in keys}
+
+        return RelativeTiming(step=float(np.median([sum(d["events"].values()) + d["before"][""] for d in per])),
+                              events=medians("events"), updates=medians("updates"),
+                              update_loop=medians("loop").get("", 0.0) if with_loop else 0.0)
 
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -185,29 +245,18 @@ def _reference_step(seed: int):
     return lambda: net.train_step(X, idx, y)
 
 
-def _timed(fn, now) -> float:
-    t0 = now()
-    fn()
-    return now() - t0
-
-
 def _since(series: dict[str, list[float]], marks: dict[str, int]) -> dict[str, float]:
     """What one step added to each series (an event seen twice in a step: its times summed)."""
     return {k: float(sum(v[marks.get(k, 0):])) for k, v in series.items() if len(v) > marks.get(k, 0)}
 
 
-def _relative_medians(per_step: list[dict[str, float]], around: list[float]) -> dict[str, float]:
-    keys = {k for d in per_step for k in d}
-    return {k: float(np.median([d[k] / r for d, r in zip(per_step, around) if k in d])) for k in keys}
 
 
-def _timed_rule(fn, updates: dict[str, list[float]], current: dict, now, rules: dict):
+def _timed_rule(fn, current: dict, now, done):
     def timed(p):
         t0 = now()
         fn(p)
         if current["on"]:
-            dt = now() - t0
-            updates[p.layer].append(dt)
-            rules["s"] += dt
+            done(p.layer, now() - t0)
 
     return timed
