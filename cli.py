@@ -104,9 +104,10 @@ def table_markdown(t: Table) -> str:
 out = Printer()
 
 
-def head(parts: list[str]) -> None:
+def head(parts: list[str], style: str = "") -> None:
     """A command's header line: its settings joined by ' · ', wrapped only between settings."""
-    out.print(" · ".join(parts) if out.markdown else header_line(parts, out.console.width))
+    text = " · ".join(parts) if out.markdown else header_line(parts, out.console.width)
+    out.print(f"[{style}]{text}[/]" if style else text)
 
 LADDER = ["standard", "ladder-1-binary-activations", "ladder-2-l1-batchnorm", "ladder-3-binary-dw", "proposed"]
 USER_ERRORS = (ModelError, StrategyError, EngineError, DeviceError, ValueError, OSError)
@@ -944,14 +945,17 @@ def print_verification(v, by: str) -> None:
             t.add_row(r.phase, si(r.predicted_s, "s"), si(r.measured_s, "s"), f"{100 * r.error:+.1f}%",
                       ok if r.ok else bad)
         out.print(t)
+        notes = []
         if tc.reference_s is not None:
-            out.print(f"[dim]measured at the calibration's core speed: this core ran the reference step in "
-                      f"{si(tc.reference_s, 's')}, {si(tc.calibration_reference_s, 's')} when calibrated "
-                      f"({tc.calibration_reference_s / tc.reference_s:.2f}x that speed); as timed, the step took "
-                      f"{si(tc.raw_step_s, 's')}[/]")
+            notes.append(["measured at the calibration's core speed",
+                          f"reference step {si(tc.reference_s, 's')} now, {si(tc.calibration_reference_s, 's')} "
+                          f"when calibrated", f"the core ran {tc.calibration_reference_s / tc.reference_s:.2f}x "
+                          f"as fast", f"as timed, the step took {si(tc.raw_step_s, 's')}"])
         if tc.clock == "cpu":
-            out.print(f"[dim]wall time of the step: {si(tc.wall_step_s, 's')} (load average "
-                      f"{tc.load_average:.1f}: other processes' turns on the cores count there, not in CPU time)[/]")
+            notes.append([f"wall time of the step {si(tc.wall_step_s, 's')}", f"load average {tc.load_average:.1f}",
+                          "other processes' turns on the cores count there, not in CPU time"])
+        for parts in notes:
+            head(parts, "dim")
     if v.ok:
         out.print("[green bold]verified[/]: every variable, the peak and every operation count agree within tolerance"
                   + (", and so does the step time" if v.time is not None else ""))
