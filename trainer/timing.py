@@ -24,11 +24,12 @@ work doubles and halves again every second or so (measured on this project's
 states alternating, whether or not our other core was busy). CPU time cannot see
 it: the process runs the whole time, only slower. So with `reference=True` a
 *reference step* (one training step of REFERENCE_MODEL, a fixed tiny network) is
-timed between every two timed steps: its time is the core's speed right then.
-Each figure is then also kept relative to the reference steps around its step
-(`relative`), and `at_reference(seconds)` gives the figures the steps would have
-taken had the core run at the speed at which the reference step takes `seconds`
-(calibrate's: the median over its whole run). The raw medians stay as measured.
+timed between every two timed steps, and between the events of a step longer
+than REFERENCE_INTERVAL_S: its time is the core's speed right then. Each figure
+is then also kept relative to the reference steps around it (`relative`), and
+`at_reference(seconds)` gives the figures the steps would have taken had the
+core run at the speed at which the reference step takes `seconds` (calibrate's:
+the median over its whole run). The raw medians stay as measured.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def time_steps(model: str | Model | Graph, strategy: str | Strategy, *, batch: i
                warmup: int = 1, workspace_budget: int = DEFAULT_WORKSPACE, retention: str = "step",
                seed: int = 0, clock: str = "cpu", reference: bool = False) -> StepTiming:
     """Run `warmup` + `steps` training steps on synthetic data and time every event of the timed ones
-    (with `reference`, a reference step before the first timed step and after each one)."""
+    (with `reference`, a reference step before the first timed step, after each one, and between the events
+    of a step once REFERENCE_INTERVAL_S has passed since the last one)."""
     if batch < 1 or steps < 1 or warmup < 0:
         raise TrainerError("batch and steps must be >= 1, warmup >= 0")
     if clock not in CLOCKS:
@@ -248,8 +250,6 @@ def _reference_step(seed: int):
 def _since(series: dict[str, list[float]], marks: dict[str, int]) -> dict[str, float]:
     """What one step added to each series (an event seen twice in a step: its times summed)."""
     return {k: float(sum(v[marks.get(k, 0):])) for k, v in series.items() if len(v) > marks.get(k, 0)}
-
-
 
 
 def _timed_rule(fn, current: dict, now, done):
