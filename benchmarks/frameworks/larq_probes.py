@@ -78,6 +78,8 @@ def per_layer(rt: dict[str, int]) -> dict[str, int]:
         "batchnorm (after a conv2d, fused)": round(batchnorm),
         "batchnorm (after a dense)": round(extra("dense-batchnorm", "dense-base")),
         "relu": round(extra("relu", "base")),
+        "prelu": round(extra("prelu", "base")),
+        "dropout": round(extra("dropout", "base")),
         "maxpool": round(extra("maxpool", "base")),
         "avgpool": round(extra("avgpool", "base")),
         "conv2d (full precision)": round(extra("conv2d-fp", "base")),
