@@ -556,6 +556,14 @@ class JitConvKernels(_Rule):
     kernels, a 1x1 stride-1 conv's backward-weights pointwise_weight_grad_kernels.
     Each kernel holds kernel_bytes of code and state_bytes of primitive state.
     1x1 stride-1 convs run on oneDNN only from pointwise_min_batch on.
+
+    A grouped conv whose input channels per group are not a multiple of
+    gemm_weight_grad_channel_multiple (0: never) computes dW by im2col and the
+    library's own sgemm instead of a JIT conv kernel; the first such product
+    JIT-compiles that sgemm's kernels once per process: sgemm_code_bytes, plus
+    sgemm_smalln_code_bytes when a product's n (output channels per group) is
+    between 2 and 15 (its small-n TN kernels), sgemm_general_code_bytes when one's
+    is not.
     """
 
     name: Identifier
@@ -565,6 +573,10 @@ class JitConvKernels(_Rule):
     strided_input_grad_kernels: PositiveInt
     pointwise_weight_grad_kernels: PositiveInt
     pointwise_min_batch: PositiveInt
+    gemm_weight_grad_channel_multiple: NonNegative = 0
+    sgemm_code_bytes: ByteCount = 0
+    sgemm_smalln_code_bytes: ByteCount = 0
+    sgemm_general_code_bytes: ByteCount = 0
 
 
 class Workspace(_Rule):

@@ -252,6 +252,9 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                      len(events) - 1,
                      by_batch=lambda batch: conv_kernels(graph, jit, batch) * (jit.kernel_bytes + jit.state_bytes)),
             "jit_conv_kernels")
+        if gemm_weight_grad_convs(graph, jit):
+            add(Variable(f"runtime.{jit.name}_sgemm", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",),
+                         sgemm_code_bytes(graph, jit), 0, 0, len(events) - 1), "jit_conv_kernels")
     return out, events
 
 
@@ -310,9 +313,33 @@ def _with_sub_events(graph: Graph, strategy: Strategy, engine: Engine, events: l
                  for v in variables], spans
 
 
+def gemm_weight_grad_convs(graph: Graph, rule: JitConvKernels) -> list[Node]:
+    """Grouped (not depthwise) convs whose dW is im2col + the library's sgemm: input channels per group off the
+    JIT kernels' channel blocking."""
+    if not rule.gemm_weight_grad_channel_multiple:
+        return []
+    return [n for n in graph.nodes
+            if n.kind == "conv2d" and 1 < n.groups < n.in_shape[-1]
+            and (n.in_shape[-1] // n.groups) % rule.gemm_weight_grad_channel_multiple]
+
+
+def sgemm_code_bytes(graph: Graph, rule: JitConvKernels) -> int:
+    """The sgemm code those convs' dW products JIT-compile, once per process.
+
+    The product is dW_g[ic/g x kh x kw, oc/g] = col^T dY_g, a TN gemm with n = oc/g:
+    1 < n < 16 takes the small-n TN kernels, any other n the general ones.
+    """
+    convs = gemm_weight_grad_convs(graph, rule)
+    if not convs:
+        return 0
+    small = [1 < n.out_shape[-1] // n.groups < 16 for n in convs]
+    return (rule.sgemm_code_bytes + (rule.sgemm_smalln_code_bytes if any(small) else 0)
+            + (rule.sgemm_general_code_bytes if not all(small) else 0))
+
+
 def conv_kernels(graph: Graph, rule: JitConvKernels, batch: int) -> int:
     """oneDNN JIT kernels the step's convs leave cached: one per direction, one per distinct reorder."""
-    directions = 0
+    directions = -len(gemm_weight_grad_convs(graph, rule))  # their dW is a gemm, not a JIT conv kernel
     to_blocked: set = set()  # per-sample shapes reordered plain -> blocked (input, dY)
     to_plain: set = set()  # blocked -> plain (output, dX)
     weights: set = set()  # (weight shape, which reorder)
