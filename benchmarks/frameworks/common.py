@@ -17,6 +17,8 @@ import platform
 import sys
 from pathlib import Path
 
+from bnncost.calibrate.machine import cpu_model
+
 HERE = Path(__file__).resolve().parent
 MEASUREMENTS = HERE / "measurements"
 SCHEMA = "bnncost.framework-measurement/1"
@@ -35,18 +37,8 @@ def mark(event: str) -> None:
     del marker
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> dict:
-    return {"python": sys.version.split()[0], "cpu": cpu_name(), "platform": platform.platform()}
+    return {"python": sys.version.split()[0], "cpu": cpu_model(), "platform": platform.platform()}
 
 
 def replay(path: Path, *, keep_at_peak: bool = False) -> dict:

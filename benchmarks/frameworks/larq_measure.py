@@ -212,7 +212,7 @@ def measure(model_ref: str, batch: int, *, attribute: str | None, pooled: bool) 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     sys.path.insert(0, str(HERE))
-    from common import cpu_name
+    from bnncost.calibrate.machine import cpu_model
     from larq_model import build_larq_model, compile_standard, train_step_function
 
     from bnncost.layers.graph import graph_of
@@ -273,7 +273,7 @@ def measure(model_ref: str, batch: int, *, attribute: str | None, pooled: bool) 
             "memray": getattr(memray, "__version__", ""), "numpy": np.__version__,
         },
         "python": platform.python_version(),
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "baseline": "heap live (since `import tensorflow, larq`) when the measured step starts: after model build, "
                     "compile, batch creation and three warm-up steps",
         "tensor_peak_bytes": persistent + data + above,
