@@ -339,7 +339,8 @@ def sgemm_code_bytes(graph: Graph, rule: JitConvKernels) -> int:
 
 def conv_kernels(graph: Graph, rule: JitConvKernels, batch: int) -> int:
     """oneDNN JIT kernels the step's convs leave cached: one per direction, one per distinct reorder."""
-    directions = -len(gemm_weight_grad_convs(graph, rule))  # their dW is a gemm, not a JIT conv kernel
+    gemm_dw = {n.name for n in gemm_weight_grad_convs(graph, rule)}  # their dW is a gemm, not a JIT conv kernel
+    directions = 0
     to_blocked: set = set()  # per-sample shapes reordered plain -> blocked (input, dY)
     to_plain: set = set()  # blocked -> plain (output, dX)
     weights: set = set()  # (weight shape, which reorder)
@@ -347,7 +348,8 @@ def conv_kernels(graph: Graph, rule: JitConvKernels, batch: int) -> int:
         if node.kind != "conv2d" or (is_pointwise(node) and batch < rule.pointwise_min_batch):
             continue
         dx = graph.tensors[node.inputs[0]].requires_grad
-        directions += 1 + (rule.pointwise_weight_grad_kernels if is_pointwise(node) else 1)
+        weight_grad = 0 if node.name in gemm_dw else rule.pointwise_weight_grad_kernels if is_pointwise(node) else 1
+        directions += 1 + weight_grad
         if dx:
             directions += rule.strided_input_grad_kernels if node.strides != (1, 1) else 1
         if node.in_shape[-1] >= rule.plain_input_below_channels:
