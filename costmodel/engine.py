@@ -442,6 +442,11 @@ class BlasBuffers(_Rule):
         return self.base + self.element_bytes * depth * (rows + cols)
 
 
+def onednn_smalln_tn(trans: str, n: int) -> bool:
+    """Whether oneDNN's f32 gemm (gemm_driver.cpp, AVX-512) jumps to its small-n TN kernel: TN with 1 < n < 16."""
+    return trans == "TN" and 1 < n < 16
+
+
 def _copy_path_onednn_avx512_one_thread(trans: str, m: int, n: int, k: int) -> bool | None:
     """Whether oneDNN's f32 gemm takes its copy-based path (True), its nocopy one (False) or neither (None).
 
@@ -452,7 +457,7 @@ def _copy_path_onednn_avx512_one_thread(trans: str, m: int, n: int, k: int) -> b
     contiguous, so the leading dimensions follow from the transposes: lda = m (N)
     or k (T), ldb = k (N) or n (T), ldc = m.
     """
-    if trans == "TN" and 1 < n < 16:
+    if onednn_smalln_tn(trans, n):
         return None  # jump_to_gemm_smalln_tn
     if m == 1 or n == 1:
         return None  # jump_to_gemv

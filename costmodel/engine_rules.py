@@ -42,7 +42,7 @@ import math
 from dataclasses import replace
 
 from bnncost.costmodel.engine import (
-    STRATEGY_FORMAT, BlasBuffers, Engine, EngineError, Gemm, JitConvKernels, Lifetime,
+    STRATEGY_FORMAT, BlasBuffers, Engine, EngineError, Gemm, JitConvKernels, Lifetime, onednn_smalln_tn,
 )
 from bnncost.costmodel.variable import Variable, sized
 from bnncost.costmodel.strategy import Strategy
@@ -70,11 +70,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         return f"{engine.file}: {key}[{i}]"
 
     def nodes(rule) -> list[Node]:
-        if not rule.applies_to(strategy):
-            return []
-        w = rule.when
-        return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial,
-                              w.follows)
+        return rule_nodes(graph, rule) if rule.applies_to(strategy) else []
 
     def event(node: Node, word: str, end: bool = False) -> int:
         """The event a word names; for an event split into stages, its first (an alloc) or last (`end`)."""
@@ -252,10 +248,17 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                      len(events) - 1,
                      by_batch=lambda batch: conv_kernels(graph, jit, batch) * (jit.kernel_bytes + jit.state_bytes)),
             "jit_conv_kernels")
-        if gemm_weight_grad_convs(graph, jit):
-            add(Variable(f"runtime.{jit.name}_sgemm", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",),
-                         sgemm_code_bytes(graph, jit), 0, 0, len(events) - 1), "jit_conv_kernels")
+        code = sgemm_code_bytes(graph, jit)
+        if code:
+            add(Variable(f"runtime.{jit.name}_sgemm", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), code, 0, 0,
+                         len(events) - 1), "jit_conv_kernels")
     return out, events
+
+
+def rule_nodes(graph: Graph, rule) -> list[Node]:
+    """The layers a per-layer rule picks: its `kinds`, narrowed by its `when`."""
+    w = rule.when
+    return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial, w.follows)
 
 
 def staged_event(event: str, stage: int) -> str:
@@ -288,9 +291,7 @@ def _with_sub_events(graph: Graph, strategy: Strategy, engine: Engine, events: l
     for rule in (*engine.temporaries, *engine.lifetimes):
         if not rule.applies_to(strategy):
             continue
-        w = rule.when
-        for n in matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial,
-                              w.follows):
+        for n in rule_nodes(graph, rule):
             if isinstance(rule, Lifetime):
                 if rule.stage is not None:
                     stages.setdefault(relative_event(n, rule.alloc, retention), set()).add(rule.stage)
@@ -326,13 +327,13 @@ def gemm_weight_grad_convs(graph: Graph, rule: JitConvKernels) -> list[Node]:
 def sgemm_code_bytes(graph: Graph, rule: JitConvKernels) -> int:
     """The sgemm code those convs' dW products JIT-compile, once per process.
 
-    The product is dW_g[ic/g x kh x kw, oc/g] = col^T dY_g, a TN gemm with n = oc/g:
-    1 < n < 16 takes the small-n TN kernels, any other n the general ones.
+    The product is dW_g[ic/g x kh x kw, oc/g] = col^T dY_g, a TN gemm with n = oc/g,
+    which oneDNN sends to its small-n TN kernels or to its general ones.
     """
     convs = gemm_weight_grad_convs(graph, rule)
     if not convs:
         return 0
-    small = [1 < n.out_shape[-1] // n.groups < 16 for n in convs]
+    small = [onednn_smalln_tn("TN", n.out_shape[-1] // n.groups) for n in convs]
     return (rule.sgemm_code_bytes + (rule.sgemm_smalln_code_bytes if any(small) else 0)
             + (rule.sgemm_general_code_bytes if not all(small) else 0))
 
@@ -365,14 +366,12 @@ def conv_kernels(graph: Graph, rule: JitConvKernels, batch: int) -> int:
 
 def step_gemms(graph: Graph, rules: tuple[Gemm, ...]) -> list[tuple[str, Node, Gemm]]:
     """(event, node, gemm) of every gemm of a step in the order they run: forward, then backward in reverse."""
+    matched = {id(rule): rule_nodes(graph, rule) for rule in rules}
     out = []
     for during, order in (("forward", graph.nodes), ("backward", list(reversed(graph.nodes)))):
         for node in order:
             for rule in rules:
-                w = rule.when
-                if rule.during == during and node in matching_nodes(graph, rule.kinds, w.binary, w.first,
-                                                                     w.needs_input_grad, w.pointwise, w.spatial,
-                                                                     w.follows):
+                if rule.during == during and node in matched[id(rule)]:
                     out.append((f"{during}:{node.name}", node, rule))
     return out
 
