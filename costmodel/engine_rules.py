@@ -250,7 +250,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
             "jit_conv_kernels")
         code = sgemm_code_bytes(graph, jit)
         if code:
-            add(Variable(f"runtime.{jit.name}_sgemm", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), code, 0, 0,
+            add(Variable(f"runtime.{jit.name}_sgemm", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (code,), code, 0, 0,
                          len(events) - 1), "jit_conv_kernels")
     return out, events
 
