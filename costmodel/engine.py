@@ -196,11 +196,30 @@ class _Buffer(BaseModel):
         return self.format or f"{STRATEGY_FORMAT}{self.role}"
 
 
-class LayerVariable(_LayerRule, _Buffer):
+class _LayerSized(_Buffer):
+    """The size of a buffer kept per layer: a `shape` relative to the layer (in a format), or a fixed
+    `bytes` per layer whatever the batch (the objects a framework makes per op beside its tensors:
+    autograd's nodes, tensor headers, a library's descriptors), held like a tensor."""
+
+    shape: Literal[tuple(SHAPES)] | None = None
+    bytes: ByteCount | None = None
+
+    @model_validator(mode="after")
+    def _one_size(self) -> "_LayerSized":
+        if (self.shape is None) == (self.bytes is None):
+            raise ValueError("give its size as shape (a tensor of the layer) or bytes (fixed per layer), one of them")
+        if self.bytes is not None and self.format not in (None, "uint8"):
+            raise ValueError(f"format: {self.format} sizes a shape; a buffer of fixed bytes takes none")
+        return self
+
+    def resolved_format(self) -> str:
+        return "uint8" if self.bytes is not None else super().resolved_format()
+
+
+class LayerVariable(_LayerRule, _LayerSized):
     """A variable an engine keeps per layer of some kinds, from `alloc` to `free` (both included)."""
 
     role: Identifier
-    shape: Literal[tuple(SHAPES)]
     alloc: Literal[EVENTS]
     free: Literal[END_EVENTS]
 
@@ -214,7 +233,7 @@ def _stage_range(v: Any) -> Any:
     return v
 
 
-class LayerTemporary(_LayerRule, _Buffer):
+class LayerTemporary(_LayerRule, _LayerSized):
     """A buffer an operator makes while one event of a layer runs.
 
     `after_backward` is a moment of its own, right after the layer's backward
@@ -223,7 +242,6 @@ class LayerTemporary(_LayerRule, _Buffer):
     backward); it exists in the step only where a rule names it.
     """
 
-    shape: Literal[tuple(SHAPES)]
     during: Literal["forward", "backward", "after_backward"]
     # Where the layer's op makes its temporaries one after another (an autograd Function whose backward
     # builds dW's operand, frees it, then packs dW): the event splits into one sub-event per stage named
@@ -730,7 +748,7 @@ def _check_rules(f: _EngineFile, source: str, inherited_roles: set[str]) -> set[
                                   f"not {', '.join(k for k in rule.kinds if k not in WEIGHTED_KINDS)}")
     for key in ("variables", "temporaries", "optimizer_temporaries"):
         for i, rule in enumerate(getattr(f, key)):
-            if rule.format is None and rule.role not in STRATEGY_ROLES:
+            if rule.format is None and rule.role not in STRATEGY_ROLES and getattr(rule, "bytes", None) is None:
                 raise EngineError(f"{source}: {key}[{i}].format: role '{rule.role}' has no strategy format; "
                                   f"give one ({', '.join(STORAGE_BITS)}, or strategy:<role>)")
     for key in ("drop", "shares", "lifetimes", "formats"):

@@ -132,7 +132,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
 
     for i, rule in enumerate(engine.variables):
         for node in nodes(rule):
-            shape, batched = relative_shape(node, rule.shape)
+            shape, batched = sized_shape(node, rule)
             v = buffer(f"{node.name}.{rule.name}", node.name, rule.role, fmt(rule), shape, batched, rule.count,
                        event(node, rule.alloc), event(node, rule.free, end=True))
             add(check_order(v, f"{where('variables', i)}.free"), where("variables", i))
@@ -164,7 +164,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     temporary: set[str] = set()
     for i, rule in enumerate(engine.temporaries):
         for node in nodes(rule):
-            shape, batched = relative_shape(node, rule.shape)
+            shape, batched = sized_shape(node, rule)
             if rule.stage is not None:
                 op = relative_event(node, rule.during, retention)
                 alloc, free = (index[staged_event(op, k)] for k in rule.stage)
@@ -253,6 +253,11 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
             add(Variable(f"runtime.{jit.name}_sgemm", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (code,), code, 0, 0,
                          len(events) - 1), "jit_conv_kernels")
     return out, events
+
+
+def sized_shape(node: Node, rule) -> tuple[tuple, bool]:
+    """(shape, batched) of a per-layer buffer: its shape relative to the layer, or its fixed bytes."""
+    return relative_shape(node, rule.shape) if rule.bytes is None else ((rule.bytes,), False)
 
 
 def rule_nodes(graph: Graph, rule) -> list[Node]:

@@ -120,6 +120,18 @@ def test_lowered_input_shape(tmp_path):
     assert delta(a, b) == span(a, "forward:conv2d_1", "forward:conv2d_1", 30 * 30 * 27 * 4 * B)
 
 
+def test_fixed_bytes_per_layer(tmp_path):
+    """A variable or temporary of fixed bytes per layer (autograd's node objects), whatever the batch."""
+    a, b = plans(tmp_path, "variables:\n  - {kinds: [dense], name: node, role: autograd_graph, bytes: 1 KB,"
+                           " alloc: forward, free: step_end, source: t}\n"
+                           "temporaries:\n  - {kinds: [sign], name: desc, bytes: 300, during: backward, source: t}\n")
+    assert delta(a, b) == add(span(a, "forward:dense_1", "step_end", 1000), span(a, "forward:dense_2", "step_end", 1000),
+                              span(a, "backward:sign_1", "backward:sign_1", 300))
+    assert delta(a, b, batch=50) == delta(a, b)
+    v = {x.name: x for x in b.variables}["dense_1.node"]
+    assert (v.role, v.format, v.fixed, v.per_sample) == ("autograd_graph", "uint8", 1000, 0)
+
+
 def test_temporaries_live_during_one_event(tmp_path):
     a, b = plans(tmp_path, "temporaries:\n  - {kinds: [dense], name: ste_mask, shape: weight, format: uint8,"
                            " during: backward, source: t}\n")
@@ -506,6 +518,15 @@ BAD = {
                          " format: uint8, source: t}\n", "temporaries[0].shape: weight needs kinds"),
     "bad-event": (BASE + "lifetimes:\n  - {kinds: dense, role: weight_grad, free: later, source: t}\n",
                   "lifetimes[0].free"),
+    "shape-and-bytes": (BASE + "variables:\n  - {kinds: dense, name: n, role: r, shape: weight, bytes: 8,"
+                        " alloc: forward, free: step_end, source: t}\n", "variables[0]: give its size as shape"),
+    "neither-shape-nor-bytes": (BASE + "temporaries:\n  - {kinds: dense, name: t, during: backward, format: uint8,"
+                                " source: t}\n", "temporaries[0]: give its size as shape"),
+    "bytes-with-a-format": (BASE + "variables:\n  - {kinds: dense, name: n, role: r, bytes: 8, format: float32,"
+                            " alloc: forward, free: step_end, source: t}\n",
+                            "variables[0]: format: float32 sizes a shape"),
+    "negative-layer-bytes": (BASE + "variables:\n  - {kinds: dense, name: n, role: r, bytes: -8,"
+                             " alloc: forward, free: step_end, source: t}\n", "variables[0].bytes: -8 is negative"),
     "negative-bytes": (BASE + "runtime:\n  - {name: x, bytes: -4, source: t}\n", "runtime[0].bytes: -4 is negative"),
     "stage-after-backward": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, format: uint8,"
                              " during: after_backward, stage: 2, source: t}\n",

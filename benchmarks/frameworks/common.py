@@ -41,11 +41,14 @@ def machine() -> dict:
     return {"python": sys.version.split()[0], "cpu": cpu_model(), "platform": platform.platform()}
 
 
-def replay(path: Path, *, keep_at_peak: bool = False) -> dict:
+def replay(path: Path, *, keep_at_peak: bool = False, keep_at: str | None = None) -> dict:
     """Per measured step: `baseline` (heap at step_start), `peak` and the peak of each phase.
 
     With keep_at_peak, also the memray records of the allocations made inside
-    the first measured step that are still live at its peak (for attribution).
+    the first measured step that are still live at its peak (for attribution);
+    with keep_at (a marker: forward_end, backward_end), those live at that
+    marker of the first measured step, as `at_<marker>`, and the heap there in
+    the step's `<marker>` field.
     """
     import memray
 
@@ -56,6 +59,7 @@ def replay(path: Path, *, keep_at_peak: bool = False) -> dict:
     steps: list[dict] = []
     phase = None
     at_peak: list = []
+    kept_at: list = []
     for rec in memray.FileReader(path).get_allocation_records():
         if int(rec.allocator) in frees:
             gone = live.pop(rec.address, None)
@@ -64,6 +68,10 @@ def replay(path: Path, *, keep_at_peak: bool = False) -> dict:
                 born.pop(rec.address, None)
             continue
         event = MARKS.get(rec.size)
+        if event is not None and event == keep_at and phase is not None:
+            steps[-1][event] = heap
+            if len(steps) == 1:
+                kept_at = list(born.values())
         if event is not None:
             if event == "step_start":
                 steps.append({"baseline": heap, "peak": heap, "phases": {}})
@@ -92,6 +100,8 @@ def replay(path: Path, *, keep_at_peak: bool = False) -> dict:
     out: dict = {"steps": steps}
     if keep_at_peak:
         out["at_peak"] = at_peak
+    if keep_at is not None:
+        out[f"at_{keep_at}"] = kept_at
     return out
 
 
