@@ -21,7 +21,9 @@ from rich.text import Text
 
 from bnncost.costmodel.fitting import fit
 from bnncost.costmodel.memory import memory_plan
-from bnncost.costmodel.engine import DEFAULT_ENGINE, Engine, EngineError, as_engine, engine_names, load_engine
+from bnncost.costmodel.engine import (
+    APPENDED_LISTS, DEFAULT_ENGINE, NAMED_LISTS, SINGLE_RULES, Engine, EngineError, as_engine, engine_names, load_engine,
+)
 from bnncost.costmodel.ops import INFORMATIONAL, count_ops
 from bnncost.costmodel.plots import check_path, plot_comparison, plot_sweep
 from bnncost.costmodel.prediction import (
@@ -319,8 +321,9 @@ def engines_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 
 
 def engine_rule_counts(e: Engine) -> dict[str, int]:
-    return {k: len(getattr(e, k)) for k in ("variables", "temporaries", "optimizer_temporaries", "drop", "shares",
-                                             "lifetimes", "runtime")}
+    """Rules per section of the engine file: each list's length, 1 for a single rule it sets."""
+    lists = {k: len(getattr(e, k)) for k in (*NAMED_LISTS, *APPENDED_LISTS)}
+    return {**lists, **{k: int(getattr(e, k) is not None) for k in SINGLE_RULES}}
 
 
 @app.command("predict")

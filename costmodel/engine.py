@@ -73,8 +73,8 @@ OPTIMIZERS = ("adam", "sgd", "bop")
 PARAMETER_SHAPES = ("largest_parameter", "each_parameter")
 NAMED_LISTS = ("variables", "temporaries", "optimizer_temporaries", "runtime", "constants")
 APPENDED_LISTS = ("drop", "shares", "lifetimes", "in_place_grads", "gemms", "formats")
-FILE_KEYS = {"name", "description", "extends", "retention", "workspace", "blas_buffers", "gemm_scratch",
-             "jit_conv_kernels", *NAMED_LISTS, *APPENDED_LISTS}
+SINGLE_RULES = ("blas_buffers", "gemm_scratch", "jit_conv_kernels")  # at most one of each
+FILE_KEYS = {"name", "description", "extends", "retention", "workspace", *SINGLE_RULES, *NAMED_LISTS, *APPENDED_LISTS}
 GEMM_TRANSPOSES = ("NN", "NT", "TN", "TT")  # op(A), op(B) of column-major C(m x n) = op(A)(m x k) op(B)(k x n)
 GEMM_DIMS = {
     "batch": "the batch size B",

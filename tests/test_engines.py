@@ -652,6 +652,12 @@ def test_engines_listing(capsys):
     doc = json.loads(out)
     assert doc["default"] == "reference"
     assert {e["name"] for e in doc["engines"]} >= {"reference", "bnncost-trainer"}
+    rules = {e["name"]: e["rules"] for e in doc["engines"]}
+    assert sum(rules["reference"].values()) == 0
+    pytorch = load_engine("pytorch")  # every section counts: lists by length, single rules once
+    assert rules["pytorch"]["gemms"] == len(pytorch.gemms) > 0 and rules["pytorch"]["jit_conv_kernels"] == 1
+    assert rules["pytorch"]["formats"] == len(pytorch.formats) and rules["larq"]["constants"] == len(
+        load_engine("larq").constants) > 0
     code, out, _ = run(capsys, "engines")
     assert code == 0 and "bnncost-trainer" in out and "64.00 KiB" in out
 
