@@ -383,13 +383,22 @@ class GraphConstant(_LayerRule):
 
 
 class Gemm(_LayerRule):
-    """One BLAS gemm a layer's operator makes during its forward or backward, in column-major BLAS terms."""
+    """One BLAS gemm a layer's operator makes during its forward or backward, in column-major BLAS terms.
+
+    With `batch_below: N`, only at batch sizes below N (a framework that runs
+    the operator another way from N on: PyTorch's 1x1 conv is per-sample gemms
+    below 16 samples, oneDNN from 16 on).
+    """
 
     during: Literal["forward", "backward"]
     trans: Literal[GEMM_TRANSPOSES]
     m: Literal[tuple(GEMM_DIMS)]
     n: Literal[tuple(GEMM_DIMS)]
     k: Literal[tuple(GEMM_DIMS)]
+    batch_below: PositiveInt | None = None
+
+    def runs_at(self, batch: int) -> bool:
+        return self.batch_below is None or batch < self.batch_below
 
     @property
     def makes_weight_grad(self) -> bool:
@@ -408,13 +417,14 @@ class PackingPath(BaseModel):
     min_m: NonNegative = 0
     max_m: NonNegative | None = None
     min_n: NonNegative = 0
+    min_k: NonNegative = 0
     max_k: NonNegative | None = None
     n_below_m: bool = False  # n < m
     k_at_most_m: bool = False  # k <= m
 
     def takes(self, trans: str, m: int, n: int, k: int) -> bool:
         return (trans in self.trans and m >= self.min_m and (self.max_m is None or m <= self.max_m)
-                and n >= self.min_n and (self.max_k is None or k <= self.max_k)
+                and n >= self.min_n and k >= self.min_k and (self.max_k is None or k <= self.max_k)
                 and (not self.n_below_m or n < m) and (not self.k_at_most_m or k <= m))
 
 
@@ -568,8 +578,9 @@ class GemmScratch(_Rule):
 class JitConvKernels(_Rule):
     """oneDNN's JIT-compiled code for convolutions, cached for the process (its primitive cache).
 
-    Each conv layer oneDNN runs makes one kernel per direction (forward,
-    backward-weights, and backward-data where it computes dX), plus one reorder
+    Each distinct conv configuration oneDNN runs makes one kernel per direction
+    (forward, backward-weights, and backward-data where it computes dX; equal
+    convs share the cached primitive), plus one reorder
     kernel per distinct (tensor shape, layout change) between PyTorch's plain
     layout and oneDNN's blocked one: the input and dY to blocked (the input
     stays plain where Cin < plain_input_below_channels), the output and dX

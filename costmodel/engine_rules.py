@@ -235,9 +235,9 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
 
             def excess(batch: int, calls=calls, temps=temps, grads=grads) -> int:
                 apart = sum(v.bytes_at(batch) for v in temps)
-                return max(0, max(scratch.scratch_bytes(rule.trans, *gemm_shape(node, rule, batch)) - apart
-                                  - (0 if rule.makes_weight_grad else sum(v.bytes_at(batch) for v in grads))
-                                  for node, rule in calls))
+                return max(0, max((scratch.scratch_bytes(rule.trans, *gemm_shape(node, rule, batch)) - apart
+                                   - (0 if rule.makes_weight_grad else sum(v.bytes_at(batch) for v in grads))
+                                   for node, rule in calls if rule.runs_at(batch)), default=0))
 
             add(Variable(f"{layer}.{scratch.name}.{at.split(':', 1)[0]}", layer, "workspace", "uint8", ("bytes",),
                          0, 0, i, j, by_batch=excess), "gemm_scratch")
@@ -344,9 +344,15 @@ def sgemm_code_bytes(graph: Graph, rule: JitConvKernels) -> int:
 
 
 def conv_kernels(graph: Graph, rule: JitConvKernels, batch: int) -> int:
-    """oneDNN JIT kernels the step's convs leave cached: one per direction, one per distinct reorder."""
+    """oneDNN JIT kernels the step's convs leave cached: convolution kernels and reorders."""
+    return sum(conv_kernel_counts(graph, rule, batch))
+
+
+def conv_kernel_counts(graph: Graph, rule: JitConvKernels, batch: int) -> tuple[int, int]:
+    """(convolution kernels, reorder kernels) the step's convs leave cached: per distinct conv configuration one
+    per direction, and one per distinct reorder (oneDNN's primitive cache: equal convs share their primitives)."""
     gemm_dw = {n.name for n in gemm_weight_grad_convs(graph, rule)}  # their dW is a gemm, not a JIT conv kernel
-    directions = 0
+    directions: dict[tuple, int] = {}  # (configuration, direction) -> its kernels
     to_blocked: set = set()  # per-sample shapes reordered plain -> blocked (input, dY)
     to_plain: set = set()  # blocked -> plain (output, dX)
     weights: set = set()  # (weight shape, which reorder)
@@ -355,9 +361,11 @@ def conv_kernels(graph: Graph, rule: JitConvKernels, batch: int) -> int:
             continue
         dx = graph.tensors[node.inputs[0]].requires_grad
         weight_grad = 0 if node.name in gemm_dw else rule.pointwise_weight_grad_kernels if is_pointwise(node) else 1
-        directions += 1 + weight_grad
+        config = _configuration(node)
+        directions[config, "forward"] = 1
+        directions[config, "weight_grad"] = weight_grad
         if dx:
-            directions += rule.strided_input_grad_kernels if node.strides != (1, 1) else 1
+            directions[config, "input_grad"] = rule.strided_input_grad_kernels if node.strides != (1, 1) else 1
         if node.in_shape[-1] >= rule.plain_input_below_channels:
             to_blocked.add(tuple(node.in_shape))
         to_blocked.add(tuple(node.out_shape))
@@ -366,7 +374,7 @@ def conv_kernels(graph: Graph, rule: JitConvKernels, batch: int) -> int:
         if dx:
             to_plain.add(tuple(node.in_shape))
             weights.add((tuple(node.weight_shape), "backward_data"))
-    return directions + len(to_blocked) + len(to_plain) + len(weights)
+    return sum(directions.values()), len(to_blocked) + len(to_plain) + len(weights)
 
 
 def step_gemms(graph: Graph, rules: tuple[Gemm, ...]) -> list[tuple[str, Node, Gemm]]:
@@ -394,6 +402,8 @@ def kept_buffers(pool: BlasBuffers, calls: list[tuple[str, Node, Gemm]], batch: 
     """
     kept: list[int] = []
     for _, node, rule in calls:
+        if not rule.runs_at(batch):
+            continue
         need = pool.buffer_bytes(rule.trans, *gemm_shape(node, rule, batch))
         if need and (not kept or need > max(kept)):
             kept.append(need)

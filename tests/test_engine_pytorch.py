@@ -136,13 +136,42 @@ def test_mkl_buffers_are_the_ones_memray_saw():
     assert len(kept_buffers(pool, step_gemms(graph_of("mlp"), engine.gemms), 256)) == 2
 
 
-def test_mkl_buffer_rule_reproduces_every_probe():
-    """Every probed gemm (3 transposes x 4 depths x 289 shapes, torch_blas_probe.py): path and bytes exact."""
-    doc = json.loads((MEASUREMENTS / "probes" / "torch-mkl-sgemm.json").read_text())
+@pytest.mark.parametrize("grid, probes", [("torch-mkl-sgemm", 3468), ("torch-mkl-sgemm-shallow", 1734)])
+def test_mkl_buffer_rule_reproduces_every_probe(grid, probes):
+    """Every probed gemm (3 transposes x 289 shapes x depths 10, 64, 256, 1024, and x depths 1, 2 where a gemm of
+    depth 1 packs nothing; torch_blas_probe.py): path and bytes exact."""
+    doc = json.loads((MEASUREMENTS / "probes" / f"{grid}.json").read_text())
     pool = load_engine("pytorch").blas_buffers
     wrong = [(p["trans"], p["m"], p["n"], p["k"], p["buffers"]) for p in doc["probes"]
              if pool.buffer_bytes(p["trans"], p["m"], p["n"], p["k"]) != sum(p["buffers"])]
-    assert len(doc["probes"]) == 3468 and not wrong, wrong[:5]
+    assert len(doc["probes"]) == probes and not wrong, wrong[:5]
+
+
+def _owners(name: str) -> dict:
+    return json.loads((MEASUREMENTS / "probes" / "torch-runtime" / f"owners-{name}.json").read_text())["owners"]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_pointwise_convs_below_16_samples_are_mkl_gemms(batch):
+    """bireal18's 1x1 shortcut convs run as per-sample MKL gemms below 16 samples: the MKL buffers memray saw after
+    warm-up are, to the byte, those of their gemms and the dense layer's (whose dW of depth B = 1 packs nothing)."""
+    from bnncost.costmodel.engine_rules import kept_buffers, step_gemms
+
+    engine = load_engine("pytorch")
+    calls = step_gemms(graph_of("bireal18"), engine.gemms)
+    measured = _owners(f"bireal18-b{batch}")["mkl_serv_allocate"]["bytes"]
+    assert sum(kept_buffers(engine.blas_buffers, calls, batch)) == measured
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_equal_convs_share_their_kernels(batch):
+    """oneDNN's primitive cache: bireal18's repeated 3x3 convs hold one kernel per direction per configuration."""
+    from bnncost.costmodel.engine_rules import conv_kernel_counts
+
+    owners = _owners(f"bireal18-b{batch}")
+    directions = sum(v["jit_kernels"] for k, v in owners.items() if "convolution" in k or k.startswith("jit_brgemm"))
+    counted, _ = conv_kernel_counts(graph_of("bireal18"), load_engine("pytorch").jit_conv_kernels, batch)
+    assert counted == directions == 38
 
 
 def test_the_proposed_strategy_is_recorded_beside_the_standard_one():

@@ -1,6 +1,7 @@
 """Probe MKL's sgemm packing buffers inside PyTorch: the buffer each gemm shape allocates, from an empty pool.
 
     python benchmarks/frameworks/torch_blas_probe.py [--out measurements/probes/torch-mkl-sgemm.json]
+    python benchmarks/frameworks/torch_blas_probe.py --depths 1 2 --out .../torch-mkl-sgemm-shallow.json
 
 Every float32 matmul on CPU is MKL's sgemm. Each probe empties MKL's buffer pool
 (mkl_serv_free_buffers, exported by libtorch_cpu), marks memray's stream, then
@@ -78,10 +79,11 @@ def probe(cases: list[tuple[str, int, int, int]]) -> list[list[int]]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(HERE / "measurements" / "probes" / "torch-mkl-sgemm.json"))
+    ap.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS), help="the k of the grid")
     args = ap.parse_args(argv)
     import torch
 
-    cases = [(t, m, n, k) for t in ("TN", "NN", "NT") for k in DEPTHS for m in SIZES for n in SIZES]
+    cases = [(t, m, n, k) for t in ("TN", "NN", "NT") for k in args.depths for m in SIZES for n in SIZES]
     rows = []
     for i in range(0, len(cases), 289):  # one tracker per depth and transposes
         chunk = cases[i:i + 289]

@@ -6,8 +6,9 @@ One process, one thread: build MODEL (zoo name or YAML) as torch_model.py does, 
 three standard-strategy training steps under memray with native stacks, and group
 every allocation still live afterwards by its owner: the innermost oneDNN class in
 its stack whose name says what it is (a convolution direction, a reorder, the
-sgemm driver or its small-n kernels). Besides, the bytes of Xbyak code buffers
-(jit_generator_t, 256 KiB per JIT kernel). The model's tensors (parameters,
+sgemm driver or its small-n kernels), or MKL's sgemm buffers (mkl_serv_allocate).
+Besides, the bytes of Xbyak code buffers
+(jit_generator_t, 256 KiB per JIT kernel), and per owner how many it holds. The model's tensors (parameters,
 Adam state, the batch) are live too and fall under `-`.
 """
 
@@ -26,11 +27,15 @@ os.environ["MKL_NUM_THREADS"] = "1"
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+KERNEL_CODE_BYTES = 262_144  # Xbyak's code buffer, oneDNN's maximum code size: one per JIT kernel
+MKL_BUFFERS = "mkl_serv_allocate"  # MKL's sgemm packing buffers (kept in its pool)
 OWNER = re.compile(r"dnnl::impl::cpu::(?:x64::)?([a-z0-9_]*(?:convolution|reorder|gemm|smalln|pool|batch_norm|matmul"
                    r"|inner_product)[a-z0-9_]*)")
 
 
 def owner_of(frames: list[str]) -> str:
+    if any("mkl_serv_allocate" in name for name in frames):
+        return MKL_BUFFERS
     for name in frames:
         m = OWNER.search(name)
         if m and "gemm_info_t" not in m.group(1):
@@ -65,17 +70,19 @@ def owners(model_ref: str, batch: int) -> dict:
     code = 0
     for rec in memray.FileReader(tmp / "run.bin").get_leaked_allocation_records(merge_threads=True):
         frames = [f[0] for f in rec.native_stack_trace(max_stacks=40)]
-        entry = by_owner.setdefault(owner_of(frames), [0, 0])
+        entry = by_owner.setdefault(owner_of(frames), [0, 0, 0])
         entry[0] += rec.size
         entry[1] += 1
         if any("jit_generator_t::jit_generator_t" in f for f in frames[:6]):
             code += rec.size
+            if rec.size == rec.n_allocations * KERNEL_CODE_BYTES:  # code buffers (memray merges equal stacks)
+                entry[2] += rec.n_allocations
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
     return {"model": graph.model.name, "batch": batch, "torch": torch.__version__, "memray": memray.__version__,
             "jit_code_bytes": code,
-            "owners": {k: {"bytes": v[0], "allocations": v[1]}
+            "owners": {k: {"bytes": v[0], "allocations": v[1], "jit_kernels": v[2]}
                        for k, v in sorted(by_owner.items(), key=lambda kv: -kv[1][0])}}
 
 
