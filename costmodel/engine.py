@@ -243,6 +243,10 @@ class LayerTemporary(_LayerRule, _LayerSized):
     """
 
     during: Literal["forward", "backward", "after_backward"]
+    # Only from min_batch on, or only below batch_below (an operator the framework runs another way on the
+    # other side: PyTorch's 1x1 conv is per-sample gemms below 16 samples, oneDNN with its reorders from 16 on).
+    min_batch: PositiveInt | None = None
+    batch_below: PositiveInt | None = None
     # Where the layer's op makes its temporaries one after another (an autograd Function whose backward
     # builds dW's operand, frees it, then packs dW): the event splits into one sub-event per stage named
     # for that layer, in ascending order (events `<event>#<stage>`, after the event itself). Every variable
@@ -253,6 +257,8 @@ class LayerTemporary(_LayerRule, _LayerSized):
 
     @model_validator(mode="after")
     def _stage_of_an_op(self) -> "LayerTemporary":
+        if self.min_batch is not None and self.batch_below is not None:
+            raise ValueError("give min_batch or batch_below, not both (write two rules)")
         if self.stage is not None and self.during == "after_backward":
             raise ValueError("stage: after_backward is a moment of its own, not an op with stages; "
                              "stage a forward or backward temporary")

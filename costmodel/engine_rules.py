@@ -170,8 +170,9 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                 alloc, free = (index[staged_event(op, k)] for k in rule.stage)
             else:  # the whole event, every stage of it included
                 alloc, free = event(node, rule.during), event(node, rule.during, end=True)
-            add(buffer(f"{node.name}.{rule.name}", node.name, rule.role, fmt(rule), shape, batched, rule.count,
-                       alloc, free), where("temporaries", i))
+            v = buffer(f"{node.name}.{rule.name}", node.name, rule.role, fmt(rule), shape, batched, rule.count,
+                       alloc, free)
+            add(replace(v, min_batch=rule.min_batch, batch_below=rule.batch_below), where("temporaries", i))
             temporary.add(f"{node.name}.{rule.name}")
     update_first, update = spans["update"]
     params = parameter_tensors(graph, strategy.batchnorm, strategy.optimizer)

@@ -5,7 +5,9 @@ min(c, d x B): the scratch grows with the batch until it reaches its budget
 (METHOD 4.1). An engine's runtime may add a step function of B (a BLAS
 library's cached buffers, `Variable.by_batch`), or be held only below a batch
 size (`Variable.batch_below`: a library that keeps more state for small
-batches), which splits the batch axis into segments where the peak may drop.
+batches) or from one on (`Variable.min_batch`: an operator a framework runs
+another way from that batch on), which splits the batch axis into segments
+where the peak may drop or rise.
 The live bytes at each event are therefore a sum of those, the peak is the
 maximum over events, and the largest batch that fits a budget is solved on
 these terms, segment by segment, without rebuilding any variable.
@@ -39,10 +41,10 @@ class MemoryPlan:
         n = len(self.events)
         a, b = np.zeros(n + 1, dtype=np.int64), np.zeros(n + 1, dtype=np.int64)
         ws_event, ws_cap, ws_slope = [], [], []
-        self._below: list[Variable] = []  # held only below a batch size: added per batch
+        self._conditional: list[Variable] = []  # held at some batch sizes only: added per batch
         for v in self.variables:
-            if v.batch_below is not None:
-                self._below.append(v)
+            if v.conditional:
+                self._conditional.append(v)
                 continue
             a[v.alloc] += v.fixed
             a[v.free + 1] -= v.fixed
@@ -64,8 +66,8 @@ class MemoryPlan:
         return sum(v.bytes_at(batch) for v in self.variables if v.role == RUNTIME_ROLE)
 
     def batch_thresholds(self) -> list[int]:
-        """Batch sizes at which a variable stops being held (the peak may drop there), ascending."""
-        return sorted({v.batch_below for v in self._below})
+        """Batch sizes at which a variable stops or starts being held (the peak may drop or rise there), ascending."""
+        return sorted({t for v in self._conditional for t in (v.batch_below, v.min_batch) if t is not None})
 
     def _stepped(self, batch: np.ndarray) -> np.ndarray:
         """Per event and batch: the bytes of variables that are step functions of B."""
@@ -92,8 +94,13 @@ class MemoryPlan:
         ws, _ = self._workspace(bs)
         stepped = self._stepped(bs) if self._by_batch else 0.0
         live = self.fixed_by_event[:, None] + self.per_sample_by_event[:, None] * bs[None, :] + ws + stepped
-        for v in self._below:
-            live[v.alloc:v.free + 1] += np.where(bs < v.batch_below, v.fixed + v.per_sample * bs, 0.0)[None, :]
+        for v in self._conditional:
+            held = np.ones(bs.shape, dtype=bool)
+            if v.batch_below is not None:
+                held &= bs < v.batch_below
+            if v.min_batch is not None:
+                held &= bs >= v.min_batch
+            live[v.alloc:v.free + 1] += np.where(held, v.fixed + v.per_sample * bs, 0.0)[None, :]
         return live
 
     def peak_bytes(self, batch) -> np.ndarray:
@@ -118,7 +125,7 @@ class MemoryPlan:
             for i in range(alloc, free + 1):
                 held[i] += extra
         fixed_by_event, per_by_event = self.fixed_by_event.tolist(), self.per_sample_by_event.tolist()
-        for v in self._below:
+        for v in self._conditional:
             if v.held_at(batch):
                 for i in range(v.alloc, v.free + 1):
                     fixed_by_event[i] += v.fixed

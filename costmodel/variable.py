@@ -27,9 +27,16 @@ class Variable:
     # buffers, whose count and size follow the gemm shapes); added to fixed + per_sample x B
     by_batch: Callable[[int], int] | None = field(default=None, compare=False, repr=False)
     batch_below: int | None = None  # held only while the batch has fewer samples than this (else 0 bytes)
+    min_batch: int | None = None  # held only from this batch size on (else 0 bytes)
+
+    @property
+    def conditional(self) -> bool:
+        """Held at some batch sizes only."""
+        return self.batch_below is not None or self.min_batch is not None
 
     def held_at(self, batch: int) -> bool:
-        return self.batch_below is None or batch < self.batch_below
+        return (self.batch_below is None or batch < self.batch_below) and (self.min_batch is None
+                                                                           or batch >= self.min_batch)
 
     def bytes_at(self, batch: int) -> int:
         if not self.held_at(batch):

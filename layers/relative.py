@@ -27,6 +27,7 @@ from bnncost.layers.spec import LAYER_CLASSES, WEIGHTED_KINDS
 LAYER_KINDS: tuple[str, ...] = tuple(k for k in LAYER_CLASSES if k != "residual") + ("add",)
 SHAPES: dict[str, str] = {
     "input": "the layer's input, per sample",
+    "input_of_one_sample": "the layer's input for one sample, whatever the batch (a buffer reused sample by sample)",
     "output": "the layer's output, per sample",
     "weight": "the layer's kernel (dense and conv2d only)",
     "lowered_input": "the layer's input lowered to columns, per sample: output positions x inputs per output "
@@ -45,6 +46,8 @@ def relative_shape(node: Node, word: str) -> tuple[Shape, bool]:
     """(shape, batched) of a shape word for this node; batched shapes are per sample."""
     if word == "input":
         return tuple(node.in_shape), True
+    if word == "input_of_one_sample":
+        return tuple(node.in_shape), False
     if word == "output":
         return tuple(node.out_shape), True
     if word == "weight":

@@ -277,3 +277,14 @@ def test_autograd_objects_are_what_memray_saw(probe, strategy):
                        workspace_budget=engine.workspace.budget, engine=engine)
     modelled = sum(v.bytes_at(rec["batch"]) for v in plan.variables if v.role == "autograd_graph")
     assert abs(modelled - rec["forward_end_objects_bytes"]) <= 4 * len(graph.nodes), (modelled, rec)
+
+
+@pytest.mark.parametrize("path", sorted((MEASUREMENTS / "probes" / "torch-pointwise").glob("*.json")), ids=lambda p: p.stem)
+def test_pointwise_convs_hold_no_blocked_copies_below_16_samples(path):
+    """A 1x1 stride-1 conv is slow_conv2d below 16 samples (no oneDNN blocked copies; one sample's columns, and in
+    the proposed strategy's conv2d_input a contiguous copy of the input placeholder), oneDNN from 16 on."""
+    rec = json.loads(path.read_text())
+    predicted = predict(str(ROOT / "benchmarks" / "frameworks" / "probes" / "torch-pointwise.yaml"),
+                        strategy=rec["strategy"], batch=rec["batch"], engine="pytorch").memory
+    assert abs(predicted.tensor_peak_bytes - rec["tensor_peak_bytes"]) <= 0.02 * rec["tensor_peak_bytes"]
+    assert abs(predicted.process_peak_bytes - rec["process_peak_bytes"]) <= 0.02 * rec["process_peak_bytes"]

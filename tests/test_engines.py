@@ -257,6 +257,26 @@ def test_runtime_bytes_below_a_batch_size(tmp_path):
         assert best == (int(fits.max()) if fits.size else 0) < ns[-1]
 
 
+def test_temporaries_from_or_below_a_batch_size(tmp_path):
+    """A temporary with `min_batch` is held only from that batch on, one with `batch_below` only below it (an
+    operator the framework runs two ways); the largest batch that fits is searched across the thresholds."""
+    a, b = plans(tmp_path, "temporaries:\n"
+                           "  - {kinds: [dense], name: fast, shape: input, format: float32, during: forward,"
+                           " min_batch: 16, source: t}\n"
+                           "  - {kinds: [dense], name: slow, shape: input_of_one_sample, format: float32,"
+                           " during: forward, batch_below: 16, source: t}\n")
+    for batch in (1, 15, 16, 40):  # dense_1 takes 8 inputs, dense_2 4
+        fast, slow = (4 * batch, 0) if batch >= 16 else (0, 4)
+        assert delta(a, b, batch) == add(span(a, "forward:dense_1", "forward:dense_1", 8 * (fast + slow)),
+                                         span(a, "forward:dense_2", "forward:dense_2", 4 * (fast + slow)))
+        peak, _, fixed, per = b.peak(batch)
+        assert fixed + per * batch == peak == int(b.peak_bytes(batch)[0])
+    for usable in (int(b.peak_bytes(15)[0]), int(b.peak_bytes(16)[0]) - 1, int(b.peak_bytes(90)[0])):
+        ns = np.arange(1, 1 << 12)
+        fits = ns[b.peak_bytes(ns) <= usable]
+        assert b.max_batch(usable) == int(fits.max())
+
+
 def test_runtime_bytes_once_per_distinct_layer(tmp_path):
     """`distinct: true` counts equal layers (same kind, shapes, window, strides) once: a cache keyed by shape."""
     model = tmp_path / "m.yaml"
@@ -527,6 +547,9 @@ BAD = {
                             "variables[0]: format: float32 sizes a shape"),
     "negative-layer-bytes": (BASE + "variables:\n  - {kinds: dense, name: n, role: r, bytes: -8,"
                              " alloc: forward, free: step_end, source: t}\n", "variables[0].bytes: -8 is negative"),
+    "min-batch-and-batch-below": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: input, format: uint8,"
+                                  " during: forward, min_batch: 4, batch_below: 8, source: t}\n",
+                                  "temporaries[0]: give min_batch or batch_below, not both"),
     "negative-bytes": (BASE + "runtime:\n  - {name: x, bytes: -4, source: t}\n", "runtime[0].bytes: -4 is negative"),
     "stage-after-backward": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, format: uint8,"
                              " during: after_backward, stage: 2, source: t}\n",
