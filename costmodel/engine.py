@@ -357,6 +357,9 @@ class RuntimeBytes(_Rule):
     # with kinds: once per distinct layer configuration (kind, shapes, window, strides, padding) rather than
     # per layer: state a library caches by shape and shares between equal layers (oneDNN's primitives)
     distinct: bool = False
+    # with distinct: a layer whose output only a layer of these kinds reads is a configuration of its own (a
+    # graph optimiser fuses the two into one op, which makes its own primitive: Grappler's batchnorm + relu)
+    fused_with: Kinds | None = None
 
     @model_validator(mode="after")
     def _one_bound(self) -> "RuntimeBytes":
@@ -364,6 +367,8 @@ class RuntimeBytes(_Rule):
             raise ValueError("give min_batch or batch_below, not both (write two rules)")
         if self.distinct and self.kinds is None:
             raise ValueError("distinct counts layers of some kinds: give kinds")
+        if self.fused_with is not None and not self.distinct:
+            raise ValueError("fused_with tells distinct configurations apart: give distinct: true")
         return self
 
 

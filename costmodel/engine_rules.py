@@ -48,7 +48,7 @@ from bnncost.costmodel.variable import Variable, sized
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
 from bnncost.layers.relative import (
-    is_pointwise, matching_nodes, parameter_tensors, relative_event, relative_shape,
+    is_pointwise, matching_nodes, parameter_tensors, relative_event, relative_shape, sole_reader,
 )
 from bnncost.layers.storage import gradient_buffers
 
@@ -190,7 +190,8 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     for i, r in enumerate(engine.runtime):
         if not r.applies_to(strategy):
             continue
-        n = 1 if r.kinds is None else len({_configuration(v) for v in nodes(r)} if r.distinct else nodes(r))
+        n = 1 if r.kinds is None else len({_configuration(v, graph, r.fused_with) for v in nodes(r)}
+                                          if r.distinct else nodes(r))
         if r.min_batch is None:
             add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
                          0, last, batch_below=r.batch_below), where("runtime", i))
@@ -411,10 +412,15 @@ def kept_buffers(pool: BlasBuffers, calls: list[tuple[str, Node, Gemm]], batch: 
     return kept
 
 
-def _configuration(node: Node) -> tuple:
-    """What a library that caches per shape tells layers apart by (binary or not is the same float op)."""
+def _configuration(node: Node, graph: Graph | None = None, fused_with: tuple[str, ...] | None = None) -> tuple:
+    """What a library that caches per shape tells layers apart by (binary or not is the same float op); with
+    fused_with, also whether the op is fused with the layer of those kinds that alone reads its output."""
+    fused = None
+    if fused_with:
+        reader = sole_reader(graph, node)
+        fused = reader.kind if reader is not None and reader.kind in fused_with else None
     return (node.kind, tuple(node.in_shape), tuple(node.out_shape), tuple(node.weight_shape), node.window,
-            node.strides, node.padding, node.groups)
+            node.strides, node.padding, node.groups, fused)
 
 
 def _reformatted(v: Variable, fmt: str) -> Variable:

@@ -83,6 +83,12 @@ def is_pointwise(node: Node) -> bool:
     return node.kind == "conv2d" and node.window == (1, 1) and node.strides == (1, 1) and node.groups == 1
 
 
+def sole_reader(graph: Graph, node: Node) -> Node | None:
+    """The layer that alone reads this layer's output (None if none or several do)."""
+    readers = [n for n in graph.nodes if node.output in n.inputs]
+    return readers[0] if len(readers) == 1 else None
+
+
 def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = None, first: bool | None = None,
                    needs_input_grad: bool | None = None, pointwise: bool | None = None,
                    spatial: bool | None = None, follows: str | None = None) -> list[Node]:

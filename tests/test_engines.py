@@ -288,6 +288,20 @@ def test_runtime_bytes_once_per_distinct_layer(tmp_path):
     assert b.runtime_bytes(B) == 2000 and delta(a, b) == span(a, "step_start", "step_end", 2000)
 
 
+def test_distinct_layers_fused_with_their_reader(tmp_path):
+    """`fused_with`: a layer whose output only a layer of those kinds reads is a configuration of its own (Grappler
+    fuses batchnorm + relu into one op with its own primitive); equal layers otherwise share one."""
+    model = tmp_path / "m.yaml"
+    model.write_text("name: m\ninput: [8]\nlayers:\n  - dense: {units: 8, binary: false}\n  - batchnorm: {}\n"
+                     "  - relu: {}\n  - dense: {units: 8}\n  - batchnorm: {}\n  - dense: {units: 4}\n"
+                     "  - softmax_ce: {}\n")
+    rule = "runtime:\n  - {name: primitives, kinds: batchnorm, bytes: 1000, distinct: true, source: t}\n"
+    _, b = plans(tmp_path, rule, model=str(model))
+    assert b.runtime_bytes(B) == 1000  # both batchnorms are 8 values: one configuration
+    _, b = plans(tmp_path, rule.replace("distinct: true", "distinct: true, fused_with: [relu]"), model=str(model))
+    assert b.runtime_bytes(B) == 2000  # the first is read by a relu alone: fused, a primitive of its own
+
+
 def test_constants_once_per_distinct_shape(tmp_path):
     """A graph constant shaped like a layer's tensor is held once per distinct format and shape."""
     model = tmp_path / "m.yaml"
@@ -550,6 +564,8 @@ BAD = {
     "min-batch-and-batch-below": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: input, format: uint8,"
                                   " during: forward, min_batch: 4, batch_below: 8, source: t}\n",
                                   "temporaries[0]: give min_batch or batch_below, not both"),
+    "fused-without-distinct": (BASE + "runtime:\n  - {name: x, kinds: batchnorm, bytes: 1, fused_with: relu,"
+                               " source: t}\n", "runtime[0]: fused_with tells distinct configurations apart"),
     "negative-bytes": (BASE + "runtime:\n  - {name: x, bytes: -4, source: t}\n", "runtime[0].bytes: -4 is negative"),
     "stage-after-backward": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, format: uint8,"
                              " during: after_backward, stage: 2, source: t}\n",

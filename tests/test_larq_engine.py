@@ -133,7 +133,7 @@ def test_larq_engine_predicts_the_median_process_peak(path: Path):
     _assert_predicts_the_median(path, "process_peak_bytes", PROCESS_TOLERANCE)
 
 
-# Points measured in fewer than 3 fresh processes (none: every point has 5 to 11 runs).
+# Points measured in fewer than 3 fresh processes (none: every point has 11 runs).
 SINGLE_PROCESS: set[str] = set()
 
 
@@ -164,3 +164,27 @@ def test_larq_engine_is_within_the_process_to_process_spread(path: Path):
     predicted = _predicted(record).tensor_peak_bytes
     assert min(measured) * (1 - TENSOR_TOLERANCE) <= predicted <= max(measured) * (1 + TENSOR_TOLERANCE), \
         f"{predicted} outside {min(measured)}..{max(measured)} +-{TENSOR_TOLERANCE:.0%}"
+
+
+ONEDNN_JIT = {"MklFusedBatchNormOp": "jit_batchnorm", "MklFusedBatchNormGradOp": "jit_batchnorm_grad",
+              "MklMaxPoolingOp": "jit_maxpool", "MklMaxPoolingGradOp": "jit_maxpool"}
+
+
+@pytest.mark.parametrize("model", ["probe-batchnorm", "probe-maxpool", "dropout-head"])
+def test_batchnorm_and_maxpool_jit_code_is_what_memray_saw(model):
+    """oneDNN's JIT code for batchnorm and max-pool, once per distinct configuration, a batchnorm that only a relu
+    reads being its own (Grappler fuses the two): the engine's bytes equal the attribution's (native stacks)."""
+    from bnncost.costmodel.memory import memory_plan
+    from bnncost.costmodel.strategy import load_strategy
+    from bnncost.layers.graph import graph_of
+
+    doc = json.loads((ROOT / "benchmarks" / "frameworks" / "measurements" / "attribution"
+                      / f"larq-{model}-standard-b16-jit.json").read_text())
+    measured = sum(k["bytes"] for k in doc["baseline_kernels"]
+                   if k["kernel"].split(" | ")[0].removeprefix("tensorflow::") in ONEDNN_JIT
+                   and "jit_generator" in k["kernel"])
+    engine = load_engine("larq")
+    plan = memory_plan(graph_of(str(ROOT / doc["model_file"])), load_strategy("standard"), retention=engine.retention,
+                       engine=engine)
+    modelled = sum(v.bytes_at(16) for v in plan.variables if v.name.removeprefix("runtime.") in ONEDNN_JIT.values())
+    assert modelled == measured
