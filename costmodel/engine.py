@@ -157,6 +157,7 @@ class When(BaseModel):
     needs_input_grad: bool | None = None  # its backward computes dX
     pointwise: bool | None = None  # conv2d with a 1x1 kernel, stride 1, one group
     spatial: bool | None = None  # its input is a feature map (height, width, channels), not a vector
+    bias: bool | None = None  # a full-precision dense / conv2d with a learned bias
     # its input is the output of a layer of this kind, read by it alone (two ops a graph optimiser fuses)
     follows: Literal[LAYER_KINDS] | None = None
 

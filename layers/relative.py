@@ -91,7 +91,8 @@ def sole_reader(graph: Graph, node: Node) -> Node | None:
 
 def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = None, first: bool | None = None,
                    needs_input_grad: bool | None = None, pointwise: bool | None = None,
-                   spatial: bool | None = None, follows: str | None = None) -> list[Node]:
+                   spatial: bool | None = None, follows: str | None = None,
+                   bias: bool | None = None) -> list[Node]:
     """The nodes of these kinds that pass the optional conditions, in forward order.
 
     `spatial`: the layer's input is a feature map (height, width, channels),
@@ -120,6 +121,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
         if pointwise is not None and is_pointwise(node) != pointwise:
             continue
         if spatial is not None and (len(node.in_shape) == 3) != spatial:
+            continue
+        if bias is not None and node.bias != bias:
             continue
         out.append(node)
     return out

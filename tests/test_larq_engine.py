@@ -167,13 +167,14 @@ def test_larq_engine_is_within_the_process_to_process_spread(path: Path):
 
 
 ONEDNN_JIT = {"MklFusedBatchNormOp": "jit_batchnorm", "MklFusedBatchNormGradOp": "jit_batchnorm_grad",
-              "MklMaxPoolingOp": "jit_maxpool", "MklMaxPoolingGradOp": "jit_maxpool"}
+              "MklMaxPoolingOp": "jit_maxpool", "MklMaxPoolingGradOp": "jit_maxpool", "MklFusedMatMulOp": "jit_dense_bias"}
 
 
 @pytest.mark.parametrize("model", ["probe-batchnorm", "probe-maxpool", "dropout-head"])
-def test_batchnorm_and_maxpool_jit_code_is_what_memray_saw(model):
-    """oneDNN's JIT code for batchnorm and max-pool, once per distinct configuration, a batchnorm that only a relu
-    reads being its own (Grappler fuses the two): the engine's bytes equal the attribution's (native stacks)."""
+def test_batchnorm_maxpool_and_biased_dense_jit_code_is_what_memray_saw(model):
+    """oneDNN's JIT code for batchnorm, max-pool and a dense with a bias (fused MatMul + BiasAdd), once per distinct
+    configuration, a batchnorm that only a relu reads being its own (Grappler fuses the two): the engine's bytes
+    equal the attribution's (native stacks)."""
     from bnncost.costmodel.memory import memory_plan
     from bnncost.costmodel.strategy import load_strategy
     from bnncost.layers.graph import graph_of
