@@ -192,13 +192,8 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
             continue
         n = 1 if r.kinds is None else len({_configuration(v, graph, r.fused_with) for v in nodes(r)}
                                           if r.distinct else nodes(r))
-        if r.min_batch is None:
-            add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
-                         0, last, batch_below=r.batch_below), where("runtime", i))
-        elif n:
-            add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
-                         last, by_batch=lambda batch, r=r, n=n: n * r.bytes if batch >= r.min_batch else 0),
-                where("runtime", i))
+        add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
+                     0, last, batch_below=r.batch_below, min_batch=r.min_batch), where("runtime", i))
     # 7. constants: equal ones are held once
     held_constants: set[tuple] = set()
     for i, rule in enumerate(engine.constants):
