@@ -71,7 +71,6 @@ def measure(model_ref: str, batch: int, strategy: str) -> dict:
     torch.manual_seed(0)
     import torch_measure
     from common import machine, mark, replay
-    from torch_model import build_torch_model, classes, input_shape
 
     from bnncost.layers.graph import graph_of
 
@@ -79,17 +78,7 @@ def measure(model_ref: str, batch: int, strategy: str) -> dict:
     torch_measure._finish_import(torch, strategy)
     tmp = Path(tempfile.mkdtemp(prefix="torch-objects-"))
     with memray.Tracker(tmp / "run.bin", native_traces=True):
-        if strategy == "proposed":
-            from torch_proposed import ProposedLayers as Layers, ProposedTrainer as Trainer
-        else:
-            from torch_model import Layers, StandardTrainer as Trainer
-        model = build_torch_model(graph, Layers())
-        trainer = Trainer(model)
-        x = torch.randn((batch, *input_shape(graph)), dtype=trainer.data_dtype)
-        y = torch.randint(0, classes(graph), (batch,))
-        for _ in range(torch_measure.WARMUP):
-            trainer.zero_grad()
-            trainer.step(x, y)
+        _model, trainer, x, y = torch_measure.warmed_up(torch, graph, strategy, batch)
         trainer.zero_grad()
         mark("step_start")
         trainer.step(x, y, marks=mark)

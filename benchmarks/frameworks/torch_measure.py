@@ -145,6 +145,25 @@ def group_at_peak(records) -> list[dict]:
     return sorted(rows, key=lambda r: -r["bytes"])
 
 
+def warmed_up(torch, graph, strategy: str, batch: int) -> tuple:
+    """(model, trainer, x, y) as a user's script holds them after WARMUP steps: the model built from the graph,
+    its trainer (Adam), one batch (float16 data for proposed; int64 targets). Inside the caller's tracker."""
+    from torch_model import build_torch_model, classes, input_shape
+
+    if strategy == "proposed":
+        from torch_proposed import ProposedLayers as Layers, ProposedTrainer as Trainer
+    else:
+        from torch_model import Layers, StandardTrainer as Trainer
+    model = build_torch_model(graph, Layers())
+    trainer = Trainer(model)
+    x = torch.randn((batch, *input_shape(graph)), dtype=trainer.data_dtype)
+    y = torch.randint(0, classes(graph), (batch,))
+    for _ in range(WARMUP):
+        trainer.zero_grad()
+        trainer.step(x, y)
+    return model, trainer, x, y
+
+
 def measure(model_ref: str, batch: int, strategy: str, *, attribute: bool = True) -> dict:
     import memray
     import numpy
@@ -153,7 +172,7 @@ def measure(model_ref: str, batch: int, strategy: str, *, attribute: bool = True
     torch.set_num_threads(1)
     torch.manual_seed(0)
     from common import SCHEMA, machine, mark, replay
-    from torch_model import build_torch_model, check_shapes, classes, input_shape
+    from torch_model import check_shapes
     from bnncost.layers.graph import graph_of
 
     graph = graph_of(model_ref)
@@ -161,17 +180,7 @@ def measure(model_ref: str, batch: int, strategy: str, *, attribute: bool = True
     tmp = Path(tempfile.mkdtemp(prefix="torch-measure-"))
     t0 = time.time()
     with memray.Tracker(tmp / "run.bin"):
-        if strategy == "proposed":
-            from torch_proposed import ProposedLayers as Layers, ProposedTrainer as Trainer
-        else:
-            from torch_model import Layers, StandardTrainer as Trainer
-        model = build_torch_model(graph, Layers())
-        trainer = Trainer(model)
-        x = torch.randn((batch, *input_shape(graph)), dtype=trainer.data_dtype)
-        y = torch.randint(0, classes(graph), (batch,))
-        for _ in range(WARMUP):
-            trainer.zero_grad()
-            trainer.step(x, y)
+        model, trainer, x, y = warmed_up(torch, graph, strategy, batch)
         for _ in range(MEASURED):
             trainer.zero_grad()
             mark("step_start")
