@@ -158,6 +158,10 @@ class When(BaseModel):
     pointwise: bool | None = None  # conv2d with a 1x1 kernel, stride 1, one group
     spatial: bool | None = None  # its input is a feature map (height, width, channels), not a vector
     bias: bool | None = None  # a full-precision dense / conv2d with a learned bias
+    min_in_channels: PositiveInt | None = None  # its input has at least this many channels
+    max_in_channels: PositiveInt | None = None  # its input has at most this many channels
+    same_channels: bool | None = None  # as many output channels as input channels
+    padded: bool | None = None  # a window padded at the border ('same' padding of a window larger than 1)
     # its input is the output of a layer of this kind, read by it alone (two ops a graph optimiser fuses)
     follows: Literal[LAYER_KINDS] | None = None
 

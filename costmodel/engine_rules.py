@@ -259,9 +259,7 @@ def sized_shape(node: Node, rule) -> tuple[tuple, bool]:
 
 def rule_nodes(graph: Graph, rule) -> list[Node]:
     """The layers a per-layer rule picks: its `kinds`, narrowed by its `when`."""
-    w = rule.when
-    return matching_nodes(graph, rule.kinds, w.binary, w.first, w.needs_input_grad, w.pointwise, w.spatial, w.follows,
-                          w.bias)
+    return matching_nodes(graph, rule.kinds, **rule.when.model_dump())
 
 
 def staged_event(event: str, stage: int) -> str:

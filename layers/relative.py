@@ -92,12 +92,16 @@ def sole_reader(graph: Graph, node: Node) -> Node | None:
 def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = None, first: bool | None = None,
                    needs_input_grad: bool | None = None, pointwise: bool | None = None,
                    spatial: bool | None = None, follows: str | None = None,
-                   bias: bool | None = None) -> list[Node]:
+                   bias: bool | None = None, min_in_channels: int | None = None, max_in_channels: int | None = None,
+                   same_channels: bool | None = None, padded: bool | None = None) -> list[Node]:
     """The nodes of these kinds that pass the optional conditions, in forward order.
 
     `spatial`: the layer's input is a feature map (height, width, channels),
     not a vector. `follows`: the layer's input is the output of a layer of that
     kind and no other layer reads it (two ops a graph optimiser can fuse).
+    `min_in_channels` / `max_in_channels`: bounds on its input's channels; `same_channels`:
+    as many output channels as input channels; `padded`: a conv or pool whose
+    window is padded at the border ('same' padding of a window larger than 1).
     """
     readers: dict[int, int] = {}
     for n in graph.nodes:
@@ -123,6 +127,14 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
         if spatial is not None and (len(node.in_shape) == 3) != spatial:
             continue
         if bias is not None and node.bias != bias:
+            continue
+        if min_in_channels is not None and node.in_shape[-1] < min_in_channels:
+            continue
+        if max_in_channels is not None and node.in_shape[-1] > max_in_channels:
+            continue
+        if same_channels is not None and (node.in_shape[-1] == node.out_shape[-1]) != same_channels:
+            continue
+        if padded is not None and any(node.padding) != padded:
             continue
         out.append(node)
     return out
