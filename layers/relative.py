@@ -103,16 +103,13 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
     as many output channels as input channels; `padded`: a conv or pool whose
     window is padded at the border ('same' padding of a window larger than 1).
     """
-    readers: dict[int, int] = {}
-    for n in graph.nodes:
-        for t in n.inputs:
-            readers[t] = readers.get(t, 0) + 1
-    kind_of = {n.name: n.kind for n in graph.nodes}
+    by_name = {n.name: n for n in graph.nodes}
     out = []
     for node in graph.nodes:
         if follows is not None:
-            src = graph.tensors[node.inputs[0]]
-            if len(node.inputs) != 1 or kind_of.get(src.producer) != follows or readers[src.id] != 1:
+            producer = by_name.get(graph.tensors[node.inputs[0]].producer)
+            if (len(node.inputs) != 1 or producer is None or producer.kind != follows
+                    or sole_reader(graph, producer) is not node):
                 continue
         if node.kind not in kinds:
             continue
