@@ -198,3 +198,28 @@ def test_onednn_jit_code_is_what_memray_saw(model):
                        if k["kernel"].split(" | ")[0].removeprefix("tensorflow::") in ops and "jit_generator" in k["kernel"])
         modelled = sum(v.bytes_at(16) for v in plan.variables if v.name.removeprefix("runtime.") in rules)
         assert abs(modelled - measured) <= 64 * len(graph.nodes), (kind, modelled, measured)
+
+
+# larq_probes.py's per-layer bytes (from the probe recordings) and the rule each one is
+PROBE_RULES = {"sign": "graph_sign", "batchnorm (after a conv2d, fused)": "graph_batchnorm",
+               "batchnorm (after a dense)": "graph_batchnorm_of_vectors", "relu": "graph_relu", "prelu": "graph_prelu",
+               "dropout": "graph_dropout", "maxpool": "graph_maxpool", "avgpool": "graph_avgpool",
+               "conv2d (full precision)": "graph_conv2d", "conv2d (binary)": "graph_binary_conv2d",
+               "dense (full precision)": "graph_dense", "dense (binary)": "graph_binary_dense", "add": "graph_add",
+               "bias of a dense (beyond the dense)": "graph_dense_bias"}
+
+
+def test_graph_bytes_per_layer_are_the_probes():
+    """Each layer kind's graph runtime is what larq_probes.py reads off the probe recordings, to the byte, and the
+    fixed bytes are the dense base probe's; a kind's graph on vectors is within 2% of it on feature maps."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "frameworks"))
+    import larq_probes
+
+    runtime = {r.name: r.bytes for r in load_engine("larq").runtime}
+    layer = larq_probes.per_layer(larq_probes.runtimes())
+    assert {rule: runtime[rule] for rule in PROBE_RULES.values()} == {r: layer[k] for k, r in PROBE_RULES.items()}
+    assert runtime["framework"] == larq_probes.fixed(larq_probes.runtimes(), layer)["dense base probe"]
+    for kind in ("prelu", "dropout"):
+        assert abs(layer[f"{kind} (of vectors, check)"] / layer[kind] - 1) < 0.02

@@ -87,6 +87,10 @@ def per_layer(rt: dict[str, int]) -> dict[str, int]:
         "dense (full precision)": round(extra("dense-fp", "dense-base")),
         "dense (binary)": round(extra("sign-dense", "dense-base") - sign),
         "add": round(extra("residual-batchnorm", "base") - batchnorm),
+        "bias of a dense (beyond the dense)": round(extra("dense-bias", "dense-base") - extra("dense-fp", "dense-base")),
+        # the same kinds on vectors, as a check that a kind's graph does not follow its shape
+        "prelu (of vectors, check)": round(extra("dense-prelu", "dense-base")),
+        "dropout (of vectors, check)": round(extra("dense-dropout", "dense-base")),
     }
 
 
