@@ -162,6 +162,9 @@ class When(BaseModel):
     max_in_channels: PositiveInt | None = None  # its input has at most this many channels
     same_channels: bool | None = None  # as many output channels as input channels
     padded: bool | None = None  # a window padded at the border ('same' padding of a window larger than 1)
+    # a conv whose dW the engine's jit_conv_kernels computes by im2col + sgemm (input channels per group off
+    # its gemm_weight_grad_channel_multiple): no JIT backward-weights kernel, no blocked copies for it
+    gemm_weight_grad: bool | None = None
     # its input is the output of a layer of this kind, read by it alone (two ops a graph optimiser fuses)
     follows: Literal[LAYER_KINDS] | None = None
 

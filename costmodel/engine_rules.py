@@ -70,7 +70,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         return f"{engine.file}: {key}[{i}]"
 
     def nodes(rule) -> list[Node]:
-        return rule_nodes(graph, rule) if rule.applies_to(strategy) else []
+        return rule_nodes(graph, rule, engine.jit_conv_kernels) if rule.applies_to(strategy) else []
 
     def event(node: Node, word: str, end: bool = False) -> int:
         """The event a word names; for an event split into stages, its first (an alloc) or last (`end`)."""
@@ -257,9 +257,16 @@ def sized_shape(node: Node, rule) -> tuple[tuple, bool]:
     return relative_shape(node, rule.shape) if rule.bytes is None else ((rule.bytes,), False)
 
 
-def rule_nodes(graph: Graph, rule) -> list[Node]:
-    """The layers a per-layer rule picks: its `kinds`, narrowed by its `when`."""
-    return matching_nodes(graph, rule.kinds, **rule.when.model_dump())
+def rule_nodes(graph: Graph, rule, jit: JitConvKernels | None = None) -> list[Node]:
+    """The layers a per-layer rule picks: its `kinds`, narrowed by its `when` (`gemm_weight_grad` by the
+    engine's JIT rule: the convs whose dW is im2col + sgemm)."""
+    when = rule.when.model_dump()
+    gemm = when.pop("gemm_weight_grad")
+    picked = matching_nodes(graph, rule.kinds, **when)
+    if gemm is None:
+        return picked
+    gemm_dw = {n.name for n in gemm_weight_grad_convs(graph, jit)} if jit is not None else set()
+    return [n for n in picked if (n.name in gemm_dw) == gemm]
 
 
 def staged_event(event: str, stage: int) -> str:
@@ -292,7 +299,7 @@ def _with_sub_events(graph: Graph, strategy: Strategy, engine: Engine, events: l
     for rule in (*engine.temporaries, *engine.lifetimes):
         if not rule.applies_to(strategy):
             continue
-        for n in rule_nodes(graph, rule):
+        for n in rule_nodes(graph, rule, engine.jit_conv_kernels):
             if isinstance(rule, Lifetime):
                 if rule.stage is not None:
                     stages.setdefault(relative_event(n, rule.alloc, retention), set()).add(rule.stage)

@@ -42,7 +42,7 @@ def _reference(model, x):
             x = F.linear(x, SignSTE.apply(w) if m.binary else w)
         elif isinstance(m, PackedConv2d):
             w = m.ref_weight
-            x = F.conv2d(x, SignSTE.apply(w) if m.binary else w, None, m.stride, m.padding)
+            x = F.conv2d(x, SignSTE.apply(w) if m.binary else w, None, m.stride, m.padding, groups=m.groups)
         elif isinstance(m, L1BatchNorm):
             dims = (0, 2, 3) if x.dim() == 4 else (0,)
             view = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
@@ -55,7 +55,10 @@ def _reference(model, x):
     return x
 
 
-@pytest.mark.parametrize("name,batch", [("digits-mlp", 64), ("digits-cnn", 32)])
+GROUPED = Path(__file__).resolve().parent / "data" / "grouped-cnn.yaml"  # a depthwise and a grouped binary conv
+
+
+@pytest.mark.parametrize("name,batch", [("digits-mlp", 64), ("digits-cnn", 32), (str(GROUPED), 32)])
 def test_gradients_agree_with_float32_autograd_up_to_the_quantisation(name, batch):
     torch.manual_seed(0)
     graph = graph_of(name)

@@ -111,7 +111,8 @@ class Conv2dFn(_Packed):
     @staticmethod
     def forward(ctx, x, w, module):
         ctx.save_for_backward(_Packed.save_input(ctx, x, module), w)
-        return F.conv2d(x.float(), _Packed.weight_of(module, w), None, module.stride, module.padding).half()
+        return F.conv2d(x.float(), _Packed.weight_of(module, w), None, module.stride, module.padding,
+                        groups=module.groups).half()
 
     @staticmethod
     def backward(ctx, grad):
@@ -120,8 +121,10 @@ class Conv2dFn(_Packed):
         g = grad.float()
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = torch.nn.grad.conv2d_input(ctx.shape, _Packed.weight_of(m, w), g, m.stride, m.padding).half()
-        dw = torch.nn.grad.conv2d_weight(_Packed.input_of(ctx, saved), w.shape, g, m.stride, m.padding)
+            dx = torch.nn.grad.conv2d_input(ctx.shape, _Packed.weight_of(m, w), g, m.stride, m.padding,
+                                            groups=m.groups).half()
+        dw = torch.nn.grad.conv2d_weight(_Packed.input_of(ctx, saved), w.shape, g, m.stride, m.padding,
+                                         groups=m.groups)
         m.grad_bits = pack_signs(dw >= 0)
         return dx, None, None
 
@@ -138,10 +141,10 @@ class PackedLinear(nn.Linear):
 
 
 class PackedConv2d(nn.Conv2d):
-    """nn.Conv2d (no bias) through Conv2dFn; `binary` convolves with sign(W)."""
+    """nn.Conv2d (no bias) through Conv2dFn; `binary` convolves with sign(W); `groups` as nn.Conv2d's."""
 
-    def __init__(self, cin, cout, k, s, pad, binary, binary_input):
-        super().__init__(cin, cout, k, s, pad, bias=False)
+    def __init__(self, cin, cout, k, s, pad, binary, binary_input, groups=1):
+        super().__init__(cin, cout, k, s, pad, bias=False, groups=groups)
         self.binary, self.binary_input, self.grad_bits = binary, binary_input, None
 
     def forward(self, x):
@@ -227,6 +230,10 @@ class ProposedLayers(Layers):
 
     def conv(self, cin, cout, k, s, pad, binary, first=False):
         return PackedConv2d(cin, cout, k, s, pad, binary, binary and not first)
+
+    def grouped_conv(self, cin, cout, k, s, pad, binary, groups):
+        """A grouped / depthwise conv through the same Function (its input saved packed when binary)."""
+        return PackedConv2d(cin, cout, k, s, pad, binary, binary, groups)
 
     def batchnorm(self, c, spatial):
         return L1BatchNorm(c)
