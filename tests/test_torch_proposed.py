@@ -63,7 +63,7 @@ def test_gradients_agree_with_float32_autograd_up_to_the_quantisation(name, batc
     torch.manual_seed(0)
     graph = graph_of(name)
     model = build_torch_model(graph, ProposedLayers())
-    trainer = ProposedTrainer(model)
+    ProposedTrainer(model)  # makes the model float16, as a training run does
     for m in model:
         if isinstance(m, (PackedLinear, PackedConv2d)):
             m.ref_weight = m.weight.detach().float().requires_grad_()
