@@ -165,6 +165,10 @@ class When(BaseModel):
     # a conv whose dW the engine's jit_conv_kernels computes by im2col + sgemm (input channels per group off
     # its gemm_weight_grad_channel_multiple): no JIT backward-weights kernel, no blocked copies for it
     gemm_weight_grad: bool | None = None
+    # a conv that oneDNN runs (true), or that the framework runs another way (false): by the engine's
+    # jit_conv_kernels, every conv but a 1x1 stride-1 one below its pointwise_min_batch samples (the batch
+    # bound is the variable's: held from, or below, that batch)
+    onednn: bool | None = None
     # its input is the output of a layer of this kind, read by it alone (two ops a graph optimiser fuses)
     follows: Literal[LAYER_KINDS] | None = None
 
@@ -267,6 +271,8 @@ class LayerTemporary(_LayerRule, _LayerSized):
     def _stage_of_an_op(self) -> "LayerTemporary":
         if self.min_batch is not None and self.batch_below is not None:
             raise ValueError("give min_batch or batch_below, not both (write two rules)")
+        if self.when.onednn is not None and (self.min_batch is not None or self.batch_below is not None):
+            raise ValueError("when.onednn sets the batch bound itself; give it or min_batch / batch_below")
         if self.stage is not None and self.during == "after_backward":
             raise ValueError("stage: after_backward is a moment of its own, not an op with stages; "
                              "stage a forward or backward temporary")
@@ -778,7 +784,7 @@ def _check_rules(f: _EngineFile, source: str, inherited_roles: set[str]) -> set[
                                   f"not {', '.join(k for k in rule.kinds if k not in WEIGHTED_KINDS)}")
     for key in ("variables", "temporaries", "optimizer_temporaries"):
         for i, rule in enumerate(getattr(f, key)):
-            if rule.format is None and rule.role not in STRATEGY_ROLES and getattr(rule, "bytes", None) is None:
+            if rule.resolved_format() == f"{STRATEGY_FORMAT}{rule.role}" and rule.role not in STRATEGY_ROLES:
                 raise EngineError(f"{source}: {key}[{i}].format: role '{rule.role}' has no strategy format; "
                                   f"give one ({', '.join(STORAGE_BITS)}, or strategy:<role>)")
     for key in ("drop", "shares", "lifetimes", "formats"):

@@ -172,7 +172,9 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                 alloc, free = event(node, rule.during), event(node, rule.during, end=True)
             v = buffer(f"{node.name}.{rule.name}", node.name, rule.role, fmt(rule), shape, batched, rule.count,
                        alloc, free)
-            add(replace(v, min_batch=rule.min_batch, batch_below=rule.batch_below), where("temporaries", i))
+            min_batch, batch_below = (rule.min_batch, rule.batch_below) if rule.when.onednn is None else \
+                onednn_batches(node, rule.when.onednn, engine.jit_conv_kernels)
+            add(replace(v, min_batch=min_batch, batch_below=batch_below), where("temporaries", i))
             temporary.add(f"{node.name}.{rule.name}")
     update_first, update = spans["update"]
     params = parameter_tensors(graph, strategy.batchnorm, strategy.optimizer)
@@ -261,12 +263,23 @@ def rule_nodes(graph: Graph, rule, jit: JitConvKernels | None = None) -> list[No
     """The layers a per-layer rule picks: its `kinds`, narrowed by its `when` (`gemm_weight_grad` by the
     engine's JIT rule: the convs whose dW is im2col + sgemm)."""
     when = rule.when.model_dump()
-    gemm = when.pop("gemm_weight_grad")
+    gemm, onednn = when.pop("gemm_weight_grad"), when.pop("onednn")
     picked = matching_nodes(graph, rule.kinds, **when)
-    if gemm is None:
-        return picked
-    gemm_dw = {n.name for n in gemm_weight_grad_convs(graph, jit)} if jit is not None else set()
-    return [n for n in picked if (n.name in gemm_dw) == gemm]
+    if gemm is not None:
+        gemm_dw = {n.name for n in gemm_weight_grad_convs(graph, jit)} if jit is not None else set()
+        picked = [n for n in picked if (n.name in gemm_dw) == gemm]
+    if onednn is not None:
+        picked = [n for n in picked if onednn_batches(n, onednn, jit) is not None]
+    return picked
+
+
+def onednn_batches(node: Node, onednn: bool, jit: JitConvKernels | None) -> tuple[int | None, int | None] | None:
+    """(min_batch, batch_below) over which the engine's oneDNN runs this conv (onednn) or does not (not onednn);
+    None: at no batch size. A 1x1 stride-1 conv runs on oneDNN only from jit.pointwise_min_batch on."""
+    slow_below = jit.pointwise_min_batch if jit is not None and is_pointwise(node) else None
+    if onednn:
+        return (slow_below, None)
+    return (None, slow_below) if slow_below is not None else None
 
 
 def staged_event(event: str, stage: int) -> str:

@@ -566,6 +566,9 @@ BAD = {
                                   "temporaries[0]: give min_batch or batch_below, not both"),
     "fused-without-distinct": (BASE + "runtime:\n  - {name: x, kinds: batchnorm, bytes: 1, fused_with: relu,"
                                " source: t}\n", "runtime[0]: fused_with tells distinct configurations apart"),
+    "onednn-and-a-batch-bound": (BASE + "temporaries:\n  - {kinds: conv2d, when: {onednn: true}, name: t,"
+                                 " shape: input, format: uint8, during: forward, min_batch: 4, source: t}\n",
+                                 "temporaries[0]: when.onednn sets the batch bound itself"),
     "negative-bytes": (BASE + "runtime:\n  - {name: x, bytes: -4, source: t}\n", "runtime[0].bytes: -4 is negative"),
     "stage-after-backward": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, format: uint8,"
                              " during: after_backward, stage: 2, source: t}\n",
