@@ -316,3 +316,19 @@ def test_onednn_op_objects_are_the_median_memray_saw():
         median = statistics.median(r["ops"][op]["objects_bytes"] for r in recs.values())
         assert t.bytes == round(median), (t.name, op, t.bytes, median)
         assert t.when.onednn is True  # THNN's slow_conv2d builds no oneDNN descriptors
+
+
+def test_autograd_graph_task_is_what_memray_saw():
+    """Autograd's graph task (the GraphTask, its thread-local state and future, made by Engine::execute) is alive
+    through every backward event of every layer, the same bytes in every probe whose peak is in the backward;
+    its per-node tables are recorded apart and not modelled."""
+    from bnncost.costmodel.engine import LAYER_KINDS
+
+    recs = [json.loads(p.read_text()) for p in (MEASUREMENTS / "probes" / "torch-graph").glob("*.json")]
+    fixed = {r["peak_graph_task_bytes"] - r["peak_graph_task_node_tables_bytes"] for r in recs
+             if r["peak_phase"] == "backward"}
+    assert len(recs) >= 20 and len(fixed) == 1
+    rules = [t for t in load_engine("pytorch").temporaries if t.name.startswith("autograd_graph_task")]
+    during = {t.during for t in rules}
+    assert during == {"backward", "after_backward"} and {t.bytes for t in rules} == fixed
+    assert set(next(t for t in rules if t.during == "backward").kinds) == set(LAYER_KINDS)

@@ -10,12 +10,15 @@ made inside the step and still live is tensor storage when its stack passes
 through c10's CPU allocator (c10::alloc_cpu), and otherwise an object: an
 autograd node (its C++ Node and, for a Python autograd Function, the
 Function's ctx), a tensor's TensorImpl, StorageImpl and AutogradMeta, the
-Python wrappers, the engine's graph task. Those objects are made in the
+Python wrappers. Those objects are made in the
 forward and live as long as the graph, to the step's end, so they sit under
 every peak of the step: the measured tensor peak (persistent tensors plus the
 step's rise) holds them. Recorded: `objects_bytes`, the step's rise at its peak
 less the tensor storage made in the step and live there (so objects freed
-from the baseline count against it).
+from the baseline count against it). At a backward peak, also autograd's graph
+task (`peak_graph_task_bytes`: the GraphTask, its thread-local state, its
+future, and the node tables compute_dependencies builds, given apart), which
+lives from the backward's start to its end.
 
 With --probes: every probe model of benchmarks/frameworks/probes/ (a small
 base plus 6 copies of one layer kind), batch 16, both strategies, each in a
@@ -85,6 +88,7 @@ def measure(model_ref: str, batch: int, strategy: str) -> dict:
         mark("step_end")
     walked = replay(tmp / "run.bin", keep_at_peak=True, keep_at="forward_end")
     step = walked["steps"][0]
+    task, tables = _graph_task(walked["at_peak"]) if step.get("peak_phase") == "backward" else (0, 0)
     at = {"forward_end": (step["forward_end"] - step["baseline"], _storage(walked["at_forward_end"])),
           "peak": (step["peak"] - step["baseline"], _storage(walked["at_peak"]))}
     for f in tmp.iterdir():
@@ -93,6 +97,7 @@ def measure(model_ref: str, batch: int, strategy: str) -> dict:
     return {"model": graph.model.name, "model_ref": model_ref, "strategy": strategy, "batch": batch,
             "versions": {"torch": torch.__version__, "memray": memray.__version__}, **machine(), "threads": 1,
             "peak_phase": step.get("peak_phase"),
+            "peak_graph_task_bytes": task, "peak_graph_task_node_tables_bytes": tables,
             **{f"{k}_{what}_bytes": v for k, (rise, storage) in at.items()
                for what, v in (("rise", rise), ("tensor_storage", storage), ("objects", rise - storage))}}
 
@@ -102,6 +107,19 @@ def _storage(records) -> int:
     return sum(rec.size for rec in records
                if any(name in frame for frame, _f, _l in rec.native_stack_trace(max_stacks=30)
                       for name in TENSOR_STORAGE))
+
+
+def _graph_task(records) -> tuple[int, int]:
+    """(all, node tables) of autograd's graph task live at a backward peak: what Engine::execute makes itself
+    (the GraphTask, its thread-local state and future), not the ops it runs (thread_main -> evaluate_function);
+    the node tables are compute_dependencies' nodes_in_graph_ set and dependencies_ map (one entry per node)."""
+    task = tables = 0
+    for rec in records:
+        frames = [frame for frame, _f, _l in rec.native_stack_trace(max_stacks=60)]
+        if any("Engine::execute(" in f for f in frames) and not any("Engine::thread_main" in f for f in frames):
+            task += rec.size
+            tables += rec.size if any("Engine::compute_dependencies" in f for f in frames) else 0
+    return task, tables
 
 
 def run_probes() -> None:
