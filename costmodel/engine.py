@@ -59,7 +59,7 @@ from bnncost.costmodel.strategy import STRATEGY_CHOICES, Strategy
 from bnncost.hardware_profiles.units import QuantityError, convert
 from bnncost.layers.model import looks_like_path
 from bnncost.layers.relative import (
-    END_EVENTS, EVENTS, LAYER_KINDS, SHAPES, SHAPES_OF_WEIGHTED,
+    END_EVENTS, EVENTS, LAYER_KINDS, SHAPES, SHAPES_OF_GROUPED, SHAPES_OF_WEIGHTED,
 )
 from bnncost.layers.roles import DERIVED_FORMAT, FORMATTED_ROLES, ROLES
 from bnncost.layers.spec import WEIGHTED_KINDS
@@ -162,6 +162,7 @@ class When(BaseModel):
     max_in_channels: PositiveInt | None = None  # its input has at most this many channels
     same_channels: bool | None = None  # as many output channels as input channels
     padded: bool | None = None  # a window padded at the border ('same' padding of a window larger than 1)
+    grouped: bool | None = None  # a conv2d with 1 < groups < input channels (grouped, not depthwise)
     # a conv whose dW the engine's jit_conv_kernels computes by im2col + sgemm (input channels per group off
     # its gemm_weight_grad_channel_multiple): no JIT backward-weights kernel, no blocked copies for it
     gemm_weight_grad: bool | None = None
@@ -359,7 +360,9 @@ class RuntimeBytes(_Rule):
     With `batch_below`, only at batch sizes below it (a library that keeps more
     state for small batches): the peak may then drop where B reaches it. With
     `distinct`, once per distinct layer configuration among those layers (state
-    a library caches by shape, shared by equal layers).
+    a library caches by shape, shared by equal layers). With `once`, once if any
+    layer of those kinds passes `when` (code a library generates the first time
+    a kind of op runs, whatever its shape).
     """
 
     name: Identifier
@@ -374,6 +377,7 @@ class RuntimeBytes(_Rule):
     # with distinct: a layer whose output only a layer of these kinds reads is a configuration of its own (a
     # graph optimiser fuses the two into one op, which makes its own primitive: Grappler's batchnorm + relu)
     fused_with: Kinds | None = None
+    once: bool = False  # with kinds: once if any such layer is in the step, not per layer
 
     @model_validator(mode="after")
     def _one_bound(self) -> "RuntimeBytes":
@@ -381,6 +385,10 @@ class RuntimeBytes(_Rule):
             raise ValueError("give min_batch or batch_below, not both (write two rules)")
         if self.distinct and self.kinds is None:
             raise ValueError("distinct counts layers of some kinds: give kinds")
+        if self.once and self.kinds is None:
+            raise ValueError("once holds the bytes if a layer of some kinds is in the step: give kinds")
+        if self.once and self.distinct:
+            raise ValueError("once or distinct, not both")
         if self.fused_with is not None and not self.distinct:
             raise ValueError("fused_with tells distinct configurations apart: give distinct: true")
         return self
@@ -782,6 +790,9 @@ def _check_rules(f: _EngineFile, source: str, inherited_roles: set[str]) -> set[
                 raise EngineError(f"{source}: {key}[{i}].shape: {rule.shape} needs kinds among "
                                   f"{', '.join(WEIGHTED_KINDS)}, "
                                   f"not {', '.join(k for k in rule.kinds if k not in WEIGHTED_KINDS)}")
+            if rule.shape in SHAPES_OF_GROUPED and set(rule.kinds) != {"conv2d"}:
+                raise EngineError(f"{source}: {key}[{i}].shape: {rule.shape} needs kinds: [conv2d], not "
+                                  f"{', '.join(rule.kinds)}")
     for key in ("variables", "temporaries", "optimizer_temporaries"):
         for i, rule in enumerate(getattr(f, key)):
             if rule.resolved_format() == f"{STRATEGY_FORMAT}{rule.role}" and rule.role not in STRATEGY_ROLES:

@@ -48,7 +48,7 @@ from bnncost.costmodel.variable import Variable, sized
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
 from bnncost.layers.relative import (
-    is_pointwise, matching_nodes, parameter_tensors, relative_event, relative_shape, sole_reader,
+    is_grouped, is_pointwise, matching_nodes, parameter_tensors, relative_event, relative_shape, sole_reader,
 )
 from bnncost.layers.storage import gradient_buffers
 
@@ -194,6 +194,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
             continue
         n = 1 if r.kinds is None else len({_configuration(v, graph, r.fused_with) for v in nodes(r)}
                                           if r.distinct else nodes(r))
+        n = min(n, 1) if r.once else n
         add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
                      0, last, batch_below=r.batch_below, min_batch=r.min_batch), where("runtime", i))
     # 7. constants: equal ones are held once
@@ -341,8 +342,7 @@ def gemm_weight_grad_convs(graph: Graph, rule: JitConvKernels) -> list[Node]:
     if not rule.gemm_weight_grad_channel_multiple:
         return []
     return [n for n in graph.nodes
-            if n.kind == "conv2d" and 1 < n.groups < n.in_shape[-1]
-            and (n.in_shape[-1] // n.groups) % rule.gemm_weight_grad_channel_multiple]
+            if is_grouped(n) and (n.in_shape[-1] // n.groups) % rule.gemm_weight_grad_channel_multiple]
 
 
 def sgemm_code_bytes(graph: Graph, rule: JitConvKernels) -> int:

@@ -29,6 +29,8 @@ SHAPES: dict[str, str] = {
     "input": "the layer's input, per sample",
     "input_of_one_sample": "the layer's input for one sample, whatever the batch (a buffer reused sample by sample)",
     "output": "the layer's output, per sample",
+    "input_of_one_group": "one channel group of the layer's input (its channels / groups), per sample (conv2d)",
+    "output_of_one_group": "one channel group of the layer's output (its channels / groups), per sample (conv2d)",
     "weight": "the layer's kernel (dense and conv2d only)",
     "lowered_input": "the layer's input lowered to columns, per sample: output positions x inputs per output "
                      "x groups (im2col; dense and conv2d only)",
@@ -37,6 +39,7 @@ SHAPES: dict[str, str] = {
     "sample": "one value per sample",
 }
 SHAPES_OF_WEIGHTED = ("weight", "lowered_input")
+SHAPES_OF_GROUPED = ("input_of_one_group", "output_of_one_group")  # conv2d only
 STEP_EVENTS = ("step_start", "loss", "update", "step_end")
 EVENTS = ("forward", "backward", *STEP_EVENTS)
 END_EVENTS = (*EVENTS, "saved")
@@ -50,6 +53,11 @@ def relative_shape(node: Node, word: str) -> tuple[Shape, bool]:
         return tuple(node.in_shape), False
     if word == "output":
         return tuple(node.out_shape), True
+    if word in ("input_of_one_group", "output_of_one_group"):
+        if node.kind != "conv2d":
+            raise ValueError(f"{node.name} ({node.kind}) has no channel groups")
+        shape = node.in_shape if word == "input_of_one_group" else node.out_shape
+        return (*shape[:-1], shape[-1] // node.groups), True
     if word == "weight":
         if node.kind not in WEIGHTED_KINDS:
             raise ValueError(f"{node.name} ({node.kind}) has no weight")
@@ -83,6 +91,11 @@ def is_pointwise(node: Node) -> bool:
     return node.kind == "conv2d" and node.window == (1, 1) and node.strides == (1, 1) and node.groups == 1
 
 
+def is_grouped(node: Node) -> bool:
+    """A conv2d with more than one group but fewer groups than input channels (grouped, not depthwise)."""
+    return node.kind == "conv2d" and 1 < node.groups < node.in_shape[-1]
+
+
 def sole_reader(graph: Graph, node: Node) -> Node | None:
     """The layer that alone reads this layer's output (None if none or several do)."""
     readers = [n for n in graph.nodes if node.output in n.inputs]
@@ -93,7 +106,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
                    needs_input_grad: bool | None = None, pointwise: bool | None = None,
                    spatial: bool | None = None, follows: str | None = None,
                    bias: bool | None = None, min_in_channels: int | None = None, max_in_channels: int | None = None,
-                   same_channels: bool | None = None, padded: bool | None = None) -> list[Node]:
+                   same_channels: bool | None = None, padded: bool | None = None,
+                   grouped: bool | None = None) -> list[Node]:
     """The nodes of these kinds that pass the optional conditions, in forward order.
 
     `spatial`: the layer's input is a feature map (height, width, channels),
@@ -101,7 +115,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
     kind and no other layer reads it (two ops a graph optimiser can fuse).
     `min_in_channels` / `max_in_channels`: bounds on its input's channels; `same_channels`:
     as many output channels as input channels; `padded`: a conv or pool whose
-    window is padded at the border ('same' padding of a window larger than 1).
+    window is padded at the border ('same' padding of a window larger than 1); `grouped`: a conv with
+    more than one group and fewer groups than input channels (not depthwise).
     """
     by_name = {n.name: n for n in graph.nodes}
     out = []
@@ -132,6 +147,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
         if same_channels is not None and (node.in_shape[-1] == node.out_shape[-1]) != same_channels:
             continue
         if padded is not None and any(node.padding) != padded:
+            continue
+        if grouped is not None and is_grouped(node) != grouped:
             continue
         out.append(node)
     return out

@@ -302,6 +302,27 @@ def test_distinct_layers_fused_with_their_reader(tmp_path):
     assert b.runtime_bytes(B) == 2000  # the first is read by a relu alone: fused, a primitive of its own
 
 
+def test_grouped_convs_runtime_once_and_buffers_per_group(tmp_path):
+    """`when: {grouped: true}` picks the convs with 1 < groups < input channels (not depthwise, not ungrouped);
+    `once` holds a runtime's bytes once if any picked layer is in the step (code generated on first use);
+    `output_of_one_group` / `input_of_one_group` are a conv's output / input with channels / groups."""
+    model = tmp_path / "m.yaml"
+    model.write_text("name: m\ninput: [4, 4, 8]\nlayers:\n  - conv2d: {filters: 8, kernel: 3, padding: same,"
+                     " groups: 2}\n  - conv2d: {filters: 16, kernel: 1, groups: 4}\n"
+                     "  - conv2d: {filters: 16, kernel: 3, padding: same, groups: 16}\n"
+                     "  - conv2d: {filters: 8, kernel: 1}\n  - flatten: {}\n  - dense: {units: 4}\n"
+                     "  - softmax_ce: {}\n")
+    a, b = plans(tmp_path, "runtime:\n  - {name: xla, kinds: conv2d, when: {grouped: true}, bytes: 1000, once: true,"
+                           " source: t}\n"
+                           "temporaries:\n  - {kinds: conv2d, when: {grouped: true}, name: g, shape: output_of_one_group,"
+                           " format: float32, during: forward, source: t}\n", model=str(model))
+    assert b.runtime_bytes(B) == 1000  # two grouped convs, once
+    # conv2d_1: 4x4x8 out in 2 groups; conv2d_2: 4x4x16 in 4 groups; the depthwise and the plain conv: none
+    assert delta(a, b) == add(span(a, "step_start", "step_end", 1000),
+                              span(a, "forward:conv2d_1", "forward:conv2d_1", 4 * 4 * 4 * 4 * B),
+                              span(a, "forward:conv2d_2", "forward:conv2d_2", 4 * 4 * 4 * 4 * B))
+
+
 def test_constants_once_per_distinct_shape(tmp_path):
     """A graph constant shaped like a layer's tensor is held once per distinct format and shape."""
     model = tmp_path / "m.yaml"
@@ -591,6 +612,13 @@ BAD = {
                           "runtime[0]: give min_batch or batch_below, not both"),
     "distinct-without-kinds": (BASE + "runtime:\n  - {name: x, bytes: 1, distinct: true, source: t}\n",
                                "runtime[0]: distinct counts layers of some kinds"),
+    "once-without-kinds": (BASE + "runtime:\n  - {name: x, bytes: 1, once: true, source: t}\n",
+                           "runtime[0]: once holds the bytes if a layer of some kinds"),
+    "once-and-distinct": (BASE + "runtime:\n  - {name: x, kinds: conv2d, bytes: 1, once: true, distinct: true,"
+                          " source: t}\n", "runtime[0]: once or distinct, not both"),
+    "group-of-a-dense": (BASE + "temporaries:\n  - {kinds: [dense, conv2d], name: t, shape: output_of_one_group,"
+                         " format: float32, during: forward, source: t}\n",
+                         "temporaries[0].shape: output_of_one_group needs kinds: [conv2d]"),
     "batch-above": (BASE + "runtime:\n  - {name: x, bytes: 1, batch_above: 16, source: t}\n",
                     "runtime[0].batch_above: unknown field"),
     "constant-strategy-format": (BASE + "constants:\n  - {name: z, kinds: sign, shape: input,"

@@ -2,6 +2,7 @@
 
     python benchmarks/frameworks/larq_repeat.py MODEL --batch B [--runs 2]
     python benchmarks/frameworks/larq_repeat.py --add RUN.json [RUN.json ...]
+    python benchmarks/frameworks/larq_repeat.py PROBE.yaml --batch B --dir measurements/probes/NAME
 
 The first form runs `larq_measure.py MODEL --batch B --print` (the harness
 of the recordings, unchanged) RUNS times, each in its own process, one after
@@ -98,15 +99,15 @@ def with_runs(recording: dict, records: list[dict], source: str) -> dict:
     return summarised({**recording, "runs": runs})
 
 
-def recording_path(record: dict) -> Path:
-    return MEASUREMENTS / f"larq-{record['model']}-{record['strategy']}-b{record['batch']}.json"
+def recording_path(record: dict, directory: Path = MEASUREMENTS) -> Path:
+    return directory / f"larq-{record['model']}-{record['strategy']}-b{record['batch']}.json"
 
 
-def add(records: list[dict], source: str) -> list[Path]:
+def add(records: list[dict], source: str, directory: Path = MEASUREMENTS) -> list[Path]:
     """Fold records into their recordings (grouped by point), rewriting each recording once."""
     by_path: dict[Path, list[dict]] = {}
     for rec in records:
-        by_path.setdefault(recording_path(rec), []).append(rec)
+        by_path.setdefault(recording_path(rec, directory), []).append(rec)
     for path, recs in by_path.items():
         if not path.exists():
             recording = summarised({**recs[0], "runs": [as_run(recs[0], source)]})
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--add", nargs="+", type=Path, metavar="RUN.json",
                    help="records printed by `larq_measure.py --print`, to fold into their recordings")
     p.add_argument("--source", default="larq_repeat.py", help="where the added runs come from (kept per run)")
+    p.add_argument("--dir", type=Path, default=MEASUREMENTS,
+                   help="where the recordings are (default: measurements/; a probe's: measurements/probes/...)")
     args = p.parse_args(argv)
     if args.add:
         try:
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         records = [one_run(args.model, args.batch) for _ in range(args.runs)]
     try:
-        paths = add(records, args.source)
+        paths = add(records, args.source, args.dir)
     except RunMismatch as err:
         print(f"a run does not match its recording: {err}", file=sys.stderr)
         return 2

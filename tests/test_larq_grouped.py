@@ -1,0 +1,70 @@
+"""The `larq` engine on grouped convs, which Keras runs as XLA clusters on CPU (not oneDNN primitives).
+
+The probes (benchmarks/frameworks/probes/larq-grouped-*.yaml) are recorded in
+measurements/probes/larq-grouped/ (larq_repeat.py --dir: five fresh processes
+each, the median), with their ungrouped twin; the runtime rules' figures are
+the attribution records of larq_jit_attribution.py (measurements/attribution/).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bnncost.costmodel.engine import load_engine
+from bnncost.costmodel.memory import memory_plan
+from bnncost.costmodel.prediction import predict
+from bnncost.costmodel.strategy import load_strategy
+from bnncost.layers.graph import graph_of
+
+FRAMEWORKS = Path(__file__).resolve().parent.parent / "benchmarks" / "frameworks"
+RECORDS = sorted((FRAMEWORKS / "measurements" / "probes" / "larq-grouped").glob("*.json"))
+ATTRIBUTION = FRAMEWORKS / "measurements" / "attribution"
+
+
+def _attribution(probe: str) -> list[dict]:
+    return json.loads((ATTRIBUTION / f"larq-{probe}-standard-b64-jit.json").read_text())["baseline_kernels"]
+
+
+def _bytes_under(rows: list[dict], kernel: str) -> int:
+    return sum(r["bytes"] for r in rows if r["kernel"].split(" | ")[0].endswith(kernel))
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=lambda p: p.stem)
+def test_grouped_probes_within_the_bars(path):
+    """Tensor peak within 5% of the median of five processes, process peak within 10%: the XLA clusters' buffers
+    (copies of the forward's inputs, the transposed dY, one group's output at a time) and runtime."""
+    rec = json.loads(path.read_text())
+    assert rec["repeats"]["runs"] == 5
+    memory = predict(str(FRAMEWORKS.parent.parent / rec["model_file"]), strategy="standard", batch=rec["batch"],
+                     engine="larq").memory
+    assert abs(memory.tensor_peak_bytes - rec["tensor_peak_bytes"]) <= 0.05 * rec["tensor_peak_bytes"]
+    assert abs(memory.process_peak_bytes - rec["process_peak_bytes"]) <= 0.10 * rec["process_peak_bytes"]
+
+
+def test_xla_runtime_rules_are_the_attribution():
+    """Eigen's sgemm code once per process (the same with one grouped conv or two), XLA's executables once per
+    configuration plus the compiler's own once: the rules' bytes are the attribution's."""
+    rules = {r.name: r.bytes for r in load_engine("larq").runtime if r.name.startswith("xla_")}
+    one, two = _attribution("larq-grouped-g2"), _attribution("larq-grouped-g2-g4")
+    sgemm = [sum(r["bytes"] for r in rows if r["kernel"].startswith("void tensorflow::xla::EigenConv2DImpl"))
+             for rows in (one, two)]
+    assert sgemm[0] == sgemm[1] == rules["xla_sgemm_code"]
+    launch = [_bytes_under(rows, "XlaLocalLaunchBase::ComputeAsync") for rows in (one, two)]
+    assert launch[0] == rules["xla_compiler"] + rules["xla_executables"]
+    assert launch[1] == rules["xla_compiler"] + 2 * rules["xla_executables"]
+
+
+def test_grouped_convs_make_no_onednn_conv_primitive():
+    """The oneDNN conv JIT code of a model with a grouped conv is its ungrouped stem's alone: the engine counts
+    none for the grouped conv (within 64 B a layer, as for the other attributions)."""
+    rows = _attribution("larq-grouped-g2")
+    measured = sum(r["bytes"] for r in rows if "jit_generator" in r["kernel"]
+                   and r["kernel"].split(" | ")[0].removeprefix("tensorflow::").startswith("MklConv"))
+    engine = load_engine("larq")
+    graph = graph_of(str(FRAMEWORKS / "probes" / "larq-grouped-g2.yaml"))
+    plan = memory_plan(graph, load_strategy("standard"), retention=engine.retention, engine=engine)
+    modelled = sum(v.bytes_at(64) for v in plan.variables if v.name.startswith("runtime.jit_conv2d"))
+    assert abs(modelled - measured) <= 64 * len(graph.nodes), (modelled, measured)
