@@ -163,6 +163,9 @@ class When(BaseModel):
     same_channels: bool | None = None  # as many output channels as input channels
     padded: bool | None = None  # a window padded at the border ('same' padding of a window larger than 1)
     grouped: bool | None = None  # a conv2d with 1 < groups < input channels (grouped, not depthwise)
+    # its input is a residual fork whose gradient another reader's backward has already delivered: its dX is a
+    # tensor of its own until it is added into that one (autograd's InputBuffer)
+    joins_a_gradient: bool | None = None
     # a conv whose dW the engine's jit_conv_kernels computes by im2col + sgemm (input channels per group off
     # its gemm_weight_grad_channel_multiple): no JIT backward-weights kernel, no blocked copies for it
     gemm_weight_grad: bool | None = None
@@ -267,6 +270,9 @@ class LayerTemporary(_LayerRule, _LayerSized):
     # only when the op returns), and so is a temporary without a stage; a staged one only at its stage,
     # or from its first to its last stage (`stage: [3, 4]`: made in stage 3, freed after stage 4).
     stage: Annotated[tuple[PositiveInt, PositiveInt] | None, BeforeValidator(_stage_range)] = None
+    # A buffer in a blocked layout that pads its channels to a multiple of this (oneDNN's nChw16c and
+    # OIhw16i16o on AVX-512): a tensor's channels (its last dimension), a kernel's input and output channels.
+    channel_block: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _stage_of_an_op(self) -> "LayerTemporary":
@@ -274,6 +280,8 @@ class LayerTemporary(_LayerRule, _LayerSized):
             raise ValueError("give min_batch or batch_below, not both (write two rules)")
         if self.when.onednn is not None and (self.min_batch is not None or self.batch_below is not None):
             raise ValueError("when.onednn sets the batch bound itself; give it or min_batch / batch_below")
+        if self.channel_block is not None and self.shape is None:
+            raise ValueError("channel_block pads a shape's channels; a buffer of fixed bytes has none")
         if self.stage is not None and self.during == "after_backward":
             raise ValueError("stage: after_backward is a moment of its own, not an op with stages; "
                              "stage a forward or backward temporary")

@@ -165,6 +165,8 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     for i, rule in enumerate(engine.temporaries):
         for node in nodes(rule):
             shape, batched = sized_shape(node, rule)
+            if rule.channel_block is not None:
+                shape = channel_padded(shape, rule.shape, rule.channel_block)
             if rule.stage is not None:
                 op = relative_event(node, rule.during, retention)
                 alloc, free = (index[staged_event(op, k)] for k in rule.stage)
@@ -258,6 +260,15 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
 def sized_shape(node: Node, rule) -> tuple[tuple, bool]:
     """(shape, batched) of a per-layer buffer: its shape relative to the layer, or its fixed bytes."""
     return relative_shape(node, rule.shape) if rule.bytes is None else ((rule.bytes,), False)
+
+
+def channel_padded(shape: tuple, word: str, block: int) -> tuple:
+    """A buffer's shape in a layout that blocks channels by `block`: a kernel's input and output channels (its last
+    two dimensions), any other tensor's channels (its last), rounded up to a multiple of it."""
+    def up(n: int) -> int:
+        return -(-n // block) * block
+    channels = 2 if word == "weight" else 1
+    return (*shape[:-channels], *(up(n) for n in shape[-channels:]))
 
 
 def rule_nodes(graph: Graph, rule, jit: JitConvKernels | None = None) -> list[Node]:

@@ -96,6 +96,14 @@ def is_grouped(node: Node) -> bool:
     return node.kind == "conv2d" and 1 < node.groups < node.in_shape[-1]
 
 
+def joins_forked_gradient(graph: Graph, node: Node) -> bool:
+    """Its input is read by other layers too (a residual fork), and its backward runs after another reader's has
+    delivered that input's gradient: its dX is a tensor of its own, added into the one already there. Backward
+    runs in reverse forward order, so the reader that comes last in the forward delivers first."""
+    readers = [n for n in graph.nodes if node.inputs[0] in n.inputs]
+    return len(readers) > 1 and readers[-1] is not node
+
+
 def sole_reader(graph: Graph, node: Node) -> Node | None:
     """The layer that alone reads this layer's output (None if none or several do)."""
     readers = [n for n in graph.nodes if node.output in n.inputs]
@@ -107,7 +115,7 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
                    spatial: bool | None = None, follows: str | None = None,
                    bias: bool | None = None, min_in_channels: int | None = None, max_in_channels: int | None = None,
                    same_channels: bool | None = None, padded: bool | None = None,
-                   grouped: bool | None = None) -> list[Node]:
+                   grouped: bool | None = None, joins_a_gradient: bool | None = None) -> list[Node]:
     """The nodes of these kinds that pass the optional conditions, in forward order.
 
     `spatial`: the layer's input is a feature map (height, width, channels),
@@ -116,7 +124,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
     `min_in_channels` / `max_in_channels`: bounds on its input's channels; `same_channels`:
     as many output channels as input channels; `padded`: a conv or pool whose
     window is padded at the border ('same' padding of a window larger than 1); `grouped`: a conv with
-    more than one group and fewer groups than input channels (not depthwise).
+    more than one group and fewer groups than input channels (not depthwise); `joins_a_gradient`: see
+    joins_forked_gradient().
     """
     by_name = {n.name: n for n in graph.nodes}
     out = []
@@ -149,6 +158,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
         if padded is not None and any(node.padding) != padded:
             continue
         if grouped is not None and is_grouped(node) != grouped:
+            continue
+        if joins_a_gradient is not None and joins_forked_gradient(graph, node) != joins_a_gradient:
             continue
         out.append(node)
     return out

@@ -332,3 +332,29 @@ def test_autograd_graph_task_is_what_memray_saw():
     during = {t.during for t in rules}
     assert during == {"backward", "after_backward"} and {t.bytes for t in rules} == fixed
     assert set(next(t for t in rules if t.during == "backward").kinds) == set(LAYER_KINDS)
+
+
+SMALL_GAPS = {
+    "pytorch-probe-conv2d-fp-standard-b16": "+7.3%: a conv with 8 input channels writes its plain dX only after its "
+    "blocked dX and blocked dY are made (torch_op_sequence.py --standard conv2d 16 8 8 8); the standard strategy's "
+    "conv backward is one unstaged event that holds them all",
+}
+
+
+def _small_cases() -> list:
+    return [pytest.param(p, id=p.stem, marks=pytest.mark.xfail(strict=True, reason=SMALL_GAPS[p.stem]))
+            if p.stem in SMALL_GAPS else pytest.param(p, id=p.stem)
+            for p in sorted((MEASUREMENTS / "probes" / "torch-small").glob("*.json"))]
+
+
+@pytest.mark.parametrize("path", _small_cases())
+def test_small_steps_tensor_peak_within_5_percent_or_4_kib(path):
+    """Steps of 18 KB to 0.8 MB (the probes at B=16: 4- and 8-channel convs, whose oneDNN blocked copies are padded to
+    16 channels, per-op objects, a residual fork's second gradient): the tensor peak within 5%, or 4 KiB on the
+    dense probes' 18-90 KB steps (autograd's per-node tables, 1-4 KB, are not modelled). Recorded on an AMD EPYC,
+    not the recordings' Xeon, so their process peaks (JIT code and MKL buffers per CPU) are not compared."""
+    rec = json.loads(path.read_text())
+    predicted = predict(str(ROOT / rec["model_ref"]), strategy=rec["strategy"], batch=rec["batch"],
+                        engine="pytorch").memory.tensor_peak_bytes
+    bound = max(0.05 * rec["tensor_peak_bytes"], 4096)
+    assert abs(predicted - rec["tensor_peak_bytes"]) <= bound, (predicted, rec["tensor_peak_bytes"])

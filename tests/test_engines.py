@@ -323,6 +323,30 @@ def test_grouped_convs_runtime_once_and_buffers_per_group(tmp_path):
                               span(a, "forward:conv2d_2", "forward:conv2d_2", 4 * 4 * 4 * 4 * B))
 
 
+def test_blocked_temporaries_pad_channels_and_forks_join_gradients(tmp_path):
+    """`channel_block: 16` rounds a temporary's channels (a kernel's input and output channels) up to 16;
+    `joins_a_gradient` picks the reader of a residual fork whose backward runs after another reader's."""
+    from bnncost.layers.graph import graph_of
+    from bnncost.layers.relative import joins_forked_gradient
+
+    model = tmp_path / "m.yaml"
+    model.write_text("name: m\ninput: [4, 4, 3]\nlayers:\n  - conv2d: {filters: 8, kernel: 3, padding: same,"
+                     " binary: false}\n  - residual:\n      body:\n        - sign: {}\n"
+                     "        - conv2d: {filters: 8, kernel: 3, padding: same}\n"
+                     "  - residual:\n      body:\n        - sign: {}\n"
+                     "        - conv2d: {filters: 16, kernel: 3, stride: 2, padding: same}\n"
+                     "      shortcut:\n        - avgpool: {size: 2}\n        - conv2d: {filters: 16, kernel: 1}\n"
+                     "  - flatten: {}\n  - dense: {units: 4}\n  - softmax_ce: {}\n")
+    graph = graph_of(str(model))
+    # identity block: the add delivers first, the body's sign joins; downsampling block: the shortcut runs first
+    assert [n.name for n in graph.nodes if joins_forked_gradient(graph, n)] == ["sign_1", "sign_2"]
+    a, b = plans(tmp_path, "temporaries:\n  - {kinds: conv2d, name: blocked, shape: weight, format: uint8,"
+                           " channel_block: 16, during: forward, source: t}\n", model=str(model))
+    # conv2d_1 3x3x3x8 -> 3x3x16x16, conv2d_2 3x3x8x8 -> 3x3x16x16, conv2d_3 3x3x8x16 -> 3x3x16x16, conv2d_4 1x1x8x16
+    assert delta(a, b) == add(*(span(a, f"forward:conv2d_{k}", f"forward:conv2d_{k}", n)
+                                for k, n in ((1, 2304), (2, 2304), (3, 2304), (4, 256))))
+
+
 def test_constants_once_per_distinct_shape(tmp_path):
     """A graph constant shaped like a layer's tensor is held once per distinct format and shape."""
     model = tmp_path / "m.yaml"
@@ -612,6 +636,9 @@ BAD = {
                           "runtime[0]: give min_batch or batch_below, not both"),
     "distinct-without-kinds": (BASE + "runtime:\n  - {name: x, bytes: 1, distinct: true, source: t}\n",
                                "runtime[0]: distinct counts layers of some kinds"),
+    "channel-block-of-bytes": (BASE + "temporaries:\n  - {kinds: conv2d, name: t, bytes: 64, during: forward,"
+                               " channel_block: 16, source: t}\n",
+                               "temporaries[0]: channel_block pads a shape's channels"),
     "once-without-kinds": (BASE + "runtime:\n  - {name: x, bytes: 1, once: true, source: t}\n",
                            "runtime[0]: once holds the bytes if a layer of some kinds"),
     "once-and-distinct": (BASE + "runtime:\n  - {name: x, kinds: conv2d, bytes: 1, once: true, distinct: true,"
