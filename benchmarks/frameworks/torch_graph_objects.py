@@ -89,8 +89,8 @@ def measure(model_ref: str, batch: int, strategy: str) -> dict:
     walked = replay(tmp / "run.bin", keep_at_peak=True, keep_at="forward_end")
     step = walked["steps"][0]
     task, tables = _graph_task(walked["at_peak"]) if step.get("peak_phase") == "backward" else (0, 0)
-    at = {"forward_end": (step["forward_end"] - step["baseline"], _storage(walked["at_forward_end"])),
-          "peak": (step["peak"] - step["baseline"], _storage(walked["at_peak"]))}
+    at = {"forward_end": (step["forward_end"] - step["baseline"], tensor_storage_bytes(walked["at_forward_end"])),
+          "peak": (step["peak"] - step["baseline"], tensor_storage_bytes(walked["at_peak"]))}
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
@@ -102,7 +102,7 @@ def measure(model_ref: str, batch: int, strategy: str) -> dict:
                for what, v in (("rise", rise), ("tensor_storage", storage), ("objects", rise - storage))}}
 
 
-def _storage(records) -> int:
+def tensor_storage_bytes(records) -> int:
     """Bytes of the records whose stack passes through c10's CPU allocator: tensor storage."""
     return sum(rec.size for rec in records
                if any(name in frame for frame, _f, _l in rec.native_stack_trace(max_stacks=30)

@@ -40,7 +40,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 OUT = HERE / "measurements" / "probes" / "torch-op-objects"
-TENSOR_STORAGE = ("c10::alloc_cpu", "DefaultCPUAllocator")
 # name -> (batch, in channels, out channels, kernel, stride, groups, input height = width): one per oneDNN
 # implementation the recorded models run (a 3-channel stem, plain 3x3 convs, a strided one whose backward-data
 # is brgemm, a 1x1 from 16 samples on, depthwise, grouped with 8 and with 4 channels per group), and one
@@ -59,17 +58,16 @@ CONFIGS = {
 # op -> aten::convolution_backward's output_mask (None: the forward)
 OPS = {"forward": None, "input_grad": (True, False, False), "weight_grad": (False, True, False),
        "input_and_weight_grad": (True, True, False)}
-START, END = 3_141_593, 1_732_051  # marker mallocs (common.MARKS: step_start, step_end)
 
 
 def measure(name: str) -> dict:
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads
     os.environ["MKL_NUM_THREADS"] = "1"
     import memray
-    import numpy as np
     import torch
     import torch.nn.functional as F
-    from common import _FREES, machine
+    from common import machine, mark, replay
+    from torch_graph_objects import tensor_storage_bytes
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -85,34 +83,19 @@ def measure(name: str) -> dict:
         return torch.ops.aten.convolution_backward(g, x, w, None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0],
                                                    groups, mask)
 
-    frees = {int(getattr(memray.AllocatorType, n)) for n in _FREES}
     ops = {}
     for op, mask in OPS.items():
         call(mask), call(mask)
         path = Path(tempfile.mkdtemp(prefix="torch-op-objects-")) / "op.bin"
         with memray.Tracker(path, native_traces=True):
-            marker = np.empty(START, dtype=np.uint8)
-            del marker
+            mark("step_start")  # the op is the measured "step"
             result = call(mask)
             del result
-            marker = np.empty(END, dtype=np.uint8)
-            del marker
-        live, heap, peak, at_peak, inside = {}, 0, 0, [], False
-        for rec in memray.FileReader(path).get_allocation_records():
-            if int(rec.allocator) in frees:
-                gone = live.pop(rec.address, None)
-                heap -= gone.size if gone is not None else 0
-            elif rec.size == START:
-                inside = True
-            elif rec.size == END:
-                break
-            elif inside:
-                live[rec.address] = rec
-                heap += rec.size
-                if heap > peak:
-                    peak, at_peak = heap, list(live.values())
-        storage = sum(r.size for r in at_peak if any(
-            s in frame for frame, _f, _l in r.native_stack_trace(max_stacks=40) for s in TENSOR_STORAGE))
+            mark("step_end")
+        walked = replay(path, keep_at_peak=True)
+        step = walked["steps"][0]
+        peak = step["peak"] - step["baseline"]
+        storage = tensor_storage_bytes(walked["at_peak"])
         ops[op] = {"peak_bytes": peak, "tensor_storage_bytes": storage, "objects_bytes": peak - storage}
         path.unlink()
         path.parent.rmdir()
