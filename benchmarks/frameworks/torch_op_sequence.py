@@ -2,6 +2,7 @@
 
     python benchmarks/frameworks/torch_op_sequence.py linear 256 1024 512
     python benchmarks/frameworks/torch_op_sequence.py conv2d 128 3 32 32      # B Cin Cout H(=W), 3x3 same
+    python benchmarks/frameworks/torch_op_sequence.py conv2d 128 32 32 16 32  # ... groups (here depthwise)
     python benchmarks/frameworks/torch_op_sequence.py sign 256 1024
     python benchmarks/frameworks/torch_op_sequence.py batchnorm 128 32 32 32  # B C H W (or B C)
     python benchmarks/frameworks/torch_op_sequence.py --standard conv2d 2 512 512 4  # torch_model.py's
@@ -38,8 +39,10 @@ def module_and_input(kind: str, dims: list[int], standard: bool):
         batch, fan_in, units = dims
         module, x = layers.dense(fan_in, units, True), torch.randn(batch, fan_in)
     elif kind == "conv2d":
-        batch, cin, cout, hw = dims
-        module, x = layers.conv(cin, cout, 3, 1, 1, True), torch.randn(batch, cin, hw, hw)
+        batch, cin, cout, hw, groups = (*dims, 1) if len(dims) == 4 else dims
+        module = layers.conv(cin, cout, 3, 1, 1, True) if groups == 1 else \
+            layers.grouped_conv(cin, cout, 3, 1, 1, True, groups)
+        x = torch.randn(batch, cin, hw, hw)
     elif kind == "sign":
         module, x = layers.sign(), torch.randn(*dims)
     elif kind == "batchnorm":
