@@ -1,4 +1,4 @@
-"""The `larq` engine on grouped convs, which Keras runs as XLA clusters on CPU (not oneDNN primitives).
+"""The `larq` engine on grouped convs (XLA clusters on CPU, not oneDNN primitives) and on two check models.
 
 The probes (benchmarks/frameworks/probes/larq-grouped-*.yaml) are recorded in
 measurements/probes/larq-grouped/ (larq_repeat.py --dir: five fresh processes
@@ -68,3 +68,15 @@ def test_grouped_convs_make_no_onednn_conv_primitive():
     plan = memory_plan(graph, load_strategy("standard"), retention=engine.retention, engine=engine)
     modelled = sum(v.bytes_at(64) for v in plan.variables if v.name.startswith("runtime.jit_conv2d"))
     assert abs(modelled - measured) <= 64 * len(graph.nodes), (modelled, measured)
+
+
+@pytest.mark.parametrize("path", sorted((FRAMEWORKS / "measurements" / "probes" / "larq-check").glob("*.json")),
+                         ids=lambda p: p.stem)
+def test_check_models_tensor_peak_within_5_percent(path):
+    """Two check models the rules were not built from (a MobileNet-style BNN with depthwise convs, a VGG-style one
+    with valid convs, max-pools and dropout; the median of three processes, on an AMD EPYC): tensor peak within 5%."""
+    rec = json.loads(path.read_text())
+    assert rec["repeats"]["runs"] == 3
+    memory = predict(str(FRAMEWORKS.parent.parent / rec["model_file"]), strategy="standard", batch=rec["batch"],
+                     engine="larq").memory
+    assert abs(memory.tensor_peak_bytes - rec["tensor_peak_bytes"]) <= 0.05 * rec["tensor_peak_bytes"]
