@@ -94,12 +94,18 @@ def measure(model_ref: str, batch: int, strategy: str) -> dict:
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
-    return {"model": graph.model.name, "model_ref": model_ref, "strategy": strategy, "batch": batch,
+    return {"model": graph.model.name, "model_ref": _in_repository(model_ref), "strategy": strategy, "batch": batch,
             "versions": {"torch": torch.__version__, "memray": memray.__version__}, **machine(), "threads": 1,
             "peak_phase": step.get("peak_phase"),
             "peak_graph_task_bytes": task, "peak_graph_task_node_tables_bytes": tables,
             **{f"{k}_{what}_bytes": v for k, (rise, storage) in at.items()
                for what, v in (("rise", rise), ("tensor_storage", storage), ("objects", rise - storage))}}
+
+
+def _in_repository(model_ref: str) -> str:
+    """A model file's path from the repository's root (a record holds no machine's paths), a zoo name as is."""
+    path = Path(model_ref).resolve()
+    return str(path.relative_to(HERE.parents[1])) if path.is_relative_to(HERE.parents[1]) else model_ref
 
 
 def tensor_storage_bytes(records) -> int:
