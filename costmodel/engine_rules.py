@@ -166,7 +166,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         for node in nodes(rule):
             shape, batched = sized_shape(node, rule)
             if rule.channel_block is not None:
-                shape = channel_padded(shape, rule.shape, rule.channel_block)
+                shape = channel_padded(shape, rule.shape, rule.channel_block, node.groups)
             if rule.stage is not None:
                 op = relative_event(node, rule.during, retention)
                 alloc, free = (index[staged_event(op, k)] for k in rule.stage)
@@ -262,13 +262,16 @@ def sized_shape(node: Node, rule) -> tuple[tuple, bool]:
     return relative_shape(node, rule.shape) if rule.bytes is None else ((rule.bytes,), False)
 
 
-def channel_padded(shape: tuple, word: str, block: int) -> tuple:
-    """A buffer's shape in a layout that blocks channels by `block`: a kernel's input and output channels (its last
-    two dimensions), any other tensor's channels (its last), rounded up to a multiple of it."""
+def channel_padded(shape: tuple, word: str, block: int, groups: int = 1) -> tuple:
+    """A buffer's shape in a layout that blocks channels by `block`, rounded up to a multiple of it: a tensor's
+    channels (its last dimension); a kernel's output channels and, ungrouped, its input channels (a grouped
+    kernel's blocks hold its groups: oneDNN's Goihw16g keeps a depthwise kernel's one input channel a group)."""
     def up(n: int) -> int:
         return -(-n // block) * block
-    channels = 2 if word == "weight" else 1
-    return (*shape[:-channels], *(up(n) for n in shape[-channels:]))
+    if word == "weight":
+        *rest, cin, cout = shape
+        return (*rest, up(cin) if groups == 1 else cin, up(cout))
+    return (*shape[:-1], up(shape[-1]))
 
 
 def rule_nodes(graph: Graph, rule, jit: JitConvKernels | None = None) -> list[Node]:

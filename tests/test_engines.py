@@ -342,6 +342,11 @@ def test_blocked_temporaries_pad_channels_and_forks_join_gradients(tmp_path):
     assert [n.name for n in graph.nodes if joins_forked_gradient(graph, n)] == ["sign_1", "sign_2"]
     a, b = plans(tmp_path, "temporaries:\n  - {kinds: conv2d, name: blocked, shape: weight, format: uint8,"
                            " channel_block: 16, during: forward, source: t}\n", model=str(model))
+    from bnncost.costmodel.engine_rules import channel_padded
+
+    # a depthwise kernel keeps its one input channel a group (Goihw16g): only its output channels are padded
+    assert channel_padded((3, 3, 1, 24), "weight", 16, groups=24) == (3, 3, 1, 32)
+    assert channel_padded((4, 4, 8), "output", 16, groups=8) == (4, 4, 16)
     # conv2d_1 3x3x3x8 -> 3x3x16x16, conv2d_2 3x3x8x8 -> 3x3x16x16, conv2d_3 3x3x8x16 -> 3x3x16x16, conv2d_4 1x1x8x16
     assert delta(a, b) == add(*(span(a, f"forward:conv2d_{k}", f"forward:conv2d_{k}", n)
                                 for k, n in ((1, 2304), (2, 2304), (3, 2304), (4, 256))))
