@@ -592,14 +592,19 @@ class GemmScratch(_Rule):
     nocopy_block_k: PositiveInt
     nocopy_heap: bool
 
+    @property
+    def nocopy_workspace_bytes(self) -> int:
+        """The nocopy kernel's workspace, malloc'd per call where `nocopy_heap` (else on the stack: 0)."""
+        return (self.element_bytes * (self.nocopy_block_k * self.nocopy_unroll_m + 64 + self.nocopy_unroll_m)
+                if self.nocopy_heap else 0)
+
     def scratch_bytes(self, trans: str, m: int, n: int, k: int) -> int:
         """Bytes of the buffer one gemm allocates while it runs (0 on a path that allocates none)."""
         copies = GEMM_PATH_CHOICES[self.path](trans, m, n, k)
         if copies is None:
             return 0
         if not copies:
-            return (self.element_bytes * (self.nocopy_block_k * self.nocopy_unroll_m + 64 + self.nocopy_unroll_m)
-                    if self.nocopy_heap else 0)
+            return self.nocopy_workspace_bytes
 
         def up(x: int, unit: int) -> int:
             return -(-x // unit) * unit

@@ -96,17 +96,22 @@ def is_grouped(node: Node) -> bool:
     return node.kind == "conv2d" and 1 < node.groups < node.in_shape[-1]
 
 
+def readers_of(graph: Graph, tensor: int) -> list[Node]:
+    """The layers that read a tensor, in forward order."""
+    return [n for n in graph.nodes if tensor in n.inputs]
+
+
 def joins_forked_gradient(graph: Graph, node: Node) -> bool:
     """Its input is read by other layers too (a residual fork), and its backward runs after another reader's has
     delivered that input's gradient: its dX is a tensor of its own, added into the one already there. Backward
     runs in reverse forward order, so the reader that comes last in the forward delivers first."""
-    readers = [n for n in graph.nodes if node.inputs[0] in n.inputs]
+    readers = readers_of(graph, node.inputs[0])
     return len(readers) > 1 and readers[-1] is not node
 
 
 def sole_reader(graph: Graph, node: Node) -> Node | None:
     """The layer that alone reads this layer's output (None if none or several do)."""
-    readers = [n for n in graph.nodes if node.output in n.inputs]
+    readers = readers_of(graph, node.output)
     return readers[0] if len(readers) == 1 else None
 
 

@@ -80,3 +80,11 @@ def test_check_models_tensor_peak_within_5_percent(path):
     memory = predict(str(FRAMEWORKS.parent.parent / rec["model_file"]), strategy="standard", batch=rec["batch"],
                      engine="larq").memory
     assert abs(memory.tensor_peak_bytes - rec["tensor_peak_bytes"]) <= 0.05 * rec["tensor_peak_bytes"]
+
+
+def test_xla_sgemm_workspace_is_the_gemm_scratch_nocopy_workspace():
+    """The workspace oneDNN's sgemm mallocs under Eigen's contractions is gemm_scratch's nocopy workspace."""
+    engine = load_engine("larq")
+    rules = [t for t in engine.temporaries if t.name.startswith("xla_sgemm_workspace")]
+    assert {t.during for t in rules} == {"forward", "backward"}
+    assert {t.bytes for t in rules} == {engine.gemm_scratch.nocopy_workspace_bytes} == {74176}
