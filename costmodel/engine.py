@@ -17,7 +17,7 @@ file says so without code:
 - `shares`: a saved variable that is the layer's input or output tensor itself
   whenever their formats agree (held once, the tensor kept alive meanwhile);
 - `lifetimes`: METHOD variables it holds from or until other events (from
-  one stage of the layer's op: `stage`);
+  one stage of the layer's op: `stage`; until one: `free_stage`);
 - `formats`: METHOD variables it holds in another storage format;
 - `in_place_grads`: elementwise layers whose backward writes dX over dY;
 - `runtime`: bytes that are not tensors (allocator caches, a traced graph),
@@ -334,11 +334,18 @@ class Lifetime(_LayerRule):
     # stage moves the variables of its role that the layer's op makes (allocated at that event: its output,
     # the dX of its input, its dW), whichever layer they are named after
     stage: PositiveInt | None = None
+    # freed after this stage of the free event: a graph executor runs a layer's backward as several ops
+    # (TensorFlow: dW's product, the optimizer's update of dW, dX's product) and frees a tensor after its
+    # last reader among them, not when the layer's backward is over
+    free_stage: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _stage_of_the_alloc(self) -> "Lifetime":
         if self.stage is not None and self.alloc not in ("forward", "backward"):
             raise ValueError("stage: a stage of the layer's forward or backward op; give alloc: forward or backward")
+        if self.free_stage is not None and self.free not in ("forward", "backward"):
+            raise ValueError("free_stage: a stage of the layer's forward or backward op; give free: forward or "
+                             "backward")
         return self
 
 
@@ -437,6 +444,9 @@ class Gemm(_LayerRule):
     n: Literal[tuple(GEMM_DIMS)]
     k: Literal[tuple(GEMM_DIMS)]
     batch_below: PositiveInt | None = None
+    # the stage of the layer's event the call runs in (a backward of several ops, staged by the engine's
+    # lifetimes and temporaries): its buffer is then alive with what that stage holds
+    stage: PositiveInt | None = None
 
     def runs_at(self, batch: int) -> bool:
         return self.batch_below is None or batch < self.batch_below

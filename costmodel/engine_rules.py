@@ -110,7 +110,10 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                 alloc = v.alloc if not rule.alloc else (
                     event(node, rule.alloc) if rule.stage is None
                     else index[staged_event(relative_event(node, rule.alloc, retention), rule.stage)])
-                moved = replace(v, alloc=alloc, free=event(node, rule.free, end=True) if rule.free else v.free)
+                free = v.free if not rule.free else (
+                    event(node, rule.free, end=True) if rule.free_stage is None
+                    else index[staged_event(relative_event(node, rule.free, retention), rule.free_stage)])
+                moved = replace(v, alloc=alloc, free=free)
                 out[j] = check_order(moved, f"{where('lifetimes', i)}.{'free' if rule.free else 'alloc'}")
     for rule in engine.formats:
         names = {n.name for n in nodes(rule)}
@@ -218,19 +221,30 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
             add(Variable(f"runtime.{pool.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
                          last, by_batch=lambda batch: sum(kept_buffers(pool, calls, batch))),
                 "blas_buffers")
-    # 8. the scratch a BLAS library allocates inside a gemm call. The ops of one event run one at a time, in
-    # the order the layer's gradient function makes them (the dX product, then dW's, then the optimizer's
-    # update of dW): a product's scratch does not coexist with another product's, nor with the event's other
-    # temporaries (buffers of the update), nor with dW unless it is dW's own product. The event holds the
-    # largest excess of a product's scratch over what it does not coexist with
+    # 8. the scratch a BLAS library allocates inside a gemm call. The ops of one event run one at a time: a
+    # product's scratch does not coexist with another product's, nor with the event's other temporaries
+    # (buffers of the update), nor with dW unless it is dW's own product. The event holds the largest excess
+    # of a product's scratch over what it does not coexist with. A staged call runs in its stage: its buffer
+    # is alive with all that stage holds (the largest of the stage's calls)
     scratch = engine.gemm_scratch
     if scratch is not None and engine.gemms:
-        by_event: dict[str, list[tuple[Node, Gemm]]] = {}
+        by_event: dict[tuple[str, int | None], list[tuple[Node, Gemm]]] = {}
         for at, node, rule in step_gemms(graph, engine.gemms):
-            by_event.setdefault(at, []).append((node, rule))
-        for at, calls in by_event.items():
-            i, j = spans[at]  # the whole event, every stage of it included, as an unstaged temporary
+            by_event.setdefault((at, rule.stage), []).append((node, rule))
+        for (at, stage), calls in by_event.items():
             layer = calls[0][0].name
+            name = f"{layer}.{scratch.name}.{at.split(':', 1)[0]}"
+            if stage is not None:
+                k = index[staged_event(at, stage)]
+
+                def largest(batch: int, calls=calls) -> int:
+                    return max((scratch.scratch_bytes(rule.trans, *gemm_shape(node, rule, batch))
+                                for node, rule in calls if rule.runs_at(batch)), default=0)
+
+                add(Variable(f"{name}{STAGE_MARK}{stage}", layer, "workspace", "uint8", ("bytes",), 0, 0, k, k,
+                             by_batch=largest), "gemm_scratch")
+                continue
+            i, j = spans[at]  # the whole event, every stage of it included, as an unstaged temporary
             here = [v for v in out if v.layer == layer and i <= v.alloc and v.free <= j]
             temps = [v for v in here if v.name in temporary]
             grads = [v for v in here if v.role == "weight_grad"]
@@ -241,8 +255,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                                    - (0 if rule.makes_weight_grad else sum(v.bytes_at(batch) for v in grads))
                                    for node, rule in calls if rule.runs_at(batch)), default=0))
 
-            add(Variable(f"{layer}.{scratch.name}.{at.split(':', 1)[0]}", layer, "workspace", "uint8", ("bytes",),
-                         0, 0, i, j, by_batch=excess), "gemm_scratch")
+            add(Variable(name, layer, "workspace", "uint8", ("bytes",), 0, 0, i, j, by_batch=excess), "gemm_scratch")
     # 9. oneDNN's JIT code for convolutions
     jit = engine.jit_conv_kernels
     if jit is not None and any(n.kind == "conv2d" for n in graph.nodes):
@@ -331,10 +344,15 @@ def _with_sub_events(graph: Graph, strategy: Strategy, engine: Engine, events: l
             if isinstance(rule, Lifetime):
                 if rule.stage is not None:
                     stages.setdefault(relative_event(n, rule.alloc, retention), set()).add(rule.stage)
+                if rule.free_stage is not None:
+                    stages.setdefault(relative_event(n, rule.free, retention), set()).add(rule.free_stage)
             elif rule.during == AFTER_BACKWARD:
                 after.add(n.name)
             elif rule.stage is not None:
                 stages.setdefault(relative_event(n, rule.during, retention), set()).update(rule.stage)
+    for at, _, gemm in step_gemms(graph, engine.gemms):
+        if gemm.stage is not None:
+            stages.setdefault(at, set()).add(gemm.stage)
     out: list[str] = []
     spans: dict[str, tuple[int, int]] = {}
     for e in events:

@@ -565,6 +565,51 @@ def test_a_lifetime_stage_makes_an_output_at_the_end_of_its_op(tmp_path):
         if v.role == "activation_grad" and v.name != "sign_1.output_grad"}
 
 
+def test_a_graph_executor_backward_frees_each_tensor_after_its_last_op(tmp_path):
+    """free_stage and a gemm's stage: a backward run as separate graph ops (dW's product, its update, dX's product,
+    TensorFlow's order) frees dW after its update and the input after dW's product, and makes dX last; each
+    product's scratch is alive at its own stage, beside what that stage holds, not beside the other product."""
+    model = tmp_path / "m.yaml"
+    model.write_text("name: m\ninput: [200]\nlayers:\n  - dense: {units: 150}\n  - batchnorm: {}\n  - sign: {}\n"
+                     "  - dense: {units: 120}\n  - softmax_ce: {}\n")
+    rules = ("retention: backward\nlifetimes:\n"
+             "  - {kinds: dense, role: weight_grad, alloc: backward, stage: 1, free: backward, free_stage: 2, source: t}\n"
+             "  - {kinds: dense, role: activation_grad, alloc: backward, stage: 3, source: t}\n"
+             "  - {kinds: dense, role: binary_input, free: backward, free_stage: 1, source: t}\n"
+             "temporaries:\n  - {kinds: dense, name: update, shape: weight, format: float32, during: backward,"
+             " stage: 2, source: t}\n"
+             "gemms:\n  - {kinds: dense, when: {needs_input_grad: true}, during: backward, stage: 3, trans: TN,"
+             " m: inputs, n: batch, k: outputs, source: t}\n"
+             "  - {kinds: dense, during: backward, stage: 1, trans: NT, m: outputs, n: inputs, k: batch, source: t}\n"
+             + SCRATCH)
+    path = tmp_path / "g.yaml"
+    path.write_text(rules.replace("retention: backward", "retention: backward\nworkspace: {budget: 0, source: t}"))
+    graph, strat = graph_of(str(model)), load_strategy("standard")
+    plan = memory_plan(graph, strat, retention="backward", engine=load_engine(str(path)))
+    batch = 20
+    span = {v.name: (plan.events[v.alloc], plan.events[v.free]) for v in plan.variables}
+    assert span["dense_2.weight_grad"] == ("backward:dense_2#1", "backward:dense_2#2")
+    assert span["sign_1.output_grad"][0] == "backward:dense_2#3"  # dense_2's dX
+    assert span["dense_2.input"] == ("forward:dense_2", "backward:dense_2#1")  # read last by dW's product
+    # dX (TN 150 x 20 x 120, copy-based: rows 192, depth 128, columns 24) at stage 3 only; dW (NT 120 x 150 x 20:
+    # rows 144, depth k = 20 -> 128, columns 150 -> 152) at stage 1 only
+    dx = 4 * (192 * 128 + 128 * 24 + 48 + 24) + 4 * 4096
+    scratch = {v.name: (plan.events[v.alloc], plan.events[v.free], v.bytes_at(batch)) for v in plan.variables
+               if v.name.startswith("dense_2.s.")}
+    assert scratch["dense_2.s.backward#3"] == ("backward:dense_2#3", "backward:dense_2#3", dx)
+    assert set(scratch) == {"dense_2.s.backward#1", "dense_2.s.backward#3"}
+    assert scratch["dense_2.s.backward#1"][:2] == ("backward:dense_2#1", "backward:dense_2#1")
+    w = 4 * 150 * 120
+    live = dict(zip(plan.events, plan.live_bytes(batch)[:, 0].astype(int)))
+    at = {e: {v.name for v in plan.variables if v.alloc <= plan.events.index(e) <= v.free}
+          for e in ("backward:dense_2#1", "backward:dense_2#2", "backward:dense_2#3")}
+    assert "dense_2.weight_grad" not in at["backward:dense_2#3"] and "dense_2.input" not in at["backward:dense_2#2"]
+    assert live["backward:dense_2#2"] - live["backward:dense_2#3"] == (
+        2 * w - 4 * 150 * batch - dx)  # dW and the update's buffer, against dX and its scratch
+    assert live["backward:dense_2#1"] - live["backward:dense_2#2"] == (
+        4 * 150 * batch + scratch["dense_2.s.backward#1"][2] - w)  # the input and dW's scratch, against the update
+
+
 def test_staged_events_hold_the_scratch_of_their_op(tmp_path):
     """A workspace budget's scratch at an op that an engine splits into stages is alive at each of them."""
     graph, strat = graph_of(TINY), load_strategy("standard")
@@ -628,6 +673,8 @@ BAD = {
                         "temporaries[0].stage: [4, 2]: the first stage comes after the last"),
     "lifetime-stage-without-op": (BASE + "lifetimes:\n  - {kinds: dense, role: weight_grad, free: step_end,"
                                   " stage: 2, source: t}\n", "lifetimes[0]: stage: a stage of the layer's"),
+    "free-stage-without-op": (BASE + "lifetimes:\n  - {kinds: dense, role: weight_grad, free: step_end,"
+                              " free_stage: 2, source: t}\n", "lifetimes[0]: free_stage: a stage of the layer's"),
     "fractional-bytes": (BASE + "runtime:\n  - {name: x, bytes: 1.5, source: t}\n",
                          "runtime[0].bytes: 1.5 is not a whole number"),
     "bad-unit": ("retention: step\nworkspace: {budget: 64 KJ, source: t}\n", "workspace.budget"),

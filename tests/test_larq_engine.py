@@ -45,17 +45,12 @@ def _runs(stem: str) -> str:
 
 
 TENSOR_MISSES: dict[str, str] = {
-    "larq-cnv-standard-b64": ("engine +6.4% of the median: the runs fall in three modes (about 120, 132-135 and "
+    "larq-cnv-standard-b64": ("engine +5.9% of the median: the runs fall in three modes (about 120, 132-135 and "
                               "144 MB); the engine's order (every STE mask abs(x) <= 1 computed in its backward, its "
                               "float32 input kept until then) gives the high one, 5 of the 11 runs; a run whose "
                               "executor computed a mask in the forward freed that input early (attribution of "
                               "digits-cnn B=256's two modes: batchnorm_1's 2 MiB output against sign_1's 512 KiB "
                               "bool mask at the same peak); " + _runs("larq-cnv-standard-b64")),
-    "larq-digits-mlp-standard-b64": ("engine +6.0% of the median (5 of the runs with a fixed PYTHONHASHSEED: the "
-                                     "order is set as the step runs); of two attributed runs, one peaked in "
-                                     "dense_2's dX product (its 377 KB sgemm scratch beside dW, whose product had "
-                                     "run first), the other later, in the kernel STE's select; "
-                                     + _runs("larq-digits-mlp-standard-b64")),
 }
 PROCESS_MISSES: dict[str, str] = {}
 
