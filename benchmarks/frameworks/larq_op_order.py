@@ -35,17 +35,18 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "measurements" / "probes" / "larq-op-order"
-PROCESS = re.compile(r"Process node: \d+ step (-?\d+) \{\{node ([^}]+)\}\} = (\w+)\[.*?\]\(([^)]*)\)")
+PROCESS = re.compile(r"Process node: (\d+) step (-?\d+) \{\{node ([^}]+)\}\} = (\w+)(?:\[.*?\])?\(([^)]*)\)")
 ASSIGNS = ("AssignSubVariableOp", "AssignVariableOp")
 
 
-def step_ops(log: str) -> list[tuple[str, str, list[str]]]:
-    """(name, op type, inputs) of the last training step in an executor log, in the order they ran."""
+def step_ops(log: str) -> list[tuple[int, str, str, list[str]]]:
+    """(node id, name, op type, inputs) of the last training step in an executor log, in the order they ran."""
     steps: dict[str, list] = {}
     for line in log.splitlines():
         m = PROCESS.search(line)
         if m:
-            steps.setdefault(m.group(1), []).append((m.group(2), m.group(3), [s.strip() for s in m.group(4).split(",")]))
+            inputs = [s.strip() for s in m.group(5).split(",") if s.strip()]
+            steps.setdefault(m.group(2), []).append((int(m.group(1)), m.group(3), m.group(4), inputs))
     return max(steps.values(), key=len)  # the step function, not the small probe functions the harness traces
 
 
@@ -53,7 +54,7 @@ def _products(ops, model: str, layer: str) -> tuple[int | None, int | None]:
     """Positions of a layer's dW and dX products in the step (None where it has none)."""
     prefix = f"gradient_tape/{model}/{layer}/"
     dw = dx = None
-    for k, (name, kind, _) in enumerate(ops):
+    for k, (_, name, kind, _) in enumerate(ops):
         if not name.startswith(prefix):
             continue
         if kind.endswith("Conv2DBackpropFilter") or (kind.endswith("MatMul") and name.endswith("/MatMul_1")):
@@ -66,7 +67,7 @@ def _products(ops, model: str, layer: str) -> tuple[int | None, int | None]:
 def _kernel_update(ops, model: str, layer: str) -> int | None:
     """Position of the last assignment to the layer's kernel variable (a bias is another variable)."""
     resource = re.compile(rf"^{re.escape(model.replace('-', '_'))}_{re.escape(layer)}_(?!biasadd)\w*_resource$")
-    done = [k for k, (_, kind, inputs) in enumerate(ops) if kind in ASSIGNS and resource.match(inputs[0])]
+    done = [k for k, (_, _, kind, inputs) in enumerate(ops) if kind in ASSIGNS and resource.match(inputs[0])]
     return done[-1] if done else None
 
 
@@ -80,10 +81,10 @@ def order_of(ops, model: str, layers: list[str]) -> dict:
         update = _kernel_update(ops, model, layer)
         backward.append({"layer": layer, "weight_grad_first": dw < dx,
                          "update_before_input_grad": update is not None and update < dx})
-    first_backward = min(k for k, (name, kind, _) in enumerate(ops)
+    first_backward = min(k for k, (_, name, kind, _) in enumerate(ops)
                          if name.startswith("gradient_tape/") and ("MatMul" in kind or "Backprop" in kind))
     masks = [{"of": inputs[0], "in_forward": k < first_backward}
-             for k, (_, kind, inputs) in enumerate(ops)
+             for k, (_, _, kind, inputs) in enumerate(ops)
              if kind == "Abs" and "readvariableop" not in inputs[0].lower()]
     return {"backward": backward, "activation_masks": masks}
 
