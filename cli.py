@@ -308,15 +308,18 @@ def engines_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     if as_json:
         emit_json({"schema": "bnncost.engines/1", "default": DEFAULT_ENGINE, "engines": [
             {"name": e.name, "description": e.description, "retention": e.retention,
-             "workspace_budget": e.workspace.budget, "rules": engine_rule_counts(e), "source": e.file}
+             "workspace_budget": e.workspace.budget, "rules": engine_rule_counts(e),
+             "measured_strategies": list(e.measured_strategies) or None, "source": e.file}
             for e in rows]})
         return
     t = Table(title=f"Engines (pass a name, or a path to your own YAML; default {DEFAULT_ENGINE})")
-    for col in ("engine", "retention", "workspace", "rules", "description"):
-        t.add_column(col, justify="right" if col in ("workspace", "rules") else "left")
+    for col in ("engine", "retention", "workspace", "rules", "measured on", "description"):
+        t.add_column(col, justify="right" if col in ("workspace", "rules") else "left",
+                     no_wrap=col in ("engine", "workspace"))
     for e in rows:
         t.add_row(esc(e.name), e.retention, human_bytes(e.workspace.budget),
-                  str(sum(engine_rule_counts(e).values())), esc(e.description))
+                  str(sum(engine_rule_counts(e).values())), esc(", ".join(e.measured_strategies) or "every strategy"),
+                  esc(e.description))
     out.print(t)
 
 
@@ -344,8 +347,10 @@ def predict_cmd(
     output_mode(as_json, markdown)
     if by not in ("role", "layer", "variable"):
         raise BadInput(f"--by must be role, layer or variable, not '{by}'")
+    impl = implementation(engine, retention, workspace)
     p = predict(model, strategy, batch, device=open_device(device),
-                epoch_samples=check_samples(epoch_samples, device), **implementation(engine, retention, workspace))
+                epoch_samples=check_samples(epoch_samples, device), **impl)
+    note_unmeasured(impl["engine"], [p.strategy])
     if as_json:
         emit_json(p.to_json())
         return
@@ -459,7 +464,9 @@ def summary_cmd(
     """Layer by layer, as Larq's summary: output shape, 1-bit and real parameters, forward MACs, bytes kept
     for backward, operations per phase (and energy and time with --device), with totals."""
     output_mode(as_json, markdown)
-    sm = summary(model, strategy, batch, device=open_device(device), **implementation(engine, retention, workspace))
+    impl = implementation(engine, retention, workspace)
+    sm = summary(model, strategy, batch, device=open_device(device), **impl)
+    note_unmeasured(impl["engine"], [sm.strategy])
     if as_json:
         emit_json(sm.to_json())
         return
@@ -517,8 +524,10 @@ def compare_cmd(
     if ladder and strategies is not None:
         raise BadInput("--ladder compares the shipped ladder; leave out --strategies, or drop --ladder")
     names = LADDER if ladder else split_list(strategies)
+    impl = implementation(engine, retention, workspace)
     c = compare(model, names, batch, device=open_device(device), epoch_samples=check_samples(epoch_samples, device),
-                **implementation(engine, retention, workspace))
+                **impl)
+    note_unmeasured(impl["engine"], c.strategies)
     if as_json:
         emit_json(c.to_json())
     else:
@@ -606,7 +615,9 @@ def fit_cmd(
 ) -> None:
     """The largest batch that fits the device's usable memory, per strategy."""
     output_mode(as_json, markdown)
-    f = fit(model, split_list(strategies), load_device(device), batch, **implementation(engine, retention, workspace))
+    impl = implementation(engine, retention, workspace)
+    f = fit(model, split_list(strategies), load_device(device), batch, **impl)
+    note_unmeasured(impl["engine"], [row.strategy for row in f.strategies])
     if as_json:
         emit_json(f.to_json())
         return
@@ -664,8 +675,9 @@ def sweep_cmd(
     if plot:
         check_path(plot)
     batches = parse_batches(batch, log)
-    s = sweep(model, split_list(strategies), batches, device=open_device(device),
-              **implementation(engine, retention, workspace))
+    impl = implementation(engine, retention, workspace)
+    s = sweep(model, split_list(strategies), batches, device=open_device(device), **impl)
+    note_unmeasured(impl["engine"], [line.strategy for line in s.lines])
     if as_json:
         emit_json(s.to_json())
     else:
@@ -751,9 +763,10 @@ def verify_cmd(
         raise BadInput(f"--time-steps must be a positive integer, not {time_steps}")
     if clock not in ("cpu", "wall"):
         raise BadInput(f"--clock must be cpu or wall, not '{clock}'")
+    impl = implementation(engine, retention, workspace)
     with trainer_progress(f"verify {model}: {steps} step(s) of batch {batch}") as on_event:
-        v = run_verification(model, strategy, batch, steps=steps, dataset=dataset, on_event=on_event,
-                             **implementation(engine, retention, workspace))
+        v = run_verification(model, strategy, batch, steps=steps, dataset=dataset, on_event=on_event, **impl)
+    note_unmeasured(impl["engine"], [v.strategy])
     if dev is not None:
         with trainer_progress(f"timing {time_steps} step(s) of {model} on this machine"):
             v = with_time_check(v, model, strategy, dev, time_steps, clock)
@@ -1028,6 +1041,13 @@ def knobs(retention: str | None, workspace: str | int | None) -> dict:
 def implementation(engine: str | None, retention: str | None, workspace: "str | int | None") -> dict:
     """The engine (loaded, so a bad one is refused before any work) and the knobs that override it."""
     return {"engine": load_engine(engine or DEFAULT_ENGINE), **knobs(retention, workspace)}
+
+
+def note_unmeasured(engine: Engine, strategies: list[str]) -> None:
+    """One note on stderr where the engine was not measured with a strategy it was asked for."""
+    note = engine.unmeasured_note(strategies)
+    if note:
+        sys.stderr.write(f"bnncost: note: {note}\n")
 
 
 # ---------------------------------------------------------------- calibrate (this machine)

@@ -74,7 +74,7 @@ PARAMETER_SHAPES = ("largest_parameter", "each_parameter")
 NAMED_LISTS = ("variables", "temporaries", "optimizer_temporaries", "runtime", "constants")
 APPENDED_LISTS = ("drop", "shares", "lifetimes", "in_place_grads", "gemms", "formats")
 SINGLE_RULES = ("blas_buffers", "gemm_scratch", "jit_conv_kernels")  # at most one of each
-FILE_KEYS = {"name", "description", "extends", "retention", "workspace", *SINGLE_RULES, *NAMED_LISTS, *APPENDED_LISTS}
+FILE_KEYS = {"name", "description", "extends", "retention", "workspace", "measured_strategies", *SINGLE_RULES, *NAMED_LISTS, *APPENDED_LISTS}
 GEMM_TRANSPOSES = ("NN", "NT", "TN", "TT")  # op(A), op(B) of column-major C(m x n) = op(A)(m x k) op(B)(k x n)
 GEMM_DIMS = {
     "batch": "the batch size B",
@@ -695,7 +695,22 @@ class Engine(BaseModel):
     blas_buffers: BlasBuffers | None = None
     gemm_scratch: GemmScratch | None = None
     jit_conv_kernels: JitConvKernels | None = None
+    # the strategies whose steps were measured in this implementation (empty: every strategy, the engine being
+    # METHOD itself or an implementation of every strategy); another strategy applies its formats to the
+    # engine's rules, which nothing measured
+    measured_strategies: tuple[str, ...] = ()
     file: str = "<memory>"  # where it was loaded from, for error messages
+
+    def unmeasured_note(self, strategies: list[str]) -> str | None:
+        """One line for a user who predicts strategies this engine was not measured with; None if it was."""
+        missing = [s for s in dict.fromkeys(strategies) if self.measured_strategies and s not in self.measured_strategies]
+        if not missing:
+            return None
+        measured = "strategies" if len(self.measured_strategies) > 1 else "strategy"
+        whose = "those strategies'" if len(missing) > 1 else "that strategy's"
+        return (f"the {self.name} engine was measured on the {' and '.join(self.measured_strategies)} {measured} "
+                f"only: its {', '.join(missing)} figures are its rules in {whose} formats, not checked by a "
+                "measurement")
 
 
 class _EngineFile(BaseModel):
@@ -721,6 +736,7 @@ class _EngineFile(BaseModel):
     blas_buffers: BlasBuffers | None = None
     gemm_scratch: GemmScratch | None = None
     jit_conv_kernels: JitConvKernels | None = None
+    measured_strategies: list[str] | None = None
 
 
 # ---------------------------------------------------------------- loading
@@ -839,7 +855,8 @@ def _check_rules(f: _EngineFile, source: str, inherited_roles: set[str]) -> set[
 
 def _merge(parent: dict, child: _EngineFile) -> dict:
     merged = dict(parent)
-    for key in ("name", "description", "retention", "workspace", "blas_buffers", "gemm_scratch", "jit_conv_kernels"):
+    for key in ("name", "description", "retention", "workspace", "blas_buffers", "gemm_scratch", "jit_conv_kernels",
+                "measured_strategies"):
         value = getattr(child, key)
         if value is not None:
             merged[key] = value

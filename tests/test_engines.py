@@ -673,6 +673,7 @@ BAD = {
                         "temporaries[0].stage: [4, 2]: the first stage comes after the last"),
     "lifetime-stage-without-op": (BASE + "lifetimes:\n  - {kinds: dense, role: weight_grad, free: step_end,"
                                   " stage: 2, source: t}\n", "lifetimes[0]: stage: a stage of the layer's"),
+    "measured-strategies-not-a-list": (BASE + "measured_strategies: 3\n", "measured_strategies"),
     "free-stage-without-op": (BASE + "lifetimes:\n  - {kinds: dense, role: weight_grad, free: step_end,"
                               " free_stage: 2, source: t}\n", "lifetimes[0]: free_stage: a stage of the layer's"),
     "fractional-bytes": (BASE + "runtime:\n  - {name: x, bytes: 1.5, source: t}\n",
@@ -809,6 +810,27 @@ def test_engines_listing(capsys):
         load_engine("larq").constants) > 0
     code, out, _ = run(capsys, "engines")
     assert code == 0 and "bnncost-trainer" in out and "64.00 KiB" in out
+
+
+def test_a_strategy_the_engine_was_not_measured_on_gets_a_note(capsys, tmp_path):
+    """measured_strategies: predicting another strategy says so in one line on stderr (stdout, the JSON, unchanged);
+    a measured strategy, or an engine of every strategy, says nothing; `engines` lists them; `extends` inherits."""
+    code, out, err = run(capsys, "predict", "mlp", "--engine", "larq", "--json")
+    assert code == 0 and json.loads(out)["engine"] == "larq"
+    assert err == ("bnncost: note: the larq engine was measured on the standard strategy only: its proposed figures "
+                   "are its rules in that strategy's formats, not checked by a measurement\n")
+    for args in (("--engine", "larq", "--strategy", "standard"), ("--engine", "pytorch"), ()):
+        code, _, err = run(capsys, "predict", "mlp", *args)
+        assert code == 0 and "note" not in err, args
+    code, _, err = run(capsys, "compare", "mlp", "--engine", "pytorch", "--ladder")
+    assert code == 0 and err.count("bnncost: note:") == 1 and "ladder-1-binary-activations, ladder-2" in err
+    code, out, _ = run(capsys, "engines", "--json")
+    measured = {e["name"]: e["measured_strategies"] for e in json.loads(out)["engines"]}
+    assert measured["larq"] == ["standard"] and measured["pytorch"] == ["standard", "proposed"]
+    assert measured["reference"] is None and measured["bnncost-trainer"] is None
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: larq\nname: child\n")
+    assert load_engine(str(child)).measured_strategies == ("standard",)
 
 
 def test_verify_uses_the_trainer_engine(capsys):
