@@ -74,7 +74,8 @@ PARAMETER_SHAPES = ("largest_parameter", "each_parameter")
 NAMED_LISTS = ("variables", "temporaries", "optimizer_temporaries", "runtime", "constants")
 APPENDED_LISTS = ("drop", "shares", "lifetimes", "in_place_grads", "gemms", "formats")
 SINGLE_RULES = ("blas_buffers", "gemm_scratch", "jit_conv_kernels")  # at most one of each
-FILE_KEYS = {"name", "description", "extends", "retention", "workspace", "measured_strategies", *SINGLE_RULES, *NAMED_LISTS, *APPENDED_LISTS}
+FILE_KEYS = {"name", "description", "extends", "retention", "workspace", "measured_strategies", *SINGLE_RULES,
+             *NAMED_LISTS, *APPENDED_LISTS}
 GEMM_TRANSPOSES = ("NN", "NT", "TN", "TT")  # op(A), op(B) of column-major C(m x n) = op(A)(m x k) op(B)(k x n)
 GEMM_DIMS = {
     "batch": "the batch size B",
@@ -703,8 +704,8 @@ class Engine(BaseModel):
 
     def unmeasured_note(self, strategies: list[str]) -> str | None:
         """One line for a user who predicts strategies this engine was not measured with; None if it was."""
-        missing = [s for s in dict.fromkeys(strategies) if self.measured_strategies and s not in self.measured_strategies]
-        if not missing:
+        missing = [s for s in dict.fromkeys(strategies) if s not in self.measured_strategies]
+        if not self.measured_strategies or not missing:
             return None
         measured = "strategies" if len(self.measured_strategies) > 1 else "strategy"
         whose = "those strategies'" if len(missing) > 1 else "that strategy's"
