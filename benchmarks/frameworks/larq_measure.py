@@ -1,6 +1,7 @@
 """Measure the heap of one steady-state Larq/Keras training step with memray, and record it as JSON.
 
     python benchmarks/frameworks/larq_measure.py MODEL --batch B [--out DIR] [--attribute [baseline]] [--pooled]
+                                                 [--print] [--executor-log]
 
 MODEL is a zoo name or a model YAML. One process measures one (model, batch):
 1. environment before TensorFlow loads: one thread (OMP_NUM_THREADS=1, then
@@ -46,10 +47,12 @@ HERE = Path(__file__).resolve().parent
 MEASUREMENTS = HERE / "measurements"
 
 
-def _set_environment(pooled: bool) -> dict[str, str]:
+def _set_environment(pooled: bool, executor_log: bool = False) -> dict[str, str]:
     env = {"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     if not pooled:
         env["TF_ONEDNN_USE_SYSTEM_ALLOCATOR"] = "1"
+    if executor_log:  # every op the executor runs, on stderr (larq_op_order.py, larq_executor_state.py)
+        env.update(TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="executor=1")
     os.environ.update(env)
     return env
 
@@ -202,8 +205,8 @@ def _finish_import(tf, lq) -> None:
     tf.keras.backend.clear_session()
 
 
-def measure(model_ref: str, batch: int, *, attribute: str | None, pooled: bool) -> dict:
-    env = _set_environment(pooled)
+def measure(model_ref: str, batch: int, *, attribute: str | None, pooled: bool, executor_log: bool = False) -> dict:
+    env = _set_environment(pooled, executor_log)
     import memray
     import numpy as np
     import tensorflow as tf
@@ -320,11 +323,14 @@ def main(argv: list[str] | None = None) -> int:
                         "the bytes live before the step too: slow)")
     p.add_argument("--pooled", action="store_true", help="leave oneDNN's pooled allocator on (hides step tensors)")
     p.add_argument("--print", action="store_true", help="print the record instead of writing it")
+    p.add_argument("--executor-log", action="store_true",
+                   help="TensorFlow's executor logs every op it runs to stderr (TF_CPP_VMODULE=executor=1)")
     args = p.parse_args(argv)
     if args.batch < 1:
         print(f"--batch must be a positive integer, got {args.batch}", file=sys.stderr)
         return 2
-    record = measure(args.model, args.batch, attribute=args.attribute, pooled=args.pooled)
+    record = measure(args.model, args.batch, attribute=args.attribute, pooled=args.pooled,
+                     executor_log=args.executor_log)
     text = json.dumps(record, indent=1) + "\n"
     if args.print:
         print(text, end="")

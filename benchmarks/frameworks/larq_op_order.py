@@ -2,9 +2,10 @@
 
     python benchmarks/frameworks/larq_op_order.py MODEL --batch B [--runs N] [--out DIR]
 
-Each run is one process of the recordings' harness (larq_measure.py: the
-same model, step, warm-up and memray tracking) with TensorFlow's executor
-logging every op it runs (TF_CPP_VMODULE=executor=1). From the last measured
+Each run is one process of the recordings' harness (`larq_measure.py
+--print --executor-log`: the same model, step, warm-up and memray tracking)
+with TensorFlow's executor logging every op it runs (TF_CPP_VMODULE=
+executor=1). From the last measured
 step's ops, in the order they ran, the record keeps:
 - per dense or conv layer with a dX, whether dW's product ran before dX's
   and whether the update of its kernel (the last assignment to the kernel's
@@ -18,9 +19,10 @@ step's ops, in the order they ran, the record keeps:
 Runs go one at a time, each in its own process, into
 measurements/probes/larq-op-order/larq-op-order-MODEL-bB.json.
 
-Why: the order is picked per process (the optimised graph's node order
-differs between processes; within one process every step runs the same
-order), so one process is one draw: several show how often each order comes.
+Why: the order is picked per process (the order in which the step's root
+ops, the variable reads, run differs between processes; within one process
+every step runs the same order), so one process is one draw: several show
+how often each order comes.
 """
 
 from __future__ import annotations
@@ -91,24 +93,16 @@ def order_of(ops, model: str, layers: list[str]) -> dict:
 
 def logged_measure(model: str, batch: int, attribute: str | None = None) -> tuple[dict, list]:
     """One process of the recordings' harness with the executor's log on: its record and its step's ops."""
+    command = [sys.executable, str(HERE / "larq_measure.py"), model, "--batch", str(batch), "--print",
+               "--executor-log", *(["--attribute", attribute] if attribute else [])]
     with tempfile.TemporaryDirectory(prefix="larq-op-order-") as tmp:
-        code = ("import os, sys, json; sys.path.insert(0, sys.argv[4]); import larq_measure as lm\n"
-                "env = lm._set_environment\n"
-                "def logged(pooled):\n"
-                "    e = env(pooled); os.environ.update(TF_CPP_MIN_LOG_LEVEL='0', TF_CPP_VMODULE='executor=1'); "
-                "return e\n"
-                "lm._set_environment = logged\n"
-                "attribute = sys.argv[3] or None\n"
-                "print(json.dumps(lm.measure(sys.argv[1], int(sys.argv[2]), attribute=attribute, pooled=False)))\n")
         log = Path(tmp) / "executor.log"
         with log.open("w") as err:
-            done = subprocess.run([sys.executable, "-c", code, model, str(batch), attribute or "", str(HERE)],
-                                  stdout=subprocess.PIPE, stderr=err, text=True)
+            done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, text=True)
         text = log.read_text(errors="replace")
-        if done.returncode:
-            raise SystemExit(f"larq_measure.py {model} --batch {batch} failed:\n"
-                             + "\n".join(text.splitlines()[-5:]))
-        return json.loads(done.stdout.splitlines()[-1]), step_ops(text)
+    if done.returncode:
+        raise SystemExit(f"larq_measure.py {model} --batch {batch} failed:\n" + "\n".join(text.splitlines()[-5:]))
+    return json.loads(done.stdout), step_ops(text)
 
 
 def one_run(model: str, batch: int) -> dict:
