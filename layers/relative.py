@@ -119,7 +119,7 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
                    needs_input_grad: bool | None = None, pointwise: bool | None = None,
                    spatial: bool | None = None, follows: str | None = None,
                    bias: bool | None = None, min_in_channels: int | None = None, max_in_channels: int | None = None,
-                   same_channels: bool | None = None, padded: bool | None = None,
+                   same_channels: bool | None = None, padded: bool | None = None, strided: bool | None = None,
                    grouped: bool | None = None, joins_a_gradient: bool | None = None) -> list[Node]:
     """The nodes of these kinds that pass the optional conditions, in forward order.
 
@@ -128,7 +128,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
     kind and no other layer reads it (two ops a graph optimiser can fuse).
     `min_in_channels` / `max_in_channels`: bounds on its input's channels; `same_channels`:
     as many output channels as input channels; `padded`: a conv or pool whose
-    window is padded at the border ('same' padding of a window larger than 1); `grouped`: a conv with
+    window is padded at the border ('same' padding of a window larger than 1); `strided`: a conv or pool
+    with a stride above 1; `grouped`: a conv with
     more than one group and fewer groups than input channels (not depthwise); `joins_a_gradient`: see
     joins_forked_gradient().
     """
@@ -161,6 +162,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
         if same_channels is not None and (node.in_shape[-1] == node.out_shape[-1]) != same_channels:
             continue
         if padded is not None and any(node.padding) != padded:
+            continue
+        if strided is not None and (node.strides != (1, 1)) != strided:
             continue
         if grouped is not None and is_grouped(node) != grouped:
             continue
