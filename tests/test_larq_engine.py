@@ -232,10 +232,18 @@ ONEDNN_JIT = {
 JIT_ATTRIBUTIONS = sorted(p.name.removeprefix("larq-").removesuffix("-standard-b16-jit.json") for p in
                           (ROOT / "benchmarks" / "frameworks" / "measurements" / "attribution").glob("larq-*-b16-jit.json"))
 # attributions whose conv kernels the rules do not all count (kept honest: strict xfail)
+_EXTRA_FORWARD = ("18 more forward conv kernels than the rules count (787,680 B): oneDNN generates another set for "
+                  "some output-channel counts and output sizes, 48 channels on 8 x 8 and 80 on 16 x 16, but not 48 on "
+                  "16 x 16, 16 on 8 x 8 or 96 on 16 x 16 (larq-convjit probes); no rule yet")
 JIT_GAPS = {
-    "larq-resnet-b": "132 forward conv kernels where the rules count 96, 84 backward-data where they count 78: oneDNN "
-                     "generates more for a 24-channel input with a stride and for a 48 -> 48 conv on 8 x 8 (its slices)",
-    "larq-rb-slice-c": "90 forward conv kernels where the rules count 72: the strided block with a 24-channel input",
+    "larq-resnet-b": "132 forward conv kernels where the rules count 96, 84 backward-data where they count 78: its "
+                     "24 -> 48 stride-2 conv and its 48 -> 48 conv on 8 x 8 (its slices and larq-convjit-16-24-48-s2, "
+                     "-8-48-48-s)",
+    "larq-rb-slice-c": "90 forward conv kernels where the rules count 72: its 24 -> 48 stride-2 conv (48 channels on "
+                       "8 x 8)",
+    "larq-convjit-16-24-48-s2": _EXTRA_FORWARD,
+    "larq-convjit-16-16-80-s": _EXTRA_FORWARD,
+    "larq-convjit-8-48-48-s": _EXTRA_FORWARD + "; and 6 more backward-data kernels",
 }
 
 
