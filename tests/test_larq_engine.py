@@ -61,9 +61,10 @@ TENSOR_MISSES: dict[str, str] = {
     "larq-digits-cnn-standard-b16": ("engine +7.2% of the median: two modes, 1.08-1.11 MB (6 runs) and 1.20 MB (5); "
                                      "the engine's order (batchnorm_1's STE mask made in the backward, its float32 "
                                      "16x8x8x32 input kept until then) is the high one, 1.5% under it; the executor "
-                                     "made that mask in the forward in the low mode's runs (larq_op_order.py at "
-                                     "B=64, 6 processes: batchnorm_1's mask in the forward in the 3 runs of the "
-                                     "lower peaks, 2.63-2.82 MiB, in the backward in the 3 of 3.19-3.20 MiB); "
+                                     "made that mask in the forward in the low mode's runs (larq_op_order.py, 8 "
+                                     "processes at B=16: batchnorm_1's mask in the forward in the 4 runs at "
+                                     "1.08-1.12 MiB, in the backward in the 4 at 1.19-1.21 MiB; at B=64 the same, "
+                                     "3 and 3); "
                                      + _runs("larq-digits-cnn-standard-b16")),
 }
 PROCESS_MISSES: dict[str, str] = {}
