@@ -269,7 +269,8 @@ class LayerTemporary(_LayerRule, _LayerSized):
     # builds dW's operand, frees it, then packs dW): the event splits into one sub-event per stage named
     # for that layer, in ascending order (events `<event>#<stage>`, after the event itself). Every variable
     # alive at the event is alive at each of its stages (saved tensors are freed, dX and dW handed back,
-    # only when the op returns), and so is a temporary without a stage; a staged one only at its stage,
+    # only when the op returns; unless a lifetime's free_stage frees one earlier, for an event that is
+    # several graph ops), and so is a temporary without a stage; a staged one only at its stage,
     # or from its first to its last stage (`stage: [3, 4]`: made in stage 3, freed after stage 4).
     stage: Annotated[tuple[PositiveInt, PositiveInt] | None, BeforeValidator(_stage_range)] = None
     # A buffer in a blocked layout that pads its channels to a multiple of this (oneDNN's nChw16c and
@@ -857,8 +858,7 @@ def _check_rules(f: _EngineFile, source: str, inherited_roles: set[str]) -> set[
 
 def _merge(parent: dict, child: _EngineFile) -> dict:
     merged = dict(parent)
-    for key in ("name", "description", "retention", "workspace", "blas_buffers", "gemm_scratch", "jit_conv_kernels",
-                "measured_strategies"):
+    for key in ("name", "description", "retention", "workspace", "measured_strategies", *SINGLE_RULES):
         value = getattr(child, key)
         if value is not None:
             merged[key] = value

@@ -72,10 +72,13 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     def nodes(rule) -> list[Node]:
         return rule_nodes(graph, rule, engine.jit_conv_kernels) if rule.applies_to(strategy) else []
 
-    def event(node: Node, word: str, end: bool = False) -> int:
-        """The event a word names; for an event split into stages, its first (an alloc) or last (`end`)."""
+    def event(node: Node, word: str, end: bool = False, stage: int | None = None) -> int:
+        """The event a word names; for an event split into stages, its first (an alloc) or last (`end`), or the
+        one `stage` names."""
         if word == AFTER_BACKWARD:
             return index[f"{AFTER_BACKWARD}:{node.name}"]
+        if stage is not None:
+            return index[staged_event(relative_event(node, word, retention), stage)]
         return spans[relative_event(node, word, retention)][end]
 
     def fmt(rule) -> str:
@@ -107,12 +110,8 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                 # a staged rule: what the layer's op makes (its output, the dX of its input, its dW); else the layer's
                 if v.role != rule.role or (v.alloc != op if op is not None else v.layer != node.name):
                     continue
-                alloc = v.alloc if not rule.alloc else (
-                    event(node, rule.alloc) if rule.stage is None
-                    else index[staged_event(relative_event(node, rule.alloc, retention), rule.stage)])
-                free = v.free if not rule.free else (
-                    event(node, rule.free, end=True) if rule.free_stage is None
-                    else index[staged_event(relative_event(node, rule.free, retention), rule.free_stage)])
+                alloc = event(node, rule.alloc, stage=rule.stage) if rule.alloc else v.alloc
+                free = event(node, rule.free, end=True, stage=rule.free_stage) if rule.free else v.free
                 moved = replace(v, alloc=alloc, free=free)
                 out[j] = check_order(moved, f"{where('lifetimes', i)}.{'free' if rule.free else 'alloc'}")
     for rule in engine.formats:
@@ -171,8 +170,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
             if rule.channel_block is not None:
                 shape = channel_padded(shape, rule.shape, rule.channel_block, node.groups)
             if rule.stage is not None:
-                op = relative_event(node, rule.during, retention)
-                alloc, free = (index[staged_event(op, k)] for k in rule.stage)
+                alloc, free = (event(node, rule.during, stage=k) for k in rule.stage)
             else:  # the whole event, every stage of it included
                 alloc, free = event(node, rule.during), event(node, rule.during, end=True)
             v = buffer(f"{node.name}.{rule.name}", node.name, rule.role, fmt(rule), shape, batched, rule.count,
@@ -231,6 +229,9 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
         by_event: dict[tuple[str, int | None], list[tuple[Node, Gemm]]] = {}
         for at, node, rule in step_gemms(graph, engine.gemms):
             by_event.setdefault((at, rule.stage), []).append((node, rule))
+        def call_bytes(node: Node, rule: Gemm, batch: int) -> int:
+            return scratch.scratch_bytes(rule.trans, *gemm_shape(node, rule, batch))
+
         for (at, stage), calls in by_event.items():
             layer = calls[0][0].name
             name = f"{layer}.{scratch.name}.{at.split(':', 1)[0]}"
@@ -238,8 +239,8 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                 k = index[staged_event(at, stage)]
 
                 def largest(batch: int, calls=calls) -> int:
-                    return max((scratch.scratch_bytes(rule.trans, *gemm_shape(node, rule, batch))
-                                for node, rule in calls if rule.runs_at(batch)), default=0)
+                    return max((call_bytes(node, rule, batch) for node, rule in calls if rule.runs_at(batch)),
+                               default=0)
 
                 add(Variable(f"{name}{STAGE_MARK}{stage}", layer, "workspace", "uint8", ("bytes",), 0, 0, k, k,
                              by_batch=largest), "gemm_scratch")
@@ -251,7 +252,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
 
             def excess(batch: int, calls=calls, temps=temps, grads=grads) -> int:
                 apart = sum(v.bytes_at(batch) for v in temps)
-                return max(0, max((scratch.scratch_bytes(rule.trans, *gemm_shape(node, rule, batch)) - apart
+                return max(0, max((call_bytes(node, rule, batch) - apart
                                    - (0 if rule.makes_weight_grad else sum(v.bytes_at(batch) for v in grads))
                                    for node, rule in calls if rule.runs_at(batch)), default=0))
 
