@@ -1,10 +1,15 @@
 """Tests exercise this checkout as the package `bnncost`, whether or not (and whatever) is installed."""
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# the tests read the CLI's tables as a pipe gets them (room for side-by-side tables), whatever width the shell
+# that runs pytest exported
+os.environ.pop("COLUMNS", None)
 
 # the project's own dependencies (pyproject.toml) and the test extra's hypothesis: without them every test module
 # fails to import, so say once what to install instead of a collection error per file
