@@ -172,8 +172,8 @@ class When(BaseModel):
     # its gemm_weight_grad_channel_multiple): no JIT backward-weights kernel, no blocked copies for it
     gemm_weight_grad: bool | None = None
     # a conv that oneDNN runs (true), or that the framework runs another way (false): by the engine's
-    # jit_conv_kernels, every conv but a 1x1 stride-1 one below its pointwise_min_batch samples (the batch
-    # bound is the variable's: held from, or below, that batch)
+    # jit_conv_kernels, every conv but a 1x1 stride-1 one below its pointwise_min_batch samples and a small
+    # one-group one at batch 1 (the batch bound is the variable's or gemm's: held from, or below, that batch)
     onednn: bool | None = None
     # its input is the output of a layer of this kind, read by it alone (two ops a graph optimiser fuses)
     follows: Literal[LAYER_KINDS] | None = None
@@ -437,8 +437,9 @@ class Gemm(_LayerRule):
     """One BLAS gemm a layer's operator makes during its forward or backward, in column-major BLAS terms.
 
     With `batch_below: N`, only at batch sizes below N (a framework that runs
-    the operator another way from N on: PyTorch's 1x1 conv is per-sample gemms
-    below 16 samples, oneDNN from 16 on).
+    the operator another way from N on); `when: {onednn: false}` takes the
+    bound from the engine's jit_conv_kernels, per conv (PyTorch's 1x1 conv is
+    per-sample gemms below 16 samples, oneDNN from 16 on).
     """
 
     during: Literal["forward", "backward"]
@@ -450,6 +451,15 @@ class Gemm(_LayerRule):
     # the stage of the layer's event the call runs in (a backward of several ops, staged by the engine's
     # lifetimes and temporaries): its buffer is then alive with what that stage holds
     stage: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one_batch_bound(self) -> "Gemm":
+        if self.when.onednn:
+            raise ValueError("when.onednn: true: a conv oneDNN runs makes no BLAS gemm; onednn: false picks "
+                             "the convs the framework runs as gemms")
+        if self.when.onednn is not None and self.batch_below is not None:
+            raise ValueError("when.onednn sets the batch bound itself; give it or batch_below")
+        return self
 
     def runs_at(self, batch: int) -> bool:
         return self.batch_below is None or batch < self.batch_below
@@ -486,13 +496,14 @@ class BlasBuffers(_Rule):
     """The packing buffers a BLAS library allocates for gemms on its packing path, and keeps.
 
     One buffer holds `base` bytes plus op(A) packed as ceil(m / row_block)
-    blocks of row_block rows and op(B) as min(n rounded up to col_block,
-    col_cap) columns, both `depth` deep, element_bytes each. The depth is k, at
-    least depth_min, halved when k is up to twice depth_block, and depth_block
-    beyond; for k <= small_depth the depth is depth_min and op(B) takes at most
-    small_depth_col_cap columns. The library keeps a freed buffer and gives it
-    to any later gemm it is large enough for, so the buffers held are those of
-    the gemms that needed more than every buffer before them.
+    blocks of row_block rows, `depth` deep, and op(B) as min(n rounded up to
+    col_block, col_cap) columns, col_depth_factor x `depth` deep, element_bytes
+    each. The depth is k, at least depth_min, up to depth_block; half of k
+    (rounded as depth_halving says) when k is up to twice depth_block, and
+    depth_block beyond; for k <= small_depth the depth is depth_min and op(B)
+    takes at most small_depth_col_cap columns. The library keeps a freed buffer
+    and gives it to any later gemm it is large enough for, so the buffers held
+    are those of the gemms that needed more than every buffer before them.
     """
 
     name: Identifier
@@ -505,6 +516,8 @@ class BlasBuffers(_Rule):
     depth_block: PositiveInt
     small_depth: NonNegative
     small_depth_col_cap: PositiveInt
+    col_depth_factor: PositiveInt = 1
+    depth_halving: Literal["ceil", "floor"] = "ceil"
     paths: Annotated[tuple[PackingPath, ...], Field(min_length=1)]
 
     def buffer_bytes(self, trans: str, m: int, n: int, k: int) -> int:
@@ -517,11 +530,11 @@ class BlasBuffers(_Rule):
         elif k <= self.depth_block:
             depth = max(k, self.depth_min)
         elif k <= 2 * self.depth_block:
-            depth = max(-(-k // 2), self.depth_min)
+            depth = -(-k // 2) if self.depth_halving == "ceil" else k // 2
         else:
             depth = self.depth_block
         rows = -(-m // self.row_block) * self.row_block
-        return self.base + self.element_bytes * depth * (rows + cols)
+        return self.base + self.element_bytes * depth * (rows + self.col_depth_factor * cols)
 
 
 def onednn_smalln_tn(trans: str, n: int) -> bool:
@@ -648,7 +661,10 @@ class JitConvKernels(_Rule):
     between layers. A strided conv's backward-data takes strided_input_grad_kernels
     kernels, a 1x1 stride-1 conv's backward-weights pointwise_weight_grad_kernels.
     Each kernel holds kernel_bytes of code and state_bytes of primitive state.
-    1x1 stride-1 convs run on oneDNN only from pointwise_min_batch on.
+    1x1 stride-1 convs run on oneDNN only from pointwise_min_batch on; at
+    batch 1, a one-group conv whose input has at most single_sample_max_input
+    elements and whose kernel is at most single_sample_max_kernel in a
+    dimension does not run on oneDNN either (0: every such conv does).
 
     A grouped conv whose input channels per group are not a multiple of
     gemm_weight_grad_channel_multiple (0: never) computes dW by im2col and the
@@ -666,6 +682,8 @@ class JitConvKernels(_Rule):
     strided_input_grad_kernels: PositiveInt
     pointwise_weight_grad_kernels: PositiveInt
     pointwise_min_batch: PositiveInt
+    single_sample_max_input: NonNegative = 0
+    single_sample_max_kernel: NonNegative = 0
     gemm_weight_grad_channel_multiple: NonNegative = 0
     sgemm_code_bytes: ByteCount = 0
     sgemm_smalln_code_bytes: ByteCount = 0

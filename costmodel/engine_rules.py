@@ -48,7 +48,7 @@ from bnncost.costmodel.variable import Variable, sized
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
 from bnncost.layers.relative import (
-    is_grouped, is_pointwise, matching_nodes, parameter_tensors, relative_event, relative_shape, sole_reader,
+    is_depthwise, is_grouped, is_pointwise, matching_nodes, parameter_tensors, relative_event, relative_shape, sole_reader,
 )
 from bnncost.layers.storage import gradient_buffers
 
@@ -214,7 +214,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     # 8. the BLAS library's packing buffers
     pool = engine.blas_buffers
     if pool is not None and engine.gemms:
-        calls = step_gemms(graph, engine.gemms)
+        calls = step_gemms(graph, engine, strategy)
         if calls:
             add(Variable(f"runtime.{pool.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
                          last, by_batch=lambda batch: sum(kept_buffers(pool, calls, batch))),
@@ -227,7 +227,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
     scratch = engine.gemm_scratch
     if scratch is not None and engine.gemms:
         by_event: dict[tuple[str, int | None], list[tuple[Node, Gemm]]] = {}
-        for at, node, rule in step_gemms(graph, engine.gemms):
+        for at, node, rule in step_gemms(graph, engine, strategy):
             by_event.setdefault((at, rule.stage), []).append((node, rule))
         def call_bytes(node: Node, rule: Gemm, batch: int) -> int:
             return scratch.scratch_bytes(rule.trans, *gemm_shape(node, rule, batch))
@@ -302,10 +302,22 @@ def rule_nodes(graph: Graph, rule, jit: JitConvKernels | None = None) -> list[No
     return picked
 
 
+def onednn_min_batch(node: Node, jit: JitConvKernels | None) -> int | None:
+    """The batch size from which the engine's oneDNN runs this conv (None: from 1): a 1x1 stride-1 conv from
+    jit.pointwise_min_batch, a small one-group conv from 2 (PyTorch's ConvParams::use_mkldnn, one thread)."""
+    if jit is None or node.kind != "conv2d":
+        return None
+    if is_pointwise(node):
+        return jit.pointwise_min_batch
+    small_input = math.prod(node.in_shape) <= jit.single_sample_max_input
+    small_kernel = min(node.window) <= jit.single_sample_max_kernel
+    return 2 if node.groups == 1 and small_input and small_kernel else None
+
+
 def onednn_batches(node: Node, onednn: bool, jit: JitConvKernels | None) -> tuple[int | None, int | None] | None:
     """(min_batch, batch_below) over which the engine's oneDNN runs this conv (onednn) or does not (not onednn);
-    None: at no batch size. A 1x1 stride-1 conv runs on oneDNN only from jit.pointwise_min_batch on."""
-    slow_below = jit.pointwise_min_batch if jit is not None and is_pointwise(node) else None
+    None: at no batch size."""
+    slow_below = onednn_min_batch(node, jit)
     if onednn:
         return (slow_below, None)
     return (None, slow_below) if slow_below is not None else None
@@ -351,7 +363,7 @@ def _with_sub_events(graph: Graph, strategy: Strategy, engine: Engine, events: l
                 after.add(n.name)
             elif rule.stage is not None:
                 stages.setdefault(relative_event(n, rule.during, retention), set()).update(rule.stage)
-    for at, _, gemm in step_gemms(graph, engine.gemms):
+    for at, _, gemm in step_gemms(graph, engine, strategy):
         if gemm.stage is not None:
             stages.setdefault(at, set()).add(gemm.stage)
     out: list[str] = []
@@ -406,34 +418,51 @@ def conv_kernel_counts(graph: Graph, rule: JitConvKernels, batch: int) -> tuple[
     to_plain: set = set()  # blocked -> plain (output, dX)
     weights: set = set()  # (weight shape, which reorder)
     for node in graph.nodes:
-        if node.kind != "conv2d" or (is_pointwise(node) and batch < rule.pointwise_min_batch):
+        if node.kind != "conv2d" or batch < (onednn_min_batch(node, rule) or 1):
             continue
         dx = graph.tensors[node.inputs[0]].requires_grad
         weight_grad = 0 if node.name in gemm_dw else rule.pointwise_weight_grad_kernels if is_pointwise(node) else 1
         config = _configuration(node)
         directions[config, "forward"] = 1
         directions[config, "weight_grad"] = weight_grad
-        if dx:
-            directions[config, "input_grad"] = rule.strided_input_grad_kernels if node.strides != (1, 1) else 1
+        if dx:  # a grouped or depthwise conv's strided backward-data is its own JIT kernel, not brgemm's
+            strided = node.strides != (1, 1) and node.groups == 1
+            directions[config, "input_grad"] = rule.strided_input_grad_kernels if strided else 1
+        layout = _channel_block(node)
         if node.in_shape[-1] >= rule.plain_input_below_channels:
-            to_blocked.add(tuple(node.in_shape))
-        to_blocked.add(tuple(node.out_shape))
-        to_plain.add(tuple(node.out_shape))
+            to_blocked.add((tuple(node.in_shape), layout))
+        to_blocked.add((tuple(node.out_shape), layout))
+        to_plain.add((tuple(node.out_shape), layout))
         weights |= {(tuple(node.weight_shape), "forward"), (tuple(node.weight_shape), "weight_grad")}
         if dx:
-            to_plain.add(tuple(node.in_shape))
-            weights.add((tuple(node.weight_shape), "backward_data"))
+            to_plain.add((tuple(node.in_shape), layout))
+            # a depthwise kernel is Goihw16g forward and backward-data alike: one reorder, cached once
+            weights.add((tuple(node.weight_shape), "forward" if is_depthwise(node) else "backward_data"))
     return sum(directions.values()), len(to_blocked) + len(to_plain) + len(weights)
 
 
-def step_gemms(graph: Graph, rules: tuple[Gemm, ...]) -> list[tuple[str, Node, Gemm]]:
-    """(event, node, gemm) of every gemm of a step in the order they run: forward, then backward in reverse."""
-    matched = {id(rule): rule_nodes(graph, rule) for rule in rules}
+def _channel_block(node: Node) -> int:
+    """The channel block of the layout oneDNN reorders a conv's activations to: 16 (nChw16c on AVX-512), or for
+    a grouped conv whose channels per group are no multiple of 16 a block of them (8 per group: jit_avx2 kernels,
+    nChw8c). Reorders of one shape to different blocks are different primitives."""
+    per_group = node.in_shape[-1] // node.groups
+    return 16 if node.groups == 1 or is_depthwise(node) else math.gcd(per_group, 16)
+
+
+def step_gemms(graph: Graph, engine: Engine, strategy: Strategy) -> list[tuple[str, Node, Gemm]]:
+    """(event, node, gemm) of every gemm of a step in the order they run: forward, then backward in reverse, a
+    layer's in the order of the engine's rules that apply to the strategy. A rule `when: {onednn: false}` comes
+    with the conv's own batch bound (below the batch oneDNN runs it from)."""
+    jit = engine.jit_conv_kernels
+    rules = [rule for rule in engine.gemms if rule.applies_to(strategy)]
+    matched = {id(rule): rule_nodes(graph, rule, jit) for rule in rules}
     out = []
     for during, order in (("forward", graph.nodes), ("backward", list(reversed(graph.nodes)))):
         for node in order:
             for rule in rules:
                 if rule.during == during and node in matched[id(rule)]:
+                    if rule.when.onednn is not None:
+                        rule = rule.model_copy(update={"batch_below": onednn_batches(node, False, jit)[1]})
                     out.append((f"{during}:{node.name}", node, rule))
     return out
 

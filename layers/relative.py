@@ -91,6 +91,11 @@ def is_pointwise(node: Node) -> bool:
     return node.kind == "conv2d" and node.window == (1, 1) and node.strides == (1, 1) and node.groups == 1
 
 
+def is_depthwise(node: Node) -> bool:
+    """A conv2d with one group per input channel."""
+    return node.kind == "conv2d" and node.groups > 1 and node.groups == node.in_shape[-1]
+
+
 def is_grouped(node: Node) -> bool:
     """A conv2d with more than one group but fewer groups than input channels (grouped, not depthwise)."""
     return node.kind == "conv2d" and 1 < node.groups < node.in_shape[-1]

@@ -130,11 +130,11 @@ def test_mkl_buffers_are_the_ones_memray_saw():
     assert pool.buffer_bytes("NN", 256, 128, 256) == 0  # dX at B < 192: none
     assert pool.buffer_bytes("TN", 64, 40, 64) == 4_274_720  # m < 192, n < m, k <= m
     engine = load_engine("pytorch")
-    calls = step_gemms(graph_of("digits-mlp"), engine.gemms)
+    calls = step_gemms(graph_of("digits-mlp"), engine, as_strategy("standard"))
     # memray native stacks at the step's start, digits-mlp B=32: exactly these two buffers
     assert kept_buffers(pool, calls, 32) == [4_368_928, 4_532_768]
-    assert len(kept_buffers(pool, step_gemms(graph_of("digits-cnn"), engine.gemms), 32)) == 0
-    assert len(kept_buffers(pool, step_gemms(graph_of("mlp"), engine.gemms), 256)) == 2
+    assert len(kept_buffers(pool, step_gemms(graph_of("digits-cnn"), engine, as_strategy("standard")), 32)) == 0
+    assert len(kept_buffers(pool, step_gemms(graph_of("mlp"), engine, as_strategy("standard")), 256)) == 2
 
 
 @pytest.mark.parametrize("grid, probes", [("torch-mkl-sgemm", 3468), ("torch-mkl-sgemm-shallow", 1734)])
@@ -148,8 +148,62 @@ def test_mkl_buffer_rule_reproduces_every_probe(grid, probes):
     assert len(doc["probes"]) == probes and not wrong, wrong[:5]
 
 
+MKL_BOOKKEEPING = {256, 69_664}  # MKL's per-thread accounting (mm_account_ptr_by_tid), not a packing buffer
+
+
+def test_amd_mkl_buffer_rule_reproduces_every_probe():
+    """On an AMD CPU MKL runs its generic sgemm (mkl_blas_def_*), whose buffers the pytorch-amd engine gives:
+    every probed gemm, path and bytes exact (3 transposes x 13 depths x 15 x 15 shapes, every allocation kept)."""
+    doc = json.loads((MEASUREMENTS / "probes" / "torch-mkl-sgemm-amd.json").read_text())
+    assert doc["machine"]["cpu"].startswith("AMD") and doc["mkl_routines"] == ["mkl_blas_def_sgemm_getbufs_bdz"]
+    pool = load_engine("pytorch-amd").blas_buffers
+    wrong = [(p["trans"], p["m"], p["n"], p["k"], p["buffers"]) for p in doc["probes"]
+             if pool.buffer_bytes(p["trans"], p["m"], p["n"], p["k"])
+             != sum(b for b in p["buffers"] if b not in MKL_BOOKKEEPING)]
+    assert len(doc["probes"]) == 8775 and sum(1 for p in doc["probes"] if p["buffers"]) == 5148 and not wrong, wrong[:5]
+    assert pool.buffer_bytes("TN", 256, 256, 64) == 17_056 + 4 * 128 * (256 + 2 * 256)
+    assert pool.buffer_bytes("NN", 17, 4, 200) == 17_056 + 4 * 100 * (32 + 2 * 4)  # k / 2 rounded down, m to 16
+    assert pool.buffer_bytes("NT", 11, 1024, 64) == pool.buffer_bytes("TN", 12, 3, 64) == 0  # no packing path
+    intel = load_engine("pytorch").blas_buffers
+    assert intel.buffer_bytes("TN", 256, 256, 64) > 4 * 2**20 > 10 * pool.buffer_bytes("TN", 256, 256, 64)
+
+
+CHECK_RECORDINGS = sorted((MEASUREMENTS / "probes" / "torch-check").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CHECK_RECORDINGS, ids=lambda p: p.stem)
+def test_pytorch_amd_meets_the_bars_on_the_amd_check_recordings(path):
+    """The check models, recorded on an AMD EPYC (never used for a rule of the `pytorch` engine): the pytorch-amd
+    engine predicts every tensor peak within 5% and every process peak within 10% (the `pytorch` engine's
+    Intel MKL buffers put its process peaks up to +50% over at small batches)."""
+    rec = json.loads(path.read_text())
+    assert rec["cpu"].startswith("AMD")
+    mem = predict(str(ROOT / rec["model_ref"]), strategy=rec["strategy"], batch=rec["batch"],
+                  engine="pytorch-amd").memory
+    assert abs(mem.tensor_peak_bytes - rec["tensor_peak_bytes"]) <= 0.05 * rec["tensor_peak_bytes"]
+    assert abs(mem.process_peak_bytes - rec["process_peak_bytes"]) <= 0.10 * rec["process_peak_bytes"]
+
+
 def _owners(name: str) -> dict:
     return json.loads((MEASUREMENTS / "probes" / "torch-runtime" / f"owners-{name}.json").read_text())["owners"]
+
+
+@pytest.mark.parametrize("name, model, batch", [
+    ("check-mobile-bnn-b1-amd", "check-mobile-bnn", 1), ("check-mobile-bnn-b8-amd", "check-mobile-bnn", 8),
+    ("check-vgg-bnn-b8-amd", "check-vgg-bnn", 8), ("torch-grouped-g2-b64-amd", "torch-grouped-g2", 64),
+    ("torch-grouped-g2s2-b64-amd", "torch-grouped-g2s2", 64), ("torch-grouped-dw-b64-amd", "torch-grouped-dw", 64)])
+def test_onednn_kernels_per_owner_are_what_memray_saw(name, model, batch):
+    """Conv and reorder kernels, counted by owner: a depthwise conv's strided backward-data is one kernel and its
+    forward and backward-data weight reorder one primitive; a grouped conv of 8 channels per group reorders to
+    its own block (the stem's 16-channel tensors reorder twice); at batch 1 a 3x3 conv of a 3,072-element input
+    runs without oneDNN (check-mobile-bnn's stem: no kernel at B=1, two at B=8)."""
+    from bnncost.costmodel.engine_rules import conv_kernel_counts
+
+    owners = _owners(name)
+    convs = sum(v["jit_kernels"] for k, v in owners.items() if "convolution" in k)
+    reorders = sum(v["jit_kernels"] for k, v in owners.items() if "reorder" in k)
+    graph = graph_of(str(ROOT / "benchmarks" / "frameworks" / "probes" / f"{model}.yaml"))
+    assert conv_kernel_counts(graph, load_engine("pytorch").jit_conv_kernels, batch) == (convs, reorders)
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -159,7 +213,7 @@ def test_pointwise_convs_below_16_samples_are_mkl_gemms(batch):
     from bnncost.costmodel.engine_rules import kept_buffers, step_gemms
 
     engine = load_engine("pytorch")
-    calls = step_gemms(graph_of("bireal18"), engine.gemms)
+    calls = step_gemms(graph_of("bireal18"), engine, as_strategy("standard"))
     measured = _owners(f"bireal18-b{batch}")["mkl_serv_allocate"]["bytes"]
     assert sum(kept_buffers(engine.blas_buffers, calls, batch)) == measured
 

@@ -2,6 +2,11 @@
 
     python benchmarks/frameworks/torch_blas_probe.py [--out measurements/probes/torch-mkl-sgemm.json]
     python benchmarks/frameworks/torch_blas_probe.py --depths 1 2 --out .../torch-mkl-sgemm-shallow.json
+    python benchmarks/frameworks/torch_blas_probe.py --min-bytes 0 --out .../torch-mkl-sgemm-amd.json
+
+MKL picks its sgemm code by CPU vendor as well as by ISA: on Intel AVX-512 CPUs it runs
+mkl_blas_avx512_* kernels, on AMD ones (even with AVX-512) its generic mkl_blas_def_* code, whose
+buffers differ; each record names the CPU and the code path (the mkl_blas_*_getbufs frame) it saw.
 
 Every float32 matmul on CPU is MKL's sgemm. Each probe empties MKL's buffer pool
 (mkl_serv_free_buffers, exported by libtorch_cpu), marks memray's stream, then
@@ -29,6 +34,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 SIZES = (8, 16, 32, 48, 64, 96, 128, 144, 160, 176, 192, 224, 256, 320, 384, 512, 1024)
 DEPTHS = (10, 64, 256, 1024)
 MARK = 3_141_593  # an odd malloc size between probes
@@ -45,8 +51,10 @@ def _operands(torch, trans: str, m: int, n: int, k: int):
     return lambda: torch.mm(p, q)
 
 
-def probe(cases: list[tuple[str, int, int, int]]) -> list[list[int]]:
-    """For each (trans, m, n, k): the sizes of the MKL buffers its gemm allocates from an empty pool."""
+def probe(cases: list[tuple[str, int, int, int]], paths: set[str]) -> list[list[int]]:
+    """For each (trans, m, n, k): the sizes of the MKL buffers its gemm allocates from an empty pool.
+
+    Adds to `paths` the MKL routines that asked for them (the frame below mkl_serv_allocate)."""
     import memray
     import numpy as np
     import torch
@@ -69,8 +77,11 @@ def probe(cases: list[tuple[str, int, int, int]]) -> list[list[int]]:
             continue
         if rec.size == MARK:
             out.append([])
-        elif out and "mkl_serv_allocate" in [f[0] for f in rec.native_stack_trace(max_stacks=12)]:
-            out[-1].append(rec.size)
+        elif out:
+            frames = [f[0] for f in rec.native_stack_trace(max_stacks=12)]
+            if "mkl_serv_allocate" in frames:
+                out[-1].append(rec.size)
+                paths.add(frames[frames.index("mkl_serv_allocate") + 1])
     path.unlink()
     path.parent.rmdir()
     return out
@@ -80,18 +91,24 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(HERE / "measurements" / "probes" / "torch-mkl-sgemm.json"))
     ap.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS), help="the k of the grid")
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="the m and n of the grid")
+    ap.add_argument("--min-bytes", type=int, default=100_000,
+                    help="keep buffers larger than this (100 kB: the packing buffers, not MKL's bookkeeping)")
     args = ap.parse_args(argv)
     import torch
+    from common import machine
 
-    cases = [(t, m, n, k) for t in ("TN", "NN", "NT") for k in args.depths for m in SIZES for n in SIZES]
-    rows = []
-    for i in range(0, len(cases), 289):  # one tracker per depth and transposes
-        chunk = cases[i:i + 289]
-        rows += [{"trans": t, "m": m, "n": n, "k": k, "buffers": [b for b in bufs if b > 100_000]}
-                 for (t, m, n, k), bufs in zip(chunk, probe(chunk))]
+    cases = [(t, m, n, k) for t in ("TN", "NN", "NT") for k in args.depths for m in args.sizes for n in args.sizes]
+    rows, paths = [], set()
+    chunk_size = len(args.sizes) ** 2
+    for i in range(0, len(cases), chunk_size):  # one tracker per depth and transposes
+        chunk = cases[i:i + chunk_size]
+        rows += [{"trans": t, "m": m, "n": n, "k": k, "buffers": [b for b in bufs if b > args.min_bytes]}
+                 for (t, m, n, k), bufs in zip(chunk, probe(chunk, paths))]
     doc = {"schema": "bnncost.blas-probe/1", "versions": {"torch": torch.__version__},
            "mkl": torch.__config__.show().split("Math Kernel Library Version ")[1].split("-")[0],
-           "note": "buffers: sizes of MKL's packing buffers (> 100 kB) one gemm allocated from an empty pool",
+           "machine": machine(), "mkl_routines": sorted(paths),
+           "note": f"buffers: sizes of MKL's allocations (> {args.min_bytes:,} B) one gemm made from an empty pool",
            "probes": rows}
     Path(args.out).write_text(json.dumps(doc, indent=0) + "\n")
     print(f"{args.out}: {len(rows)} gemms, {sum(1 for r in rows if r['buffers'])} on the packing path")

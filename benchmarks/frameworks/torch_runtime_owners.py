@@ -80,8 +80,10 @@ def owners(model_ref: str, batch: int) -> dict:
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
+    from common import machine
+
     return {"model": graph.model.name, "batch": batch, "torch": torch.__version__, "memray": memray.__version__,
-            "jit_code_bytes": code,
+            **machine(), "jit_code_bytes": code,
             "owners": {k: {"bytes": v[0], "allocations": v[1], "jit_kernels": v[2]}
                        for k, v in sorted(by_owner.items(), key=lambda kv: -kv[1][0])}}
 
