@@ -1,8 +1,12 @@
 #!/bin/sh
 # Every PyTorch recording in measurements/, one process per (model, strategy, batch), one thread each.
-# Usage: sh benchmarks/frameworks/record_torch.sh [standard|proposed|"standard proposed"]   (needs the `frameworks` extra)
+# Usage: sh benchmarks/frameworks/record_torch.sh [standard|proposed|"standard proposed"] [FOLDER]
+# (needs the `frameworks` extra). FOLDER, under measurements/, takes the recordings of another machine:
+# `sh benchmarks/frameworks/record_torch.sh "standard proposed" probes/torch-amd` made those of the AMD EPYC.
 set -e
 cd "$(dirname "$0")/../.."
+FOLDER=$2
+[ -z "$FOLDER" ] || mkdir -p "benchmarks/frameworks/measurements/$FOLDER"
 M=benchmarks/frameworks/models
 E=benchmarks/frameworks/export-models
 for strategy in ${1:-standard}; do
@@ -12,7 +16,8 @@ for strategy in ${1:-standard}; do
               "$E/reactnet-block.yaml 16 64 256"; do
     set -- $spec; model=$1; shift
     for b in "$@"; do
-      python benchmarks/frameworks/torch_measure.py "$model" --batch "$b" --strategy "$strategy"
+      if [ -n "$FOLDER" ]; then out="--out $FOLDER/pytorch-$(basename "$model" .yaml)-$strategy-b$b"; else out=; fi
+      python benchmarks/frameworks/torch_measure.py "$model" --batch "$b" --strategy "$strategy" $out
     done
   done
 done
