@@ -34,11 +34,13 @@ SHAPES: dict[str, str] = {
     "weight": "the layer's kernel (dense and conv2d only)",
     "lowered_input": "the layer's input lowered to columns, per sample: output positions x inputs per output "
                      "x groups (im2col; dense and conv2d only)",
+    "lowered_input_of_one_sample": "the lowered input of one sample, whatever the batch (columns a library "
+                                   "reuses sample by sample; dense and conv2d only)",
     "channels": "one value per input channel",
     "out_channels": "one value per output channel",
     "sample": "one value per sample",
 }
-SHAPES_OF_WEIGHTED = ("weight", "lowered_input")
+SHAPES_OF_WEIGHTED = ("weight", "lowered_input", "lowered_input_of_one_sample")
 SHAPES_OF_GROUPED = ("input_of_one_group", "output_of_one_group")  # conv2d only
 STEP_EVENTS = ("step_start", "loss", "update", "step_end")
 EVENTS = ("forward", "backward", *STEP_EVENTS)
@@ -62,10 +64,11 @@ def relative_shape(node: Node, word: str) -> tuple[Shape, bool]:
         if node.kind not in WEIGHTED_KINDS:
             raise ValueError(f"{node.name} ({node.kind}) has no weight")
         return tuple(node.weight_shape), False
-    if word == "lowered_input":
+    if word in ("lowered_input", "lowered_input_of_one_sample"):
         if node.kind not in WEIGHTED_KINDS:
             raise ValueError(f"{node.name} ({node.kind}) lowers no input")
-        return (node.positions, node.fan_in * node.groups), True  # every group's patch: kh*kw*Cin a position
+        # every group's patch: kh*kw*Cin a position
+        return (node.positions, node.fan_in * node.groups), word == "lowered_input"
     if word == "channels":
         return (node.in_shape[-1],), False
     if word == "out_channels":
