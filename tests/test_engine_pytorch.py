@@ -186,6 +186,26 @@ def test_pytorch_amd_meets_the_bars_on_every_amd_recording(path):
     assert abs(mem.process_peak_bytes - rec["process_peak_bytes"]) <= 0.10 * rec["process_peak_bytes"]
 
 
+def test_a_small_conv_at_batch_one_is_not_onednn():
+    """PyTorch's ConvParams::use_mkldnn (one thread) at batch 1 takes oneDNN only for groups > 1, a kernel above
+    3 x 3 in both dimensions or an input of more than 20,480 elements; a 1x1 stride-1 conv only from 16 samples."""
+    from bnncost.costmodel.engine_rules import onednn_min_batch
+    from bnncost.layers.graph import build_graph
+    from bnncost.layers.model import parse_model
+
+    def conv(input_shape, **conv):
+        graph = build_graph(parse_model({"name": "c", "input": input_shape, "layers": [
+            {"conv2d": conv}, {"global_avgpool": {}}, {"dense": {"units": 2, "binary": False}}, {"softmax_ce": {}}]},
+            "<test>"))
+        return onednn_min_batch(graph.nodes[0], load_engine("pytorch").jit_conv_kernels)
+
+    assert conv([32, 32, 20], filters=8, kernel=3) == 2  # 20,480 elements: slow_conv2d at B=1
+    assert conv([32, 32, 21], filters=8, kernel=3) is None  # 21,504: oneDNN
+    assert conv([8, 8, 16], filters=16, kernel=3, groups=2) is None and conv([8, 8, 16], filters=8, kernel=5) is None
+    assert conv([8, 8, 16], filters=8, kernel=1) == 16 and conv([64, 64, 16], filters=8, kernel=1) == 16
+    assert conv([8, 8, 16], filters=8, kernel=1, stride=2) == 2  # strided 1x1: the batch-1 rule only
+
+
 def _owners(name: str) -> dict:
     return json.loads((MEASUREMENTS / "probes" / "torch-runtime" / f"owners-{name}.json").read_text())["owners"]
 

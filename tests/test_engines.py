@@ -736,6 +736,28 @@ BAD = {
                            " pointwise_min_batch: 1, source: t}\n", "jit_conv_kernels.kernel_bytes: -1 is negative"),
     "zero-count": (BASE + "temporaries:\n  - {kinds: dense, name: t, shape: weight, during: backward,"
                    " format: uint8, count: 0, source: t}\n", "temporaries[0].count"),
+    "depth-halving-round": ("extends: pytorch-amd\nblas_buffers: {name: x, base: 1, element_bytes: 4, row_block: 16,"
+                            " col_block: 1, col_cap: 384, depth_min: 128, depth_block: 192, depth_halving: round,"
+                            " small_depth: 0, small_depth_col_cap: 1, paths: [{trans: TN}], source: t}\n",
+                            "blas_buffers.depth_halving: 'round' is not one of"),
+    "zero-col-depth-factor": ("extends: pytorch-amd\nblas_buffers: {name: x, base: 1, element_bytes: 4,"
+                              " row_block: 16, col_block: 1, col_cap: 384, col_depth_factor: 0, depth_min: 128,"
+                              " depth_block: 192, small_depth: 0, small_depth_col_cap: 1, paths: [{trans: TN}],"
+                              " source: t}\n", "blas_buffers.col_depth_factor"),
+    "gemm-of-a-onednn-conv": (BASE + "gemms:\n  - {kinds: conv2d, when: {onednn: true}, during: forward, trans: NN,"
+                              " m: positions, n: outputs, k: inputs, source: t}\n",
+                              "gemms[0]: when.onednn: true: a conv oneDNN runs makes no BLAS gemm"),
+    "gemm-two-batch-bounds": (BASE + "gemms:\n  - {kinds: conv2d, when: {onednn: false}, batch_below: 4,"
+                              " during: forward, trans: NN, m: positions, n: outputs, k: inputs, source: t}\n",
+                              "gemms[0]: when.onednn sets the batch bound itself"),
+    "columns-of-a-batchnorm": (BASE + "temporaries:\n  - {kinds: batchnorm, name: t, shape: lowered_input_of_one_sample,"
+                               " format: float32, during: forward, source: t}\n",
+                               "temporaries[0].shape: lowered_input_of_one_sample needs kinds among dense, conv2d"),
+    "negative-single-sample-input": ("extends: pytorch\njit_conv_kernels: {name: j, kernel_bytes: 1, state_bytes: 1,"
+                                     " plain_input_below_channels: 16, strided_input_grad_kernels: 6,"
+                                     " pointwise_weight_grad_kernels: 2, pointwise_min_batch: 16,"
+                                     " single_sample_max_input: -5, source: t}\n",
+                                     "jit_conv_kernels.single_sample_max_input"),
 }
 
 
