@@ -48,7 +48,8 @@ from bnncost.costmodel.variable import Variable, sized
 from bnncost.costmodel.strategy import Strategy
 from bnncost.layers.graph import Graph, Node
 from bnncost.layers.relative import (
-    is_depthwise, is_grouped, is_pointwise, matching_nodes, parameter_tensors, relative_event, relative_shape, sole_reader,
+    is_depthwise, is_grouped, is_pointwise, matching_nodes, parameter_tensors, relative_event, relative_shape,
+    sole_reader,
 )
 from bnncost.layers.storage import gradient_buffers
 

@@ -750,8 +750,8 @@ BAD = {
     "gemm-two-batch-bounds": (BASE + "gemms:\n  - {kinds: conv2d, when: {onednn: false}, batch_below: 4,"
                               " during: forward, trans: NN, m: positions, n: outputs, k: inputs, source: t}\n",
                               "gemms[0]: when.onednn sets the batch bound itself"),
-    "columns-of-a-batchnorm": (BASE + "temporaries:\n  - {kinds: batchnorm, name: t, shape: lowered_input_of_one_sample,"
-                               " format: float32, during: forward, source: t}\n",
+    "columns-of-a-batchnorm": (BASE + "temporaries:\n  - {kinds: batchnorm, name: t,"
+                               " shape: lowered_input_of_one_sample, format: float32, during: forward, source: t}\n",
                                "temporaries[0].shape: lowered_input_of_one_sample needs kinds among dense, conv2d"),
     "negative-single-sample-input": ("extends: pytorch\njit_conv_kernels: {name: j, kernel_bytes: 1, state_bytes: 1,"
                                      " plain_input_below_channels: 16, strided_input_grad_kernels: 6,"

@@ -1,4 +1,6 @@
-"""Predicted vs measured for every framework recording: `python benchmarks/frameworks/table.py [ENGINE] [--recordings DIR]`.
+"""Predicted vs measured for every framework recording, as a markdown table.
+
+    python benchmarks/frameworks/table.py [ENGINE] [--recordings DIR]
 
 Prints one markdown row per recording in measurements/ made for that engine
 (or, with --recordings, per PyTorch or Larq recording in DIR, whatever engine it
