@@ -659,7 +659,8 @@ class JitConvKernels(_Rule):
     back, the weight to blocked for forward and for backward-data, dW back.
     Reorders of the same shape and direction are one cached primitive, shared
     between layers. A strided conv's backward-data takes strided_input_grad_kernels
-    kernels, a 1x1 stride-1 conv's backward-weights pointwise_weight_grad_kernels.
+    kernels and strided_input_grad_reorders reorders of its own, a 1x1 stride-1
+    conv's backward-weights pointwise_weight_grad_kernels.
     Each kernel holds kernel_bytes of code and state_bytes of primitive state.
     1x1 stride-1 convs run on oneDNN only from pointwise_min_batch on; at
     batch 1, a one-group conv whose input has at most single_sample_max_input
@@ -680,6 +681,7 @@ class JitConvKernels(_Rule):
     state_bytes: ByteCount
     plain_input_below_channels: NonNegative
     strided_input_grad_kernels: PositiveInt
+    strided_input_grad_reorders: NonNegative = 0
     pointwise_weight_grad_kernels: PositiveInt
     pointwise_min_batch: PositiveInt
     single_sample_max_input: NonNegative = 0

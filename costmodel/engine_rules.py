@@ -418,6 +418,7 @@ def conv_kernel_counts(graph: Graph, rule: JitConvKernels, batch: int) -> tuple[
     to_blocked: set = set()  # per-sample shapes reordered plain -> blocked (input, dY)
     to_plain: set = set()  # blocked -> plain (output, dX)
     weights: set = set()  # (weight shape, which reorder)
+    strided_copies: set = set()  # configurations whose strided backward-data copies with a reorder of its own
     for node in graph.nodes:
         if node.kind != "conv2d" or batch < (onednn_min_batch(node, rule) or 1):
             continue
@@ -429,6 +430,8 @@ def conv_kernel_counts(graph: Graph, rule: JitConvKernels, batch: int) -> tuple[
         if dx:  # a grouped or depthwise conv's strided backward-data is its own JIT kernel, not brgemm's
             strided = node.strides != (1, 1) and node.groups == 1
             directions[config, "input_grad"] = rule.strided_input_grad_kernels if strided else 1
+            if strided:
+                strided_copies.add(config)
         layout = _channel_block(node)
         if node.in_shape[-1] >= rule.plain_input_below_channels:
             to_blocked.add((tuple(node.in_shape), layout))
@@ -439,7 +442,8 @@ def conv_kernel_counts(graph: Graph, rule: JitConvKernels, batch: int) -> tuple[
             to_plain.add((tuple(node.in_shape), layout))
             # a depthwise kernel is Goihw16g forward and backward-data alike: one reorder, cached once
             weights.add((tuple(node.weight_shape), "forward" if is_depthwise(node) else "backward_data"))
-    return sum(directions.values()), len(to_blocked) + len(to_plain) + len(weights)
+    reorders = len(to_blocked) + len(to_plain) + len(weights) + rule.strided_input_grad_reorders * len(strided_copies)
+    return sum(directions.values()), reorders
 
 
 def _channel_block(node: Node) -> int:

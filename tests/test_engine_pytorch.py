@@ -16,6 +16,9 @@ import pytest
 from bnncost import predict
 from bnncost.costmodel.memory import memory_plan
 from bnncost.costmodel.engine import load_engine
+from bnncost.costmodel.engine_rules import (
+    conv_kernel_counts, conv_kernels, kept_buffers, onednn_min_batch, sgemm_code_bytes, step_gemms,
+)
 from bnncost.costmodel.strategy import as_strategy
 from bnncost.layers.graph import graph_of
 
@@ -118,8 +121,6 @@ def test_mechanisms_are_the_ones_autograd_shows():
 
 def test_mkl_buffers_are_the_ones_memray_saw():
     """The engine's MKL packing buffers, per gemm, are the sizes the probes and the recordings show."""
-    from bnncost.costmodel.engine_rules import kept_buffers, step_gemms
-
     pool = load_engine("pytorch").blas_buffers
     assert pool.buffer_bytes("TN", 256, 256, 256) == 4_762_144  # probe: mm(x[256, 256], W[256, 256].t())
     assert pool.buffer_bytes("TN", 256, 256, 784) == 5_040_672  # depth capped at 384
@@ -189,7 +190,6 @@ def test_pytorch_amd_meets_the_bars_on_every_amd_recording(path):
 def test_a_small_conv_at_batch_one_is_not_onednn():
     """PyTorch's ConvParams::use_mkldnn (one thread) at batch 1 takes oneDNN only for groups > 1, a kernel above
     3 x 3 in both dimensions or an input of more than 20,480 elements; a 1x1 stride-1 conv only from 16 samples."""
-    from bnncost.costmodel.engine_rules import onednn_min_batch
     from bnncost.layers.graph import build_graph
     from bnncost.layers.model import parse_model
 
@@ -221,8 +221,6 @@ def test_onednn_kernels_per_owner_are_what_memray_saw(name, model, batch):
     its own block (the stem's 16-channel tensors reorder twice); at batch 1 a 3x3 conv of a 3,072-element input
     runs without oneDNN (check-mobile-bnn's stem: no kernel at B=1, two at B=8), a 5x5 one on oneDNN (torch-k5-small);
     the MKL buffers are the pytorch-amd engine's, to the byte."""
-    from bnncost.costmodel.engine_rules import conv_kernel_counts, kept_buffers, step_gemms
-
     owners = _owners(name)
     convs = sum(v["jit_kernels"] for k, v in owners.items() if "convolution" in k)
     reorders = sum(v["jit_kernels"] for k, v in owners.items() if "reorder" in k)
@@ -237,8 +235,6 @@ def test_onednn_kernels_per_owner_are_what_memray_saw(name, model, batch):
 def test_pointwise_convs_below_16_samples_are_mkl_gemms(batch):
     """bireal18's 1x1 shortcut convs run as per-sample MKL gemms below 16 samples: the MKL buffers memray saw after
     warm-up are, to the byte, those of their gemms and the dense layer's (whose dW of depth B = 1 packs nothing)."""
-    from bnncost.costmodel.engine_rules import kept_buffers, step_gemms
-
     engine = load_engine("pytorch")
     calls = step_gemms(graph_of("bireal18"), engine, as_strategy("standard"))
     measured = _owners(f"bireal18-b{batch}")["mkl_serv_allocate"]["bytes"]
@@ -248,12 +244,30 @@ def test_pointwise_convs_below_16_samples_are_mkl_gemms(batch):
 @pytest.mark.parametrize("batch", [1, 2])
 def test_equal_convs_share_their_kernels(batch):
     """oneDNN's primitive cache: bireal18's repeated 3x3 convs hold one kernel per direction per configuration."""
-    from bnncost.costmodel.engine_rules import conv_kernel_counts
-
     owners = _owners(f"bireal18-b{batch}")
     directions = sum(v["jit_kernels"] for k, v in owners.items() if "convolution" in k or k.startswith("jit_brgemm"))
     counted, _ = conv_kernel_counts(graph_of("bireal18"), load_engine("pytorch").jit_conv_kernels, batch)
     assert counted == directions == 38
+
+
+@pytest.mark.parametrize("name, model, distinct", [
+    ("bireal18-b1", "bireal18", 3), ("bireal18-b2", "bireal18", 3), ("torch-resnet-b-b16", "torch-resnet-b", 1),
+    ("torch-resnet-a-b8-amd", "torch-resnet-a", 1), ("bireal-block-b16-amd", "bireal-block", 1),
+    ("torch-grouped-g2s2-b64-amd", "torch-grouped-g2s2", 0), ("check-mobile-bnn-b8-amd", "check-mobile-bnn", 0)])
+def test_a_strided_conv_s_backward_data_copies_with_a_reorder_of_its_own(name, model, distinct):
+    """One jit_uni_reorder_direct_copy_t kernel per distinct one-group strided conv that computes dX (oneDNN's
+    brgemm strided backward-data), on both CPUs; none for a grouped or depthwise strided conv."""
+    owners = _owners(name)
+    assert owners.get("jit_uni_reorder_direct_copy_t", {}).get("jit_kernels", 0) == distinct
+    rule = load_engine("pytorch").jit_conv_kernels
+    refs = {"torch-resnet-a": "models/torch-resnet-a.yaml", "torch-resnet-b": "models/torch-resnet-b.yaml",
+            "bireal-block": "export-models/bireal-block.yaml", "torch-grouped-g2s2": "probes/torch-grouped-g2s2.yaml",
+            "check-mobile-bnn": "probes/check-mobile-bnn.yaml"}
+    graph = graph_of(str(ROOT / "benchmarks" / "frameworks" / refs[model]) if model in refs else model)
+    batch = int(name.split("-b")[-1].split("-")[0])
+    with_copies = conv_kernel_counts(graph, rule, batch)[1]
+    without = conv_kernel_counts(graph, rule.model_copy(update={"strided_input_grad_reorders": 0}), batch)[1]
+    assert with_copies - without == distinct
 
 
 def test_the_proposed_strategy_is_recorded_beside_the_standard_one():
@@ -319,8 +333,6 @@ def test_forward_peak_within_10_percent(rec):
 
 def test_onednn_kernels_are_the_ones_memray_saw():
     """JIT kernels per model, counted by owner in memray's native stacks at a step's start (262,144 B each)."""
-    from bnncost.costmodel.engine_rules import conv_kernels
-
     rule = load_engine("pytorch").jit_conv_kernels
     assert conv_kernels(graph_of("digits-cnn"), rule, 32) == 16  # 5 conv + 11 reorders
     assert conv_kernels(graph_of("cnv"), rule, 16) == 50  # 17 + 33
@@ -338,8 +350,6 @@ SGEMM_OWNERS = {"gemm_driver", "jit_avx2_kernel_sgemm_kern_t", "sgemm_smalln_tn"
 def test_grouped_convs_sgemm_code_is_what_memray_saw(probe):
     """A grouped conv with 4 input channels per group computes dW with oneDNN's sgemm, whose JIT code (small-n
     kernels for n = 4, general ones for n = 16) the engine counts to the byte; 8 per group and depthwise do not."""
-    from bnncost.costmodel.engine_rules import sgemm_code_bytes
-
     owners = json.loads((MEASUREMENTS / "probes" / "torch-grouped" / f"owners-{probe}-b64.json").read_text())["owners"]
     measured = sum(v["bytes"] for k, v in owners.items() if k in SGEMM_OWNERS)
     graph = graph_of(str(ROOT / "benchmarks" / "frameworks" / "probes" / f"torch-grouped-{probe}.yaml"))
