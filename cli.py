@@ -309,17 +309,21 @@ def engines_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         emit_json({"schema": "bnncost.engines/1", "default": DEFAULT_ENGINE, "engines": [
             {"name": e.name, "description": e.description, "retention": e.retention,
              "workspace_budget": e.workspace.budget, "rules": engine_rule_counts(e),
-             "measured_strategies": list(e.measured_strategies) or None, "source": e.file}
+             "measured_strategies": list(e.measured_strategies) or None,
+             "runtime_measured_on": e.runtime_measured_on.model_dump() if e.runtime_measured_on else None,
+             "source": e.file}
             for e in rows]})
         return
     t = Table(title=f"Engines (pass a name, or a path to your own YAML; default {DEFAULT_ENGINE})")
-    for col in ("engine", "retention", "workspace", "rules", "measured on", "description"):
+    for col in ("engine", "retention", "workspace", "rules", "strategies measured", "runtime's CPU", "description"):
         t.add_column(col, justify="right" if col in ("workspace", "rules") else "left",
                      no_wrap=col in ("engine", "workspace"))
     for e in rows:
+        on = e.runtime_measured_on
+        cpu = f"{on.arch} ({on.vendor or 'any vendor'})" if on else "-"
         t.add_row(esc(e.name), e.retention, human_bytes(e.workspace.budget),
                   str(sum(engine_rule_counts(e).values())), esc(", ".join(e.measured_strategies) or "every strategy"),
-                  esc(e.description))
+                  esc(cpu), esc(e.description))
     out.print(t)
 
 
@@ -348,9 +352,9 @@ def predict_cmd(
     if by not in ("role", "layer", "variable"):
         raise BadInput(f"--by must be role, layer or variable, not '{by}'")
     impl = implementation(engine, retention, workspace)
-    p = predict(model, strategy, batch, device=open_device(device),
-                epoch_samples=check_samples(epoch_samples, device), **impl)
-    note_unmeasured(impl["engine"], [p.strategy])
+    dev = open_device(device)
+    p = predict(model, strategy, batch, device=dev, epoch_samples=check_samples(epoch_samples, device), **impl)
+    note_unmeasured(impl["engine"], [p.strategy], dev)
     if as_json:
         emit_json(p.to_json())
         return
@@ -465,8 +469,9 @@ def summary_cmd(
     for backward, operations per phase (and energy and time with --device), with totals."""
     output_mode(as_json, markdown)
     impl = implementation(engine, retention, workspace)
-    sm = summary(model, strategy, batch, device=open_device(device), **impl)
-    note_unmeasured(impl["engine"], [sm.strategy])
+    dev = open_device(device)
+    sm = summary(model, strategy, batch, device=dev, **impl)
+    note_unmeasured(impl["engine"], [sm.strategy], dev)
     if as_json:
         emit_json(sm.to_json())
         return
@@ -525,9 +530,9 @@ def compare_cmd(
         raise BadInput("--ladder compares the shipped ladder; leave out --strategies, or drop --ladder")
     names = LADDER if ladder else split_list(strategies)
     impl = implementation(engine, retention, workspace)
-    c = compare(model, names, batch, device=open_device(device), epoch_samples=check_samples(epoch_samples, device),
-                **impl)
-    note_unmeasured(impl["engine"], c.strategies)
+    dev = open_device(device)
+    c = compare(model, names, batch, device=dev, epoch_samples=check_samples(epoch_samples, device), **impl)
+    note_unmeasured(impl["engine"], c.strategies, dev)
     if as_json:
         emit_json(c.to_json())
     else:
@@ -616,8 +621,9 @@ def fit_cmd(
     """The largest batch that fits the device's usable memory, per strategy."""
     output_mode(as_json, markdown)
     impl = implementation(engine, retention, workspace)
-    f = fit(model, split_list(strategies), load_device(device), batch, **impl)
-    note_unmeasured(impl["engine"], [row.strategy for row in f.strategies])
+    dev = load_device(device)
+    f = fit(model, split_list(strategies), dev, batch, **impl)
+    note_unmeasured(impl["engine"], [row.strategy for row in f.strategies], dev)
     if as_json:
         emit_json(f.to_json())
         return
@@ -676,8 +682,9 @@ def sweep_cmd(
         check_path(plot)
     batches = parse_batches(batch, log)
     impl = implementation(engine, retention, workspace)
-    s = sweep(model, split_list(strategies), batches, device=open_device(device), **impl)
-    note_unmeasured(impl["engine"], [line.strategy for line in s.lines])
+    dev = open_device(device)
+    s = sweep(model, split_list(strategies), batches, device=dev, **impl)
+    note_unmeasured(impl["engine"], [line.strategy for line in s.lines], dev)
     if as_json:
         emit_json(s.to_json())
     else:
@@ -1043,11 +1050,12 @@ def implementation(engine: str | None, retention: str | None, workspace: "str | 
     return {"engine": load_engine(engine or DEFAULT_ENGINE), **knobs(retention, workspace)}
 
 
-def note_unmeasured(engine: Engine, strategies: list[str]) -> None:
-    """One note on stderr where the engine was not measured with a strategy it was asked for."""
-    note = engine.unmeasured_note(strategies)
-    if note:
-        sys.stderr.write(f"bnncost: note: {note}\n")
+def note_unmeasured(engine: Engine, strategies: list[str], device: Device | None = None) -> None:
+    """A note on stderr where the engine was not measured with a strategy it was asked for, and one where its
+    runtime bytes were measured on another CPU than the device's."""
+    for note in (engine.unmeasured_note(strategies), engine.runtime_cpu_note(device)):
+        if note:
+            sys.stderr.write(f"bnncost: note: {note}\n")
 
 
 # ---------------------------------------------------------------- calibrate (this machine)

@@ -77,6 +77,9 @@ class Measured:
     rates: dict[str, dict[str, tuple[float, str]]]  # format -> kind -> (per second, how)
     operators: list[operators.Fitted]
     reference_step_s: float  # median reference step over the operators' runs: the speed they are priced at
+    # (arch, vendor, where they were read) as device tables name them; arch None where the machine is not one of
+    # CPU_ARCHES (the table then says nothing of its CPU)
+    cpu_kind: tuple[str | None, str | None, str] = (None, None, "")
 
 
 def measure(*, quick: bool = False, progress=None, total=None) -> Measured:
@@ -115,7 +118,7 @@ def measure(*, quick: bool = False, progress=None, total=None) -> Measured:
     fitted = operators.fit(samples)
     step("fit")
     return Measured(stamp, cpu, cores, threads, quick, repeats, plan.steps, ram_total, ram_avail, ram_how,
-                    level_docs, measured_rates, fitted, reference_s)
+                    level_docs, measured_rates, fitted, reference_s, machine.cpu_arch_and_vendor())
 
 
 def document(m: Measured, *, name: str, base: Device | None = None, idle_w: float | None = None,
@@ -187,6 +190,11 @@ def document(m: Measured, *, name: str, base: Device | None = None, idle_w: floa
                       f"the core speed every operator's time is priced at",
         },
     }
+    arch, vendor, how = m.cpu_kind
+    if arch is not None:  # after the description, as the shipped tables have it
+        cpu = {"arch": arch, **({"vendor": vendor} if vendor else {}), "source": f"{stamp}; {how}"}
+        doc = {"name": doc["name"], "description": doc["description"], "cpu": cpu,
+               **{k: v for k, v in doc.items() if k not in ("name", "description")}}
     parse_device(doc, f"<calibration of {name}>")  # what is written must load
     return doc
 

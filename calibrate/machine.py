@@ -38,6 +38,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+ARCHES = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "armv7",
+          "riscv64": "riscv64"}
+VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd", "0x41": "arm"}  # vendor_id, or an Arm CPU implementer
+
+
+def cpu_arch_and_vendor() -> tuple[str | None, str | None, str]:
+    """This machine's instruction set and CPU maker as device tables name them, and where they were read."""
+    machine = platform.machine()
+    arch = ARCHES.get(machine.lower())
+    vendor = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("vendor_id", "CPU implementer") and value.strip() in VENDORS:
+                vendor = VENDORS[value.strip()]
+                break
+    except OSError:
+        pass
+    return arch, vendor, f"platform.machine() {machine!r}, /proc/cpuinfo vendor_id or CPU implementer"
+
+
 def _size(text: str) -> int:
     text = text.strip().upper()
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)

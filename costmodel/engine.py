@@ -56,6 +56,7 @@ from pydantic import (
 
 from bnncost.costmodel.formats import STORAGE_BITS
 from bnncost.costmodel.strategy import STRATEGY_CHOICES, Strategy
+from bnncost.hardware_profiles.schema import CPU_ARCHES
 from bnncost.hardware_profiles.units import QuantityError, convert
 from bnncost.layers.model import looks_like_path
 from bnncost.layers.relative import (
@@ -74,8 +75,8 @@ PARAMETER_SHAPES = ("largest_parameter", "each_parameter")
 NAMED_LISTS = ("variables", "temporaries", "optimizer_temporaries", "runtime", "constants")
 APPENDED_LISTS = ("drop", "shares", "lifetimes", "in_place_grads", "gemms", "formats")
 SINGLE_RULES = ("blas_buffers", "gemm_scratch", "jit_conv_kernels")  # at most one of each
-FILE_KEYS = {"name", "description", "extends", "retention", "workspace", "measured_strategies", *SINGLE_RULES,
-             *NAMED_LISTS, *APPENDED_LISTS}
+FILE_KEYS = {"name", "description", "extends", "retention", "workspace", "measured_strategies", "runtime_measured_on",
+             *SINGLE_RULES, *NAMED_LISTS, *APPENDED_LISTS}
 GEMM_TRANSPOSES = ("NN", "NT", "TN", "TT")  # op(A), op(B) of column-major C(m x n) = op(A)(m x k) op(B)(k x n)
 GEMM_DIMS = {
     "batch": "the batch size B",
@@ -698,6 +699,21 @@ class Workspace(_Rule):
     budget: ByteCount
 
 
+class RuntimeCpu(BaseModel):
+    """The CPU an engine's runtime bytes were measured on (its BLAS and JIT libraries pick their code by it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    arch: Literal[CPU_ARCHES]
+    vendor: Identifier | None = None  # None: measured on one, and the same on every vendor's CPU of this arch
+    cpu: Annotated[str, Field(min_length=1)]  # the CPU of the recordings, for the note
+
+    def differs_from(self, device_cpu) -> bool:
+        """Whether a device's CPU is another arch, or another vendor where the vendor matters."""
+        if device_cpu.arch != self.arch:
+            return True
+        return self.vendor is not None and device_cpu.vendor is not None and device_cpu.vendor.lower() != self.vendor
+
+
 class Engine(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: str
@@ -722,6 +738,8 @@ class Engine(BaseModel):
     # METHOD itself or an implementation of every strategy); another strategy applies its formats to the
     # engine's rules, which nothing measured
     measured_strategies: tuple[str, ...] = ()
+    # where its runtime bytes were measured (None: none measured, or none depending on the CPU)
+    runtime_measured_on: RuntimeCpu | None = None
     file: str = "<memory>"  # where it was loaded from, for error messages
 
     def unmeasured_note(self, strategies: list[str]) -> str | None:
@@ -734,6 +752,17 @@ class Engine(BaseModel):
         return (f"the {self.name} engine was measured on the {' and '.join(self.measured_strategies)} {measured} "
                 f"only: its {', '.join(missing)} figures are its rules in {whose} formats, not checked by a "
                 "measurement")
+
+    def runtime_cpu_note(self, device) -> str | None:
+        """One line for a user who puts this engine's runtime bytes on a device with another CPU; None if the
+        device's CPU is unknown or the same."""
+        on = self.runtime_measured_on
+        if on is None or device is None or device.cpu is None or not on.differs_from(device.cpu):
+            return None
+        theirs = device.cpu.arch + (f" ({device.cpu.vendor})" if device.cpu.vendor else "")
+        return (f"the {self.name} engine's runtime bytes (BLAS buffers, JIT code, framework objects) were measured "
+                f"on {on.cpu}, and {device.name}'s CPU is {theirs}: there the libraries hold their own, not "
+                "measured; the process peak counts the measured ones (`bnncost engines` lists each engine's CPU)")
 
 
 class _EngineFile(BaseModel):
@@ -760,6 +789,7 @@ class _EngineFile(BaseModel):
     gemm_scratch: GemmScratch | None = None
     jit_conv_kernels: JitConvKernels | None = None
     measured_strategies: list[str] | None = None
+    runtime_measured_on: RuntimeCpu | None = None
 
 
 # ---------------------------------------------------------------- loading
@@ -878,7 +908,8 @@ def _check_rules(f: _EngineFile, source: str, inherited_roles: set[str]) -> set[
 
 def _merge(parent: dict, child: _EngineFile) -> dict:
     merged = dict(parent)
-    for key in ("name", "description", "retention", "workspace", "measured_strategies", *SINGLE_RULES):
+    for key in ("name", "description", "retention", "workspace", "measured_strategies", "runtime_measured_on",
+                *SINGLE_RULES):
         value = getattr(child, key)
         if value is not None:
             merged[key] = value

@@ -263,12 +263,27 @@ class TrainerTiming(_Model):
         return {(o.operator, o.formats): o for o in self.operators}
 
 
+CPU_ARCHES = ("arm64", "armv7", "x86-64", "riscv64")
+
+
+class CpuSpec(_Model):
+    """The CPU's instruction set and maker: whose libraries (BLAS, JIT code) a framework runs there.
+
+    An engine's runtime bytes (its BLAS buffers, JIT kernels) were measured on
+    one CPU; fit and predict say so when the device's is another."""
+
+    arch: Literal[CPU_ARCHES]
+    vendor: Optional[Annotated[str, AfterValidator(_nonblank)]] = None  # lower case: arm, intel, amd, ...
+    source: Source
+
+
 class Device(_Model):
     """A device table. Quantities are plain numbers once loaded."""
 
     name: Text
     description: Text
     process_nm: Optional[Annotated[float, AfterValidator(_positive)]] = None
+    cpu: Optional[CpuSpec] = None
     sources: dict[str, Text] = Field(default_factory=dict)
     memory: Memory
     ops: dict[FormatName, dict[KindName, Op]]

@@ -6,6 +6,8 @@ with round numbers, and every time below is computed by hand from those numbers.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 import stat
@@ -55,6 +57,18 @@ def test_document_is_a_device_with_sources_and_no_energy_without_power():
     p = predict("mlp", "proposed", 8, device=dev)
     assert p.energy is None and "unavailable" in p.energy_unavailable and p.time.seconds_per_step > 0
     assert "energy" not in p.to_json() and "energy_unavailable" in p.to_json()
+
+
+def test_the_document_names_this_machine_s_cpu():
+    """calibrate writes the CPU's arch and vendor (engines measured on another CPU are noted in fit), right after
+    the description; a machine of no known arch gets no cpu entry."""
+    m = fake()
+    doc = cal.document(dataclasses.replace(m, cpu_kind=("x86-64", "amd", "platform.machine() 'x86_64'")), name="h")
+    assert list(doc)[:3] == ["name", "description", "cpu"] and doc["cpu"]["vendor"] == "amd"
+    assert parse_device(doc, "<t>").cpu.arch == "x86-64" and "measured by bnncost calibrate" in doc["cpu"]["source"]
+    assert "cpu" not in cal.document(m, name="h")
+    arch, vendor, how = cal.machine.cpu_arch_and_vendor()
+    assert arch in (None, "arm64", "armv7", "x86-64", "riscv64") and "platform.machine()" in how
 
 
 def test_base_gives_power_and_level_energies_with_their_sources():

@@ -1,6 +1,7 @@
 """Engines (METHOD 4.2): each mechanism changes the step by exactly the bytes it should; bad engines are refused."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -873,3 +874,39 @@ def test_largest_batch_is_exact_with_runtime_bytes(name):
         if b:
             assert plan.peak_bytes(b)[0] <= usable
         assert plan.peak_bytes(b + 1)[0] > usable
+
+
+def test_runtime_measured_on_another_cpu_gets_a_note(capsys, tmp_path):
+    """runtime_measured_on: fit, predict, compare, sweep and summary with a device whose CPU is another arch (or,
+    where the engine's runtime depends on it, another vendor) say in one line that the runtime bytes are the
+    measured ones; the same CPU, an engine measured on none, or a device of unknown CPU say nothing."""
+    code, out, err = run(capsys, "fit", "mlp", "--engine", "pytorch", "--device", "raspberry-pi-4b", "--json")
+    assert code == 0 and json.loads(out)["engine"] == "pytorch" and err.count("\n") == 1
+    assert err.startswith("bnncost: note: the pytorch engine's runtime bytes") and "raspberry-pi-4b's CPU is arm64" in err
+    for cmd in (("predict", "mlp", "-d", "jetson-nano"), ("compare", "mlp", "-d", "jetson-nano"),
+                ("sweep", "mlp", "-b", "8,16", "-d", "jetson-nano"), ("summary", "mlp", "-d", "jetson-nano")):
+        code, _, err = run(capsys, *cmd, "--engine", "larq", "--strategies" if cmd[0] in ("compare", "sweep")
+                           else "--strategy", "standard")
+        assert code == 0 and err.count("runtime bytes") == 1 and "jetson-nano's CPU is arm64 (arm)" in err, cmd
+    rpi = (Path(__file__).resolve().parents[1] / "hardware_profiles" / "raspberry-pi-4b.yaml").read_text()
+    for vendor, noted in (("intel", {"pytorch-amd"}), ("amd", {"pytorch"}), (None, set())):
+        box = tmp_path / f"box-{vendor}.yaml"
+        line = "cpu: {arch: x86-64, " + (f"vendor: {vendor}, " if vendor else "") + 'source: "t"}'
+        box.write_text(re.sub(r"^cpu: .*$", line, rpi, count=1, flags=re.M))
+        assert load_device(str(box)).cpu.arch == "x86-64"
+        for engine in ("pytorch", "pytorch-amd", "larq", "reference"):
+            code, _, err = run(capsys, "fit", "mlp", "--engine", engine, "--device", str(box), "--strategies", "standard")
+            assert code == 0 and ("runtime bytes" in err) == (engine in noted), (vendor, engine, err)
+    code, _, err = run(capsys, "fit", "mlp", "--device", "raspberry-pi-4b")
+    assert code == 0 and err == ""  # the reference engine keeps no runtime bytes
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: pytorch\nname: child\n")
+    assert load_engine(str(child)).runtime_measured_on.vendor == "intel"
+
+
+def test_a_bad_runtime_cpu_is_one_line(capsys, tmp_path):
+    bad = tmp_path / "bad-cpu.yaml"
+    bad.write_text("extends: pytorch\nruntime_measured_on: {arch: mips, cpu: a router}\n")
+    code, out, err = run(capsys, "predict", "mlp", "--engine", str(bad))
+    assert code == 2 and out == "" and err.count("\n") == 1 and "bad-cpu.yaml" in err
+    assert "runtime_measured_on.arch" in err and "Traceback" not in err

@@ -268,6 +268,8 @@ TOY_DEVICE = (ROOT / "tests" / "data" / "toy-device.yaml").read_text()
     ('idle_w: "2 W"', "idle_w: .nan", "idle_w"),
     ('"10 GB/s"', '"1e400 B/s"', "bandwidth"),
     ('"4 pJ"', '"nan pJ"', "pj"),
+    ("name: toy\n", "name: toy\ncpu: {arch: sparc, source: t}\n", "cpu.arch"),
+    ("name: toy\n", "name: toy\ncpu: {arch: arm64}\n", "cpu.source"),
 ])
 def test_device_values_that_are_not_finite(capsys, tmp_path, old, new, word):
     text = TOY_DEVICE.replace(old, new, 1)
