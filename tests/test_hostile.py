@@ -593,7 +593,6 @@ def test_sgd_at_a_huge_rate_diverges(capsys, tmp_path):
 # ---------------------------------------------------------------- refused early, nothing left behind
 
 def test_an_unwritable_save_path_is_refused_before_training(capsys, tmp_path):
-    t = time.perf_counter()
     code, out, err = run(capsys, "train", "digits-mlp", "--epochs", "50", "--save", "/nonexistent/dir/x.npz")
     one_line_error(code, err, 2, "/nonexistent/dir")
     assert out == ""
