@@ -166,6 +166,7 @@ class When(BaseModel):
     padded: bool | None = None  # a window padded at the border ('same' padding of a window larger than 1)
     strided: bool | None = None  # a conv or pool with a stride above 1
     grouped: bool | None = None  # a conv2d with 1 < groups < input channels (grouped, not depthwise)
+    one_group: bool | None = None  # a conv2d with one group (neither grouped nor depthwise)
     # its input is a residual fork whose gradient another reader's backward has already delivered: its dX is a
     # tensor of its own until it is added into that one (autograd's InputBuffer)
     joins_a_gradient: bool | None = None

@@ -128,7 +128,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
                    spatial: bool | None = None, follows: str | None = None,
                    bias: bool | None = None, min_in_channels: int | None = None, max_in_channels: int | None = None,
                    same_channels: bool | None = None, padded: bool | None = None, strided: bool | None = None,
-                   grouped: bool | None = None, joins_a_gradient: bool | None = None) -> list[Node]:
+                   grouped: bool | None = None, one_group: bool | None = None,
+                   joins_a_gradient: bool | None = None) -> list[Node]:
     """The nodes of these kinds that pass the optional conditions, in forward order.
 
     `spatial`: the layer's input is a feature map (height, width, channels),
@@ -138,7 +139,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
     as many output channels as input channels; `padded`: a conv or pool whose
     window is padded at the border ('same' padding of a window larger than 1); `strided`: a conv or pool
     with a stride above 1; `grouped`: a conv with
-    more than one group and fewer groups than input channels (not depthwise); `joins_a_gradient`: see
+    more than one group and fewer groups than input channels (not depthwise); `one_group`: a conv with one
+    group (neither grouped nor depthwise); `joins_a_gradient`: see
     joins_forked_gradient().
     """
     by_name = {n.name: n for n in graph.nodes}
@@ -174,6 +176,8 @@ def matching_nodes(graph: Graph, kinds: tuple[str, ...], binary: bool | None = N
         if strided is not None and (node.strides != (1, 1)) != strided:
             continue
         if grouped is not None and is_grouped(node) != grouped:
+            continue
+        if one_group is not None and (node.kind == "conv2d" and node.groups == 1) != one_group:
             continue
         if joins_a_gradient is not None and joins_forked_gradient(graph, node) != joins_a_gradient:
             continue

@@ -3,6 +3,7 @@
     python benchmarks/frameworks/torch_op_sequence.py linear 256 1024 512
     python benchmarks/frameworks/torch_op_sequence.py conv2d 128 3 32 32      # B Cin Cout H(=W), 3x3 same
     python benchmarks/frameworks/torch_op_sequence.py conv2d 128 32 32 16 32  # ... groups (here depthwise)
+    python benchmarks/frameworks/torch_op_sequence.py conv2d 128 96 96 16 1 2  # ... groups, stride
     python benchmarks/frameworks/torch_op_sequence.py sign 256 1024
     python benchmarks/frameworks/torch_op_sequence.py batchnorm 128 32 32 32  # B C H W (or B C)
     python benchmarks/frameworks/torch_op_sequence.py --standard conv2d 2 512 512 4  # torch_model.py's
@@ -39,9 +40,9 @@ def module_and_input(kind: str, dims: list[int], standard: bool):
         batch, fan_in, units = dims
         module, x = layers.dense(fan_in, units, True), torch.randn(batch, fan_in)
     elif kind == "conv2d":
-        batch, cin, cout, hw, groups = (*dims, 1) if len(dims) == 4 else dims
-        module = layers.conv(cin, cout, 3, 1, 1, True) if groups == 1 else \
-            layers.grouped_conv(cin, cout, 3, 1, 1, True, groups)
+        batch, cin, cout, hw, groups, stride = (*dims, 1, 1, 1)[:6] if len(dims) == 4 else (*dims, 1)[:6]
+        module = layers.conv(cin, cout, 3, stride, 1, True) if groups == 1 else \
+            layers.grouped_conv(cin, cout, 3, stride, 1, True, groups)
         x = torch.randn(batch, cin, hw, hw)
     elif kind == "sign":
         module, x = layers.sign(), torch.randn(*dims)
