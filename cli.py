@@ -315,16 +315,22 @@ def engines_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
             for e in rows]})
         return
     t = Table(title=f"Engines (pass a name, or a path to your own YAML; default {DEFAULT_ENGINE})")
-    for col in ("engine", "retention", "workspace", "rules", "strategies measured", "runtime's CPU", "description"):
+    # on a narrow terminal the descriptions go below the table, one line each, rather than into a sliver of it
+    inline = out.markdown or out.console.width >= 120
+    for col in ("engine", "retention", "workspace", "rules", "measured", "runtime CPU",
+                *(("description",) if inline else ())):
         t.add_column(col, justify="right" if col in ("workspace", "rules") else "left",
-                     no_wrap=col in ("engine", "workspace"))
+                     no_wrap=col in ("engine", "retention", "workspace", "rules"))
     for e in rows:
         on = e.runtime_measured_on
-        cpu = f"{on.arch} ({on.vendor or 'any vendor'})" if on else "-"
+        cpu = f"{on.arch}, {on.vendor or 'any'}" if on else "-"
         t.add_row(esc(e.name), e.retention, human_bytes(e.workspace.budget),
                   str(sum(engine_rule_counts(e).values())), esc(", ".join(e.measured_strategies) or "every strategy"),
-                  esc(cpu), esc(e.description))
+                  esc(cpu), *((esc(e.description),) if inline else ()))
     out.print(t)
+    if not inline:
+        for e in rows:
+            out.print(f"[bold]{esc(e.name)}[/]: {esc(e.description)}")
 
 
 def engine_rule_counts(e: Engine) -> dict[str, int]:
