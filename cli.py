@@ -360,7 +360,7 @@ def predict_cmd(
     impl = implementation(engine, retention, workspace)
     dev = open_device(device)
     p = predict(model, strategy, batch, device=dev, epoch_samples=check_samples(epoch_samples, device), **impl)
-    note_unmeasured(impl["engine"], [p.strategy], dev)
+    note_engine(impl["engine"], [p.strategy], dev)
     if as_json:
         emit_json(p.to_json())
         return
@@ -477,7 +477,7 @@ def summary_cmd(
     impl = implementation(engine, retention, workspace)
     dev = open_device(device)
     sm = summary(model, strategy, batch, device=dev, **impl)
-    note_unmeasured(impl["engine"], [sm.strategy], dev)
+    note_engine(impl["engine"], [sm.strategy], dev)
     if as_json:
         emit_json(sm.to_json())
         return
@@ -538,7 +538,7 @@ def compare_cmd(
     impl = implementation(engine, retention, workspace)
     dev = open_device(device)
     c = compare(model, names, batch, device=dev, epoch_samples=check_samples(epoch_samples, device), **impl)
-    note_unmeasured(impl["engine"], c.strategies, dev)
+    note_engine(impl["engine"], c.strategies, dev)
     if as_json:
         emit_json(c.to_json())
     else:
@@ -629,7 +629,7 @@ def fit_cmd(
     impl = implementation(engine, retention, workspace)
     dev = load_device(device)
     f = fit(model, split_list(strategies), dev, batch, **impl)
-    note_unmeasured(impl["engine"], [row.strategy for row in f.strategies], dev)
+    note_engine(impl["engine"], [row.strategy for row in f.strategies], dev)
     if as_json:
         emit_json(f.to_json())
         return
@@ -690,7 +690,7 @@ def sweep_cmd(
     impl = implementation(engine, retention, workspace)
     dev = open_device(device)
     s = sweep(model, split_list(strategies), batches, device=dev, **impl)
-    note_unmeasured(impl["engine"], [line.strategy for line in s.lines], dev)
+    note_engine(impl["engine"], [line.strategy for line in s.lines], dev)
     if as_json:
         emit_json(s.to_json())
     else:
@@ -779,7 +779,7 @@ def verify_cmd(
     impl = implementation(engine, retention, workspace)
     with trainer_progress(f"verify {model}: {steps} step(s) of batch {batch}") as on_event:
         v = run_verification(model, strategy, batch, steps=steps, dataset=dataset, on_event=on_event, **impl)
-    note_unmeasured(impl["engine"], [v.strategy])
+    note_engine(impl["engine"], [v.strategy])
     if dev is not None:
         with trainer_progress(f"timing {time_steps} step(s) of {model} on this machine"):
             v = with_time_check(v, model, strategy, dev, time_steps, clock)
@@ -1056,7 +1056,7 @@ def implementation(engine: str | None, retention: str | None, workspace: "str | 
     return {"engine": load_engine(engine or DEFAULT_ENGINE), **knobs(retention, workspace)}
 
 
-def note_unmeasured(engine: Engine, strategies: list[str], device: Device | None = None) -> None:
+def note_engine(engine: Engine, strategies: list[str], device: Device | None = None) -> None:
     """A note on stderr where the engine was not measured with a strategy it was asked for, and one where its
     runtime bytes were measured on another CPU than the device's."""
     for note in (engine.unmeasured_note(strategies), engine.runtime_cpu_note(device)):
