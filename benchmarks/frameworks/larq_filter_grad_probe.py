@@ -1,0 +1,62 @@
+"""The buffers TensorFlow's oneDNN Conv2DBackpropFilter allocates, in order (memray, one op alone).
+
+    python benchmarks/frameworks/larq_filter_grad_probe.py B H CIN COUT STRIDE
+    python benchmarks/frameworks/larq_filter_grad_probe.py 16 16 64 64 1
+
+Runs tf.raw_ops.Conv2DBackpropFilter (3x3, 'SAME') in a tf.function the way the
+Larq harness runs TensorFlow (oneDNN on the system allocator, one thread), three
+times to warm up, then once under memray, and prints every allocation of at least
+3 KB made inside it with the bytes live after it: the HWIO dW it returns and the
+dW in oneDNN's blocked layout it reorders from (the `larq` engine's
+blocked_weight_grad temporaries, costmodel/engines/larq.yaml).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.update({"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1", "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def main(argv: list[str]) -> int:
+    import memray
+    import tensorflow as tf
+
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    batch, hw, cin, cout, stride = (int(a) for a in argv)
+    x = tf.random.normal((batch, hw, hw, cin))
+    dy = tf.random.normal((batch, hw // stride, hw // stride, cout))
+
+    @tf.function
+    def filter_grad(x, dy):
+        return tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=[3, 3, cin, cout], out_backprop=dy,
+                                               strides=[1, stride, stride, 1], padding="SAME")
+
+    for _ in range(3):
+        filter_grad(x, dy)
+    path = Path(tempfile.mkdtemp(prefix="filter-grad-")) / "run.bin"
+    with memray.Tracker(path):
+        filter_grad(x, dy)
+    frees = {int(getattr(memray.AllocatorType, n)) for n in ("FREE", "MUNMAP", "PYMALLOC_FREE")}
+    live, now, peak = {}, 0, 0
+    for rec in memray.FileReader(path).get_allocation_records():
+        if int(rec.allocator) in frees:
+            now -= live.pop(rec.address, 0)
+            continue
+        live[rec.address] = rec.size
+        now += rec.size
+        peak = max(peak, now)
+        if rec.size >= 3000:
+            print(f"alloc {rec.size:>11,}  live {now:>11,}")
+    print(f"dW (HWIO) {9 * cin * cout * 4:,} B; peak inside the op {peak:,} B")
+    path.unlink()
+    path.parent.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
