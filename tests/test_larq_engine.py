@@ -48,7 +48,7 @@ def _runs(stem: str) -> str:
 
 
 TENSOR_MISSES: dict[str, str] = {
-    "larq-cnv-standard-b64": ("engine +5.9% of the median: the runs fall in three modes (about 120, 132-135 and "
+    "larq-cnv-standard-b64": ("engine +6.0% of the median: the runs fall in three modes (about 120, 132-135 and "
                               "144 MB); the engine's order (every activation's STE mask abs(x) <= 1 made in its "
                               "backward, its float32 input kept until then) gives the high one, 5 of the 11 runs; "
                               "in the lower modes the executor made the first blocks' masks in the forward and "
