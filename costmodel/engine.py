@@ -754,16 +754,19 @@ class Engine(BaseModel):
                 f"only: its {', '.join(missing)} figures are its rules in {whose} formats, not checked by a "
                 "measurement")
 
-    def runtime_cpu_note(self, device) -> str | None:
-        """One line for a user who puts this engine's runtime bytes on a device with another CPU; None if the
-        device's CPU is unknown or the same."""
+    def runtime_cpu_note(self, device, others: tuple["Engine", ...] = ()) -> str | None:
+        """One line for a user who puts this engine's runtime bytes on a device with another CPU, naming any of
+        `others` (engines of the same framework) measured on the device's; None if its CPU is unknown or the same."""
         on = self.runtime_measured_on
         if on is None or device is None or device.cpu is None or not on.differs_from(device.cpu):
             return None
         theirs = device.cpu.arch + (f" ({device.cpu.vendor})" if device.cpu.vendor else "")
+        fits = [e.name for e in others if e.runtime_measured_on and not e.runtime_measured_on.differs_from(device.cpu)]
+        instead = (f"; --engine {' or '.join(fits)} was measured on such a CPU" if fits else
+                   " (`bnncost engines` lists each engine's CPU)")
         return (f"the {self.name} engine's runtime bytes (BLAS buffers, JIT code, framework objects) were measured "
-                f"on {on.cpu}, and {device.name}'s CPU is {theirs}: there the libraries hold their own, not "
-                "measured; the process peak counts the measured ones (`bnncost engines` lists each engine's CPU)")
+                f"on {on.cpu}, and {device.name}'s CPU is {theirs}: there the libraries hold their own; the process "
+                f"peak counts the measured ones{instead}")
 
 
 class _EngineFile(BaseModel):

@@ -897,6 +897,9 @@ def test_runtime_measured_on_another_cpu_gets_a_note(capsys, tmp_path):
         for engine in ("pytorch", "pytorch-amd", "larq", "reference"):
             code, _, err = run(capsys, "fit", "mlp", "--engine", engine, "--device", str(box), "--strategies", "standard")
             assert code == 0 and ("runtime bytes" in err) == (engine in noted), (vendor, engine, err)
+            if engine in noted:  # the other PyTorch engine was measured on this box's CPU: the note names it
+                other = "pytorch" if engine == "pytorch-amd" else "pytorch-amd"
+                assert f"--engine {other} was measured on such a CPU" in err, err
     code, _, err = run(capsys, "fit", "mlp", "--device", "raspberry-pi-4b")
     assert code == 0 and err == ""  # the reference engine keeps no runtime bytes
     child = tmp_path / "child.yaml"
