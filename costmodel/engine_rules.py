@@ -423,7 +423,9 @@ def conv_kernel_counts(graph: Graph, rule: JitConvKernels, batch: int) -> tuple[
         if node.kind != "conv2d" or batch < (onednn_min_batch(node, rule) or 1):
             continue
         dx = graph.tensors[node.inputs[0]].requires_grad
-        weight_grad = 0 if node.name in gemm_dw else rule.pointwise_weight_grad_kernels if is_pointwise(node) else 1
+        # a 1x1 kernel's backward-weights is oneDNN's 1x1 implementation at any stride (holdout-odd's strided 1x1)
+        one_by_one = node.window == (1, 1) and node.groups == 1
+        weight_grad = 0 if node.name in gemm_dw else rule.pointwise_weight_grad_kernels if one_by_one else 1
         config = _configuration(node)
         directions[config, "forward"] = 1
         directions[config, "weight_grad"] = weight_grad

@@ -217,15 +217,19 @@ def _owners(name: str) -> dict:
     ("check-mobile-bnn-b1-amd", "check-mobile-bnn", 1), ("check-mobile-bnn-b8-amd", "check-mobile-bnn", 8),
     ("check-vgg-bnn-b8-amd", "check-vgg-bnn", 8), ("torch-grouped-g2-b64-amd", "torch-grouped-g2", 64),
     ("torch-grouped-g2s2-b64-amd", "torch-grouped-g2s2", 64), ("torch-grouped-dw-b64-amd", "torch-grouped-dw", 64),
-    ("torch-k5-small-b1-amd", "torch-k5-small", 1)])
+    ("torch-k5-small-b1-amd", "torch-k5-small", 1), ("holdout-odd-b12-amd", "holdout-odd", 12),
+    pytest.param("holdout-stem-b8-amd", "holdout-stem", 8, marks=pytest.mark.xfail(strict=True, reason=(
+        "its stride-2 1x1 conv's brgemm backward-data holds 3 kernels where the rule counts 6 (32 -> 64 channels; "
+        "holdout-odd's 36 -> 60 one holds 6): oneDNN's brgemm kernels follow the channel tails")))])
 def test_onednn_kernels_per_owner_are_what_memray_saw(name, model, batch):
     """Conv and reorder kernels, counted by owner: a depthwise conv's strided backward-data is one kernel and its
     forward and backward-data weight reorder one primitive; a grouped conv of 8 channels per group reorders to
     its own block (the stem's 16-channel tensors reorder twice); at batch 1 a 3x3 conv of a 3,072-element input
     runs without oneDNN (check-mobile-bnn's stem: no kernel at B=1, two at B=8), a 5x5 one on oneDNN (torch-k5-small);
+    a strided 1x1 conv's backward-weights is oneDNN's 1x1 implementation, 2 kernels (holdout-odd, holdout-stem);
     the MKL buffers are the pytorch-amd engine's, to the byte."""
     owners = _owners(name)
-    convs = sum(v["jit_kernels"] for k, v in owners.items() if "convolution" in k)
+    convs = sum(v["jit_kernels"] for k, v in owners.items() if "convolution" in k or k.startswith("jit_brgemm"))
     reorders = sum(v["jit_kernels"] for k, v in owners.items() if "reorder" in k)
     graph = graph_of(str(ROOT / "benchmarks" / "frameworks" / "probes" / f"{model}.yaml"))
     assert conv_kernel_counts(graph, load_engine("pytorch").jit_conv_kernels, batch) == (convs, reorders)
