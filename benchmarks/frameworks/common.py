@@ -41,6 +41,26 @@ def machine() -> dict:
     return {"python": sys.version.split()[0], "cpu": cpu_model(), "platform": platform.platform()}
 
 
+def heap_events(path: Path):
+    """Every allocation and free memray recorded, in order, with the bytes live after it: (record, size,
+    freed, live). A free of memory allocated before the tracker started is skipped (its size is unknown)."""
+    import memray
+
+    frees = {int(getattr(memray.AllocatorType, n)) for n in _FREES}
+    live: dict[int, int] = {}
+    now = 0
+    for rec in memray.FileReader(path).get_allocation_records():
+        if int(rec.allocator) in frees:
+            size = live.pop(rec.address, None)
+            if size is not None:
+                now -= size
+                yield rec, size, True, now
+        else:
+            live[rec.address] = rec.size
+            now += rec.size
+            yield rec, rec.size, False, now
+
+
 def replay(path: Path, *, keep_at_peak: bool = False, keep_at: str | None = None) -> dict:
     """Per measured step: `baseline` (heap at step_start), `peak` and the peak of each phase.
 

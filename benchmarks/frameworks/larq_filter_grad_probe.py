@@ -18,12 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.update({"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1", "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
 def main(argv: list[str]) -> int:
     import memray
     import tensorflow as tf
+
+    from common import heap_events
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -41,17 +44,11 @@ def main(argv: list[str]) -> int:
     path = Path(tempfile.mkdtemp(prefix="filter-grad-")) / "run.bin"
     with memray.Tracker(path):
         filter_grad(x, dy)
-    frees = {int(getattr(memray.AllocatorType, n)) for n in ("FREE", "MUNMAP", "PYMALLOC_FREE")}
-    live, now, peak = {}, 0, 0
-    for rec in memray.FileReader(path).get_allocation_records():
-        if int(rec.allocator) in frees:
-            now -= live.pop(rec.address, 0)
-            continue
-        live[rec.address] = rec.size
-        now += rec.size
+    peak = 0
+    for rec, size, freed, now in heap_events(path):
         peak = max(peak, now)
-        if rec.size >= 3000:
-            print(f"alloc {rec.size:>11,}  live {now:>11,}")
+        if not freed and size >= 3000:
+            print(f"alloc {size:>11,}  live {now:>11,}")
     print(f"dW (HWIO) {9 * cin * cout * 4:,} B; peak inside the op {peak:,} B")
     path.unlink()
     path.parent.rmdir()

@@ -58,6 +58,8 @@ def main(argv: list[str]) -> int:
     import memray
     import torch
 
+    from common import heap_events
+
     torch.set_num_threads(1)
     standard = argv[0] == "--standard"
     argv = argv[1:] if standard else argv
@@ -73,24 +75,16 @@ def main(argv: list[str]) -> int:
     path = Path(tempfile.mkdtemp(prefix="op-sequence-")) / "run.bin"
     with memray.Tracker(path):
         step()
-    frees = {int(getattr(memray.AllocatorType, n)) for n in ("FREE", "MUNMAP", "PYMALLOC_FREE")}
     smallest = max(1, math.prod(x.shape) // 8)
-    live: dict[int, int] = {}
-    now = 0
-    for rec in memray.FileReader(path).get_allocation_records():
-        if int(rec.allocator) in frees:
-            size = live.pop(rec.address, None)
-            if size is not None:
-                now -= size
-                if size >= smallest:
-                    print(f"  free  {size:>13,}  live {now:>13,}")
-        elif rec.size >= 1000:
-            live[rec.address] = rec.size
-            now += rec.size
-            if rec.size >= smallest:
-                frame = rec.stack_trace(max_stacks=1)
-                where = f"{Path(frame[0][1]).name}:{frame[0][2]} {frame[0][0]}" if frame else "?"
-                print(f"alloc {rec.size:>13,}  live {now:>13,}  {where}")
+    for rec, size, freed, now in heap_events(path):
+        if size < smallest:
+            continue
+        if freed:
+            print(f"  free  {size:>13,}  live {now:>13,}")
+        else:
+            frame = rec.stack_trace(max_stacks=1)
+            where = f"{Path(frame[0][1]).name}:{frame[0][2]} {frame[0][0]}" if frame else "?"
+            print(f"alloc {size:>13,}  live {now:>13,}  {where}")
     path.unlink()
     path.parent.rmdir()
     return 0
