@@ -683,6 +683,9 @@ class JitConvKernels(_Rule):
     state_bytes: ByteCount
     plain_input_below_channels: NonNegative
     strided_input_grad_kernels: PositiveInt
+    # a strided 1x1 conv's (brgemm) backward-data: this many kernels, twice as many when its input channels are
+    # no multiple of 16 (a tail block); 0: strided_input_grad_kernels, as any strided conv
+    strided_1x1_input_grad_kernels: NonNegative = 0
     strided_input_grad_reorders: NonNegative = 0
     pointwise_weight_grad_kernels: PositiveInt
     pointwise_min_batch: PositiveInt

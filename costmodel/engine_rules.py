@@ -431,7 +431,7 @@ def conv_kernel_counts(graph: Graph, rule: JitConvKernels, batch: int) -> tuple[
         directions[config, "weight_grad"] = weight_grad
         if dx:  # a grouped or depthwise conv's strided backward-data is its own JIT kernel, not brgemm's
             strided = node.strides != (1, 1) and node.groups == 1
-            directions[config, "input_grad"] = rule.strided_input_grad_kernels if strided else 1
+            directions[config, "input_grad"] = _strided_input_grad_kernels(node, rule) if strided else 1
             if strided:
                 strided_copies.add(config)
         layout = _channel_block(node)
@@ -446,6 +446,13 @@ def conv_kernel_counts(graph: Graph, rule: JitConvKernels, batch: int) -> tuple[
             weights.add((tuple(node.weight_shape), "forward" if is_depthwise(node) else "backward_data"))
     reorders = len(to_blocked) + len(to_plain) + len(weights) + rule.strided_input_grad_reorders * len(strided_copies)
     return sum(directions.values()), reorders
+
+
+def _strided_input_grad_kernels(node: Node, rule: JitConvKernels) -> int:
+    """Kernels of a one-group strided conv's backward-data (oneDNN's brgemm strided implementation)."""
+    if node.window == (1, 1) and rule.strided_1x1_input_grad_kernels:
+        return rule.strided_1x1_input_grad_kernels * (2 if node.in_shape[-1] % 16 else 1)
+    return rule.strided_input_grad_kernels
 
 
 def _channel_block(node: Node) -> int:
