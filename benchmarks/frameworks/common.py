@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from bnncost.calibrate.machine import cpu_model
@@ -39,6 +41,18 @@ def mark(event: str) -> None:
 
 def machine() -> dict:
     return {"python": sys.version.split()[0], "cpu": cpu_model(), "platform": platform.platform()}
+
+
+@contextmanager
+def traced(run, *, prefix: str):
+    """Run `run()` under one memray tracker and yield its capture file, removed when the block ends."""
+    import memray
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        path = Path(tmp) / "run.bin"
+        with memray.Tracker(path):
+            run()
+        yield path
 
 
 def heap_events(path: Path):

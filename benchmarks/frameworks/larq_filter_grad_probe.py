@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -23,10 +22,9 @@ os.environ.update({"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1", "OMP_NUM_THREADS": "1"
 
 
 def main(argv: list[str]) -> int:
-    import memray
     import tensorflow as tf
 
-    from common import heap_events
+    from common import heap_events, traced
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -41,17 +39,13 @@ def main(argv: list[str]) -> int:
 
     for _ in range(3):
         filter_grad(x, dy)
-    path = Path(tempfile.mkdtemp(prefix="filter-grad-")) / "run.bin"
-    with memray.Tracker(path):
-        filter_grad(x, dy)
     peak = 0
-    for rec, size, freed, now in heap_events(path):
-        peak = max(peak, now)
-        if not freed and size >= 3000:
-            print(f"alloc {size:>11,}  live {now:>11,}")
+    with traced(lambda: filter_grad(x, dy), prefix="filter-grad-") as path:
+        for _, size, freed, now in heap_events(path):
+            peak = max(peak, now)
+            if not freed and size >= 3000:
+                print(f"alloc {size:>11,}  live {now:>11,}")
     print(f"dW (HWIO) {9 * cin * cout * 4:,} B; peak inside the op {peak:,} B")
-    path.unlink()
-    path.parent.rmdir()
     return 0
 
 

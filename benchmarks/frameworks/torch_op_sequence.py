@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -55,10 +54,9 @@ def module_and_input(kind: str, dims: list[int], standard: bool):
 
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(HERE))
-    import memray
     import torch
 
-    from common import heap_events
+    from common import heap_events, traced
 
     torch.set_num_threads(1)
     standard = argv[0] == "--standard"
@@ -72,21 +70,17 @@ def main(argv: list[str]) -> int:
 
     for _ in range(2):
         step()
-    path = Path(tempfile.mkdtemp(prefix="op-sequence-")) / "run.bin"
-    with memray.Tracker(path):
-        step()
     smallest = max(1, math.prod(x.shape) // 8)
-    for rec, size, freed, now in heap_events(path):
-        if size < smallest:
-            continue
-        if freed:
-            print(f"  free  {size:>13,}  live {now:>13,}")
-        else:
-            frame = rec.stack_trace(max_stacks=1)
-            where = f"{Path(frame[0][1]).name}:{frame[0][2]} {frame[0][0]}" if frame else "?"
-            print(f"alloc {size:>13,}  live {now:>13,}  {where}")
-    path.unlink()
-    path.parent.rmdir()
+    with traced(step, prefix="op-sequence-") as path:
+        for rec, size, freed, now in heap_events(path):
+            if size < smallest:
+                continue
+            if freed:
+                print(f"  free  {size:>13,}  live {now:>13,}")
+            else:
+                frame = rec.stack_trace(max_stacks=1)
+                where = f"{Path(frame[0][1]).name}:{frame[0][2]} {frame[0][0]}" if frame else "?"
+                print(f"alloc {size:>13,}  live {now:>13,}  {where}")
     return 0
 
 
