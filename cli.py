@@ -1059,9 +1059,7 @@ def implementation(engine: str | None, retention: str | None, workspace: "str | 
 def note_engine(engine: Engine, strategies: list[str], device: Device | None = None) -> None:
     """A note on stderr where the engine was not measured with a strategy it was asked for, and one where its
     runtime bytes were measured on another CPU than the device's."""
-    # engines of one framework measured on other CPUs are named <framework>-<cpu> (pytorch, pytorch-amd)
-    family = engine.name.split("-")[0]
-    others = tuple(load_engine(n) for n in engine_names() if n != engine.name and n.split("-")[0] == family) \
+    others = tuple(e for e in map(load_engine, engine_names()) if engine.kin_of(e)) \
         if device is not None and device.cpu is not None else ()
     for note in (engine.unmeasured_note(strategies), engine.runtime_cpu_note(device, others)):
         if note:

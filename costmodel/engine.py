@@ -745,6 +745,12 @@ class Engine(BaseModel):
     # where its runtime bytes were measured (None: none measured, or none depending on the CPU)
     runtime_measured_on: RuntimeCpu | None = None
     file: str = "<memory>"  # where it was loaded from, for error messages
+    lineage: tuple[str, ...] = ()  # the engines it extends, nearest first (pytorch-amd: pytorch, reference)
+
+    def kin_of(self, other: "Engine") -> bool:
+        """Whether one of the two extends the other (pytorch-amd extends pytorch: one implementation measured on
+        two CPUs)."""
+        return other.name != self.name and (other.name in self.lineage or self.name in other.lineage)
 
     def unmeasured_note(self, strategies: list[str]) -> str | None:
         """One line for a user who predicts strategies this engine was not measured with; None if it was."""
@@ -945,6 +951,7 @@ def _chain(ref: str, chain: tuple[str, ...], base: Path | None) -> tuple[dict, s
     merged = _merge(parent, f)
     if f.name is None:
         merged["name"] = Path(source).stem if looks_like_path(source) else ref
+    merged["lineage"] = (parent["name"], *parent.get("lineage", ())) if f.extends else ()
     return merged, source, roles
 
 
