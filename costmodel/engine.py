@@ -379,6 +379,8 @@ class RuntimeBytes(_Rule):
     code path for smaller batches): the runtime is then a step function of B.
     With `batch_below`, only at batch sizes below it (a library that keeps more
     state for small batches): the peak may then drop where B reaches it. With
+    both, only in the band min_batch <= B < batch_below (state a library keeps
+    for small batches but not for one sample, which takes another path). With
     `distinct`, once per distinct layer configuration among those layers (state
     a library caches by shape, shared by equal layers). With `once`, once if any
     layer of those kinds passes `when` (code a library generates the first time
@@ -401,8 +403,9 @@ class RuntimeBytes(_Rule):
 
     @model_validator(mode="after")
     def _one_bound(self) -> "RuntimeBytes":
-        if self.min_batch is not None and self.batch_below is not None:
-            raise ValueError("give min_batch or batch_below, not both (write two rules)")
+        if self.min_batch is not None and self.batch_below is not None and self.min_batch >= self.batch_below:
+            raise ValueError(f"min_batch {self.min_batch} and batch_below {self.batch_below} leave no batch size "
+                             "(a band is min_batch <= B < batch_below)")
         if self.distinct and self.kinds is None:
             raise ValueError("distinct counts layers of some kinds: give kinds")
         if self.once and self.kinds is None:

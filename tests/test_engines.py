@@ -258,6 +258,22 @@ def test_runtime_bytes_below_a_batch_size(tmp_path):
         assert best == (int(fits.max()) if fits.size else 0) < ns[-1]
 
 
+def test_runtime_bytes_in_a_batch_band(tmp_path):
+    """`min_batch: M` with `batch_below: N` holds the bytes only for M <= B < N (Larq's small-batch MatMul state:
+    not at one sample); the largest batch that fits is still the brute-force one."""
+    a, b = plans(tmp_path, "runtime:\n  - {name: band, bytes: 1 MiB, min_batch: 2, batch_below: 16, source: t}\n")
+    for batch, held in ((1, 0), (2, 1 << 20), (15, 1 << 20), (16, 0), (200, 0)):
+        assert b.runtime_bytes(batch) == held
+        peak, _, fixed, per = b.peak(batch)
+        assert fixed + per * batch == peak == a.peak(batch)[0] + held
+    assert b.batch_thresholds() == [2, 16]
+    ns = np.arange(1, 1 << 15)
+    for usable in (int(b.peak_bytes(1)[0]), int(b.peak_bytes(2)[0]) - 1, int(b.peak_bytes(15)[0]),
+                   int(a.peak_bytes(16)[0]), int(a.peak_bytes(300)[0]) + 7):
+        fits = ns[b.peak_bytes(ns) <= usable]
+        assert b.max_batch(usable) == (int(fits.max()) if fits.size else 0) < ns[-1]
+
+
 def test_temporaries_from_or_below_a_batch_size(tmp_path):
     """A temporary with `min_batch` is held only from that batch on, one with `batch_below` only below it (an
     operator the framework runs two ways); the largest batch that fits is searched across the thresholds."""
@@ -686,8 +702,8 @@ BAD = {
                          "in_place_grads[0].kinds: 'maxpool'"),
     "negative-batch-below": (BASE + "runtime:\n  - {name: x, bytes: 1, batch_below: -16, source: t}\n",
                              "runtime[0].batch_below"),
-    "both-batch-bounds": (BASE + "runtime:\n  - {name: x, bytes: 1, min_batch: 4, batch_below: 16, source: t}\n",
-                          "runtime[0]: give min_batch or batch_below, not both"),
+    "empty-batch-band": (BASE + "runtime:\n  - {name: x, bytes: 1, min_batch: 16, batch_below: 4, source: t}\n",
+                         "runtime[0]: min_batch 16 and batch_below 4 leave no batch size"),
     "distinct-without-kinds": (BASE + "runtime:\n  - {name: x, bytes: 1, distinct: true, source: t}\n",
                                "runtime[0]: distinct counts layers of some kinds"),
     "channel-block-of-bytes": (BASE + "temporaries:\n  - {kinds: conv2d, name: t, bytes: 64, during: forward,"

@@ -248,6 +248,9 @@ JIT_GAPS = {
     "larq-conv2d-distinct": "its six convs of 16 to 56 output channels on 8 x 8 hold 19,954,700 B of JIT code where "
                             "the rules count 16,803,975 (72 kernels more; recorded for their primitives' state, "
                             "onednn_state_conv2d*: oneDNN's blocking for 24, 40 and 56 channels, as above)",
+    "check-vgg-bnn": "96 backward-data conv kernels where the rules count 84: its 'valid' 32 -> 64 conv on 16 x 16 or "
+                     "64 -> 64 on 14 x 14 (larq-convjit-8-64-64-v, 64 -> 64 'valid' on 8 x 8, holds the 30 the rules "
+                     "count); 525,117 B of its runtime",
     "larq-conv2d-bn-distinct": "the same six convs (its batchnorms' JIT code is as counted: the whole model's "
                                "runtime is 58 KB from the engine's besides the convs' kernels)",
 }

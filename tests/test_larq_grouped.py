@@ -72,14 +72,16 @@ def test_grouped_convs_make_no_onednn_conv_primitive():
 
 @pytest.mark.parametrize("path", sorted((FRAMEWORKS / "measurements" / "probes" / "larq-check").glob("*.json")),
                          ids=lambda p: p.stem)
-def test_check_models_tensor_peak_within_5_percent(path):
+def test_check_models_within_the_bars(path):
     """Two check models the rules were not built from (a MobileNet-style BNN with depthwise convs, a VGG-style one
-    with valid convs, max-pools and dropout; the median of three processes, on an AMD EPYC): tensor peak within 5%."""
+    with valid convs, max-pools and dropout; the median of eleven processes, on an AMD EPYC): tensor peak within
+    5%, process peak within 10%."""
     rec = json.loads(path.read_text())
-    assert rec["repeats"]["runs"] == 3
+    assert rec["repeats"]["runs"] == 11
     memory = predict(str(FRAMEWORKS.parent.parent / rec["model_file"]), strategy="standard", batch=rec["batch"],
                      engine="larq").memory
     assert abs(memory.tensor_peak_bytes - rec["tensor_peak_bytes"]) <= 0.05 * rec["tensor_peak_bytes"]
+    assert abs(memory.process_peak_bytes - rec["process_peak_bytes"]) <= 0.10 * rec["process_peak_bytes"]
 
 
 def test_xla_sgemm_workspace_is_the_gemm_scratch_nocopy_workspace():
