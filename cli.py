@@ -65,13 +65,19 @@ def _app(version: bool = typer.Option(False, "--version", is_eager=True, callbac
     """Predict the memory, operations, energy and time of training binary neural networks on edge devices."""
 
 
+MIN_COLUMNS = 60  # the narrowest table layout that keeps every figure whole
+
+
 class Printer:
     """Rich tables for a terminal, or the same tables as Markdown (--markdown) for a README or a paper."""
 
     def __init__(self) -> None:
-        # A terminal gets its own width; a pipe or file gets room for side-by-side tables.
+        # A terminal gets its own width; a pipe or file gets room for side-by-side tables. Below MIN_COLUMNS
+        # (COLUMNS=0, a split pane) the terminal wraps the lines rather than rich cropping the numbers.
         self.console = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS")
                                 else 160)
+        if self.console.width < MIN_COLUMNS:
+            self.console.width = MIN_COLUMNS
         self.markdown = False
 
     def print(self, obj: object = "") -> None:
@@ -530,7 +536,7 @@ def compare_cmd(
 ) -> None:
     """Compare strategies side by side: peak memory, where it goes, energy and time, and the savings."""
     output_mode(as_json, markdown)
-    if plot:
+    if plot is not None:
         check_path(plot)
     if ladder and strategies is not None:
         raise BadInput("--ladder compares the shipped ladder; leave out --strategies, or drop --ladder")
@@ -543,7 +549,7 @@ def compare_cmd(
         emit_json(c.to_json())
     else:
         print_comparison(c, stepwise=ladder)
-    if plot:
+    if plot is not None:
         wrote(plot_comparison(c, plot), as_json)
 
 
@@ -684,7 +690,7 @@ def sweep_cmd(
 ) -> None:
     """Peak memory (and energy and time per sample on a device) over a range of batch sizes."""
     output_mode(as_json, markdown)
-    if plot:
+    if plot is not None:
         check_path(plot)
     batches = parse_batches(batch, log)
     impl = implementation(engine, retention, workspace)
@@ -695,7 +701,7 @@ def sweep_cmd(
         emit_json(s.to_json())
     else:
         print_sweep(s)
-    if plot:
+    if plot is not None:
         wrote(plot_sweep(s, plot), as_json)
 
 
@@ -1053,7 +1059,7 @@ def knobs(retention: str | None, workspace: str | int | None) -> dict:
 
 def implementation(engine: str | None, retention: str | None, workspace: "str | int | None") -> dict:
     """The engine (loaded, so a bad one is refused before any work) and the knobs that override it."""
-    return {"engine": load_engine(engine or DEFAULT_ENGINE), **knobs(retention, workspace)}
+    return {"engine": load_engine(DEFAULT_ENGINE if engine is None else engine), **knobs(retention, workspace)}
 
 
 def note_engine(engine: Engine, strategies: list[str], device: Device | None = None) -> None:
@@ -1210,21 +1216,23 @@ def import_cmd(
 
     if not model.lower().endswith(".onnx"):
         raise BadInput(f"{model}: import reads .onnx files (a model YAML is used as it is)")
-    if output:
-        check_output(output, "--output")  # before the import's work
+    if output is not None:
+        target = check_output(output, "--output")  # before the import's work
+        if target.exists() and os.path.exists(model) and os.path.samefile(target, model):
+            raise BadInput(f"--output {output}: is the ONNX file being imported; give another file name")
     result = import_onnx(model, name=name, keep_bias=keep_bias)
     graph = graph_of(result.model)  # every shape checked before anything is written
     header = [f"Imported by bnncost from {model}: {result.document['description'].split('(', 1)[-1].rstrip(')')}.",
               f"{graph.parameter_count('l2'):,} parameters with l2 batchnorm, {graph.parameter_count('l1'):,} "
               "with l1 (kernels + batchnorm gamma/beta).", *result.notes]
     text = model_yaml(result.document, header)
-    if output:
+    if output is not None:
         write_atomically(output, text)
     else:
         sys.stdout.write(text)
     for note in result.notes:
         sys.stderr.write(f"bnncost: note: {note}\n")
-    if output:
+    if output is not None:
         sys.stderr.write(f"wrote {output}\n")
 
 

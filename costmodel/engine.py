@@ -91,11 +91,17 @@ class EngineError(ValueError):
     """An engine file or name that cannot be used; the message is one line naming the file and field."""
 
 
+MAX_RULE_BYTES = 2**50  # 1 PiB: more is no implementation's state; the cap keeps a step's sums exact in 64 bits
+
+
 def _bytes(value: Any) -> int:
     try:
-        return int(convert(value, "bytes"))
+        n = int(convert(value, "bytes"))
     except QuantityError as exc:
         raise ValueError(str(exc)) from None
+    if n > MAX_RULE_BYTES:
+        raise ValueError(f"{n:.3g} bytes is more than any implementation holds (at most 2^50 = 1 PiB)")
+    return n
 
 
 ByteCount = Annotated[int, BeforeValidator(_bytes)]
@@ -204,7 +210,7 @@ class _Buffer(BaseModel):
 
     name: Identifier
     role: Identifier = "workspace"
-    count: PositiveInt = 1  # how many such buffers
+    count: Annotated[PositiveInt, Field(le=1024)] = 1  # how many such buffers
     format: str | None = None  # a storage format, or strategy:<role>; default: strategy:<role> of a strategy role
 
     @field_validator("format")

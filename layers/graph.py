@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from bnncost.layers.model import Model, ModelError, load_model
+from bnncost.layers.model import MAX_TENSOR_ELEMENTS, Model, ModelError, load_model
 from bnncost.layers.spec import (
     AvgPool, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, PReLU, ReLU,
     Residual, Sign, SoftmaxCE, pair,
@@ -107,6 +107,9 @@ class Graph:
         return sum(n.parameters(batchnorm) for n in self.nodes)
 
 
+MAX_WINDOW = 2**16  # a conv kernel or pool window; real ones are under 100
+
+
 def _pool_out(h: int, size: int, stride: int, padding: str) -> int:
     return -(-h // stride) if padding == "same" else (h - size) // stride + 1
 
@@ -125,6 +128,16 @@ class _Builder:
 
     def error(self, path: str, name: str, problem: str) -> ModelError:
         return ModelError(f"{self.model.source}: layer {path} ({name}): {problem}")
+
+    def check_window(self, path: str, name: str, extent: tuple[int, int], window: tuple[int, int],
+                     strides: tuple[int, int]) -> None:
+        """A stride beyond the map it slides over, or a window far beyond any layer's, is a mistake in the file
+        (and would overflow the trainer's 32-bit index arithmetic)."""
+        for axis, n, k, st in zip(("rows", "columns"), extent, window, strides):
+            if st > n:
+                raise self.error(path, name, f"stride {st} is larger than the map's {n} {axis}")
+            if k > MAX_WINDOW:
+                raise self.error(path, name, f"a window of {k} {axis} is beyond any layer's (at most {MAX_WINDOW:,})")
 
     def new_tensor(self, shape: Shape, producer: str | None, **kw) -> int:
         self.tensors.append(Tensor(len(self.tensors), tuple(shape), producer, **kw))
@@ -183,6 +196,7 @@ class _Builder:
                                              "(filters must be a multiple of groups)")
             if spec.padding == "valid" and (h < kh or w < kw):
                 raise self.error(path, name, f"{kh}x{kw} valid conv on a {h}x{w} map")
+            self.check_window(path, name, (h, w), (kh, kw), (sh, sw))
             ho, wo = _pool_out(h, kh, sh, spec.padding), _pool_out(w, kw, sw, spec.padding)
             if spec.padding == "same":
                 node.padding = (*_same_pad(h, kh, sh), *_same_pad(w, kw, sw))
@@ -198,6 +212,7 @@ class _Builder:
             (kh, kw), (sh, sw) = pair(spec.size), pair(spec.stride or spec.size)
             if spec.padding == "valid" and (h < kh or w < kw):
                 raise self.error(path, name, f"{kh}x{kw} valid pool on a {h}x{w} map")
+            self.check_window(path, name, (h, w), (kh, kw), (sh, sw))
             if spec.padding == "same":
                 node.padding = (*_same_pad(h, kh, sh), *_same_pad(w, kw, sw))
             node.out_shape = (_pool_out(h, kh, sh, spec.padding), _pool_out(w, kw, sw, spec.padding), c)
@@ -223,6 +238,11 @@ class _Builder:
         return self.add_node(node)
 
     def add_node(self, node: Node) -> int:
+        for what, shape in (("output", node.out_shape), ("weight", node.weight_shape)):
+            if math.prod(shape) > MAX_TENSOR_ELEMENTS:
+                raise self.error(node.path, node.name, f"its {what} would hold {math.prod(shape):,} elements"
+                                 f"{' per sample' if what == 'output' else ''}; bnncost counts tensors of up to "
+                                 f"2^40 ({MAX_TENSOR_ELEMENTS:,}) elements, beyond any device")
         ins = [self.tensors[i] for i in node.inputs]
         requires = node.has_params or any(t.requires_grad for t in ins)
         binary = node.kind == "sign" or (node.kind == "maxpool" and ins[0].binary)

@@ -7,6 +7,8 @@ included, so that every later error and every variable can name its layer.
 
 from __future__ import annotations
 
+import math
+
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -19,6 +21,9 @@ from bnncost.layers.yamlfile import parse_yaml, read_text, read_yaml
 
 
 MAX_LAYERS = 20_000  # ResNet-152 has about 500; more is a mistake or an attack, not a model
+# A tensor of more elements (4 TiB of float32 per sample) is beyond any device; the cap keeps every byte count of a
+# step (up to MAX_LAYERS layers of such tensors) exact in 64-bit sums
+MAX_TENSOR_ELEMENTS = 2**40
 
 
 class ModelError(ValueError):
@@ -93,6 +98,9 @@ def parse_model(doc: Any, source: str = "<memory>") -> Model:
         or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
     ):
         raise ModelError(f"{source}: input must be [features] or [height, width, channels] of positive integers")
+    if math.prod(shape) > MAX_TENSOR_ELEMENTS:
+        raise ModelError(f"{source}: input: {math.prod(shape):,} elements per sample; bnncost counts tensors of up to "
+                         f"2^40 ({MAX_TENSOR_ELEMENTS:,}) elements, beyond any device")
     if not isinstance(doc["layers"], list) or not doc["layers"]:
         raise ModelError(f"{source}: layers must be a non-empty list")
     counters: dict[str, int] = {}

@@ -19,9 +19,13 @@ def check_output(path: str | os.PathLike, option: str) -> Path:
     """The target as a Path, once it is known that a file can be created beside it (permission bits do not tell:
     root passes every access() check, and /proc or a read-only mount refuse the file anyway)."""
     target = Path(path).expanduser()
+    if target.is_symlink():  # write where the link points, as a shell's `>` would; the rename keeps the link
+        target = Path(os.path.realpath(target))
     folder = target.parent
     if target.is_dir():
         raise OutputPathError(f"{option} {path}: is a directory; give a file name")
+    if target.exists() and not target.is_file():
+        raise OutputPathError(f"{option} {path}: is not a regular file (a device, pipe or socket); give a file name")
     if not folder.is_dir():
         raise OutputPathError(f"{option} {path}: folder {folder} does not exist")
     if target.exists() and not os.access(target, os.W_OK):

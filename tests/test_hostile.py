@@ -380,8 +380,8 @@ def test_deep_nesting_is_refused(tmp_path):
 
 @pytest.mark.parametrize("command", ["train", "verify"])
 @pytest.mark.parametrize("text", [
-    "name: huge\ninput: [16]\nlayers:\n  - dense: {units: 1000000000000}\n  - batchnorm: {}\n  - softmax_ce: {}\n",
-    "name: huge\ninput: [1000000000000]\nlayers:\n" + MLP_LAYERS,
+    "name: huge\ninput: [16]\nlayers:\n  - dense: {units: 10000000000}\n  - batchnorm: {}\n  - softmax_ce: {}\n",
+    "name: huge\ninput: [100000000000]\nlayers:\n" + MLP_LAYERS,
 ])
 def test_models_too_big_to_train_are_refused_with_numbers(tmp_path, command, text):
     path = write(tmp_path, "huge.yaml", text)
@@ -694,3 +694,83 @@ def test_exit_codes_are_documented(capsys):
     code, out, err = run(capsys, "--help")
     assert code == 0
     assert "exit" in out.lower() and "2" in out
+
+
+# ---------------------------------------------------------------- found by a hostile sweep (session 23)
+
+@pytest.mark.parametrize("text,words", [
+    # 1.25e9 x 1.25e9 weights: the int64 sums of the step wrapped to a negative peak before
+    ("name: t\ninput: [1250000000]\nlayers:\n  - dense: {units: 1250000000}\n  - softmax_ce: {}\n",
+     ["layer 0 (dense_1)", "weight", "2^40"]),
+    ("name: t\ninput: [8, 8, 3]\nlayers:\n  - conv2d: {filters: 1000000000000000000000000000000, kernel: 3}\n"
+     "  - flatten: {}\n  - softmax_ce: {}\n", ["layer 0 (conv2d_1)", "output"]),
+    ("name: t\ninput: [1000000000000000000000000000000]\nlayers:\n" + MLP_LAYERS, ["input:", "2^40"]),
+    ("name: t\ninput: [4, 4, 3]\nlayers:\n  - conv2d: {filters: 4, kernel: 1, stride: 1000000000000}\n"
+     "  - flatten: {}\n" + MLP_LAYERS, ["layer 0 (conv2d_1)", "stride 1000000000000 is larger than the map's 4 rows"]),
+    ("name: t\ninput: [4, 4, 3]\nlayers:\n  - maxpool: {size: 100000, stride: 1, padding: same}\n  - flatten: {}\n" + MLP_LAYERS,
+     ["layer 0 (maxpool_1)", "window of 100000 rows"]),
+])
+def test_sizes_beyond_any_device_are_refused_not_wrapped(capsys, tmp_path, text, words):
+    path = write(tmp_path, "big.yaml", text)
+    for command in ("predict", "verify"):
+        code, out, err = run(capsys, command, path, "-b", "4")
+        one_line_error(code, err, 2, "big.yaml", *words)
+        assert out == ""
+
+
+def test_engine_byte_counts_beyond_any_implementation_are_refused(capsys, tmp_path):
+    path = write(tmp_path, "e.yaml", "name: e\nextends: larq\nruntime:\n"
+                                     "  - {name: fw, bytes: 100000000000000000000000000, source: x}\n")
+    code, out, err = run(capsys, "predict", "mlp", "--engine", path)
+    one_line_error(code, err, 2, "e.yaml", "runtime[0].bytes", "2^50")
+
+
+def test_a_model_that_starts_with_a_residual_block_trains_and_evaluates(capsys, tmp_path):
+    """Evaluation (no ledger) kept the data only until its first reader: the residual's add found it gone."""
+    path = write(tmp_path, "r.yaml", "name: r\ninput: [8]\nlayers:\n  - residual: {body: [{dense: {units: 8}}]}\n"
+                                     "  - dense: {units: 10}\n  - softmax_ce: {}\n")
+    code, out, err = run(capsys, "train", path, "--dataset", "synthetic", "--epochs", "1", "-b", "4")
+    assert code == 0, err
+    assert "test accuracy" in out.lower() or "accuracy" in out.lower()
+
+
+@pytest.mark.parametrize("option", [["--engine", ""], ["--plot", ""]])
+def test_an_empty_option_value_is_refused_not_ignored(capsys, option):
+    code, out, err = run(capsys, "compare", "mlp", *option)
+    one_line_error(code, err, 2)
+    assert out == ""
+
+
+def test_an_output_path_that_is_a_link_is_written_through_it_and_a_pipe_is_refused(capsys, tmp_path):
+    (tmp_path / "real.png").write_bytes(b"old")
+    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
+    code, out, err = run(capsys, "sweep", "mlp", "--batch", "1:4", "--plot", str(tmp_path / "link.png"))
+    assert code == 0, err
+    assert (tmp_path / "link.png").is_symlink() and (tmp_path / "real.png").read_bytes()[:4] == b"\x89PNG"
+    os.mkfifo(tmp_path / "pipe.png")
+    code, out, err = run(capsys, "sweep", "mlp", "--batch", "1:4", "--plot", str(tmp_path / "pipe.png"))
+    one_line_error(code, err, 2, "pipe.png", "not a regular file")
+    assert (tmp_path / "pipe.png").is_fifo() and out == ""
+
+
+def test_import_never_writes_over_the_onnx_file_it_reads(capsys, tmp_path):
+    pytest.importorskip("onnx")
+    src = tmp_path / "m.onnx"
+    src.write_bytes((ROOT / "tests/data/onnx/mlp.torchscript-opset17.onnx").read_bytes())
+    code, out, err = run(capsys, "import", str(src), "-o", str(src))
+    one_line_error(code, err, 2, "is the ONNX file being imported")
+    assert src.read_bytes() == (ROOT / "tests/data/onnx/mlp.torchscript-opset17.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("columns", ["0", "20"])
+def test_a_narrow_terminal_wraps_lines_and_never_crops_a_figure(columns):
+    code, out, err, _ = run_bounded("fit", "digits-cnn", "--device", "jetson-nano")
+    assert code == 0
+    wide = out
+    p = subprocess.run([sys.executable, "-c", "import runpy, sys; runpy.run_path(sys.argv.pop(1)); "
+                        "from bnncost import cli; cli.main(sys.argv[1:])", str(ROOT / "tests" / "conftest.py"),
+                        "fit", "digits-cnn", "--device", "jetson-nano"],
+                       capture_output=True, text=True, env={**os.environ, "COLUMNS": columns})
+    assert p.returncode == 0 and p.stdout.strip()
+    for figure in ("44,782", "264,590", "336.34 KiB", "55.33 KiB"):
+        assert figure in wide and figure in p.stdout, figure

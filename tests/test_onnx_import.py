@@ -861,3 +861,31 @@ def test_a_bias_on_a_binary_layer_is_always_a_batchnorm(tmp_path):
     head, hi = gemm_head("f", 4 * 4 * 4, 10, bias=False)
     kept = import_onnx(save(tmp_path, nodes + head, si + inits + hi, ["batch", 2, 6, 6]), keep_bias=True)
     assert kinds(kept.model)[:3] == [("sign", {}), ("conv2d", {"filters": 4, "kernel": 3}), ("batchnorm", {})]
+
+
+def test_a_zero_stride_is_refused(capsys, tmp_path):
+    nodes, inits = conv("x", "c", RNG.normal(size=(4, 3, 3, 3)), "stem", strides=[0, 0])
+    nodes += [helper.make_node("GlobalAveragePool", ["c"], ["g"]), helper.make_node("Flatten", ["g"], ["f"])]
+    head, hi = gemm_head("f", 4, 10)
+    refused(capsys, tmp_path, save(tmp_path, nodes + head, inits + hi, ["batch", 3, 8, 8]), "node 'stem' (Conv)",
+            "strides [0, 0]")
+
+
+def test_external_data_outside_the_model_folder_is_refused(capsys, tmp_path):
+    """ONNX reads external data beside the model only: a location that climbs out of its folder is named, not
+    followed (and onnx's own checker traceback never reaches the user)."""
+    nodes, inits = binary_mlp("sign")
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["batch", 784])],
+                          [helper.make_tensor_value_info("y", F, None)], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "ext.onnx"
+    onnx.save(m, str(path), save_as_external_data=True, location="ext.weights", size_threshold=1024)
+    (tmp_path / "in" / "ext.weights").rename(tmp_path / "ext.weights")
+    m = onnx.load(str(path), load_external_data=False)
+    for t in m.graph.initializer:  # onnx.save refuses such a location; a file made by hand has it
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = "../ext.weights"
+    path.write_bytes(m.SerializeToString())
+    refused(capsys, tmp_path, str(path), "initializer 'w0'", "'../ext.weights' is outside the model's folder")

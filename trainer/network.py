@@ -146,7 +146,8 @@ class Network:
     def _forward(self, data: np.ndarray) -> dict:
         L = self.ctx.ledger  # the step's ledger, or a NullLedger when evaluating
         acts: dict[int, tuple[np.ndarray, str]] = {0: (data, self.input_format)}
-        for op in self.ops:
+        last_reader = {i: k for k, op in enumerate(self.ops) for i in op.node.inputs}
+        for k, op in enumerate(self.ops):
             L.event(f"forward:{op.name}")
             node = op.node
             out = op.forward([acts[i] for i in node.inputs])
@@ -154,8 +155,8 @@ class Network:
                 acts[node.output] = out
             out = None
             L.end_event()
-            for i in node.inputs:  # drop references whose buffers the ledger has freed
-                if i in acts and not _alive(L, acts[i][0]):
+            for i in node.inputs:  # drop references no later op reads whose buffers the ledger has freed
+                if last_reader[i] == k and i in acts and not _alive(L, acts[i][0]):
                     del acts[i]
         return acts
 

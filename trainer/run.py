@@ -247,13 +247,13 @@ def train(model: str | Model | Graph, strategy: str | Strategy = "proposed", *, 
     history = {"train_loss": [], "train_accuracy": [], "test_accuracy": []}
     start_epoch = 0
     meta = None
-    if save:
+    if save is not None:
         prepare_checkpoint_path(save)
     tracer = _Tracer()
     try:
         net = Network(graph, strat, retention=retention, workspace_budget=workspace_budget, seed=seed, lr=lr,
                       bop_gamma=bop_gamma, bop_threshold=bop_threshold)
-        if resume:
+        if resume is not None:
             meta, arrays = load_checkpoint(resume, net.state(), graph, strat)
             net.load_state(arrays)
             net.optimizer.t = int(meta["adam_t"])
@@ -300,7 +300,7 @@ def train(model: str | Model | Graph, strategy: str | Strategy = "proposed", *, 
             history["train_loss"].append(float(np.mean(losses)))
             history["train_accuracy"].append(correct / n)
             history["test_accuracy"].append(test_acc)
-            if save:
+            if save is not None:
                 save_checkpoint(save, net.state(), {
                     "model": graph.model.name, "strategy": strat.name,
                     "model_fingerprint": model_fingerprint(graph), "strategy_fingerprint": strategy_fingerprint(strat),
@@ -322,4 +322,4 @@ def train(model: str | Model | Graph, strategy: str | Strategy = "proposed", *, 
         train_accuracy=history["train_accuracy"], test_accuracy_per_epoch=history["test_accuracy"],
         ledger_peak_bytes=led_peak, ledger_peak_event=led_event, process_peak_bytes=int(peak),
         seconds_per_step=float(np.median(times)) if times else None,
-        ledger=ledger, ops=ops, resumed_from_epoch=start_epoch if resume else None)
+        ledger=ledger, ops=ops, resumed_from_epoch=start_epoch if resume is not None else None)

@@ -110,6 +110,9 @@ def _load_external_data(onnx: Any, model: Any, file: Path, nodes: list, labels: 
         where = f"initializer '{t.name}'" + (f" of {labels[id(users[t.name])]}" if t.name in users else "")
         location = info.get("location", "")
         target = (file.parent / location)
+        if location and not target.resolve().is_relative_to(file.parent.resolve()):
+            raise ModelError(f"{path}: {where}: external data file '{location}' is outside the model's folder "
+                             "(ONNX reads external data beside the model only)")
         if not location or not target.is_file():
             raise ModelError(f"{path}: {where}: external data file '{location}' is missing")
         need = int(info.get("offset", 0)) + int(info.get("length", 0))
@@ -119,8 +122,9 @@ def _load_external_data(onnx: Any, model: Any, file: Path, nodes: list, labels: 
     from onnx.external_data_helper import load_external_data_for_model
     try:
         load_external_data_for_model(model, str(file.parent))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: external data cannot be read: {exc}") from None
+    except Exception as exc:  # onnx's checker raises its own ValidationError (not a ValueError)
+        raise ModelError(f"{path}: external data cannot be read: {str(exc).splitlines()[0] if str(exc) else exc}") \
+            from None
 
 
 def _topological(nodes: list, labels: dict, available: set[str], path: str) -> list:

@@ -590,7 +590,7 @@ class Interpreter:
         if any(d != 1 for d in attrs.get("dilations", [1, 1])):
             raise self.error(f"dilated convolution (dilations {list(attrs['dilations'])}) is not modelled")
         kernel = tuple(int(k) for k in w.shape[2:])
-        strides = tuple(int(s) for s in attrs.get("strides", [1, 1]))
+        strides = self._strides(attrs)
         padding, ho, wo = self._window(x, kernel, strides, attrs, extra=extra)
         fields: dict = {"filters": int(w.shape[0]), "kernel": self._pair(kernel, Conv2D, "kernel", "kernel")}
         if strides != (1, 1):
@@ -613,6 +613,12 @@ class Interpreter:
         if not _accepts_pair(cls, field_name):
             raise self.error(f"non-square {what} {list(pair)} is not a bnncost layer yet")
         return list(pair)
+
+    def _strides(self, attrs: dict) -> tuple[int, ...]:
+        strides = tuple(int(s) for s in attrs.get("strides", [1, 1]))
+        if any(s < 1 for s in strides):
+            raise self.error(f"strides {list(strides)}: a stride must be a positive integer")
+        return strides
 
     def _window(self, x: Act, kernel: tuple, strides: tuple, attrs: dict, ceil: bool = False,
                 extra: tuple = (0, 0, 0, 0)):
@@ -644,7 +650,7 @@ class Interpreter:
         if x.labels != ("N", "C", "H", "W") or x.flat:
             raise self.error(f"pools a tensor laid out {''.join(x.labels)}, not NCHW")
         kernel = tuple(int(k) for k in attrs["kernel_shape"])
-        strides = tuple(int(s) for s in attrs.get("strides", [1, 1]))
+        strides = self._strides(attrs)
         if any(d != 1 for d in attrs.get("dilations", [1, 1])):
             raise self.error("dilated pooling is not modelled")
         if kernel[0] != kernel[1] or strides[0] != strides[1]:
