@@ -65,6 +65,7 @@ def _app(version: bool = typer.Option(False, "--version", is_eager=True, callbac
     """Predict the memory, operations, energy and time of training binary neural networks on edge devices."""
 
 
+MAX_VERIFY_STEPS = 10_000  # verify measures its first step; the others only run the trainer on
 MIN_COLUMNS = 60  # the narrowest table layout that keeps every figure whole
 
 
@@ -826,8 +827,9 @@ def run_verification(model: str, strategy: str, batch: int, *, steps: int = 2, d
     from bnncost.costmodel.verification import Measurement, verify_against
     from bnncost.trainer.run import run_steps
 
-    if steps < 1:
-        raise BadInput(f"--steps must be a positive integer, not {steps}")
+    if not 1 <= steps <= MAX_VERIFY_STEPS:
+        raise BadInput(f"--steps must be an integer from 1 to {MAX_VERIFY_STEPS:,} (the first step is the one "
+                       f"measured), not {steps}")
     check_batch(batch)
     graph = graph_of(model)
     strat = load_strategy(strategy)
@@ -1141,8 +1143,10 @@ def train_cmd(
 
     if epochs < 1 or batch < 1:
         raise BadInput("--epochs and --batch must be positive integers")
-    if lr is not None and not lr > 0:
-        raise BadInput(f"--lr must be a positive number, not {lr}")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise BadInput(f"--lr must be a positive finite number, not {lr}")
+    if seed < 0:
+        raise BadInput(f"--seed must be a non-negative integer, not {seed}")
     opts = knobs(retention, workspace)
     check_batch(batch)
     graph, strat = graph_of(model), load_strategy(strategy)

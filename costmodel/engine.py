@@ -944,8 +944,14 @@ def _merge(parent: dict, child: _EngineFile) -> dict:
     return merged
 
 
-def _chain(ref: str, chain: tuple[str, ...], base: Path | None) -> tuple[dict, str, set[str]]:
-    doc, source = _read(ref, base)
+def _chain(ref: str, chain: tuple[str, ...], base: Path | None,
+           referrer: str | None = None) -> tuple[dict, str, set[str]]:
+    try:
+        doc, source = _read(ref, base)
+    except EngineError as exc:  # a parent that cannot be read: say which file's `extends` names it
+        if referrer is None:
+            raise
+        raise EngineError(f"{referrer}: extends: {exc}") from None
     if source in chain:
         raise EngineError(f"{source}: extends: forms a cycle: {' -> '.join(chain + (source,))}")
     if len(chain) >= MAX_EXTENDS:
@@ -955,7 +961,7 @@ def _chain(ref: str, chain: tuple[str, ...], base: Path | None) -> tuple[dict, s
     roles = set(ROLES)
     if f.extends:
         parent_base = Path(source).parent if looks_like_path(source) else None
-        parent, _, roles = _chain(f.extends, chain + (source,), parent_base)
+        parent, _, roles = _chain(f.extends, chain + (source,), parent_base, source)
     roles = _check_rules(f, source, roles)
     merged = _merge(parent, f)
     if f.name is None:

@@ -6,6 +6,8 @@ formulas live in `memory`, `ops` and `energy`.
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 from pydantic import BaseModel
 
 from bnncost.costmodel.energy import EnergyModel, steps_per_epoch
@@ -223,16 +225,16 @@ def memory_report(plan: MemoryPlan, batch: int) -> MemoryReport:
     peak, e, fixed, per = plan.peak(batch)
     by_role: dict[str, int] = {}
     by_layer: dict[str, int] = {}
-    live_by_role: dict[str, list[int]] = {}  # role -> live bytes at each event
+    change_by_role: dict[str, list[int]] = {}  # role -> change of its live bytes at each event (summed below)
     rows = []
     for v in plan.variables:
         nbytes = v.bytes_at(batch)
         if v.alloc <= e <= v.free:
             by_role[v.role] = by_role.get(v.role, 0) + nbytes
             by_layer[v.layer] = by_layer.get(v.layer, 0) + nbytes
-        live = live_by_role.setdefault(v.role, [0] * len(plan.events))
-        for i in range(v.alloc, v.free + 1):
-            live[i] += nbytes
+        change = change_by_role.setdefault(v.role, [0] * (len(plan.events) + 1))
+        change[v.alloc] += nbytes
+        change[v.free + 1] -= nbytes
         rows.append(VariableReport(
             name=v.name, layer=v.layer, role=v.role, format=v.format, shape=v.shape_at(batch),
             bytes=nbytes, alloc_event=plan.events[v.alloc], free_event=plan.events[v.free],
@@ -243,7 +245,8 @@ def memory_report(plan: MemoryPlan, batch: int) -> MemoryReport:
         peak_bytes=peak, tensor_peak_bytes=peak - runtime, runtime_bytes=runtime, process_peak_bytes=peak,
         peak_event=plan.events[e], fixed_bytes=fixed, per_sample_bytes=per,
         by_role=dict(sorted(by_role.items(), key=lambda kv: -kv[1])),
-        by_role_max=dict(sorted(((r, max(live)) for r, live in live_by_role.items()), key=lambda kv: -kv[1])),
+        by_role_max=dict(sorted(((r, max(accumulate(change[:-1]))) for r, change in change_by_role.items()),
+                                key=lambda kv: -kv[1])),
         by_layer=by_layer, variables=rows,
     )
 

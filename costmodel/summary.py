@@ -87,11 +87,17 @@ def summary(model, strategy="proposed", batch: int = 100, *, engine=None, retent
         per_phase = EnergyModel(ops, count_traffic(graph, strat, plan), device,
                                 context=f"{strat.name}: ").by_layer_phase(batch)
     rows = []
+    variables_of: dict[str, list] = {}
+    ops_of: dict[str, list] = {}
+    for v in plan.variables:
+        variables_of.setdefault(v.layer, []).append(v)
+    for o in ops:
+        ops_of.setdefault(o.layer, []).append(o)
     for node in graph.nodes:
         kernel = node.kind in ("dense", "conv2d")
         channel_params = node.parameters(strat.batchnorm) if node.kind in ("batchnorm", "prelu") else 0
-        mine = [v for v in plan.variables if v.layer == node.name]
-        layer_ops = [o for o in ops if o.layer == node.name]
+        mine = variables_of.get(node.name, [])
+        layer_ops = ops_of.get(node.name, [])
         products = batch * node.positions * node.units * node.fan_in
         row = LayerRow(
             layer=node.name, kind=node.kind, output_shape=list(node.out_shape),

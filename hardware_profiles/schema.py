@@ -75,13 +75,25 @@ def _source(value: str) -> str:
     return value
 
 
+def _within(low: float, high: float, what: str):
+    """A physically possible range: a value outside it is a typo or an attack, and would make a step's energy or
+    time overflow to inf (1e308 pJ per op, 1e-300 B/s)."""
+    def check(value: float) -> float:
+        if not low <= value <= high:
+            raise ValueError(f"{value:g} is outside what any device has ({what})")
+        return value
+
+    return AfterValidator(check)
+
+
 Bytes = Annotated[int, _quantity("bytes")]
 PositiveBytes = Annotated[int, _quantity("bytes"), AfterValidator(_positive)]
-Energy = Annotated[float, _quantity("energy")]
-EnergyPerByte = Annotated[float, _quantity("energy_per_byte")]
-PositiveRate = Annotated[float, _quantity("rate"), AfterValidator(_positive)]
-PositiveByteRate = Annotated[float, _quantity("byte_rate"), AfterValidator(_positive)]
-Power = Annotated[float, _quantity("power")]
+Energy = Annotated[float, _quantity("energy"), _within(0, 1e6, "at most 1 uJ per operation")]
+EnergyPerByte = Annotated[float, _quantity("energy_per_byte"), _within(0, 1e6, "at most 1 uJ per byte")]
+PositiveRate = Annotated[float, _quantity("rate"), AfterValidator(_positive), _within(1e-3, 1e18, "1e-3 to 1e18 /s")]
+PositiveByteRate = Annotated[float, _quantity("byte_rate"), AfterValidator(_positive),
+                             _within(1.0, 1e16, "1 B/s to 10 PB/s")]
+Power = Annotated[float, _quantity("power"), _within(0, 1e6, "at most 1 MW")]
 Source = Annotated[str, AfterValidator(_source)]
 Text = Annotated[str, AfterValidator(_nonblank)]
 

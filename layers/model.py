@@ -113,6 +113,8 @@ def parse_model(doc: Any, source: str = "<memory>") -> Model:
     for key in ("name", "description"):
         if doc.get(key) is not None and not isinstance(doc[key], str):
             raise ModelError(f"{source}: {key}: must be a string, not {type(doc[key]).__name__}")
+    if not name.isprintable():  # a terminal would obey escape codes in it
+        raise ModelError(f"{source}: name: must be printable text, without control characters or line breaks")
     return Model(name=str(name), input=tuple(shape), layers=layers, train_samples=samples, source=source)
 
 
@@ -135,6 +137,8 @@ def _parse_layers(items: list, source: str, prefix: str, counters: dict, seen: s
         name = fields.pop("name", None) or f"{kind}_{counters[kind]}"
         if not isinstance(name, str):
             raise ModelError(f"{where} ({kind}): name: must be a string, not {type(name).__name__}")
+        if not name.isprintable():
+            raise ModelError(f"{where} ({kind}): name: must be printable text, without control characters")
         where = f"{source}: layer {prefix}{i} ({name})"
         if name in seen:
             raise ModelError(f"{where}: duplicate layer name '{name}'")

@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import pickle
+import re
 import resource
 import signal
 import struct
@@ -774,3 +775,24 @@ def test_a_narrow_terminal_wraps_lines_and_never_crops_a_figure(columns):
     assert p.returncode == 0 and p.stdout.strip()
     for figure in ("44,782", "264,590", "336.34 KiB", "55.33 KiB"):
         assert figure in wide and figure in p.stdout, figure
+
+
+def test_a_device_figure_no_device_has_is_refused(capsys, tmp_path):
+    """1e308 pJ per op printed an energy of inf; 1e-300 B/s a time of 1e296 s."""
+    text = (ROOT / "hardware_profiles" / "jetson-nano.yaml").read_text()
+    bad = re.sub(r"mac: \{pj: \"[^\"]*\"", "mac: {pj: 1e308", text, count=1)
+    assert bad != text
+    code, out, err = run(capsys, "predict", "mlp", "--device", write(tmp_path, "dev.yaml", bad))
+    one_line_error(code, err, 2, "dev.yaml", "pj", "outside what any device has")
+    assert out == ""
+
+
+def test_an_engine_that_extends_a_missing_file_names_its_extends_field(capsys, tmp_path):
+    code, out, err = run(capsys, "predict", "mlp", "--engine", write(tmp_path, "e.yaml", "name: e\nextends: gone.yaml\n"))
+    one_line_error(code, err, 2, "e.yaml: extends:", "gone.yaml", "not found")
+
+
+@pytest.mark.parametrize("field", ["name: \"a\\e[31mred\"", "name: \"two\\nlines\""])
+def test_a_model_name_with_control_characters_is_refused(capsys, tmp_path, field):
+    code, out, err = run(capsys, "predict", write(tmp_path, "m.yaml", f"{field}\ninput: [8]\nlayers:\n" + MLP_LAYERS))
+    one_line_error(code, err, 2, "m.yaml", "name: must be printable")

@@ -17,7 +17,6 @@ from bnncost.trainer import TrainerError, TrainingDiverged, run_steps, train
 from bnncost.trainer.checkpoint import load_checkpoint
 from bnncost.trainer.network import Network
 from bnncost.layers.graph import graph_of
-from bnncost.costmodel.strategy import load_strategy
 from bnncost.trainer.datasets import load_dataset, read_idx
 
 # ---------------------------------------------------------------- files the tests write
@@ -216,7 +215,10 @@ def test_train_table_and_progress(capsys):
     (["train", "digits-mlp", "--dataset", "mnist:/nowhere"], "MNIST directory not found"),
     (["train", "digits-mlp", "--resume", "/nowhere.npz"], "checkpoint not found"),
     (["train", "digits-mlp", "--retention", "later"], "--retention must be step or backward"),
-    (["train", "digits-mlp", "--lr", "-1"], "--lr must be a positive number"),
+    (["train", "digits-mlp", "--lr", "-1"], "--lr must be a positive finite number"),
+    (["train", "digits-mlp", "--lr", "inf"], "--lr must be a positive finite number"),
+    (["train", "digits-mlp", "--seed", "-1"], "--seed must be a non-negative integer"),
+    (["verify", "digits-mlp", "--steps", "1000000000000"], "--steps must be an integer from 1 to 10,000"),
 ])
 def test_train_bad_input_is_one_line_exit_2(capsys, args, message):
     code, out, err = run_cli(capsys, *args)

@@ -149,6 +149,9 @@ class Interpreter:
             return self.env[name]
         if name in self.g.initializers:
             arr = self._to_array(self.g.initializers[name])
+            if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                raise self.error(f"initializer '{name}' holds non-finite values (NaN or inf): the weights are "
+                                 "corrupted or were never trained")
             self.env[name] = arr
             return arr
         raise self.error(f"reads '{name}', an output bnncost does not model (a batchnorm's running "
@@ -195,10 +198,15 @@ class Interpreter:
         if fold is None:
             raise self.error("unsupported op on constants")
         try:
-            out = fold(ins, attrs)
-            return out if isinstance(out, np.ndarray) else np.asarray(out)
+            with np.errstate(all="ignore"):  # a corrupted weight overflows here: refused below, not warned
+                out = fold(ins, attrs)
+            out = out if isinstance(out, np.ndarray) else np.asarray(out)
         except (TypeError, ValueError, IndexError) as exc:
             raise self.error(f"cannot fold its constant inputs ({exc})") from None
+        if out.dtype.kind in "fc" and not np.isfinite(out).all():
+            raise self.error("folding its constant inputs gives non-finite values (NaN or inf): the weights are "
+                             "corrupted or were never trained")
+        return out
 
     def _constant(self, attrs: dict) -> np.ndarray:
         for key, dtype in (("value", None), ("value_float", np.float32), ("value_floats", np.float32),
