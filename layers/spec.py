@@ -15,8 +15,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt
 # `kernel: [10, 4]`, `stride: [2, 1]`); `layers.graph` turns it into a pair.
 def _check_pair(value):
     ok_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
-    if ok_int(value) or (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(ok_int, value))):
+    if ok_int(value):
         return value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(ok_int, value)):
+        return tuple(value)
     raise ValueError(f"expected a positive integer or [rows, cols] of positive integers, got {value!r}")
 
 
@@ -29,7 +31,8 @@ def pair(value: "int | tuple[int, int]") -> tuple[int, int]:
 
 
 class _Layer(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `units: "10"`, `filters: true` or `binary: "no"` is a mistake in the file, not 10, 1 or False
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     name: str | None = None
 
 

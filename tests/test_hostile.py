@@ -796,3 +796,12 @@ def test_an_engine_that_extends_a_missing_file_names_its_extends_field(capsys, t
 def test_a_model_name_with_control_characters_is_refused(capsys, tmp_path, field):
     code, out, err = run(capsys, "predict", write(tmp_path, "m.yaml", f"{field}\ninput: [8]\nlayers:\n" + MLP_LAYERS))
     one_line_error(code, err, 2, "m.yaml", "name: must be printable")
+
+
+@pytest.mark.parametrize("layer,field", [('dense: {units: "10"}', "units"), ("dense: {units: true}", "units"),
+                                         ('dense: {units: 10, binary: "no"}', "binary")])
+def test_layer_fields_are_not_coerced(capsys, tmp_path, layer, field):
+    """A string, a boolean for a count or a word for a flag is a mistake in the file, not 10, 1 or False."""
+    path = write(tmp_path, "m.yaml", f"name: m\ninput: [8]\nlayers:\n  - {layer}\n" + MLP_LAYERS)
+    code, out, err = run(capsys, "predict", path)
+    one_line_error(code, err, 2, "m.yaml", f"layer 0 (dense_1): {field}")
