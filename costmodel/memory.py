@@ -141,16 +141,19 @@ class MemoryPlan:
         slope = per_by_event[e] + growing[e]
         return live[e], e, live[e] - slope * batch, slope
 
-    def max_batch(self, budget_bytes: int, limit: int = 1 << 40) -> int:
+    def max_batch(self, budget_bytes: int, limit: int = 1 << 62) -> int:
         """Largest B whose peak fits the budget (0 if even B = 1 does not).
 
         The peak grows with B within each segment between batch thresholds,
-        so the segments are searched from the largest batches down.
+        so the segments are searched from the largest batches down; each peak
+        in Python integers (`peak`), so the answer is exact for any budget a
+        device can have (a sample holds at least a byte: B never reaches the limit
+        below 2^62 bytes).
         """
         starts = [1, *(t for t in self.batch_thresholds() if 1 < t <= limit)]
         ends = [s - 1 for s in starts[1:]] + [limit]
         for start, end in reversed(list(zip(starts, ends))):
-            if self.peak_bytes(start)[0] <= budget_bytes:
+            if self.peak(start)[0] <= budget_bytes:
                 return self._largest_fitting(budget_bytes, start, end)
         return 0
 
@@ -158,16 +161,16 @@ class MemoryPlan:
         """Largest B in [lo, limit] whose peak fits, given that peak(lo) fits and the peak grows with B there."""
         step = 1
         hi = lo + step
-        while hi < limit and self.peak_bytes(hi)[0] <= budget_bytes:
+        while hi < limit and self.peak(hi)[0] <= budget_bytes:
             lo, step = hi, step * 2
             hi = lo + step
         if hi >= limit:
-            if self.peak_bytes(limit)[0] <= budget_bytes:
+            if self.peak(limit)[0] <= budget_bytes:
                 return limit
             hi = limit
         while hi - lo > 1:  # peak(lo) fits, peak(hi) does not
             mid = (lo + hi) // 2
-            if self.peak_bytes(mid)[0] <= budget_bytes:
+            if self.peak(mid)[0] <= budget_bytes:
                 lo = mid
             else:
                 hi = mid

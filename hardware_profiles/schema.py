@@ -86,8 +86,8 @@ def _within(low: float, high: float, what: str):
     return AfterValidator(check)
 
 
-Bytes = Annotated[int, _quantity("bytes")]
-PositiveBytes = Annotated[int, _quantity("bytes"), AfterValidator(_positive)]
+Bytes = Annotated[int, _quantity("bytes"), _within(0, 2**60, "at most 2^60 B = 1 EiB")]
+PositiveBytes = Annotated[int, _quantity("bytes"), AfterValidator(_positive), _within(0, 2**60, "at most 1 EiB")]
 Energy = Annotated[float, _quantity("energy"), _within(0, 1e6, "at most 1 uJ per operation")]
 EnergyPerByte = Annotated[float, _quantity("energy_per_byte"), _within(0, 1e6, "at most 1 uJ per byte")]
 PositiveRate = Annotated[float, _quantity("rate"), AfterValidator(_positive), _within(1e-3, 1e18, "1e-3 to 1e18 /s")]

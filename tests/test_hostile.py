@@ -805,3 +805,20 @@ def test_layer_fields_are_not_coerced(capsys, tmp_path, layer, field):
     path = write(tmp_path, "m.yaml", f"name: m\ninput: [8]\nlayers:\n  - {layer}\n" + MLP_LAYERS)
     code, out, err = run(capsys, "predict", path)
     one_line_error(code, err, 2, "m.yaml", f"layer 0 (dense_1): {field}")
+
+
+def test_a_device_larger_than_any_is_refused_and_fit_is_exact_up_to_it(capsys, tmp_path):
+    """RAM beyond 1 EiB is refused; below it the largest batch is exact (it was capped at 2^40 without a word)."""
+    text = (ROOT / "hardware_profiles" / "jetson-nano.yaml").read_text()
+    huge = re.sub(r"ram_bytes: \{value: \"[^\"]*\"", "ram_bytes: {value: 1e300", text, count=1)
+    assert huge != text
+    code, out, err = run(capsys, "fit", "mlp", "--device", write(tmp_path, "huge.yaml", huge))
+    one_line_error(code, err, 2, "huge.yaml", "ram_bytes")
+    from bnncost.costmodel.memory import memory_plan
+    from bnncost.costmodel.strategy import load_strategy
+    from bnncost.layers.graph import graph_of
+
+    plan = memory_plan(graph_of("mlp"), load_strategy("standard"))
+    usable = 2**60
+    best = plan.max_batch(usable)
+    assert best > 2**40 and plan.peak(best)[0] <= usable < plan.peak(best + 1)[0]
