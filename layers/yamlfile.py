@@ -83,6 +83,10 @@ def load_yaml(text: str) -> Any:
     """Parse YAML text within the bounds above; yaml.YAMLError (or RecursionError) on refusal."""
     if len(text) > MAX_FILE_BYTES:
         raise _Refused(f"larger than {MAX_FILE_BYTES >> 20} MiB")
+    if "*" in text:  # name the alias's own line (the composed tree only knows its anchor's); events never expand
+        for event in yaml.parse(text, Loader=_BASE):
+            if isinstance(event, yaml.AliasEvent):
+                raise _Refused("YAML aliases (*name) are not accepted", event.start_mark)
     return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
 
 

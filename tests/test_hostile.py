@@ -822,3 +822,9 @@ def test_a_device_larger_than_any_is_refused_and_fit_is_exact_up_to_it(capsys, t
     usable = 2**60
     best = plan.max_batch(usable)
     assert best > 2**40 and plan.peak(best)[0] <= usable < plan.peak(best + 1)[0]
+
+
+def test_a_yaml_alias_is_refused_at_its_own_line(capsys, tmp_path):
+    path = write(tmp_path, "al.yaml", "name: &n t\ninput: [8]\nlayers:\n" + MLP_LAYERS + "description: *n\n")
+    code, out, err = run(capsys, "predict", path)
+    one_line_error(code, err, 2, "al.yaml", "(line 7)", "aliases")
