@@ -39,11 +39,11 @@ class MemoryPlan:
 
     def __post_init__(self) -> None:
         for part in ("fixed", "per_sample"):  # bounded layers and rules keep this far off; the sums below are int64
-            if sum(getattr(v, part) for v in self.variables) >= 2**62:
+            total = sum(getattr(v, part) for v in self.variables)
+            if total >= 2**62:
                 big = max(self.variables, key=lambda v: getattr(v, part))
-                raise ValueError(f"the step's variables hold {sum(getattr(v, part) for v in self.variables):.3g} "
-                                 f"bytes{' per sample' if part == 'per_sample' else ''} ({big.name}: "
-                                 f"{getattr(big, part):.3g}), beyond what bnncost counts (2^62)")
+                raise ValueError(f"the step's variables hold {total:.3g} bytes{' per sample' * (part == 'per_sample')}"
+                                 f" ({big.name}: {getattr(big, part):.3g}), beyond what bnncost counts (2^62)")
         n = len(self.events)
         a, b = np.zeros(n + 1, dtype=np.int64), np.zeros(n + 1, dtype=np.int64)
         ws_event, ws_cap, ws_slope = [], [], []

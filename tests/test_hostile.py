@@ -828,3 +828,13 @@ def test_a_yaml_alias_is_refused_at_its_own_line(capsys, tmp_path):
     path = write(tmp_path, "al.yaml", "name: &n t\ninput: [8]\nlayers:\n" + MLP_LAYERS + "description: *n\n")
     code, out, err = run(capsys, "predict", path)
     one_line_error(code, err, 2, "al.yaml", "(line 7)", "aliases")
+
+
+def test_a_step_beyond_2_to_the_62_bytes_is_refused_not_wrapped(capsys, tmp_path):
+    """Every rule is bounded (1 PiB), but 5,000 layers of one are not: the plan refuses the sum in one line."""
+    engine = write(tmp_path, "e.yaml", "name: e\nextends: reference\nruntime:\n"
+                                       "  - {name: huge, kinds: [sign], bytes: 1125899906842624, source: t}\n")
+    model = write(tmp_path, "m.yaml", "name: m\ninput: [8]\nlayers:\n" + "  - sign: {}\n" * 5000 + MLP_LAYERS)
+    code, out, err = run(capsys, "predict", model, "--engine", engine)
+    one_line_error(code, err, 2, "runtime.huge", "2^62")
+    assert out == ""
