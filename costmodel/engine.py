@@ -100,7 +100,8 @@ def _bytes(value: Any) -> int:
     except QuantityError as exc:
         raise ValueError(str(exc)) from None
     if n > MAX_RULE_BYTES:
-        raise ValueError(f"{n:.3g} bytes is more than any implementation holds (at most 2^50 = 1,125,899,906,842,624 bytes)")
+        raise ValueError(f"{n:.3g} bytes is more than any implementation holds (at most 2^50 = "
+                         f"{MAX_RULE_BYTES:,} bytes)")
     return n
 
 
