@@ -1147,6 +1147,8 @@ def train_cmd(
         raise BadInput(f"--lr must be a positive finite number, not {lr}")
     if seed < 0:
         raise BadInput(f"--seed must be a non-negative integer, not {seed}")
+    if resume is not None and not resume.strip():
+        raise BadInput("--resume: empty; give the checkpoint file to resume from")
     opts = knobs(retention, workspace)
     check_batch(batch)
     graph, strat = graph_of(model), load_strategy(strategy)

@@ -18,6 +18,8 @@ class OutputPathError(ValueError):
 def check_output(path: str | os.PathLike, option: str) -> Path:
     """The target as a Path, once it is known that a file can be created beside it (permission bits do not tell:
     root passes every access() check, and /proc or a read-only mount refuse the file anyway)."""
+    if not str(path).strip():
+        raise OutputPathError(f"{option}: empty; give a file name")
     target = Path(path).expanduser()
     if target.is_symlink():  # write where the link points, as a shell's `>` would; the rename keeps the link
         target = Path(os.path.realpath(target))
