@@ -63,7 +63,8 @@ STAGE_MARK = "#"  # backward:dense_1#3: the third stage of dense_1's backward op
 def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: list[Variable], events: list[str],
                  retention: str) -> tuple[list[Variable], list[str]]:
     """The variables of the step as this engine holds them, and the step's events (with any stages, after_backward)."""
-    events, variables, spans = _with_sub_events(graph, strategy, engine, events, variables, retention)
+    gemm_calls = step_gemms(graph, engine, strategy) if engine.gemms else []
+    events, variables, spans = _with_sub_events(graph, strategy, engine, events, variables, retention, gemm_calls)
     index = {e: i for i, e in enumerate(events)}
     out = list(variables)
 
@@ -214,22 +215,21 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                       0, last), where("constants", i))
     # 8. the BLAS library's packing buffers
     pool = engine.blas_buffers
-    if pool is not None and engine.gemms:
-        calls = step_gemms(graph, engine, strategy)
-        if calls:
-            add(Variable(f"runtime.{pool.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
-                         last, by_batch=lambda batch: sum(kept_buffers(pool, calls, batch))),
-                "blas_buffers")
-    # 8. the scratch a BLAS library allocates inside a gemm call. The ops of one event run one at a time: a
+    if pool is not None and gemm_calls:
+        add(Variable(f"runtime.{pool.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
+                     last, by_batch=lambda batch: sum(kept_buffers(pool, gemm_calls, batch))),
+            "blas_buffers")
+    # 9. the scratch a BLAS library allocates inside a gemm call. The ops of one event run one at a time: a
     # product's scratch does not coexist with another product's, nor with the event's other temporaries
     # (buffers of the update), nor with dW unless it is dW's own product. The event holds the largest excess
     # of a product's scratch over what it does not coexist with. A staged call runs in its stage: its buffer
     # is alive with all that stage holds (the largest of the stage's calls)
     scratch = engine.gemm_scratch
-    if scratch is not None and engine.gemms:
+    if scratch is not None and gemm_calls:
         by_event: dict[tuple[str, int | None], list[tuple[Node, Gemm]]] = {}
-        for at, node, rule in step_gemms(graph, engine, strategy):
+        for at, node, rule in gemm_calls:
             by_event.setdefault((at, rule.stage), []).append((node, rule))
+
         def call_bytes(node: Node, rule: Gemm, batch: int) -> int:
             return scratch.scratch_bytes(rule.trans, *gemm_shape(node, rule, batch))
 
@@ -258,7 +258,7 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                                    for node, rule in calls if rule.runs_at(batch)), default=0))
 
             add(Variable(name, layer, "workspace", "uint8", ("bytes",), 0, 0, i, j, by_batch=excess), "gemm_scratch")
-    # 9. oneDNN's JIT code for convolutions
+    # 10. oneDNN's JIT code for convolutions
     jit = engine.jit_conv_kernels
     if jit is not None and any(n.kind == "conv2d" for n in graph.nodes):
         add(Variable(f"runtime.{jit.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", ("bytes",), 0, 0, 0,
@@ -339,7 +339,8 @@ def event_span(events: list[str], event: str) -> tuple[int, int]:
 
 
 def _with_sub_events(graph: Graph, strategy: Strategy, engine: Engine, events: list[str], variables: list[Variable],
-                     retention: str) -> tuple[list[str], list[Variable], dict[str, tuple[int, int]]]:
+                     retention: str, gemm_calls: list[tuple[str, Node, Gemm]]
+                     ) -> tuple[list[str], list[Variable], dict[str, tuple[int, int]]]:
     """Split events into the stages temporaries name, and insert `after_backward:<layer>` after backward:<layer>.
 
     An event's stages follow it, in ascending order: a variable alive at the
@@ -364,7 +365,7 @@ def _with_sub_events(graph: Graph, strategy: Strategy, engine: Engine, events: l
                 after.add(n.name)
             elif rule.stage is not None:
                 stages.setdefault(relative_event(n, rule.during, retention), set()).update(rule.stage)
-    for at, _, gemm in step_gemms(graph, engine, strategy):
+    for at, _, gemm in gemm_calls:
         if gemm.stage is not None:
             stages.setdefault(at, set()).add(gemm.stage)
     out: list[str] = []

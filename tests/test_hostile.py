@@ -47,7 +47,8 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return exc.value.code, got.out, got.err
 
 
-def run_bounded(*args: str, memory_gib: float = 2.0, timeout: float = SECONDS, cwd=None) -> tuple[int, str, str, float]:
+def run_bounded(*args: str, memory_gib: float = 2.0, timeout: float = SECONDS, cwd=None,
+                columns: str = "100") -> tuple[int, str, str, float]:
     """The CLI in a subprocess limited to `memory_gib` of address space and `timeout` seconds."""
     limit = int(memory_gib * (1 << 30))
 
@@ -59,7 +60,7 @@ def run_bounded(*args: str, memory_gib: float = 2.0, timeout: float = SECONDS, c
     t = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", boot, str(ROOT / "tests" / "conftest.py"), *map(str, args)],
                        capture_output=True, text=True, timeout=timeout, preexec_fn=limits, cwd=cwd,
-                       env={**os.environ, "COLUMNS": "100", "OPENBLAS_NUM_THREADS": "1"})
+                       env={**os.environ, "COLUMNS": columns, "OPENBLAS_NUM_THREADS": "1"})
     return p.returncode, p.stdout, p.stderr, time.perf_counter() - t
 
 
@@ -765,16 +766,12 @@ def test_import_never_writes_over_the_onnx_file_it_reads(capsys, tmp_path):
 
 @pytest.mark.parametrize("columns", ["0", "20"])
 def test_a_narrow_terminal_wraps_lines_and_never_crops_a_figure(columns):
-    code, out, err, _ = run_bounded("fit", "digits-cnn", "--device", "jetson-nano")
+    code, wide, err, _ = run_bounded("fit", "digits-cnn", "--device", "jetson-nano")
     assert code == 0
-    wide = out
-    p = subprocess.run([sys.executable, "-c", "import runpy, sys; runpy.run_path(sys.argv.pop(1)); "
-                        "from bnncost import cli; cli.main(sys.argv[1:])", str(ROOT / "tests" / "conftest.py"),
-                        "fit", "digits-cnn", "--device", "jetson-nano"],
-                       capture_output=True, text=True, env={**os.environ, "COLUMNS": columns})
-    assert p.returncode == 0 and p.stdout.strip()
+    code, narrow, err, _ = run_bounded("fit", "digits-cnn", "--device", "jetson-nano", columns=columns)
+    assert code == 0 and narrow.strip()
     for figure in ("44,782", "264,590", "336.34 KiB", "55.33 KiB"):
-        assert figure in wide and figure in p.stdout, figure
+        assert figure in wide and figure in narrow, figure
 
 
 def test_a_device_figure_no_device_has_is_refused(capsys, tmp_path):

@@ -40,6 +40,7 @@ import argparse
 import ctypes
 import json
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -54,10 +55,15 @@ class _MallInfo2(ctypes.Structure):
                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-def _heap_in_use() -> int:
+@lru_cache(maxsize=None)
+def _mallinfo2():
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
+    return libc.mallinfo2
+
+
+def _heap_in_use() -> int:
+    info = _mallinfo2()()
     return info.uordblks + info.hblkhd
 
 
