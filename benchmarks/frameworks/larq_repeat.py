@@ -2,7 +2,7 @@
 
     python benchmarks/frameworks/larq_repeat.py MODEL --batch B [--runs 2]
     python benchmarks/frameworks/larq_repeat.py --add RUN.json [RUN.json ...]
-    python benchmarks/frameworks/larq_repeat.py PROBE.yaml --batch B --dir measurements/probes/NAME
+    python benchmarks/frameworks/larq_repeat.py PROBE.yaml --batch B --dir benchmarks/frameworks/measurements/probes/NAME
 
 The first form runs `larq_measure.py MODEL --batch B --print` (the harness
 of the recordings, unchanged) RUNS times, each in its own process, one after
@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", type=Path, default=MEASUREMENTS,
                    help="where the recordings are (default: measurements/; a probe's: measurements/probes/...)")
     args = p.parse_args(argv)
+    if not args.dir.is_dir():  # before any run: a recording nowhere to go would lose the runs' minutes
+        print(f"--dir {args.dir}: not a folder (give it from the current directory)", file=sys.stderr)
+        return 2
     if args.add:
         try:
             records = [json.loads(f.read_text(encoding="utf-8")) for f in args.add]

@@ -1,8 +1,9 @@
 """Predicted vs measured for every Larq recording, as a markdown table (for the README and issue notes).
 
-    python benchmarks/frameworks/larq_table.py [--engine larq]
+    python benchmarks/frameworks/larq_table.py [--engine larq] [--recordings DIR]
 
-Reads benchmarks/frameworks/measurements/larq-*.json (no TensorFlow needed)
+Reads benchmarks/frameworks/measurements/larq-*.json, or DIR's (a probes
+folder: holdouts, check models; no TensorFlow needed)
 and predicts each point with the engine (and with `reference --retention
 backward`, for comparison). Each measured peak is the median of the point's
 fresh-process runs (larq_repeat.py), shown with the runs' range (min-max).
@@ -20,9 +21,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
 
-def rows(engine: str) -> list[dict]:
+def rows(engine: str, folder: Path = HERE / "measurements") -> list[dict]:
     out = []
-    for path in sorted((HERE / "measurements").glob("larq-*.json")):
+    for path in sorted(folder.glob("larq-*.json")):
         rec = json.loads(path.read_text(encoding="utf-8"))
         ref = str(ROOT / rec["model_file"]) if rec.get("model_file") else rec["model"]
         mem = predict(ref, "standard", rec["batch"], engine=engine).memory
@@ -73,8 +74,9 @@ def markdown(table: list[dict], engine: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--engine", default="larq")
+    p.add_argument("--recordings", type=Path, default=HERE / "measurements", help="folder of larq-*.json")
     args = p.parse_args()
-    print(markdown(rows(args.engine), args.engine))
+    print(markdown(rows(args.engine, args.recordings), args.engine))
 
 
 if __name__ == "__main__":
