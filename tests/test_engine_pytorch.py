@@ -172,6 +172,7 @@ def test_amd_mkl_buffer_rule_reproduces_every_probe():
 AMD_RECORDINGS = sorted([*(MEASUREMENTS / "probes" / "torch-amd").glob("*.json"),
                          *(MEASUREMENTS / "probes" / "torch-check").glob("*.json"),
                          *(MEASUREMENTS / "probes" / "torch-holdout").glob("*.json"),
+                         *(MEASUREMENTS / "probes" / "torch-holdout2").glob("*.json"),
                          *(MEASUREMENTS / "probes" / "torch-batch-edges").glob("*.json")])
 
 
