@@ -1,7 +1,7 @@
 """Measure the heap of one steady-state Larq/Keras training step with memray, and record it as JSON.
 
     python benchmarks/frameworks/larq_measure.py MODEL --batch B [--out DIR] [--attribute [baseline]] [--pooled]
-                                                 [--print] [--executor-log]
+                                                 [--print] [--executor-log] [--memory-log]
 
 MODEL is a zoo name or a model YAML. One process measures one (model, batch):
 1. environment before TensorFlow loads: one thread (OMP_NUM_THREADS=1, then
@@ -47,12 +47,17 @@ HERE = Path(__file__).resolve().parent
 MEASUREMENTS = HERE / "measurements"
 
 
-def _set_environment(pooled: bool, executor_log: bool = False) -> dict[str, str]:
+def _set_environment(pooled: bool, executor_log: bool = False, memory_log: bool = False) -> dict[str, str]:
     env = {"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     if not pooled:
         env["TF_ONEDNN_USE_SYSTEM_ALLOCATOR"] = "1"
+    modules = []
     if executor_log:  # every op the executor runs, on stderr (larq_op_order.py, larq_executor_state.py)
-        env.update(TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="executor=1")
+        modules.append("executor=1")
+    if memory_log:  # every tensor allocation (with its node) and deallocation, on stderr (larq_tensor_log.py)
+        modules.append("log_memory=3")
+    if modules:
+        env.update(TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE=",".join(modules))
     os.environ.update(env)
     return env
 
@@ -160,12 +165,15 @@ def walk(path: Path, attribute: str | None) -> dict:
 
 
 def _by_kernel(records: list) -> list[dict]:
-    by_kernel: dict[str, list[int]] = {}
+    by_kernel: dict[str, list] = {}
     for rec in records:
-        entry = by_kernel.setdefault(_kernel_of(rec.native_stack_trace(max_stacks=40)), [0, 0])
+        entry = by_kernel.setdefault(_kernel_of(rec.native_stack_trace(max_stacks=40)), [0, 0, []])
         entry[0] += rec.size
         entry[1] += 1
-    rows = [{"kernel": k, "bytes": v[0], "allocations": v[1]} for k, v in by_kernel.items()]
+        entry[2].append(rec.size)
+    # the sizes of a kernel's tensors tell which layers' outputs they are (the small ones are bookkeeping)
+    rows = [{"kernel": k, "bytes": v[0], "allocations": v[1],
+             "sizes_from_64KiB": sorted((n for n in v[2] if n >= 65536), reverse=True)} for k, v in by_kernel.items()]
     return sorted(rows, key=lambda r: -r["bytes"])[:60]
 
 
@@ -205,8 +213,9 @@ def _finish_import(tf, lq) -> None:
     tf.keras.backend.clear_session()
 
 
-def measure(model_ref: str, batch: int, *, attribute: str | None, pooled: bool, executor_log: bool = False) -> dict:
-    env = _set_environment(pooled, executor_log)
+def measure(model_ref: str, batch: int, *, attribute: str | None, pooled: bool, executor_log: bool = False,
+            memory_log: bool = False) -> dict:
+    env = _set_environment(pooled, executor_log, memory_log)
     import memray
     import numpy as np
     import tensorflow as tf
@@ -325,12 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--print", action="store_true", help="print the record instead of writing it")
     p.add_argument("--executor-log", action="store_true",
                    help="TensorFlow's executor logs every op it runs to stderr (TF_CPP_VMODULE=executor=1)")
+    p.add_argument("--memory-log", action="store_true",
+                   help="TensorFlow logs every tensor it allocates, with its node, to stderr (log_memory=3)")
     args = p.parse_args(argv)
     if args.batch < 1:
         print(f"--batch must be a positive integer, got {args.batch}", file=sys.stderr)
         return 2
     record = measure(args.model, args.batch, attribute=args.attribute, pooled=args.pooled,
-                     executor_log=args.executor_log)
+                     executor_log=args.executor_log, memory_log=args.memory_log)
     text = json.dumps(record, indent=1) + "\n"
     if args.print:
         print(text, end="")

@@ -1,0 +1,116 @@
+"""Which tensors, by graph node, a Larq training step holds at its peak: TensorFlow's own memory log, replayed.
+
+    python benchmarks/frameworks/larq_tensor_log.py MODEL --batch B [--runs N] [--top K]
+
+Each run is one process of the recordings' harness (`larq_measure.py
+--print --memory-log`, the same model, step, warm-up and memray tracking)
+with TensorFlow's memory log on (TF_CPP_VMODULE=log_memory=3: every tensor
+allocation with the node that made it, its shape, dtype and bytes, and every
+deallocation). The log of the last training step is replayed: the peak of
+the tensors the step allocated, and the tensors live there, by node name
+(gradient_tape/... are the backward's, Adam/... the update's), largest
+first. memray's tensor peak of the same process is printed beside it.
+
+Why: memray sees allocations by native stack, so it tells which kernel made
+a buffer but not which layer's op; this log names the node, so a predicted
+peak can be compared tensor by tensor with what TensorFlow holds. Tensors
+TensorFlow does not allocate through its allocators (oneDNN scratchpads,
+kernel caches) are not in this log: they are memray's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ALLOC = re.compile(r"MemoryLogTensorAllocation \{ step_id: (-?\d+) kernel_name: \"([^\"]*)\" tensor \{ dtype: (\w+)"
+                   r"(?: shape \{(.*?)\})? allocation_description \{ requested_bytes: (\d+) .*?allocation_id: (\d+)")
+FREE = re.compile(r"MemoryLogTensorDeallocation \{ allocation_id: (\d+)")
+OUTPUT = re.compile(r"MemoryLogTensorOutput \{ step_id: (-?\d+) kernel_name: \"([^\"]*)\".*?allocation_id: (\d+)")
+DIM = re.compile(r"size: (\d+)")
+
+
+def run_log(model: str, batch: int) -> tuple[str, dict]:
+    """One harness process with the memory log on: (its stderr, its record)."""
+    done = subprocess.run([sys.executable, str(HERE / "larq_measure.py"), model, "--batch", str(batch), "--print",
+                           "--memory-log"], capture_output=True, text=True, check=True)
+    return done.stderr, json.loads(done.stdout)
+
+
+def replay(log: str) -> dict:
+    """The last step's peak of step-allocated tensor bytes and the tensors live at it."""
+    events = []  # ("a", step, node, dtype, shape, bytes, id) | ("f", id)
+    for line in log.splitlines():
+        if "__LOG_MEMORY__" not in line:
+            continue
+        m = ALLOC.search(line)
+        if m:
+            shape = tuple(int(d) for d in DIM.findall(m.group(4) or ""))
+            events.append(("a", m.group(1), m.group(2), m.group(3), shape, int(m.group(5)), int(m.group(6))))
+            continue
+        m = FREE.search(line)
+        if m:
+            events.append(("f", int(m.group(1))))
+            continue
+        m = OUTPUT.search(line)
+        if m:
+            events.append(("o", m.group(1), m.group(2), int(m.group(3))))
+    counts: dict[str, int] = {}
+    for e in events:
+        if e[0] == "a" and abs(int(e[1])) > 1000:  # a function call's random id; small ones mark constants (-6)
+            counts[e[1]] = counts.get(e[1], 0) + 1
+    big = max(counts.values())
+    steps = [s for s in dict.fromkeys(e[1] for e in events if e[0] == "a") if counts.get(s, 0) > big // 2]
+    last = steps[-1]
+    first = next(k for k, e in enumerate(events) if e[0] == "a" and e[1] == last)
+    live: dict[int, tuple] = {}
+    outputs: dict[int, list[str]] = {}  # allocation -> the nodes that output it (an op may forward its input's buffer)
+    heap = peak = 0
+    at_peak: list[tuple] = []
+    for e in events[first:]:
+        if e[0] == "a":
+            if e[1] != last:
+                continue
+            live[e[6]] = e
+            outputs[e[6]] = []
+            heap += e[5]
+            if heap > peak:
+                peak, at_peak = heap, [(t, list(outputs[t[6]])) for t in live.values()]
+        elif e[0] == "o":
+            if e[3] in live and e[1] == last:
+                outputs[e[3]].append(e[2])
+        else:
+            gone = live.pop(e[1], None)
+            if gone is not None:
+                heap -= gone[5]
+    tensors = sorted(({"node": t[2], "dtype": t[3], "shape": list(t[4]), "bytes": t[5],
+                       "also_output_of": [n for n in outs if n != t[2]]} for t, outs in at_peak),
+                     key=lambda t: -t["bytes"])
+    return {"step_peak_bytes": peak, "tensors": tensors}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model")
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--top", type=int, default=40, help="tensors listed per run (largest first)")
+    args = p.parse_args(argv)
+    for k in range(args.runs):
+        log, record = run_log(args.model, args.batch)
+        r = replay(log)
+        print(f"run {k + 1}: memray tensor peak {record['tensor_peak_bytes']:,} B; the log's step tensors at their "
+              f"peak {r['step_peak_bytes']:,} B in {len(r['tensors'])} tensors")
+        for t in r["tensors"][:args.top]:
+            also = f"  (then output of {', '.join(t['also_output_of'])})" if t["also_output_of"] else ""
+            print(f"  {t['bytes']:>12,}  {t['dtype']:<9} {'x'.join(map(str, t['shape'])) or '-':<16} {t['node']}{also}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
