@@ -361,7 +361,7 @@ class Lifetime(_LayerRule):
         return self
 
 
-ELEMENTWISE_KINDS = ("batchnorm", "sign", "relu")
+ELEMENTWISE_KINDS = ("batchnorm", "sign", "relu", "dropout")
 
 
 class InPlaceGrad(_LayerRule):
