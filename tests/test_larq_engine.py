@@ -283,6 +283,8 @@ PROBE_RULES = {"sign": "graph_sign", "batchnorm (after a conv2d, fused)": "graph
                "batchnorm (after a dense)": "graph_batchnorm_of_vectors", "relu": "graph_relu", "prelu": "graph_prelu",
                "dropout": "graph_dropout", "maxpool": "graph_maxpool", "avgpool": "graph_avgpool",
                "conv2d (full precision)": "graph_conv2d", "conv2d (binary)": "graph_binary_conv2d",
+               "conv2d (full precision, 2 groups: XLA)": "graph_conv2d_grouped",
+               "conv2d (binary, 2 groups: XLA)": "graph_binary_conv2d_grouped",
                "dense (full precision)": "graph_dense", "dense (binary)": "graph_binary_dense", "add": "graph_add",
                "bias of a dense (beyond the dense)": "graph_dense_bias"}
 

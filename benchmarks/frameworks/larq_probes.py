@@ -37,13 +37,14 @@ COPIES = 6
 
 
 def modelled_by_shape(model_file: str, batch: int) -> int:
-    """Bytes the `larq` engine gives this model by shape, not per layer: its `constants` (graph constants)
-    and its `distinct` runtime rules (oneDNN primitives, once per distinct layer configuration)."""
+    """Bytes the `larq` engine gives this model by shape, not per layer: its `constants` (graph constants),
+    its `distinct` runtime rules (oneDNN primitives, once per distinct layer configuration) and its `once`
+    rules (XLA's compiler and sgemm code, once if any grouped conv)."""
     eng = load_engine("larq")
     plan = memory_plan(graph_of(str(ROOT / model_file)), load_strategy("standard"), retention=eng.retention,
                        engine=eng)
     prefixes = tuple(f"runtime.{c.name}." for c in eng.constants)
-    distinct = {f"runtime.{r.name}" for r in eng.runtime if r.distinct}
+    distinct = {f"runtime.{r.name}" for r in eng.runtime if r.distinct or r.once}
     return sum(v.bytes_at(batch) for v in plan.variables if v.name.startswith(prefixes) or v.name in distinct)
 
 
@@ -84,6 +85,8 @@ def per_layer(rt: dict[str, int]) -> dict[str, int]:
         "avgpool": round(extra("avgpool", "base")),
         "conv2d (full precision)": round(extra("conv2d-fp", "base")),
         "conv2d (binary)": round(extra("sign-conv2d", "base") - sign),
+        "conv2d (full precision, 2 groups: XLA)": round(extra("conv2d-fp-grouped", "base")),
+        "conv2d (binary, 2 groups: XLA)": round(extra("sign-conv2d-grouped", "base") - sign),
         "dense (full precision)": round(extra("dense-fp", "dense-base")),
         "dense (binary)": round(extra("sign-dense", "dense-base") - sign),
         "add": round(extra("residual-batchnorm", "base") - batchnorm),
