@@ -290,8 +290,9 @@ PROBE_RULES = {"sign": "graph_sign", "batchnorm (after a conv2d, fused)": "graph
 
 
 def test_graph_bytes_per_layer_are_the_probes():
-    """Each layer kind's graph runtime is what larq_probes.py reads off the probe recordings, to the byte, and the
-    fixed bytes are the dense base probe's; a kind's graph on vectors is within 2% of it on feature maps."""
+    """Each layer kind's graph runtime is what larq_probes.py reads off the probe recordings, to the byte, the
+    fixed bytes are the dense base probe's and a global average pool's the conv base probe's beyond them; a kind's
+    graph on vectors is within 2% of it on feature maps."""
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks" / "frameworks"))
@@ -300,7 +301,10 @@ def test_graph_bytes_per_layer_are_the_probes():
     runtime = {r.name: r.bytes for r in load_engine("larq").runtime}
     layer = larq_probes.per_layer(larq_probes.runtimes())
     assert {rule: runtime[rule] for rule in PROBE_RULES.values()} == {r: layer[k] for k, r in PROBE_RULES.items()}
-    assert runtime["framework"] == larq_probes.fixed(larq_probes.runtimes(), layer)["dense base probe"]
+    fixed = larq_probes.fixed(larq_probes.runtimes(), layer)
+    assert runtime["framework"] == fixed["dense base probe"]
+    # the conv base probe is the dense one's layers in 4-D with a global average pool before its dense
+    assert runtime["graph_global_avgpool"] == fixed["conv base probe"] - fixed["dense base probe"]
     for kind in ("prelu", "dropout"):
         assert abs(layer[f"{kind} (of vectors, check)"] / layer[kind] - 1) < 0.02
 
