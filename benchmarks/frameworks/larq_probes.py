@@ -106,13 +106,23 @@ def fixed(rt: dict[str, int], layer: dict[str, int]) -> dict[str, int]:
     return {"conv base probe": round(conv_base), "dense base probe": round(dense_base)}
 
 
+def pooling_heads(rt: dict[str, int], fixed_bytes: dict[str, int]) -> dict[str, int]:
+    """The conv base probe's head, its global average pool, is what its fixed bytes hold beyond the dense base
+    probe's; a flatten in its place (probe-flatten-base) holds that less the difference of the two probes."""
+    pool = fixed_bytes["conv base probe"] - fixed_bytes["dense base probe"]
+    return {"global_avgpool": pool, "flatten": pool + rt["flatten-base"] - rt["base"]}
+
+
 def main() -> None:
     rt = runtimes()
     layer = per_layer(rt)
     for k, v in layer.items():
         print(f"{k:36s} {v:12d} bytes per layer")
-    for k, v in fixed(rt, layer).items():
+    fixed_bytes = fixed(rt, layer)
+    for k, v in fixed_bytes.items():
         print(f"fixed, from the {k:20s} {v:12d} bytes")
+    for k, v in pooling_heads(rt, fixed_bytes).items():
+        print(f"{k:36s} {v:12d} bytes per layer")
     print(f"{'small_batch (B < 16), once':36s} {small_batch():12d} bytes")
 
 
