@@ -391,7 +391,8 @@ class RuntimeBytes(_Rule):
     `distinct`, once per distinct layer configuration among those layers (state
     a library caches by shape, shared by equal layers). With `once`, once if any
     layer of those kinds passes `when` (code a library generates the first time
-    a kind of op runs, whatever its shape).
+    a kind of op runs, whatever its shape); with `once_group` too, once among
+    all the rules of that group (code several kinds of op share).
     """
 
     name: Identifier
@@ -407,6 +408,9 @@ class RuntimeBytes(_Rule):
     # graph optimiser fuses the two into one op, which makes its own primitive: Grappler's batchnorm + relu)
     fused_with: Kinds | None = None
     once: bool = False  # with kinds: once if any such layer is in the step, not per layer
+    # with once: rules of one group hold their bytes once between them (code a library generates the first time
+    # any of several kinds of op calls it: oneDNN's sgemm kernels, for a MatMul or for XLA's convolution)
+    once_group: Identifier | None = None
 
     @model_validator(mode="after")
     def _one_bound(self) -> "RuntimeBytes":
@@ -419,6 +423,8 @@ class RuntimeBytes(_Rule):
             raise ValueError("once holds the bytes if a layer of some kinds is in the step: give kinds")
         if self.once and self.distinct:
             raise ValueError("once or distinct, not both")
+        if self.once_group is not None and not self.once:
+            raise ValueError("once_group holds the bytes once among rules that are each once: give once: true")
         if self.fused_with is not None and not self.distinct:
             raise ValueError("fused_with tells distinct configurations apart: give distinct: true")
         return self

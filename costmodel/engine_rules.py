@@ -194,12 +194,16 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                        update_first, update), where("optimizer_temporaries", i))
     # 6. runtime
     last = len(events) - 1
+    held_groups: set[str] = set()  # once_group: held by the first rule of the group that applies
     for i, r in enumerate(engine.runtime):
         if not r.applies_to(strategy):
             continue
         n = 1 if r.kinds is None else len({_configuration(v, graph, r.fused_with) for v in nodes(r)}
                                           if r.distinct else nodes(r))
         n = min(n, 1) if r.once else n
+        if r.once_group is not None and n:
+            n = 0 if r.once_group in held_groups else n
+            held_groups.add(r.once_group)
         add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
                      0, last, batch_below=r.batch_below, min_batch=r.min_batch), where("runtime", i))
     # 7. constants: equal ones are held once

@@ -334,6 +334,12 @@ def test_grouped_convs_runtime_once_and_buffers_per_group(tmp_path):
                            "temporaries:\n  - {kinds: conv2d, when: {grouped: true}, name: g, shape: output_of_one_group,"
                            " format: float32, during: forward, source: t}\n", model=str(model))
     assert b.runtime_bytes(B) == 1000  # two grouped convs, once
+    # a once_group holds its bytes once among its rules: code a dense layer's MatMul and a grouped conv share
+    group = ("runtime:\n  - {name: mm, kinds: dense, bytes: 700, once: true, once_group: sgemm, source: t}\n"
+             "  - {name: xla, kinds: conv2d, when: {grouped: true}, bytes: 700, once: true, once_group: sgemm,"
+             " source: t}\n  - {name: other, kinds: conv2d, bytes: 5, once: true, source: t}\n")
+    assert plans(tmp_path, group, model=str(model))[1].runtime_bytes(B) == 705
+    assert plans(tmp_path, group)[1].runtime_bytes(B) == 700  # TINY: dense layers only
     # conv2d_1: 4x4x8 out in 2 groups; conv2d_2: 4x4x16 in 4 groups; the depthwise and the plain conv: none
     assert delta(a, b) == add(span(a, "step_start", "step_end", 1000),
                               span(a, "forward:conv2d_1", "forward:conv2d_1", 4 * 4 * 4 * 4 * B),
@@ -713,6 +719,8 @@ BAD = {
                            "runtime[0]: once holds the bytes if a layer of some kinds"),
     "once-and-distinct": (BASE + "runtime:\n  - {name: x, kinds: conv2d, bytes: 1, once: true, distinct: true,"
                           " source: t}\n", "runtime[0]: once or distinct, not both"),
+    "group-without-once": (BASE + "runtime:\n  - {name: x, kinds: dense, bytes: 1, once_group: g, source: t}\n",
+                           "runtime[0]: once_group holds the bytes once among rules that are each once"),
     "group-of-a-dense": (BASE + "temporaries:\n  - {kinds: [dense, conv2d], name: t, shape: output_of_one_group,"
                          " format: float32, during: forward, source: t}\n",
                          "temporaries[0].shape: output_of_one_group needs kinds: [conv2d]"),

@@ -303,7 +303,7 @@ def test_graph_bytes_per_layer_are_the_probes():
     layer = larq_probes.per_layer(larq_probes.runtimes())
     assert {rule: runtime[rule] for rule in PROBE_RULES.values()} == {r: layer[k] for k, r in PROBE_RULES.items()}
     fixed = larq_probes.fixed(larq_probes.runtimes(), layer)
-    assert runtime["framework"] == fixed["dense base probe"]
+    assert runtime["framework"] == fixed["dense base probe"]  # its dense layers' sgemm code is onednn_sgemm_code
     # the conv base probe is the dense one's layers in 4-D with a global average pool before its dense
     heads = larq_probes.pooling_heads(larq_probes.runtimes(), fixed)
     assert (runtime["graph_global_avgpool"], runtime["graph_flatten"]) == (heads["global_avgpool"], heads["flatten"])

@@ -1,8 +1,9 @@
 """The `larq` engine on grouped convs (XLA clusters on CPU, not oneDNN primitives) and on two check models.
 
 The probes (benchmarks/frameworks/probes/larq-grouped-*.yaml) are recorded in
-measurements/probes/larq-grouped/ (larq_repeat.py --dir: five fresh processes
-each, the median), with their ungrouped twin; the runtime rules' figures are
+measurements/probes/larq-grouped/ (larq_repeat.py --dir: eleven fresh
+processes each, the median; recorded again on 2026-11-29, see test_the_tensor_peak_is_the_upper_mode),
+with their ungrouped twin; the runtime rules' figures are
 the attribution records of larq_jit_attribution.py (measurements/attribution/).
 """
 
@@ -32,16 +33,42 @@ def _bytes_under(rows: list[dict], kernel: str) -> int:
     return sum(r["bytes"] for r in rows if r["kernel"].split(" | ")[0].endswith(kernel))
 
 
-@pytest.mark.parametrize("path", RECORDS, ids=lambda p: p.stem)
+# probe -> why its tensor peak misses (strict xfail): TensorFlow's executor order, as in test_larq_engine.py
+ORDER_MISSES = {
+    "larq-larq-grouped-g2-standard-b64": (
+        "engine +8.6% of the median, 0.2% under the upper mode: 7 of 11 processes (8.93 MB) made sign_1's STE mask "
+        "in the forward and freed batchnorm_1's 1 MiB float32 output for a 256 KiB bool, 4 (9.72 MB) in the "
+        "backward, as the engine does (larq_tensor_log.py, one process of each)"),
+    "larq-larq-ungrouped-twin-g2-g4-standard-b64": (
+        "engine +5.02% of the median, 0.2% under the upper mode: 9 of 11 processes at 15.29-15.30 MB, 2 at 16.08-16.09 "
+        "(the engine's order), one at 13.73"),
+}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem, marks=pytest.mark.xfail(strict=True,
+                                                                                     reason=ORDER_MISSES[p.stem]))
+                                  if p.stem in ORDER_MISSES else pytest.param(p, id=p.stem) for p in RECORDS])
 def test_grouped_probes_within_the_bars(path):
-    """Tensor peak within 5% of the median of five processes, process peak within 10%: the XLA clusters' buffers
+    """Tensor peak within 5% of the median of eleven processes, process peak within 10%: the XLA clusters' buffers
     (copies of the forward's inputs, the transposed dY, one group's output at a time) and runtime."""
     rec = json.loads(path.read_text())
-    assert rec["repeats"]["runs"] == 5
+    assert rec["repeats"]["runs"] == 11
     memory = predict(str(FRAMEWORKS.parent.parent / rec["model_file"]), strategy="standard", batch=rec["batch"],
                      engine="larq").memory
     assert abs(memory.tensor_peak_bytes - rec["tensor_peak_bytes"]) <= 0.05 * rec["tensor_peak_bytes"]
     assert abs(memory.process_peak_bytes - rec["process_peak_bytes"]) <= 0.10 * rec["process_peak_bytes"]
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=lambda p: p.stem)
+def test_the_tensor_peak_is_the_upper_mode(path):
+    """Every probe's tensor peak within 1% of its runs' highest: the engine's one order is the upper mode. The
+    probes were recorded again: their first runs (git 12d6da2) held 3.85 MB more runtime than any process now
+    does, at all three points alike (the check models' first runs did too, stop 23), and every one of them at the
+    upper mode."""
+    rec = json.loads(path.read_text())
+    memory = predict(str(FRAMEWORKS.parent.parent / rec["model_file"]), strategy="standard", batch=rec["batch"],
+                     engine="larq").memory
+    assert abs(memory.tensor_peak_bytes / rec["repeats"]["tensor_peak_bytes"]["max"] - 1) <= 0.01
 
 
 def test_xla_runtime_rules_are_the_attribution():
