@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 ALLOC = re.compile(r"MemoryLogTensorAllocation \{ step_id: (-?\d+) kernel_name: \"([^\"]*)\" tensor \{ dtype: (\w+)"
@@ -42,54 +43,73 @@ def run_log(model: str, batch: int) -> tuple[str, dict]:
     return done.stderr, json.loads(done.stdout)
 
 
-def replay(log: str) -> dict:
-    """The last step's peak of step-allocated tensor bytes and the tensors live at it."""
-    events = []  # ("a", step, node, dtype, shape, bytes, id) | ("f", id)
+class Alloc(NamedTuple):
+    step: str
+    node: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    id: int
+
+
+class Output(NamedTuple):  # an op's output: a buffer it allocated, or one it took over from an input
+    step: str
+    node: str
+    id: int
+
+
+class Free(NamedTuple):
+    id: int
+
+
+def events_of(log: str) -> list:
+    """The memory log's allocations, outputs and frees, in order."""
+    events: list = []
     for line in log.splitlines():
         if "__LOG_MEMORY__" not in line:
             continue
-        m = ALLOC.search(line)
-        if m:
+        if m := ALLOC.search(line):
             shape = tuple(int(d) for d in DIM.findall(m.group(4) or ""))
-            events.append(("a", m.group(1), m.group(2), m.group(3), shape, int(m.group(5)), int(m.group(6))))
-            continue
-        m = FREE.search(line)
-        if m:
-            events.append(("f", int(m.group(1))))
-            continue
-        m = OUTPUT.search(line)
-        if m:
-            events.append(("o", m.group(1), m.group(2), int(m.group(3))))
+            events.append(Alloc(m.group(1), m.group(2), m.group(3), shape, int(m.group(5)), int(m.group(6))))
+        elif m := FREE.search(line):
+            events.append(Free(int(m.group(1))))
+        elif m := OUTPUT.search(line):
+            events.append(Output(m.group(1), m.group(2), int(m.group(3))))
+    return events
+
+
+def last_step(events: list) -> str:
+    """The id of the last training step: a function call's random id (small ones mark constants, -6), among the
+    calls that allocate at least half as many tensors as the largest (not the small functions the harness traces)."""
     counts: dict[str, int] = {}
     for e in events:
-        if e[0] == "a" and abs(int(e[1])) > 1000:  # a function call's random id; small ones mark constants (-6)
-            counts[e[1]] = counts.get(e[1], 0) + 1
+        if isinstance(e, Alloc) and abs(int(e.step)) > 1000:
+            counts[e.step] = counts.get(e.step, 0) + 1
     big = max(counts.values())
-    steps = [s for s in dict.fromkeys(e[1] for e in events if e[0] == "a") if counts.get(s, 0) > big // 2]
-    last = steps[-1]
-    first = next(k for k, e in enumerate(events) if e[0] == "a" and e[1] == last)
-    live: dict[int, tuple] = {}
-    outputs: dict[int, list[str]] = {}  # allocation -> the nodes that output it (an op may forward its input's buffer)
+    return [s for s in counts if counts[s] > big // 2][-1]
+
+
+def replay(log: str) -> dict:
+    """The last step's peak of step-allocated tensor bytes and the tensors live at it."""
+    events = events_of(log)
+    step = last_step(events)
+    first = next(k for k, e in enumerate(events) if isinstance(e, Alloc) and e.step == step)
+    live: dict[int, Alloc] = {}
+    outputs: dict[int, list[str]] = {}  # allocation -> the nodes that output it
     heap = peak = 0
-    at_peak: list[tuple] = []
+    at_peak: list[tuple[Alloc, list[str]]] = []
     for e in events[first:]:
-        if e[0] == "a":
-            if e[1] != last:
-                continue
-            live[e[6]] = e
-            outputs[e[6]] = []
-            heap += e[5]
+        if isinstance(e, Alloc) and e.step == step:
+            live[e.id], outputs[e.id] = e, []
+            heap += e.nbytes
             if heap > peak:
-                peak, at_peak = heap, [(t, list(outputs[t[6]])) for t in live.values()]
-        elif e[0] == "o":
-            if e[3] in live and e[1] == last:
-                outputs[e[3]].append(e[2])
-        else:
-            gone = live.pop(e[1], None)
-            if gone is not None:
-                heap -= gone[5]
-    tensors = sorted(({"node": t[2], "dtype": t[3], "shape": list(t[4]), "bytes": t[5],
-                       "also_output_of": [n for n in outs if n != t[2]]} for t, outs in at_peak),
+                peak, at_peak = heap, [(t, list(outputs[t.id])) for t in live.values()]
+        elif isinstance(e, Output) and e.step == step and e.id in live:
+            outputs[e.id].append(e.node)
+        elif isinstance(e, Free) and e.id in live:
+            heap -= live.pop(e.id).nbytes
+    tensors = sorted(({"node": t.node, "dtype": t.dtype, "shape": list(t.shape), "bytes": t.nbytes,
+                       "also_output_of": [n for n in outs if n != t.node]} for t, outs in at_peak),
                      key=lambda t: -t["bytes"])
     return {"step_peak_bytes": peak, "tensors": tensors}
 
