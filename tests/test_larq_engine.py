@@ -350,11 +350,11 @@ def test_larq_engine_meets_its_bars_on_the_holdout_models(path):
     a 7x7 strided stem with depthwise-separable blocks, a dense net of odd widths, a deep narrow CNN, wide
     residual blocks), median of 3 fresh processes on an AMD EPYC at B = 8 and 32. holdout-wide B=8 (-6.5%)
     exposed the filter gradient's blocked dW (blocked_weight_grad); no other rule was read from them.
-    Four more (larq-holdout2/: a keyword-spotting net with rectangular maps and kernels, nested residual blocks,
-    a wide dense net on vectors, a pooling-heavy CNN), median of 11, predicted before they were measured;
-    holdout-nest (+6.6%, +7.1%) exposed TensorFlow's in-place element-wise gradients (the engine's
-    in_place_grads), read from its memory log (larq_tensor_log.py); holdout-vec and holdout-pool were
-    predicted with that rule and recorded after it."""
+    Six more (larq-holdout2/: a keyword-spotting net with rectangular maps and kernels, nested residual blocks,
+    a wide dense net on vectors, a pooling-heavy CNN, a MobileNet-style net, an ImageNet-style stem), median of
+    11, predicted before they were measured; holdout-nest (+6.6%, +7.1%) exposed TensorFlow's in-place
+    element-wise gradients (the engine's in_place_grads), read from its memory log (larq_tensor_log.py); the
+    other four were predicted with that rule and recorded after it."""
     rec = json.loads(path.read_text())
     mem = predict(str(ROOT / rec["model_file"]), "standard", rec["batch"], engine="larq").memory
     assert abs(mem.tensor_peak_bytes - rec["tensor_peak_bytes"]) <= TENSOR_TOLERANCE * rec["tensor_peak_bytes"]
