@@ -322,6 +322,22 @@ def record_path(out: Path, record: dict) -> Path:
     return out / f"larq-{record['model']}-{record['strategy']}-b{record['batch']}{tag}.json"
 
 
+def fresh_process(model: str, batch: int, *flags: str) -> tuple[dict, str]:
+    """One more process of this harness (`--print` and the flags): its record and what it wrote on stderr
+    (TensorFlow's logs are large, so stderr goes through a file)."""
+    import subprocess
+
+    command = [sys.executable, str(Path(__file__).resolve()), model, "--batch", str(batch), "--print", *flags]
+    with tempfile.TemporaryDirectory(prefix="larq-measure-") as tmp:
+        err_path = Path(tmp) / "stderr.log"
+        with err_path.open("w") as err:
+            done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, text=True)
+        log = err_path.read_text(errors="replace")
+    if done.returncode:
+        raise SystemExit(f"larq_measure.py {model} --batch {batch} failed:\n" + "\n".join(log.splitlines()[-5:]))
+    return json.loads(done.stdout), log
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model")

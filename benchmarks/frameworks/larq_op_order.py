@@ -30,10 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from larq_measure import fresh_process
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "measurements" / "probes" / "larq-op-order"
@@ -93,16 +93,8 @@ def order_of(ops, model: str, layers: list[str]) -> dict:
 
 def logged_measure(model: str, batch: int, attribute: str | None = None) -> tuple[dict, list]:
     """One process of the recordings' harness with the executor's log on: its record and its step's ops."""
-    command = [sys.executable, str(HERE / "larq_measure.py"), model, "--batch", str(batch), "--print",
-               "--executor-log", *(["--attribute", attribute] if attribute else [])]
-    with tempfile.TemporaryDirectory(prefix="larq-op-order-") as tmp:
-        log = Path(tmp) / "executor.log"
-        with log.open("w") as err:
-            done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, text=True)
-        text = log.read_text(errors="replace")
-    if done.returncode:
-        raise SystemExit(f"larq_measure.py {model} --batch {batch} failed:\n" + "\n".join(text.splitlines()[-5:]))
-    return json.loads(done.stdout), step_ops(text)
+    record, log = fresh_process(model, batch, "--executor-log", *(["--attribute", attribute] if attribute else []))
+    return record, step_ops(log)
 
 
 def one_run(model: str, batch: int) -> dict:

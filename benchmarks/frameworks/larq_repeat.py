@@ -28,9 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from larq_measure import fresh_process
 
 HERE = Path(__file__).resolve().parent
 MEASUREMENTS = HERE / "measurements"
@@ -57,9 +58,7 @@ class RunMismatch(ValueError):
 
 def one_run(model: str, batch: int) -> dict:
     """One `larq_measure.py --print` in a fresh process: its full record."""
-    done = subprocess.run([sys.executable, str(HERE / "larq_measure.py"), model, "--batch", str(batch), "--print"],
-                          capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)
+    return fresh_process(model, batch)[0]
 
 
 def as_run(record: dict, source: str) -> dict:

@@ -21,26 +21,17 @@ kernel caches) are not in this log: they are memray's alone.
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import subprocess
 import sys
-from pathlib import Path
 from typing import NamedTuple
 
-HERE = Path(__file__).resolve().parent
+from larq_measure import fresh_process
+
 ALLOC = re.compile(r"MemoryLogTensorAllocation \{ step_id: (-?\d+) kernel_name: \"([^\"]*)\" tensor \{ dtype: (\w+)"
                    r"(?: shape \{(.*?)\})? allocation_description \{ requested_bytes: (\d+) .*?allocation_id: (\d+)")
 FREE = re.compile(r"MemoryLogTensorDeallocation \{ allocation_id: (\d+)")
 OUTPUT = re.compile(r"MemoryLogTensorOutput \{ step_id: (-?\d+) kernel_name: \"([^\"]*)\".*?allocation_id: (\d+)")
 DIM = re.compile(r"size: (\d+)")
-
-
-def run_log(model: str, batch: int) -> tuple[str, dict]:
-    """One harness process with the memory log on: (its stderr, its record)."""
-    done = subprocess.run([sys.executable, str(HERE / "larq_measure.py"), model, "--batch", str(batch), "--print",
-                           "--memory-log"], capture_output=True, text=True, check=True)
-    return done.stderr, json.loads(done.stdout)
 
 
 class Alloc(NamedTuple):
@@ -122,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=40, help="tensors listed per run (largest first)")
     args = p.parse_args(argv)
     for k in range(args.runs):
-        log, record = run_log(args.model, args.batch)
+        record, log = fresh_process(args.model, args.batch, "--memory-log")
         r = replay(log)
         print(f"run {k + 1}: memray tensor peak {record['tensor_peak_bytes']:,} B; the log's step tensors at their "
               f"peak {r['step_peak_bytes']:,} B in {len(r['tensors'])} tensors")
