@@ -202,7 +202,8 @@ def apply_engine(graph: Graph, strategy: Strategy, engine: Engine, variables: li
                                           if r.distinct else nodes(r))
         n = min(n, 1) if r.once else n
         if r.once_group is not None and n:
-            n = 0 if r.once_group in held_groups else n
+            if r.once_group in held_groups:
+                n = 0
             held_groups.add(r.once_group)
         add(Variable(f"runtime.{r.name}", RUNTIME_ROLE, RUNTIME_ROLE, "uint8", (n * r.bytes,), n * r.bytes, 0,
                      0, last, batch_below=r.batch_below, min_batch=r.min_batch), where("runtime", i))
